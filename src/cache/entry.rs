@@ -1,0 +1,301 @@
+//! The stored record of one response and its versioned binary encoding.
+//!
+//! Layout (all integers big-endian):
+//!
+//! ```text
+//! "EDG" version:u8 | status:u16 | request_time_ms:u64 | response_time_ms:u64
+//! url_len:u32 url | header_count:u32 (name_len:u16 name value_len:u32 value)*
+//! vary_count:u16 (name_len:u16 name present:u8 value_len:u32 value)*
+//! body_len:u64 | blake3(body):[u8;32] | blake3(everything before):[u8;32] | body
+//! ```
+//!
+//! A record whose version, lengths or either checksum do not match is rejected as a whole: a
+//! reader gets the response as it was stored, or nothing. The metadata checksum means a flipped
+//! byte in a header is caught as surely as one in the body.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::key::Variance;
+use super::policy::{CacheControl, Freshness};
+use crate::config::HeuristicConfig;
+
+const MAGIC: &[u8; 3] = b"EDG";
+const VERSION: u8 = 1;
+
+/// One stored response: what the origin sent (less hop-by-hop fields), when, and for which
+/// request header values.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub url: String,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub variance: Variance,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    pub body: Bytes,
+    /// Derived from the fields above; recomputed when a record is decoded.
+    pub freshness: Freshness,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown record format or version")]
+    Version,
+    #[error("record is truncated")]
+    Truncated,
+    #[error("record holds an invalid field")]
+    Invalid,
+    #[error("body length does not match the record")]
+    Length,
+    #[error("body checksum does not match")]
+    Checksum,
+}
+
+impl StoredEntry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        url: String,
+        status: StatusCode,
+        headers: HeaderMap,
+        variance: Variance,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        body: Bytes,
+        heuristic: &HeuristicConfig,
+    ) -> Self {
+        let freshness = Freshness::of(
+            status,
+            &headers,
+            &CacheControl::of(&headers),
+            request_time,
+            response_time,
+            heuristic,
+        );
+        Self {
+            url,
+            status,
+            headers,
+            variance,
+            request_time,
+            response_time,
+            body,
+            freshness,
+        }
+    }
+
+    /// Approximate bytes this entry holds in memory, for the memory tier's weigher.
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let total = self.body.len() + headers + self.url.len() + 256;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 512);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&millis(self.request_time).to_be_bytes());
+        out.extend_from_slice(&millis(self.response_time).to_be_bytes());
+        put_bytes32(&mut out, self.url.as_bytes());
+        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
+        for (name, value) in &self.headers {
+            put_bytes16(&mut out, name.as_str().as_bytes());
+            put_bytes32(&mut out, value.as_bytes());
+        }
+        out.extend_from_slice(&(self.variance.fields().len() as u16).to_be_bytes());
+        for (name, value) in self.variance.fields() {
+            put_bytes16(&mut out, name.as_str().as_bytes());
+            out.push(u8::from(value.is_some()));
+            put_bytes32(&mut out, value.as_deref().unwrap_or("").as_bytes());
+        }
+        out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
+        out.extend_from_slice(blake3::hash(&self.body).as_bytes());
+        let meta_checksum = blake3::hash(&out);
+        out.extend_from_slice(meta_checksum.as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Decodes and verifies a record; the body is a slice of `record`, not a copy.
+    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Self, DecodeError> {
+        let mut r = Reader {
+            buf: &record,
+            pos: 0,
+        };
+        if r.take(3)? != MAGIC || r.u8()? != VERSION {
+            return Err(DecodeError::Version);
+        }
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid)?;
+        let request_time = from_millis(r.u64()?);
+        let response_time = from_millis(r.u64()?);
+        let url_len = r.u32()? as usize;
+        let url = std::str::from_utf8(r.take(url_len)?)
+            .map_err(|_| DecodeError::Invalid)?
+            .to_owned();
+        let header_count = r.u32()? as usize;
+        let mut headers = HeaderMap::with_capacity(header_count.min(256));
+        for _ in 0..header_count {
+            let name_len = r.u16()? as usize;
+            let name =
+                HeaderName::from_bytes(r.take(name_len)?).map_err(|_| DecodeError::Invalid)?;
+            let value_len = r.u32()? as usize;
+            let value =
+                HeaderValue::from_bytes(r.take(value_len)?).map_err(|_| DecodeError::Invalid)?;
+            headers.append(name, value);
+        }
+        let vary_count = r.u16()? as usize;
+        let mut vary = Vec::with_capacity(vary_count);
+        for _ in 0..vary_count {
+            let name_len = r.u16()? as usize;
+            let name =
+                HeaderName::from_bytes(r.take(name_len)?).map_err(|_| DecodeError::Invalid)?;
+            let present = r.u8()? != 0;
+            let value_len = r.u32()? as usize;
+            let value =
+                std::str::from_utf8(r.take(value_len)?).map_err(|_| DecodeError::Invalid)?;
+            vary.push((name, present.then(|| value.to_owned())));
+        }
+        let body_len = r.u64()?;
+        let checksum: [u8; 32] = r.take(32)?.try_into().map_err(|_| DecodeError::Truncated)?;
+        let meta_end = r.pos;
+        if r.take(32)? != blake3::hash(&record[..meta_end]).as_bytes() {
+            return Err(DecodeError::Checksum);
+        }
+        if (record.len() - r.pos) as u64 != body_len {
+            return Err(DecodeError::Length);
+        }
+        let body = record.slice(r.pos..);
+        if *blake3::hash(&body).as_bytes() != checksum {
+            return Err(DecodeError::Checksum);
+        }
+        Ok(Self::new(
+            url,
+            status,
+            headers,
+            Variance::from_parts(vary),
+            request_time,
+            response_time,
+            body,
+            heuristic,
+        ))
+    }
+}
+
+fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let bytes = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?
+                .try_into()
+                .map_err(|_| DecodeError::Truncated)?,
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| DecodeError::Truncated)?,
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| DecodeError::Truncated)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let variance = Variance::from_parts(vec![(HeaderName::from_static("accept"), None)]);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        StoredEntry::new(
+            "http://o/a".into(),
+            StatusCode::OK,
+            headers,
+            variance,
+            t,
+            t,
+            Bytes::from_static(b"hello body"),
+            &HeuristicConfig::default(),
+        )
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let entry = sample();
+        let decoded =
+            StoredEntry::decode(entry.encode().into(), &HeuristicConfig::default()).unwrap();
+        assert_eq!(decoded.body, entry.body);
+        assert_eq!(decoded.headers, entry.headers);
+        assert_eq!(decoded.variance, entry.variance);
+        assert_eq!(decoded.freshness, entry.freshness);
+        assert_eq!(decoded.url, entry.url);
+    }
+
+    #[test]
+    fn any_flipped_or_missing_byte_is_rejected() {
+        let record = sample().encode();
+        for i in 0..record.len() {
+            let mut bad = record.clone();
+            bad[i] ^= 0x40;
+            let decoded = StoredEntry::decode(bad.into(), &HeuristicConfig::default());
+            assert!(decoded.is_err(), "a flip at byte {i} went unnoticed");
+        }
+        let truncated = record[..record.len() - 1].to_vec();
+        assert_eq!(
+            StoredEntry::decode(truncated.into(), &HeuristicConfig::default()).unwrap_err(),
+            DecodeError::Length
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! The RFC 9111 rules of a shared cache, in one place: which responses may be stored (§3), how long
+//! they stay fresh (§4.2.1, §4.2.2), how old they are (§4.2.3), and whether a request may be
+//! answered with a stored response (§4, §5.2.1).
+//!
+//! Every function takes `now` (or the times it needs) as an argument; nothing here reads a clock.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode};
+
+use crate::config::HeuristicConfig;
+
+/// RFC 9111 §1.2.2: a delta-seconds value too large to represent is taken as 2^31.
+const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
+
+/// Parsed `Cache-Control` directives (RFC 9111 §5.2), names lowercased, in the order received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    directives: Vec<(String, Option<String>)>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` line of `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        Self::from_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// Parses every line of the field `name`, with `Cache-Control` syntax.
+    pub fn from_field(headers: &HeaderMap, name: &HeaderName) -> Self {
+        let mut directives = Vec::new();
+        for value in headers.get_all(name) {
+            // Directive values are ASCII; a line that is not is not a valid field value.
+            if let Ok(text) = value.to_str() {
+                parse_directives(text, &mut directives);
+            }
+        }
+        Self { directives }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.directives.is_empty()
+    }
+
+    /// Whether the directive is present, with or without an argument.
+    pub fn has(&self, name: &str) -> bool {
+        self.directives.iter().any(|(n, _)| n == name)
+    }
+
+    /// The argument of the first occurrence of `name`: `None` if absent, `Some(None)` without one.
+    pub fn argument(&self, name: &str) -> Option<Option<&str>> {
+        self.directives
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// A delta-seconds directive (`max-age=60`): `None` if absent, `Some(None)` if its argument is
+    /// not a valid delta-seconds (RFC 9111 §1.2.2). The first occurrence wins (§4.2.1).
+    pub fn seconds(&self, name: &str) -> Option<Option<u64>> {
+        self.argument(name)
+            .map(|arg| arg.and_then(parse_delta_seconds))
+    }
+}
+
+/// Splits a Cache-Control field value into directives, honouring quoted strings (which may hold
+/// commas and `\` escapes, RFC 9110 §5.6.4).
+fn parse_directives(text: &str, out: &mut Vec<(String, Option<String>)>) {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return;
+        }
+        let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let name = rest[..name_end].trim().to_ascii_lowercase();
+        rest = &rest[name_end..];
+        let mut value = None;
+        if let Some(after_eq) = rest.strip_prefix('=') {
+            let after_eq = after_eq.trim_start();
+            if let Some(quoted) = after_eq.strip_prefix('"') {
+                let mut unquoted = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, escaped)) = chars.next() {
+                                unquoted.push(escaped);
+                            }
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => unquoted.push(c),
+                    }
+                }
+                value = Some(unquoted);
+                rest = &quoted[end.min(quoted.len())..];
+                // Skip anything between the closing quote and the next comma.
+                rest = &rest[rest.find(',').unwrap_or(rest.len())..];
+            } else {
+                let end = after_eq.find(',').unwrap_or(after_eq.len());
+                value = Some(after_eq[..end].trim().to_owned());
+                rest = &after_eq[end..];
+            }
+        }
+        if !name.is_empty() {
+            out.push((name, value));
+        }
+    }
+}
+
+/// RFC 9111 §1.2.2: one or more digits; anything else is invalid.
+fn parse_delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)),
+    )
+}
+
+/// Parses an HTTP-date in any of the three formats of RFC 9110 §5.6.7.
+pub fn parse_http_date(value: Option<&http::HeaderValue>) -> Option<SystemTime> {
+    httpdate::parse_http_date(value?.to_str().ok()?.trim()).ok()
+}
+
+/// Why a response was not stored; rendered as the `detail` of `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The request method is not one a cache stores (only GET here).
+    Method,
+    /// `no-store` in the request or the response (RFC 9111 §5.2.1.5, §5.2.2.5).
+    NoStore,
+    /// `private` in the response: a shared cache must not store it (§5.2.2.7).
+    Private,
+    /// The request carried `Authorization` and the response did not allow sharing it (§3.5).
+    Authorization,
+    /// The response sets a cookie; edge never hands one client's cookie to another.
+    SetCookie,
+    /// A status that may not be stored (1xx, 206, 304), or one without explicit freshness that is
+    /// not heuristically cacheable (§3, RFC 9110 §15.1).
+    Status,
+    /// `Vary: *` can never be matched (§4.1).
+    VaryStar,
+    /// Neither fresh for any time nor revalidatable: storing it would serve nobody.
+    NoFreshness,
+    /// The body is larger than `cache.max_object_size`.
+    TooLarge,
+}
+
+impl NotStored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Method => "method",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::Status => "status",
+            NotStored::VaryStar => "vary-star",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::TooLarge => "too-large",
+        }
+    }
+}
+
+/// RFC 9110 §15.1: status codes that are heuristically cacheable.
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Status codes whose semantics edge implements, for `must-understand` (RFC 9111 §5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203
+            | 204
+            | 300
+            | 301
+            | 302
+            | 303
+            | 307
+            | 308
+            | 400
+            | 403
+            | 404
+            | 405
+            | 410
+            | 414
+            | 451
+            | 500
+            | 501
+            | 502
+            | 503
+            | 504
+    )
+}
+
+/// RFC 9111 §3: may a shared cache store this response to this request?
+pub fn check_storable(
+    method: &Method,
+    request: &HeaderMap,
+    request_cc: &CacheControl,
+    status: StatusCode,
+    response: &HeaderMap,
+    response_cc: &CacheControl,
+) -> Result<(), NotStored> {
+    if method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    // The status must be final; 206 and 304 are not understood as whole representations here.
+    if status.is_informational() || matches!(status.as_u16(), 206 | 304) {
+        return Err(NotStored::Status);
+    }
+    // §5.2.2.3: a cache that understands the status code ignores no-store under must-understand.
+    if response_cc.has("must-understand") {
+        if !understood(status) {
+            return Err(NotStored::Status);
+        }
+    } else if response_cc.has("no-store") {
+        return Err(NotStored::NoStore);
+    }
+    if request_cc.has("no-store") {
+        return Err(NotStored::NoStore);
+    }
+    if response_cc.has("private") {
+        return Err(NotStored::Private);
+    }
+    // §3.5: only these directives let a shared cache store an answer to an authenticated request.
+    if request.contains_key(header::AUTHORIZATION)
+        && !(response_cc.has("public")
+            || response_cc.has("s-maxage")
+            || response_cc.has("must-revalidate"))
+    {
+        return Err(NotStored::Authorization);
+    }
+    if response.contains_key(header::SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    if response
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim() == "*")
+    {
+        return Err(NotStored::VaryStar);
+    }
+    let explicit = response.contains_key(header::EXPIRES)
+        || response_cc.has("max-age")
+        || response_cc.has("s-maxage")
+        || response_cc.has("public");
+    if !explicit && !heuristically_cacheable(status) {
+        return Err(NotStored::Status);
+    }
+    Ok(())
+}
+
+/// Where a freshness lifetime came from, in RFC 9111 §4.2.1's order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeSource {
+    SMaxAge,
+    MaxAge,
+    Expires,
+    Heuristic,
+    /// No explicit expiration and no heuristic applies: stale from the start.
+    None,
+}
+
+/// What a stored response says about its own freshness, computed once when it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub lifetime: Duration,
+    pub source: LifetimeSource,
+    /// §4.2.3 `corrected_initial_age`.
+    pub initial_age: Duration,
+    /// When the response was received (§4.2.3 `response_time`).
+    pub response_time: SystemTime,
+    /// Unqualified or qualified `no-cache`: never used without validation (§5.2.2.4). Edge treats
+    /// the qualified form like the unqualified one, as §5.2.2.4 notes most caches do.
+    pub no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: a stale copy is never served, whatever
+    /// the request's `max-stale` says (§5.2.2.2, §5.2.2.8, §5.2.2.10).
+    pub forbids_stale: bool,
+}
+
+impl Freshness {
+    /// Computes the lifetime and initial age of a response received between `request_time` and
+    /// `response_time`.
+    pub fn of(
+        status: StatusCode,
+        response: &HeaderMap,
+        response_cc: &CacheControl,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        heuristic: &HeuristicConfig,
+    ) -> Self {
+        let date = parse_http_date(response.get(header::DATE)).unwrap_or(response_time);
+        let (lifetime, source) = lifetime(status, response, response_cc, date, heuristic);
+        Self {
+            lifetime,
+            source,
+            initial_age: initial_age(response, date, request_time, response_time),
+            response_time,
+            no_cache: response_cc.has("no-cache"),
+            forbids_stale: response_cc.has("must-revalidate")
+                || response_cc.has("proxy-revalidate")
+                || response_cc.has("s-maxage"),
+        }
+    }
+
+    /// §4.2.3 `current_age`.
+    pub fn current_age(&self, now: SystemTime) -> Duration {
+        let resident = now.duration_since(self.response_time).unwrap_or_default();
+        self.initial_age + resident
+    }
+
+    /// Remaining freshness in whole seconds; negative once stale (RFC 9211 `ttl`).
+    pub fn ttl(&self, now: SystemTime) -> i64 {
+        secs_i64(self.lifetime) - secs_i64(self.current_age(now))
+    }
+
+    /// Whether the response may be stored at all: some freshness, or a validator to revalidate
+    /// with.
+    pub fn worth_storing(&self, response: &HeaderMap) -> bool {
+        !self.lifetime.is_zero()
+            || response.contains_key(header::ETAG)
+            || response.contains_key(header::LAST_MODIFIED)
+    }
+}
+
+fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// RFC 9111 §4.2.1 and §4.2.2.
+fn lifetime(
+    status: StatusCode,
+    response: &HeaderMap,
+    cc: &CacheControl,
+    date: SystemTime,
+    heuristic: &HeuristicConfig,
+) -> (Duration, LifetimeSource) {
+    // An invalid argument makes the response stale rather than falling through to a weaker rule.
+    if let Some(s_maxage) = cc.seconds("s-maxage") {
+        return (
+            Duration::from_secs(s_maxage.unwrap_or(0)),
+            LifetimeSource::SMaxAge,
+        );
+    }
+    if let Some(max_age) = cc.seconds("max-age") {
+        return (
+            Duration::from_secs(max_age.unwrap_or(0)),
+            LifetimeSource::MaxAge,
+        );
+    }
+    if let Some(expires) = response.get(header::EXPIRES) {
+        // §5.3: an invalid Expires, such as "0", means already expired.
+        let lifetime = parse_http_date(Some(expires))
+            .and_then(|expires| expires.duration_since(date).ok())
+            .unwrap_or_default();
+        return (lifetime, LifetimeSource::Expires);
+    }
+    // §4.2.2: heuristics only where the status allows it, or `public` marks it cacheable.
+    if (heuristically_cacheable(status) || cc.has("public"))
+        && let Some(last_modified) = parse_http_date(response.get(header::LAST_MODIFIED))
+        && let Ok(since_modified) = date.duration_since(last_modified)
+    {
+        let lifetime = since_modified
+            .mul_f64(heuristic.fraction.0)
+            .min(heuristic.max.0);
+        let whole_seconds = Duration::from_secs(lifetime.as_secs());
+        return (whole_seconds, LifetimeSource::Heuristic);
+    }
+    (Duration::ZERO, LifetimeSource::None)
+}
+
+/// RFC 9111 §4.2.3 `corrected_initial_age`.
+fn initial_age(
+    response: &HeaderMap,
+    date: SystemTime,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let age_value = response
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_delta_seconds(v.trim()))
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    let apparent_age = response_time.duration_since(date).unwrap_or_default();
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or_default();
+    apparent_age.max(age_value + response_delay)
+}
+
+/// Why a stored response could not be used and the request went to the origin; rendered as the
+/// `fwd` parameter of `Cache-Status` (RFC 9211 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Edge does not cache this kind of request.
+    Bypass,
+    /// Nothing stored for the URI.
+    UriMiss,
+    /// Something stored for the URI, but not for these `Vary` request headers.
+    VaryMiss,
+    /// The stored response is stale (or must be validated).
+    Stale,
+    /// The stored response is fresh, but the request's directives rule it out.
+    Request,
+}
+
+impl Forward {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::Bypass => "bypass",
+            Forward::UriMiss => "uri-miss",
+            Forward::VaryMiss => "vary-miss",
+            Forward::Stale => "stale",
+            Forward::Request => "request",
+        }
+    }
+}
+
+/// RFC 9111 §4 and §5.2.1: may this request be answered with the stored response now?
+/// `Ok(ttl)` to use it (a negative ttl means stale, allowed by `max-stale`), `Err` to go forward.
+pub fn decide(
+    stored: &Freshness,
+    request_cc: &CacheControl,
+    now: SystemTime,
+) -> Result<i64, Forward> {
+    let age = stored.current_age(now);
+    let fresh = stored.lifetime > age && !stored.no_cache;
+    let refused = if fresh {
+        Forward::Request
+    } else {
+        Forward::Stale
+    };
+    // §5.2.1.4; request Pragma is deliberately ignored (§5.4 deprecates it).
+    if request_cc.has("no-cache") {
+        return Err(refused);
+    }
+    // §5.2.1.1: an invalid argument is ignored, as an unknown directive would be.
+    if let Some(Some(max_age)) = request_cc.seconds("max-age")
+        && age > Duration::from_secs(max_age)
+    {
+        return Err(refused);
+    }
+    let ttl = stored.ttl(now);
+    // §5.2.1.3
+    if let Some(Some(min_fresh)) = request_cc.seconds("min-fresh")
+        && ttl < i64::try_from(min_fresh).unwrap_or(i64::MAX)
+    {
+        return Err(refused);
+    }
+    if fresh {
+        return Ok(ttl);
+    }
+    // §5.2.1.2 and §4.2.4: max-stale never revives what the response forbids serving stale.
+    if stored.no_cache || stored.forbids_stale {
+        return Err(Forward::Stale);
+    }
+    match request_cc.argument("max-stale") {
+        Some(None) => Ok(ttl),
+        Some(Some(arg)) => match parse_delta_seconds(arg) {
+            Some(max_stale) if -ttl <= i64::try_from(max_stale).unwrap_or(i64::MAX) => Ok(ttl),
+            _ => Err(Forward::Stale),
+        },
+        None => Err(Forward::Stale),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn cc(text: &str) -> CacheControl {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(text).unwrap());
+        CacheControl::of(&headers)
+    }
+
+    #[test]
+    fn parses_directives_with_quoted_commas() {
+        let parsed = cc(r#"private="set-cookie, x-a", Max-Age=60 , no-transform"#);
+        assert_eq!(parsed.argument("private"), Some(Some("set-cookie, x-a")));
+        assert_eq!(parsed.seconds("max-age"), Some(Some(60)));
+        assert!(parsed.has("no-transform"));
+    }
+
+    #[test]
+    fn delta_seconds_are_digits_and_overflow_to_two_to_the_31() {
+        assert_eq!(cc("max-age=abc").seconds("max-age"), Some(None));
+        assert_eq!(cc("max-age=-1").seconds("max-age"), Some(None));
+        assert_eq!(cc("max-age=\"30\"").seconds("max-age"), Some(Some(30)));
+        assert_eq!(
+            cc("max-age=99999999999999999999").seconds("max-age"),
+            Some(Some(DELTA_SECONDS_MAX))
+        );
+        assert_eq!(
+            cc("max-age=5, max-age=10").seconds("max-age"),
+            Some(Some(5))
+        );
+    }
+
+    #[test]
+    fn age_takes_the_larger_of_apparent_and_corrected_age() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::DATE,
+            HeaderValue::from_str(&httpdate::fmt_http_date(t0)).unwrap(),
+        );
+        headers.insert(header::AGE, HeaderValue::from_static("10"));
+        // Sent at t0, received 3 s later: apparent age 3, corrected age 10 + 3.
+        let age = initial_age(&headers, t0, t0, t0 + Duration::from_secs(3));
+        assert_eq!(age, Duration::from_secs(13));
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed configuration: defaults, parsing of `edge.yaml`, and errors that name the key and its line.
+//!
+//! Every value is validated while it is deserialised, so that a bad value is reported with the
+//! position of the key it came from, never later from somewhere deep in the proxy.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+/// The whole configuration of one edge node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on for client traffic.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    pub origin: OriginConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Scheme, authority and optional path prefix of the origin.
+    pub url: OriginUrl,
+    /// Time allowed to open a TCP (and TLS) connection to the origin.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Seconds,
+    /// Time allowed for the origin to start answering, and between two reads of its body.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Seconds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub disk: DiskConfig,
+    /// Largest body that is stored; larger responses are streamed through uncached.
+    #[serde(default = "defaults::max_object_size")]
+    pub max_object_size: ByteSize,
+    #[serde(default)]
+    pub heuristic: HeuristicConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    #[serde(default = "defaults::memory_capacity")]
+    pub capacity: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    #[serde(default = "defaults::disk_path")]
+    pub path: PathBuf,
+    #[serde(default = "defaults::disk_capacity")]
+    pub capacity: ByteSize,
+}
+
+/// RFC 9111 §4.2.2 heuristic freshness for responses without explicit expiration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeuristicConfig {
+    /// Fraction of `Date − Last-Modified` used as the freshness lifetime (0 turns heuristics off).
+    #[serde(default = "defaults::heuristic_fraction")]
+    pub fraction: Fraction,
+    /// Upper bound on a heuristic freshness lifetime.
+    #[serde(default = "defaults::heuristic_max")]
+    pub max: Seconds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+    pub fn connect_timeout() -> Seconds {
+        Seconds(Duration::from_secs(5))
+    }
+    pub fn timeout() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn memory_capacity() -> ByteSize {
+        ByteSize(256 << 20)
+    }
+    pub fn disk_path() -> PathBuf {
+        PathBuf::from("./var/edge")
+    }
+    pub fn disk_capacity() -> ByteSize {
+        ByteSize(4 << 30)
+    }
+    pub fn max_object_size() -> ByteSize {
+        ByteSize(64 << 20)
+    }
+    pub fn heuristic_fraction() -> Fraction {
+        Fraction(0.1)
+    }
+    pub fn heuristic_max() -> Seconds {
+        Seconds(Duration::from_secs(24 * 3600))
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory: MemoryConfig::default(),
+            disk: DiskConfig::default(),
+            max_object_size: defaults::max_object_size(),
+            heuristic: HeuristicConfig::default(),
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            capacity: defaults::memory_capacity(),
+        }
+    }
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            path: defaults::disk_path(),
+            capacity: defaults::disk_capacity(),
+        }
+    }
+}
+
+impl Default for HeuristicConfig {
+    fn default() -> Self {
+        Self {
+            fraction: defaults::heuristic_fraction(),
+            max: defaults::heuristic_max(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+        }
+    }
+}
+
+/// A configuration that could not be read, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    InvalidNoPosition {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = match err.path().to_string() {
+                path if path == "." => "(top level)".to_owned(),
+                path => path,
+            };
+            let inner = err.into_inner();
+            let message = bare_message(&inner);
+            match inner.location() {
+                Some(at) => ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line: at.line(),
+                    column: at.column(),
+                    key,
+                    message,
+                },
+                None => ConfigError::InvalidNoPosition {
+                    file: file.to_owned(),
+                    key,
+                    message,
+                },
+            }
+        })
+    }
+}
+
+/// serde_yaml_ng's message without the path prefix and position suffix it adds itself, since the
+/// error we report carries both in a fixed place.
+fn bare_message(err: &serde_yaml_ng::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(at) = err.location() {
+        let suffix = format!(" at line {} column {}", at.line(), at.column());
+        if let Some(stripped) = text.strip_suffix(&suffix) {
+            text = stripped.to_owned();
+        }
+    }
+    // The prefix is a dotted path followed by ": "; messages themselves never start that way.
+    if let Some((prefix, rest)) = text.split_once(": ")
+        && !prefix.contains(' ')
+        && !prefix.is_empty()
+    {
+        return rest.to_owned();
+    }
+    text
+}
+
+/// A byte count, written as plain bytes or with a binary unit: `64MiB`, `4GiB`, `512KiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_size(&text).map(ByteSize).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid size {text:?}: expected bytes or a number with KiB, MiB, GiB or TiB (e.g. 64MiB)"
+            ))
+        })
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" | "k" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        "TiB" | "T" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
+}
+
+/// A duration written with its unit: `500ms`, `5s`, `10m`, `1h`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map(Seconds).map_err(|_| {
+            de::Error::custom(format!(
+                "invalid duration {text:?}: expected a number with a unit (e.g. 500ms, 5s, 10m, 1h, 1d)"
+            ))
+        })
+    }
+}
+
+/// A number between 0 and 1 inclusive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fraction(pub f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(d)?;
+        if (0.0..=1.0).contains(&value) {
+            Ok(Fraction(value))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid fraction {value}: expected a number from 0 to 1"
+            )))
+        }
+    }
+}
+
+/// The origin: `http` or `https`, a host, an optional port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginUrl(pub reqwest::Url);
+
+impl<'de> Deserialize<'de> for OriginUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let url = reqwest::Url::parse(text.trim())
+            .map_err(|e| de::Error::custom(format!("invalid URL {text:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(de::Error::custom(format!(
+                "invalid URL {text:?}: the scheme must be http or https"
+            )));
+        }
+        if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
+            return Err(de::Error::custom(format!(
+                "invalid URL {text:?}: expected scheme://host[:port][/prefix] without query or fragment"
+            )));
+        }
+        Ok(OriginUrl(url))
+    }
+}
+
+impl fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_binary_units_and_plain_bytes() {
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("64 Mx"), None);
+        assert_eq!(parse_size("MiB"), None);
+        assert_eq!(parse_size("99999999999TiB"), None);
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = Config::parse("origin:\n  url: http://127.0.0.1:9000\n", "t.yaml").unwrap();
+        assert_eq!(config.listen, defaults::listen());
+        assert_eq!(config.cache.max_object_size, ByteSize(64 << 20));
+        assert_eq!(config.origin.timeout.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_full_key_and_line() {
+        let text = "origin:\n  url: http://o\ncache:\n  memory:\n    capacity: lots\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("t.yaml:5:"), "{err}");
+        assert!(
+            err.contains("cache.memory.capacity: invalid size \"lots\""),
+            "{err}"
+        );
+    }
+}

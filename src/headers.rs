@@ -1,0 +1,161 @@
+//! Header rules shared by the request phases: hop-by-hop fields (RFC 9110 §7.6.1), `Via`
+//! (§7.6.3), and `Cache-Status` (RFC 9211).
+
+use std::fmt::Write;
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::cache::Tier;
+use crate::cache::policy::{Forward, NotStored};
+
+/// The cache's name in `Cache-Status` and its pseudonym in `Via`.
+pub const CACHE_NAME: &str = "edge";
+
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// RFC 9110 §7.6.1 fields that apply to one connection only, and so are never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop fields, including every field named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Appends this hop to `Via` (RFC 9110 §7.6.3).
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    let protocol = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let value = format!("{protocol} {CACHE_NAME}");
+    headers.append(
+        header::VIA,
+        HeaderValue::from_str(&value).expect("Via value is ASCII"),
+    );
+}
+
+/// What the cache did with one request, as RFC 9211 `Cache-Status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// Served from cache: the tier it came from.
+    pub hit: Option<Tier>,
+    /// Went to the origin, and why.
+    pub fwd: Option<Forward>,
+    /// The origin's status code, when it answered.
+    pub fwd_status: Option<u16>,
+    /// The response was admitted to the cache.
+    pub stored: bool,
+    /// Remaining freshness in seconds (negative when a stale response is served).
+    pub ttl: Option<i64>,
+    /// A short reason the response was not stored, or what went wrong.
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn hit(tier: Tier, ttl: i64) -> Self {
+        Self {
+            hit: Some(tier),
+            ttl: Some(ttl),
+            ..Self::default()
+        }
+    }
+
+    pub fn forward(fwd: Forward) -> Self {
+        Self {
+            fwd: Some(fwd),
+            ..Self::default()
+        }
+    }
+
+    pub fn not_stored(mut self, reason: NotStored) -> Self {
+        self.detail = Some(reason.as_str());
+        self
+    }
+
+    pub fn to_header_value(&self) -> HeaderValue {
+        let mut out = String::from(CACHE_NAME);
+        if self.hit.is_some() {
+            out.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            let _ = write!(out, "; fwd={}", fwd.as_str());
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(out, "; fwd-status={status}");
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(out, "; ttl={ttl}");
+        }
+        // RFC 9211 §2.8: detail is implementation-specific; edge names the serving tier on hits.
+        match (self.detail, self.hit) {
+            (Some(detail), _) => {
+                let _ = write!(out, "; detail={detail}");
+            }
+            (None, Some(tier)) => {
+                let _ = write!(out, "; detail={}", tier.as_str());
+            }
+            (None, None) => {}
+        }
+        HeaderValue::from_str(&out).expect("Cache-Status is built from tokens")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn cache_status_renders_rfc_9211_parameters() {
+        let mut status = CacheStatus::forward(Forward::UriMiss);
+        status.fwd_status = Some(200);
+        status.stored = true;
+        status.ttl = Some(60);
+        assert_eq!(
+            status.to_header_value(),
+            "edge; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+        );
+        assert_eq!(
+            CacheStatus::hit(Tier::Disk, 5).to_header_value(),
+            "edge; hit; ttl=5; detail=disk"
+        );
+    }
+}
