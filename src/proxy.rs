@@ -414,9 +414,19 @@ struct Admission {
     expected: Option<u64>,
 }
 
+/// What an [`Admission`] made of one more chunk.
+enum Progress {
+    /// More is expected.
+    Partial,
+    /// All of `Content-Length` has arrived. hyper stops polling a body at that point, so the end
+    /// of the stream may never be seen.
+    Complete,
+    /// The body is not stored after all.
+    Abandoned,
+}
+
 impl Admission {
-    /// Takes one more chunk; `false` when the body has outgrown `max_object_size`.
-    fn take(&mut self, chunk: &Bytes) -> bool {
+    fn take(&mut self, chunk: &Bytes) -> Progress {
         self.received += chunk.len() as u64;
         if self.received > self.limit {
             debug!(
@@ -424,10 +434,20 @@ impl Admission {
                 limit = self.limit,
                 "body outgrew max_object_size; not storing it"
             );
-            return false;
+            return Progress::Abandoned;
         }
         self.chunks.push(chunk.clone());
-        true
+        match self.expected {
+            Some(expected) if expected == self.received => Progress::Complete,
+            Some(expected) if expected < self.received => {
+                warn!(
+                    url = self.key.url(),
+                    "origin body longer than Content-Length; not storing it"
+                );
+                Progress::Abandoned
+            }
+            _ => Progress::Partial,
+        }
     }
 
     /// The whole body has arrived: store it, if it is as long as the origin said.
@@ -475,10 +495,18 @@ impl Stream for AdmittingStream {
         let item = std::task::ready!(self.inner.poll_next_unpin(cx));
         match &item {
             Some(Ok(chunk)) => {
-                if let Some(admission) = &mut self.admission
-                    && !admission.take(chunk)
-                {
-                    self.admission = None;
+                let progress = self
+                    .admission
+                    .as_mut()
+                    .map(|admission| admission.take(chunk));
+                match progress {
+                    Some(Progress::Complete) => {
+                        if let Some(admission) = self.admission.take() {
+                            admission.finish();
+                        }
+                    }
+                    Some(Progress::Abandoned) => self.admission = None,
+                    Some(Progress::Partial) | None => {}
                 }
             }
             Some(Err(err)) => {

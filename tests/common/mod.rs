@@ -1,0 +1,418 @@
+//! Test harness: a scripted fixture origin on 127.0.0.1:0 that counts requests per path, and an
+//! edge node run in-process against it, sharing one manual clock.
+//!
+//! ```ignore
+//! let h = Harness::new().await;
+//! h.origin.reply("/a", Reply::ok("body").header("cache-control", "max-age=60"));
+//! let edge = h.edge().await;
+//! let first = edge.get("/a").await;
+//! assert_eq!(first.cache_status(), "edge; fwd=uri-miss; fwd-status=200; stored; ttl=60");
+//! h.clock.advance(Duration::from_secs(10));
+//! assert_eq!(edge.get("/a").await.age(), Some(10));
+//! assert_eq!(h.origin.hits("/a"), 1);
+//! ```
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use bytes::Bytes;
+use edge::clock::Clock;
+use edge::config::Config;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A fixed point in time the manual clock starts at (whole seconds, so HTTP dates are exact).
+pub fn start_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// An HTTP date for `t`.
+pub fn http_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
+}
+
+/// One scripted origin response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Wait this long before answering.
+    pub delay: Option<Duration>,
+    /// Send no `Date` header (by default the origin adds one from the shared clock).
+    pub no_date: bool,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: None,
+            no_date: false,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    pub fn no_date(mut self) -> Self {
+        self.no_date = true;
+        self
+    }
+}
+
+/// A request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct OriginState {
+    replies: HashMap<String, Reply>,
+    hits: HashMap<String, usize>,
+    received: Vec<Received>,
+}
+
+/// The fixture origin. Replies are keyed by path and query (`/a?x=1`); anything unscripted gets a
+/// 404 with no caching headers.
+#[derive(Clone)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<OriginState>>,
+}
+
+impl Origin {
+    pub async fn start(clock: Clock) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(OriginState::default()));
+        let shared = state.clone();
+        let app = Router::new().fallback(move |request: Request| {
+            let state = shared.clone();
+            let clock = clock.clone();
+            async move { answer(state, clock, request).await }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Scripts the reply for `path_and_query`, replacing any earlier one.
+    pub fn reply(&self, path_and_query: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .replies
+            .insert(path_and_query.to_owned(), reply);
+    }
+
+    /// How many requests reached the origin for `path_and_query`.
+    pub fn hits(&self, path_and_query: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path_and_query)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every request the origin received, oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// The last request received for `path_and_query`.
+    pub fn last(&self, path_and_query: &str) -> Option<Received> {
+        self.received()
+            .into_iter()
+            .rev()
+            .find(|r| r.uri == path_and_query)
+    }
+}
+
+async fn answer(
+    state: Arc<Mutex<OriginState>>,
+    clock: Clock,
+    request: Request,
+) -> http::Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    let reply = {
+        let mut state = state.lock().unwrap();
+        *state.hits.entry(uri.clone()).or_default() += 1;
+        state.received.push(Received {
+            method: parts.method.clone(),
+            uri: uri.clone(),
+            headers: parts.headers,
+            body,
+        });
+        state.replies.get(&uri).cloned()
+    };
+    let reply = reply.unwrap_or_else(|| Reply::ok("no route\n").status(404));
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = http::Response::new(Body::from(reply.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    let headers = response.headers_mut();
+    for (name, value) in &reply.headers {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    if !reply.no_date && !headers.contains_key(http::header::DATE) {
+        headers.insert(
+            http::header::DATE,
+            HeaderValue::from_str(&http_date(clock.now())).unwrap(),
+        );
+    }
+    response
+}
+
+/// A clock and an origin; edges started from it share both.
+pub struct Harness {
+    pub clock: Clock,
+    pub origin: Origin,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        let clock = Clock::manual(start_time());
+        let origin = Origin::start(clock.clone()).await;
+        Self { clock, origin }
+    }
+
+    /// An edge with the default configuration in front of this origin.
+    pub async fn edge(&self) -> TestEdge {
+        self.edge_with(|_| {}).await
+    }
+
+    /// An edge whose configuration `tweak` adjusts first.
+    pub async fn edge_with(&self, tweak: impl FnOnce(&mut Config)) -> TestEdge {
+        let dir = Arc::new(TempDir::new().unwrap());
+        let mut config = base_config(&self.origin.url(), dir.path());
+        tweak(&mut config);
+        TestEdge::start(config, self.clock.clone(), dir).await
+    }
+}
+
+/// The test configuration: everything on 127.0.0.1, the disk tier in `dir`.
+pub fn base_config(origin_url: &str, dir: &std::path::Path) -> Config {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\norigin:\n  url: {origin_url}\n  connect_timeout: 2s\n  timeout: 5s\n\
+         cache:\n  disk:\n    path: {}\nadmin:\n  listen: 127.0.0.1:0\n",
+        dir.join("store").display()
+    );
+    Config::parse(&yaml, "test.yaml").unwrap()
+}
+
+/// An edge node running in-process.
+pub struct TestEdge {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub config: Config,
+    pub clock: Clock,
+    pub client: reqwest::Client,
+    dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), edge::ServeError>>>,
+}
+
+impl TestEdge {
+    pub async fn start(config: Config, clock: Clock, dir: Arc<TempDir>) -> Self {
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let admin = TcpListener::bind(config.admin.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(edge::serve(
+            config.clone(),
+            clock.clone(),
+            listener,
+            admin,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            addr,
+            admin_addr,
+            config,
+            clock,
+            client,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops edge gracefully: in-flight requests and background stores finish, the disk tier is
+    /// flushed and closed.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        self.shutdown().await;
+        self.dir.clone()
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops this edge and starts a new one on the same configuration and disk path.
+    pub async fn restart(mut self) -> TestEdge {
+        self.shutdown().await;
+        TestEdge::start(self.config.clone(), self.clock.clone(), self.dir.clone()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, &[]).await
+    }
+
+    pub async fn head(&self, path: &str) -> Resp {
+        self.send(Method::HEAD, path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, path, headers).await
+    }
+
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send_body(method, path, headers, Bytes::new()).await
+    }
+
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
+        let mut request = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if !body.is_empty() {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        // Stores happen in the background once the body is through; give them a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl Drop for TestEdge {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// What a client saw.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+            .expect("every response carries Cache-Status")
+    }
+
+    /// Whether `Cache-Status` reports a hit.
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().split(';').any(|p| p.trim() == "hit")
+    }
+
+    /// The `fwd` parameter of `Cache-Status`, if any.
+    pub fn fwd(&self) -> Option<&str> {
+        self.param("fwd")
+    }
+
+    /// A parameter of `Cache-Status` (`ttl`, `detail`, `fwd-status`, …).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.cache_status()
+            .split(';')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    pub fn stored(&self) -> bool {
+        self.cache_status().split(';').any(|p| p.trim() == "stored")
+    }
+
+    pub fn age(&self) -> Option<u64> {
+        self.header("age").map(|a| a.parse().unwrap())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
