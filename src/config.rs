@@ -243,9 +243,13 @@ fn bare_message(err: &serde_yaml_ng::Error) -> String {
         && !prefix.contains(' ')
         && !prefix.is_empty()
     {
-        return rest.to_owned();
+        text = rest.to_owned();
     }
-    text
+    // Name what YAML expected, not the Rust type behind it.
+    match text.find("expected struct ") {
+        Some(at) => format!("{}expected a mapping of keys", &text[..at]),
+        None => text,
+    }
 }
 
 /// A byte count, written as plain bytes or with a binary unit: `64MiB`, `4GiB`, `512KiB`.

@@ -11,6 +11,7 @@ use super::entry::StoredEntry;
 
 pub struct MemoryTier {
     entries: Cache<[u8; 32], Arc<StoredEntry>>,
+    capacity: u64,
 }
 
 impl MemoryTier {
@@ -19,14 +20,23 @@ impl MemoryTier {
             .max_capacity(capacity_bytes)
             .weigher(|_key, entry: &Arc<StoredEntry>| entry.weight())
             .build();
-        Self { entries }
+        Self {
+            entries,
+            capacity: capacity_bytes,
+        }
     }
 
     pub async fn get(&self, hash: &[u8; 32]) -> Option<Arc<StoredEntry>> {
         self.entries.get(hash).await
     }
 
+    /// Keeps `entry`, unless it is larger than the whole tier: moka would hold such an entry only
+    /// until its next housekeeping, pushing out others for nothing.
     pub async fn insert(&self, hash: [u8; 32], entry: Arc<StoredEntry>) {
+        if u64::from(entry.weight()) > self.capacity {
+            self.entries.invalidate(&hash).await;
+            return;
+        }
         self.entries.insert(hash, entry).await;
     }
 

@@ -1,0 +1,135 @@
+//! `edge check` and start-up: a malformed configuration names the key and its line and exits
+//! non-zero; the repository's own edge.yaml is valid.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn edge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn check(yaml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    edge(&["check", "--config", path.to_str().unwrap()])
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+const GOOD: &str = "origin:\n  url: http://127.0.0.1:9000\n";
+
+#[test]
+fn the_repository_edge_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge.yaml");
+    let output = edge(&["check", "--config", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok"));
+}
+
+#[test]
+fn a_minimal_config_is_valid() {
+    let output = check(GOOD);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let output =
+        check("origin:\n  url: http://127.0.0.1:9000\ncache:\n  memroy:\n    capacity: 1MiB\n");
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains(":4:"), "line 4 is named: {err}");
+    assert!(err.contains("cache.memroy"), "the key is named: {err}");
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn a_bad_size_is_named_with_its_key_and_line() {
+    let output =
+        check("origin:\n  url: http://127.0.0.1:9000\ncache:\n  max_object_size: 12 parsecs\n");
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains(":4:"), "{err}");
+    assert!(err.contains("cache.max_object_size"), "{err}");
+    assert!(err.contains("invalid size \"12 parsecs\""), "{err}");
+}
+
+#[test]
+fn a_bad_duration_a_bad_address_and_a_bad_fraction_are_named() {
+    let cases = [
+        (
+            "origin:\n  url: http://127.0.0.1:9000\n  timeout: soon\n",
+            "origin.timeout",
+            ":3:",
+        ),
+        (
+            "listen: everywhere\norigin:\n  url: http://127.0.0.1:9000\n",
+            "listen",
+            ":1:",
+        ),
+        (
+            "origin:\n  url: http://o\ncache:\n  heuristic:\n    fraction: 2\n",
+            "cache.heuristic.fraction",
+            ":5:",
+        ),
+        ("origin:\n  url: ftp://127.0.0.1\n", "origin.url", ":2:"),
+    ];
+    for (yaml, key, line) in cases {
+        let output = check(yaml);
+        assert_eq!(output.status.code(), Some(2), "{yaml}");
+        let err = stderr(&output);
+        assert!(
+            err.contains(key) && err.contains(line),
+            "expected {key} at {line}: {err}"
+        );
+    }
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    let output = check("origin:\n  url: http://127.0.0.1:9000\ncache: [\n  memory\n");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("edge.yaml:"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_missing_origin_is_reported() {
+    let output = check("listen: 127.0.0.1:8080\n");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("origin"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_missing_file_is_reported() {
+    let output = edge(&["check", "--config", "/nonexistent/edge.yaml"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("/nonexistent/edge.yaml"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let help = edge(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--config") && text.contains("check") && text.contains("demo"),
+        "{text}"
+    );
+    let version = edge(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,141 @@
+//! The README's first command, run as a user would: `edge demo` starts a demo origin and edge in
+//! front of it; `curl -I` twice shows a miss then a hit; after a restart the hit comes from disk.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &Path, log: &Path) -> Running {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/www");
+    let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args([
+            "demo",
+            "--config",
+            config.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+async fn head_when_ready(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.head(url).send().await {
+            Ok(response) => return response,
+            Err(err) if Instant::now() > deadline => panic!("edge did not come up: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn cache_status(response: &reqwest::Response) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn demo_shows_a_miss_then_a_hit_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, origin, admin) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("edge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{listen}\norigin:\n  url: http://127.0.0.1:{origin}\n\
+             cache:\n  disk:\n    path: {}\nadmin:\n  listen: 127.0.0.1:{admin}\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{listen}/hello.txt");
+    let expected =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/www/hello.txt"))
+            .unwrap();
+
+    let log = dir.path().join("first.log");
+    let mut edge = start(&config, &log);
+    let miss = head_when_ready(&client, &url).await;
+    assert_eq!(miss.status(), 200);
+    assert!(
+        cache_status(&miss).starts_with("edge; fwd=uri-miss; fwd-status=200; stored"),
+        "{}",
+        cache_status(&miss)
+    );
+    assert_eq!(
+        miss.headers()["content-length"],
+        expected.len().to_string().as_str()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hit = client.head(&url).send().await.unwrap();
+    assert!(
+        cache_status(&hit).starts_with("edge; hit;"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert!(hit.headers().contains_key("age"));
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &expected[..]);
+    let health = client
+        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // SIGTERM: a clean exit that flushes the disk tier.
+    let status = Command::new("kill")
+        .args(["-TERM", &edge.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = edge.0.wait().unwrap();
+    assert!(exit.success(), "edge exits 0 on SIGTERM: {exit}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("demo origin request").count(),
+        1,
+        "the origin saw one request: {log}"
+    );
+
+    edge = start(&config, &dir.path().join("second.log"));
+    let from_disk = head_when_ready(&client, &url).await;
+    assert!(
+        cache_status(&from_disk).contains("detail=disk"),
+        "{}",
+        cache_status(&from_disk)
+    );
+    drop(edge);
+}

@@ -1,0 +1,162 @@
+//! The two tiers: memory in front of disk, promotion, persistence across restarts, and a disk tier
+//! that degrades to a miss (never a 5xx or a wrong body) when its store is damaged.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Harness, Reply, TestEdge, base_config};
+use tempfile::TempDir;
+
+#[tokio::test]
+async fn restart_serves_the_object_from_the_disk_tier_then_from_memory() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("persistent").header("cache-control", "max-age=600"),
+    );
+    let edge = h.edge().await;
+    assert!(edge.get("/a").await.stored());
+
+    let edge = edge.restart().await;
+    h.clock.advance(Duration::from_secs(30));
+    let from_disk = edge.get("/a").await;
+    assert_eq!(from_disk.status, 200);
+    assert_eq!(from_disk.text(), "persistent");
+    assert_eq!(from_disk.cache_status(), "edge; hit; ttl=570; detail=disk");
+    assert_eq!(from_disk.age(), Some(30));
+
+    let promoted = edge.get("/a").await;
+    assert_eq!(promoted.cache_status(), "edge; hit; ttl=570; detail=memory");
+    assert_eq!(h.origin.hits("/a"), 1);
+}
+
+#[tokio::test]
+async fn disk_tier_answers_what_memory_cannot_hold() {
+    let h = Harness::new().await;
+    let body = vec![b'x'; 4096];
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+    );
+    // A memory tier smaller than any entry keeps nothing; every hit comes from disk.
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = 1024).await;
+    edge.get("/big").await;
+    for _ in 0..3 {
+        let hit = edge.get("/big").await;
+        assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+        assert_eq!(hit.body, body);
+    }
+    assert_eq!(h.origin.hits("/big"), 1);
+}
+
+#[tokio::test]
+async fn disk_budget_evicts_the_oldest_objects() {
+    let h = Harness::new().await;
+    for i in 0..20 {
+        h.origin.reply(
+            &format!("/o{i}"),
+            Reply::ok(vec![b'a' + i as u8; 10_000]).header("cache-control", "max-age=600"),
+        );
+    }
+    let edge = h
+        .edge_with(|c| {
+            c.cache.memory.capacity.0 = 1024;
+            c.cache.disk.capacity.0 = 64 * 1024;
+        })
+        .await;
+    for i in 0..20 {
+        edge.get(&format!("/o{i}")).await;
+    }
+    // The newest objects are still on disk; the oldest were evicted to stay within 64 KiB.
+    let newest = edge.get("/o19").await;
+    assert_eq!(
+        newest.param("detail"),
+        Some("disk"),
+        "{}",
+        newest.cache_status()
+    );
+    let oldest = edge.get("/o0").await;
+    assert!(!oldest.is_hit(), "{}", oldest.cache_status());
+    assert_eq!(oldest.body, vec![b'a'; 10_000]);
+    assert_eq!(h.origin.hits("/o0"), 2);
+}
+
+#[tokio::test]
+async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("fine").header("cache-control", "max-age=600"),
+    );
+    let dir = Arc::new(TempDir::new().unwrap());
+    let store = dir.path().join("store");
+    // Not a sled store at all: a file where the directory should be.
+    std::fs::write(&store, b"this is not a database").unwrap();
+    let config = base_config(&h.origin.url(), dir.path());
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+
+    assert!(edge.get("/a").await.stored());
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "fine");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("store.broken-"))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the broken store is kept beside the new one"
+    );
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        b"this is not a database"
+    );
+}
+
+#[tokio::test]
+async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
+    let h = Harness::new().await;
+    let bodies: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 3000 + i as usize]).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        h.origin.reply(
+            &format!("/o{i}"),
+            Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+        );
+    }
+    let edge = h.edge().await;
+    for i in 0..bodies.len() {
+        edge.get(&format!("/o{i}")).await;
+    }
+    let dir = edge.stop().await;
+
+    // Flip a byte every 97 bytes in every file of the store.
+    let mut files = vec![dir.path().join("store")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let mut bytes = std::fs::read(&path).unwrap();
+            for i in (0..bytes.len()).step_by(97) {
+                bytes[i] ^= 0x5a;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+
+    let config = base_config(&h.origin.url(), dir.path());
+    let edge = TestEdge::start(config, h.clock.clone(), dir).await;
+    for (i, body) in bodies.iter().enumerate() {
+        let response = edge.get(&format!("/o{i}")).await;
+        assert_eq!(response.status, 200, "/o{i}: {}", response.cache_status());
+        assert_eq!(
+            &response.body[..],
+            &body[..],
+            "/o{i}: {}",
+            response.cache_status()
+        );
+    }
+}
