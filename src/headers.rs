@@ -93,6 +93,26 @@ impl CacheStatus {
         self
     }
 
+    /// Adds edge's member after any upstream caches' (RFC 9211 §2: members are in the order the
+    /// caches handled the response, and a cache preserves what it received).
+    pub fn add_to(&self, headers: &mut HeaderMap) {
+        let ours = self.to_header_value();
+        let upstream: Vec<&[u8]> = headers
+            .get_all(&CACHE_STATUS)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let value = if upstream.is_empty() {
+            ours
+        } else {
+            let mut joined = upstream.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ours.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or(ours)
+        };
+        headers.insert(CACHE_STATUS.clone(), value);
+    }
+
     pub fn to_header_value(&self) -> HeaderValue {
         let mut out = String::from(CACHE_NAME);
         if self.hit.is_some() {
@@ -141,6 +161,20 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn cache_status_follows_upstream_caches() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CACHE_STATUS.clone(),
+            HeaderValue::from_static("origin-cache; hit"),
+        );
+        CacheStatus::forward(Forward::UriMiss).add_to(&mut headers);
+        assert_eq!(
+            headers[&CACHE_STATUS],
+            "origin-cache; hit, edge; fwd=uri-miss"
+        );
     }
 
     #[test]

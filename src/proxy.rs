@@ -128,10 +128,7 @@ fn respond_from_cache(
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     append_via(&mut headers, version);
-    headers.insert(
-        CACHE_STATUS.clone(),
-        CacheStatus::hit(tier, ttl).to_header_value(),
-    );
+    CacheStatus::hit(tier, ttl).add_to(&mut headers);
     let body = if head {
         Body::empty()
     } else {
@@ -193,7 +190,12 @@ async fn fetch(
                 chunks: Vec::new(),
                 received: 0,
                 limit: edge.config.cache.max_object_size.0,
-                expected: content_length(&headers),
+                // RFC 9110 §15.3.5: a 204 has no content, whatever its headers say.
+                expected: if status == StatusCode::NO_CONTENT {
+                    Some(0)
+                } else {
+                    content_length(&headers)
+                },
             })
         }
         Err(reason) => {
@@ -201,8 +203,16 @@ async fn fetch(
             None
         }
     };
+    // hyper never polls an empty body, so an empty one is stored now.
+    let admission = match admission {
+        Some(admission) if admission.expected == Some(0) => {
+            admission.finish();
+            None
+        }
+        admission => admission,
+    };
     append_via(&mut headers, version);
-    headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
+    cache_status.add_to(&mut headers);
 
     let stream = AdmittingStream {
         inner: upstream.bytes_stream().boxed(),
@@ -293,7 +303,7 @@ async fn forward_uncached(
     append_via(&mut headers, version);
     let mut cache_status = CacheStatus::forward(Forward::Bypass);
     cache_status.fwd_status = Some(status.as_u16());
-    headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
+    cache_status.add_to(&mut headers);
     let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;

@@ -1,0 +1,600 @@
+//! RFC 9111 §3: which responses a shared cache may store, and the cache key (§2, §4.1).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Reply};
+
+/// Asserts that `/path` went to the origin twice, i.e. the first response was not reused.
+async fn assert_not_reused(h: &Harness, edge: &common::TestEdge, path: &str) {
+    let second = edge.get(path).await;
+    assert!(
+        !second.is_hit(),
+        "{path} was served from cache: {}",
+        second.cache_status()
+    );
+    assert_eq!(h.origin.hits(path), 2, "{path}");
+}
+
+#[tokio::test]
+async fn response_no_store_is_never_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("secret").header("cache-control", "no-store, max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "secret");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=no-store"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn request_no_store_prevents_storing_the_response() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let edge = h.edge().await;
+
+    let first = edge.get_with("/a", &[("cache-control", "no-store")]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "a");
+    assert!(!first.stored(), "{}", first.cache_status());
+    assert_eq!(first.param("detail"), Some("no-store"));
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn response_private_is_not_stored_by_a_shared_cache() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("alice's page").header("cache-control", "private, max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.text(), "alice's page");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=private"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn qualified_private_is_treated_like_unqualified_private() {
+    // §5.2.2.7 lets a shared cache store the rest of the response without the named fields; edge
+    // takes the conservative reading and stores nothing, so the named field can never leak.
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("page")
+            .header("cache-control", "private=\"x-user\", max-age=60")
+            .header("x-user", "alice"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.header("x-user"), Some("alice"));
+    assert!(!first.stored(), "{}", first.cache_status());
+    assert_eq!(first.param("detail"), Some("private"));
+
+    h.origin.reply(
+        "/a",
+        Reply::ok("page")
+            .header("cache-control", "private=\"x-user\", max-age=60")
+            .header("x-user", "bob"),
+    );
+    let second = edge.get("/a").await;
+    assert!(!second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.header("x-user"), Some("bob"));
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
+#[tokio::test]
+async fn authorized_request_response_is_not_stored_without_permission() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("mine").header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+    let auth = [("authorization", "Bearer alice")];
+
+    let first = edge.get_with("/a", &auth).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "mine");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=authorization"
+    );
+    let second = edge.get_with("/a", &auth).await;
+    assert!(!second.is_hit(), "{}", second.cache_status());
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
+/// §3.5: `public`, `s-maxage` and `must-revalidate` each allow storing an authenticated response.
+async fn authorized_response_is_stored_with(cache_control: &str, ttl: &str) {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("shared").header("cache-control", cache_control),
+    );
+    let edge = h.edge().await;
+    let auth = [("authorization", "Bearer alice")];
+
+    let first = edge.get_with("/a", &auth).await;
+    assert_eq!(first.text(), "shared");
+    assert_eq!(
+        first.cache_status(),
+        format!("edge; fwd=uri-miss; fwd-status=200; stored; ttl={ttl}"),
+        "{cache_control}"
+    );
+    h.clock.advance(Duration::from_secs(1));
+    let second = edge.get_with("/a", &auth).await;
+    assert!(
+        second.is_hit(),
+        "{cache_control}: {}",
+        second.cache_status()
+    );
+    assert_eq!(second.text(), "shared");
+    assert_eq!(second.age(), Some(1));
+    assert_eq!(h.origin.hits("/a"), 1, "{cache_control}");
+}
+
+#[tokio::test]
+async fn authorized_request_response_with_public_is_stored() {
+    authorized_response_is_stored_with("public, max-age=60", "60").await;
+}
+
+#[tokio::test]
+async fn authorized_request_response_with_s_maxage_is_stored() {
+    authorized_response_is_stored_with("s-maxage=60", "60").await;
+}
+
+#[tokio::test]
+async fn authorized_request_response_with_must_revalidate_is_stored() {
+    authorized_response_is_stored_with("must-revalidate, max-age=60", "60").await;
+}
+
+#[tokio::test]
+async fn set_cookie_response_is_never_stored_or_handed_to_another_client() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("welcome")
+            .header("cache-control", "max-age=60")
+            .header("set-cookie", "session=alice"),
+    );
+    let edge = h.edge().await;
+
+    let alice = edge.get("/a").await;
+    assert_eq!(alice.text(), "welcome");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice"));
+    assert_eq!(
+        alice.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=set-cookie"
+    );
+
+    // The origin no longer sets a cookie: anything Bob sees could only come from the cache.
+    h.origin.reply(
+        "/a",
+        Reply::ok("welcome").header("cache-control", "max-age=60"),
+    );
+    let bob = edge.get("/a").await;
+    assert_eq!(bob.text(), "welcome");
+    assert_eq!(bob.header("set-cookie"), None);
+    assert!(!bob.is_hit(), "{}", bob.cache_status());
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
+#[tokio::test]
+async fn partial_content_206_is_never_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("01234")
+            .status(206)
+            .header("content-range", "bytes 0-4/10")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.text(), "01234");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=206; detail=status"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn not_modified_304_is_never_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(304)
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 304);
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=304; detail=status"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn redirect_302_without_explicit_freshness_is_not_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/moved",
+        Reply::ok("")
+            .status(302)
+            .header("location", "/elsewhere")
+            .header("etag", "\"r\""),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/moved").await;
+    assert_eq!(first.status, 302);
+    assert_eq!(first.header("location"), Some("/elsewhere"));
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=302; detail=status"
+    );
+    assert_not_reused(&h, &edge, "/moved").await;
+}
+
+#[tokio::test]
+async fn redirect_302_with_max_age_is_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/moved",
+        Reply::ok("")
+            .status(302)
+            .header("location", "/elsewhere")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/moved").await;
+    assert_eq!(first.status, 302);
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=302; stored; ttl=60"
+    );
+    let hit = edge.get("/moved").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.status, 302);
+    assert_eq!(hit.header("location"), Some("/elsewhere"));
+    assert_eq!(h.origin.hits("/moved"), 1);
+}
+
+#[tokio::test]
+async fn not_found_404_with_max_age_is_stored_and_served_as_a_404_hit() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/gone",
+        Reply::ok("nothing here")
+            .status(404)
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/gone").await;
+    assert_eq!(first.status, 404);
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=404; stored; ttl=60"
+    );
+    h.clock.advance(Duration::from_secs(10));
+    let hit = edge.get("/gone").await;
+    assert_eq!(hit.status, 404);
+    assert_eq!(hit.text(), "nothing here");
+    assert_eq!(hit.cache_status(), "edge; hit; ttl=50; detail=memory");
+    assert_eq!(hit.age(), Some(10));
+    assert_eq!(h.origin.hits("/gone"), 1);
+}
+
+#[tokio::test]
+async fn server_error_500_with_explicit_freshness_is_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/err",
+        Reply::ok("broken")
+            .status(500)
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/err").await;
+    assert_eq!(first.status, 500);
+    assert!(first.stored(), "{}", first.cache_status());
+    let hit = edge.get("/err").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.status, 500);
+    assert_eq!(hit.text(), "broken");
+    assert_eq!(h.origin.hits("/err"), 1);
+}
+
+#[tokio::test]
+async fn response_with_neither_freshness_nor_validator_is_not_stored() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("plain"));
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "plain");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=no-freshness"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn vary_star_is_never_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Language, *"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=vary-star"
+    );
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn object_larger_than_max_object_size_is_passed_through_unstored() {
+    let h = Harness::new().await;
+    let body = pattern(4096);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.cache.max_object_size.0 = 1024).await;
+
+    let first = edge.get("/big").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("content-length"), Some("4096"));
+    assert_eq!(first.body.as_ref(), body.as_slice());
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=too-large"
+    );
+    let second = edge.get("/big").await;
+    assert!(!second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.body.as_ref(), body.as_slice());
+    assert_eq!(h.origin.hits("/big"), 2);
+}
+
+#[tokio::test]
+async fn object_of_exactly_max_object_size_is_stored() {
+    let h = Harness::new().await;
+    let body = pattern(1024);
+    h.origin.reply(
+        "/edge",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.cache.max_object_size.0 = 1024).await;
+
+    let first = edge.get("/edge").await;
+    assert!(first.stored(), "{}", first.cache_status());
+    let hit = edge.get("/edge").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body.as_ref(), body.as_slice());
+    assert_eq!(h.origin.hits("/edge"), 1);
+}
+
+#[tokio::test]
+async fn query_string_is_part_of_the_cache_key() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a?x=1",
+        Reply::ok("one").header("cache-control", "max-age=60"),
+    );
+    h.origin.reply(
+        "/a?x=2",
+        Reply::ok("two").header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let one = edge.get("/a?x=1").await;
+    assert_eq!(one.text(), "one");
+    assert_eq!(one.fwd(), Some("uri-miss"));
+    let two = edge.get("/a?x=2").await;
+    assert_eq!(two.text(), "two");
+    assert_eq!(two.fwd(), Some("uri-miss"));
+
+    let one_again = edge.get("/a?x=1").await;
+    assert!(one_again.is_hit(), "{}", one_again.cache_status());
+    assert_eq!(one_again.text(), "one");
+    let two_again = edge.get("/a?x=2").await;
+    assert!(two_again.is_hit(), "{}", two_again.cache_status());
+    assert_eq!(two_again.text(), "two");
+
+    assert_eq!(h.origin.hits("/a?x=1"), 1);
+    assert_eq!(h.origin.hits("/a?x=2"), 1);
+    assert_eq!(h.origin.hits("/a"), 0);
+}
+
+#[tokio::test]
+async fn vary_response_is_only_served_to_requests_with_the_same_value() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("gzip-flavoured")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Encoding"),
+    );
+    let edge = h.edge().await;
+    let gzip = [("accept-encoding", "gzip")];
+    let br = [("accept-encoding", "br")];
+
+    let first = edge.get_with("/a", &gzip).await;
+    assert!(first.stored(), "{}", first.cache_status());
+
+    let same = edge.get_with("/a", &gzip).await;
+    assert!(same.is_hit(), "{}", same.cache_status());
+    assert_eq!(same.text(), "gzip-flavoured");
+    assert_eq!(h.origin.hits("/a"), 1);
+
+    h.origin.reply(
+        "/a",
+        Reply::ok("br-flavoured")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Encoding"),
+    );
+    let different = edge.get_with("/a", &br).await;
+    assert!(!different.is_hit(), "{}", different.cache_status());
+    assert_eq!(different.fwd(), Some("vary-miss"));
+    assert_eq!(different.text(), "br-flavoured");
+    assert_eq!(h.origin.hits("/a"), 2);
+    assert_eq!(
+        h.origin
+            .last("/a")
+            .unwrap()
+            .headers
+            .get("accept-encoding")
+            .unwrap(),
+        "br"
+    );
+
+    // A request without the header does not match either stored value.
+    let absent = edge.get("/a").await;
+    assert_eq!(absent.fwd(), Some("vary-miss"), "{}", absent.cache_status());
+    assert_eq!(h.origin.hits("/a"), 3);
+}
+
+#[tokio::test]
+async fn must_understand_overrides_no_store_for_an_understood_status() {
+    // §5.2.2.3: a cache that understands the status code ignores no-store next to must-understand.
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("understood").header("cache-control", "must-understand, no-store, max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+    );
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "understood");
+    assert_eq!(h.origin.hits("/a"), 1);
+}
+
+#[tokio::test]
+async fn must_understand_with_an_unknown_status_is_not_stored() {
+    // §5.2.2.3: a status code the cache does not understand must not be stored.
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("odd")
+            .status(299)
+            .header("cache-control", "must-understand, no-store, max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 299);
+    assert!(!first.stored(), "{}", first.cache_status());
+    assert_not_reused(&h, &edge, "/a").await;
+}
+
+#[tokio::test]
+async fn response_with_an_empty_body_is_stored_and_served() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/empty",
+        Reply::ok("").header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/empty").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+    );
+    let hit = edge.get("/empty").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.status, 200);
+    assert!(hit.body.is_empty());
+    assert_eq!(hit.header("content-length"), Some("0"));
+    assert_eq!(h.origin.hits("/empty"), 1);
+}
+
+#[tokio::test]
+async fn redirect_302_with_a_body_and_max_age_is_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/moved",
+        Reply::ok("see /elsewhere")
+            .status(302)
+            .header("location", "/elsewhere")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/moved").await;
+    assert!(first.stored(), "{}", first.cache_status());
+    let hit = edge.get("/moved").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.status, 302);
+    assert_eq!(hit.header("location"), Some("/elsewhere"));
+    assert_eq!(hit.text(), "see /elsewhere");
+    assert_eq!(h.origin.hits("/moved"), 1);
+}
+
+#[tokio::test]
+async fn no_content_204_with_max_age_is_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/none",
+        Reply::ok("")
+            .status(204)
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge().await;
+
+    let first = edge.get("/none").await;
+    assert_eq!(first.status, 204);
+    assert!(first.stored(), "{}", first.cache_status());
+    let hit = edge.get("/none").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.status, 204);
+    assert!(hit.body.is_empty());
+    assert_eq!(h.origin.hits("/none"), 1);
+}
