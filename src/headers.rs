@@ -48,11 +48,15 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    let value = format!("{protocol} {CACHE_NAME}");
-    headers.append(
-        header::VIA,
-        HeaderValue::from_str(&value).expect("Via value is ASCII"),
-    );
+    // One line, earlier hops first, so `curl -I` shows the whole path at a glance.
+    let mut value: Vec<u8> = Vec::new();
+    for earlier in headers.get_all(header::VIA) {
+        value.extend_from_slice(earlier.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(format!("{protocol} {CACHE_NAME}").as_bytes());
+    let value = HeaderValue::from_bytes(&value).expect("Via is built from valid field values");
+    headers.insert(header::VIA, value);
 }
 
 /// What the cache did with one request, as RFC 9211 `Cache-Status` reports it.

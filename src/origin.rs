@@ -116,11 +116,14 @@ pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // RFC 9110 §5.3: several lines of a list field are one list, in order.
+    let mut forwarded_for: Vec<u8> = Vec::new();
+    for earlier in headers.get_all(&X_FORWARDED_FOR) {
+        forwarded_for.extend_from_slice(earlier.as_bytes());
+        forwarded_for.extend_from_slice(b", ");
+    }
+    forwarded_for.extend_from_slice(client.to_string().as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));

@@ -92,7 +92,7 @@ async fn serve_cacheable(
             let now = edge.clock.now();
             match policy::decide(&entry.freshness, &request_cc, now) {
                 Ok(ttl) => {
-                    return respond_from_cache(&entry, tier, ttl, now, head, request.version());
+                    return respond_from_cache(&entry, tier, ttl, now, head);
                 }
                 Err(fwd) => fwd,
             }
@@ -121,13 +121,11 @@ fn respond_from_cache(
     ttl: i64,
     now: SystemTime,
     head: bool,
-    version: Version,
 ) -> Response {
     let mut headers = entry.headers.clone();
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-    append_via(&mut headers, version);
     CacheStatus::hit(tier, ttl).add_to(&mut headers);
     let body = if head {
         Body::empty()
@@ -163,7 +161,7 @@ async fn fetch(
     };
     let response_time = edge.clock.now();
     let status = upstream.status();
-    let mut headers = response_headers(upstream.headers(), response_time);
+    let mut headers = response_headers(upstream.headers(), response_time, upstream.version());
     let mut cache_status = CacheStatus::forward(fwd);
     cache_status.fwd_status = Some(status.as_u16());
 
@@ -211,7 +209,6 @@ async fn fetch(
         }
         admission => admission,
     };
-    append_via(&mut headers, version);
     cache_status.add_to(&mut headers);
 
     let stream = AdmittingStream {
@@ -299,8 +296,7 @@ async fn forward_uncached(
     if !safe && (status.is_success() || status.is_redirection()) {
         invalidate_after_unsafe(edge, &parts.headers, &url, &key, upstream.headers()).await;
     }
-    let mut headers = response_headers(upstream.headers(), edge.clock.now());
-    append_via(&mut headers, version);
+    let mut headers = response_headers(upstream.headers(), edge.clock.now(), upstream.version());
     let mut cache_status = CacheStatus::forward(Forward::Bypass);
     cache_status.fwd_status = Some(status.as_u16());
     cache_status.add_to(&mut headers);
@@ -330,7 +326,7 @@ async fn invalidate_after_unsafe(
         };
         let target = if edge.origin.owns(&resolved) {
             Some(resolved)
-        } else if public_host.is_some_and(|host| same_authority(&resolved, host)) {
+        } else if public_host.is_some_and(|host| is_public_origin(&resolved, host)) {
             resolved
                 .as_str()
                 .parse()
@@ -345,17 +341,23 @@ async fn invalidate_after_unsafe(
     }
 }
 
-fn same_authority(url: &Url, host: &str) -> bool {
-    let authority = match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_owned(),
+/// Whether `url` names edge itself as the client addressed it: same scheme (edge listens on
+/// http), host and port, with the default port and no port the same (RFC 9110 §4.2.3).
+fn is_public_origin(url: &Url, host: &str) -> bool {
+    let Ok(public) = Url::parse(&format!("http://{host}/")) else {
+        return false;
     };
-    authority.eq_ignore_ascii_case(host)
+    url.scheme() == "http"
+        && url
+            .host_str()
+            .is_some_and(|h| public.host_str().is_some_and(|p| p.eq_ignore_ascii_case(h)))
+        && url.port_or_known_default() == public.port_or_known_default()
 }
 
 /// The origin's response headers as edge stores and forwards them: hop-by-hop fields removed,
-/// and a `Date` added when the origin sent none (RFC 9110 §6.6.1).
-fn response_headers(origin: &HeaderMap, received: SystemTime) -> HeaderMap {
+/// a `Date` added when the origin sent none (RFC 9110 §6.6.1), and this hop in `Via`, naming the
+/// protocol the origin answered with (§7.6.3). Hits are served with the same `Via`.
+fn response_headers(origin: &HeaderMap, received: SystemTime, version: Version) -> HeaderMap {
     let mut headers = origin.clone();
     remove_hop_by_hop(&mut headers);
     if !headers.contains_key(header::DATE) {
@@ -365,6 +367,7 @@ fn response_headers(origin: &HeaderMap, received: SystemTime) -> HeaderMap {
             HeaderValue::from_str(&date).expect("HTTP date is ASCII"),
         );
     }
+    append_via(&mut headers, version);
     headers
 }
 

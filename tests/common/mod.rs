@@ -48,8 +48,6 @@ pub struct Reply {
     pub body: Bytes,
     /// Wait this long before answering.
     pub delay: Option<Duration>,
-    /// Send no `Date` header (by default the origin adds one from the shared clock).
-    pub no_date: bool,
 }
 
 impl Reply {
@@ -59,7 +57,6 @@ impl Reply {
             headers: Vec::new(),
             body: body.into(),
             delay: None,
-            no_date: false,
         }
     }
 
@@ -75,11 +72,6 @@ impl Reply {
 
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
-        self
-    }
-
-    pub fn no_date(mut self) -> Self {
-        self.no_date = true;
         self
     }
 }
@@ -199,7 +191,8 @@ async fn answer(
             HeaderValue::from_str(value).unwrap(),
         );
     }
-    if !reply.no_date && !headers.contains_key(http::header::DATE) {
+    // The shared manual clock dates every reply (hyper would otherwise add the real time).
+    if !headers.contains_key(http::header::DATE) {
         headers.insert(
             http::header::DATE,
             HeaderValue::from_str(&http_date(clock.now())).unwrap(),

@@ -1,0 +1,769 @@
+//! RFC 9110 §7.6: what a forwarding intermediary does to header fields (hop-by-hop fields, `Via`,
+//! `X-Forwarded-*`, `Host`, `Date`), and the answers edge makes itself when the origin fails.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Harness, Reply, http_date, start_time};
+use http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Header lines in the order they arrived.
+type Headers = Vec<(String, String)>;
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Headers,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes `request` (a complete HTTP/1.1 request head, no body) to `addr` as is, and reads one
+/// response. reqwest would normalise dot segments and may manage connection headers itself; this
+/// sends exactly the bytes given.
+async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some(response) = parse_response(&buf) {
+                return response;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return parse_response(&buf)
+                    .or_else(|| parse_until_eof(&buf))
+                    .expect("connection closed before a whole response arrived");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no response within 10 s")
+}
+
+/// The response head in `buf`, if it is complete.
+fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).expect("response head is ASCII");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .expect("status code")
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("header line");
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    Some((status, headers, end + 4))
+}
+
+/// The whole response in `buf` when its framing says it is complete.
+fn parse_response(buf: &[u8]) -> Option<RawResponse> {
+    let (status, headers, start) = parse_head(buf)?;
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _): &&(String, String)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let rest = &buf[start..];
+    let body = if let Some(length) = find("content-length") {
+        let length: usize = length.parse().unwrap();
+        if rest.len() < length {
+            return None;
+        }
+        rest[..length].to_vec()
+    } else if find("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        decode_chunked(rest)?
+    } else {
+        return None;
+    };
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A response delimited by the end of the connection.
+fn parse_until_eof(buf: &[u8]) -> Option<RawResponse> {
+    let (status, headers, start) = parse_head(buf)?;
+    Some(RawResponse {
+        status,
+        headers,
+        body: buf[start..].to_vec(),
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            // No trailers expected: the final CRLF.
+            return rest.starts_with(b"\r\n").then_some(body);
+        }
+        if rest.len() < size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Every value of `name`, joined by ", ".
+fn joined(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Deterministic bytes covering every byte value (xorshift64).
+fn binary_body(len: usize, seed: u64) -> Bytes {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// An origin that answers every request with `response`, byte for byte, on keep-alive
+/// connections, counting the requests. `response` must frame its body with Content-Length.
+async fn raw_origin(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests here have no body: each ends with its head.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A request carrying hop-by-hop fields (RFC 9110 §7.6.1) next to an end-to-end one.
+fn request_with_hop_by_hop_fields(path: &str, host: SocketAddr) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Connection: close, X-Secret\r\n\
+         X-Secret: 1\r\n\
+         Keep-Alive: timeout=5, max=100\r\n\
+         TE: trailers, deflate\r\n\
+         Upgrade: h2c\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         Proxy-Authorization: Basic cHJveHk6c2VjcmV0\r\n\
+         X-Kept: yes\r\n\
+         \r\n"
+    )
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_do_not_reach_the_origin() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    h.origin.reply("/direct", Reply::ok("d"));
+    let edge = h.edge().await;
+
+    // Control: sent straight to the fixture origin, every one of these fields arrives, so their
+    // absence below is edge's doing.
+    let direct = raw_request(
+        h.origin.addr,
+        &request_with_hop_by_hop_fields("/direct", h.origin.addr),
+    )
+    .await;
+    assert_eq!(direct.status, 200);
+    let control = h.origin.last("/direct").unwrap().headers;
+    for name in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(control.contains_key(name), "control lost {name}");
+    }
+
+    let response = raw_request(edge.addr, &request_with_hop_by_hop_fields("/a", edge.addr)).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"a");
+    let seen = h.origin.last("/a").unwrap().headers;
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the origin: {:?}",
+            seen.get(name)
+        );
+    }
+    let connection = joined(&seen, "connection").to_ascii_lowercase();
+    assert!(
+        !connection.contains("x-secret"),
+        "the client's Connection options reached the origin: {connection}"
+    );
+    assert_eq!(seen.get("x-kept").unwrap(), "yes");
+}
+
+#[tokio::test]
+async fn fields_named_in_a_second_connection_line_are_removed_too() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    let request = format!(
+        "GET /a HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nConnection: X-One, X-Two\r\n\
+         X-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\n\r\n",
+        edge.addr
+    );
+    assert_eq!(raw_request(edge.addr, &request).await.status, 200);
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert!(!seen.contains_key("x-one"));
+    assert!(!seen.contains_key("x-two"));
+    assert_eq!(seen.get("x-three").unwrap(), "3");
+}
+
+#[tokio::test]
+async fn end_to_end_request_headers_reach_the_origin() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    let response = edge
+        .get_with(
+            "/a",
+            &[
+                ("x-custom", "custom value"),
+                ("accept-language", "de-CH, en;q=0.5"),
+                ("authorization", "Bearer abc.def"),
+                ("cookie", "session=1"),
+                ("user-agent", "edge-tests/1"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert_eq!(seen.get("x-custom").unwrap(), "custom value");
+    assert_eq!(seen.get("accept-language").unwrap(), "de-CH, en;q=0.5");
+    assert_eq!(seen.get("authorization").unwrap(), "Bearer abc.def");
+    assert_eq!(seen.get("cookie").unwrap(), "session=1");
+    assert_eq!(seen.get("user-agent").unwrap(), "edge-tests/1");
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_do_not_reach_the_client_on_miss_or_hit() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("{\"a\":1}")
+            .header("cache-control", "max-age=60")
+            .header("connection", "X-Internal")
+            .header("x-internal", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-origin-header", "1")
+            .header("content-type", "application/json")
+            .header("etag", "\"v1\""),
+    );
+    let edge = h.edge().await;
+
+    // Control: the fixture origin really sends these fields.
+    let direct = edge
+        .client
+        .get(format!("{}/a", h.origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.headers().get("x-internal").unwrap(), "secret");
+    assert_eq!(direct.headers().get("keep-alive").unwrap(), "timeout=5");
+    assert!(
+        joined(direct.headers(), "connection")
+            .to_ascii_lowercase()
+            .contains("x-internal")
+    );
+
+    let miss = edge.get("/a").await;
+    let hit = edge.get("/a").await;
+    assert!(miss.stored(), "{}", miss.cache_status());
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    for (what, response) in [("miss", &miss), ("hit", &hit)] {
+        assert_eq!(response.status, 200, "{what}");
+        assert_eq!(response.text(), "{\"a\":1}", "{what}");
+        assert_eq!(response.header("x-internal"), None, "{what}");
+        assert_eq!(response.header("keep-alive"), None, "{what}");
+        let connection = joined(&response.headers, "connection").to_ascii_lowercase();
+        assert!(!connection.contains("x-internal"), "{what}: {connection}");
+        assert_eq!(response.header("x-origin-header"), Some("1"), "{what}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        assert_eq!(response.header("etag"), Some("\"v1\""), "{what}");
+        assert_eq!(
+            response.header("cache-control"),
+            Some("max-age=60"),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        h.origin.hits("/a"),
+        2,
+        "one direct request, one through edge"
+    );
+}
+
+#[tokio::test]
+async fn via_is_added_to_the_request_and_the_response() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let edge = h.edge().await;
+    let miss = edge.get("/a").await;
+
+    let to_origin = joined(&h.origin.last("/a").unwrap().headers, "via");
+    assert!(to_origin.contains("edge"), "request Via: {to_origin:?}");
+    assert_eq!(to_origin, "1.1 edge");
+    assert_eq!(joined(&miss.headers, "via"), "1.1 edge");
+}
+
+#[tokio::test]
+async fn via_is_appended_to_existing_values() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=60")
+            .header("via", "1.0 backend"),
+    );
+    let edge = h.edge().await;
+    let miss = edge.get_with("/a", &[("via", "1.1 client-proxy")]).await;
+
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "via"),
+        "1.1 client-proxy, 1.1 edge"
+    );
+    assert_eq!(joined(&miss.headers, "via"), "1.0 backend, 1.1 edge");
+}
+
+#[tokio::test]
+async fn a_hit_carries_exactly_one_edge_via_entry() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=60")
+            .header("via", "1.0 backend"),
+    );
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    for _ in 0..3 {
+        let hit = edge.get("/a").await;
+        assert!(hit.is_hit(), "{}", hit.cache_status());
+        let via = joined(&hit.headers, "via");
+        assert_eq!(via, "1.0 backend, 1.1 edge");
+        assert_eq!(via.matches("edge").count(), 1, "{via}");
+    }
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_the_client_address() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_appended_to_an_existing_value() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    edge.get_with("/a", &[("x-forwarded-for", "10.0.0.1")])
+        .await;
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "10.0.0.1, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_for_keeps_every_earlier_line() {
+    // RFC 9110 §5.3: several lines of a list field mean their values joined in order; a proxy
+    // must not drop or reorder them.
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    edge.get_with(
+        "/a",
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "10.0.0.1, 10.0.0.2, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn x_forwarded_proto_and_host_describe_the_client_request() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert_eq!(seen.get("x-forwarded-proto").unwrap(), "http");
+    assert_eq!(
+        seen.get("x-forwarded-host").unwrap(),
+        edge.addr.to_string().as_str()
+    );
+
+    edge.get_with("/a", &[("host", "cdn.example")]).await;
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert_eq!(seen.get("x-forwarded-host").unwrap(), "cdn.example");
+}
+
+#[tokio::test]
+async fn the_origin_sees_its_own_authority_as_host() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    edge.get_with("/a", &[("host", "cdn.example")]).await;
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert_eq!(joined(&seen, "host"), h.origin.addr.to_string());
+}
+
+#[tokio::test]
+async fn unreachable_origin_gives_502() {
+    let h = Harness::new().await;
+    let port = closed_port();
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url =
+                edge::config::OriginUrl(format!("http://127.0.0.1:{port}").parse().unwrap())
+        })
+        .await;
+    let response = edge.get("/a").await;
+    assert_eq!(response.status, 502);
+    assert_eq!(response.param("detail"), Some("origin-unreachable"));
+    assert!(!response.is_hit());
+    assert!(!response.stored());
+    assert!(
+        response.text().contains("origin") && response.body.len() < 200,
+        "{:?}",
+        response.text()
+    );
+
+    let post = edge.send(http::Method::POST, "/a", &[]).await;
+    assert_eq!(post.status, 502);
+    assert_eq!(post.param("detail"), Some("origin-unreachable"));
+}
+
+#[tokio::test]
+async fn slow_origin_gives_504() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/slow",
+        Reply::ok("x")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_secs(3)),
+    );
+    let edge = h
+        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .await;
+    let started = std::time::Instant::now();
+    let response = edge.get("/slow").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "edge waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status, 504);
+    assert_eq!(response.param("detail"), Some("origin-timeout"));
+    assert!(!response.stored());
+    assert_ne!(response.text(), "x");
+}
+
+#[tokio::test]
+async fn a_response_without_date_gets_one_from_edge() {
+    // The fixture origin cannot send a response without Date: hyper's server adds one from the
+    // real clock. This origin writes its response by hand.
+    let h = Harness::new().await;
+    let (origin, requests) = raw_origin(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+        })
+        .await;
+
+    let miss = edge.get("/a").await;
+    assert_eq!(miss.status, 200);
+    assert_eq!(miss.text(), "hello");
+    assert!(miss.stored(), "{}", miss.cache_status());
+    let received_at = http_date(start_time());
+    assert_eq!(miss.header("date"), Some(received_at.as_str()));
+    assert_eq!(miss.headers.get_all("date").iter().count(), 1);
+
+    // RFC 9110 §6.6.1: the Date recorded on receipt is part of the stored response.
+    h.clock.advance(Duration::from_secs(10));
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "hello");
+    assert_eq!(hit.header("date"), Some(received_at.as_str()));
+    assert_eq!(hit.headers.get_all("date").iter().count(), 1);
+    assert_eq!(hit.age(), Some(10));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_origin_date_is_kept_unchanged_on_miss_and_hit() {
+    let h = Harness::new().await;
+    let origin_date = http_date(start_time() - Duration::from_secs(2));
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=60")
+            .header("date", &origin_date),
+    );
+    let edge = h.edge().await;
+    let miss = edge.get("/a").await;
+    assert_eq!(miss.header("date"), Some(origin_date.as_str()));
+
+    h.clock.advance(Duration::from_secs(20));
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.header("date"), Some(origin_date.as_str()));
+    assert_eq!(hit.headers.get_all("date").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn a_large_body_arrives_byte_identical_on_miss_and_hit() {
+    let h = Harness::new().await;
+    let body = binary_body(2 * 1024 * 1024, 0xD1B5_4A32_D192_ED03);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .header("content-type", "application/octet-stream"),
+    );
+    let edge = h.edge().await;
+
+    let miss = edge.get("/big").await;
+    assert_eq!(miss.status, 200);
+    assert!(miss.stored(), "{}", miss.cache_status());
+    assert_eq!(miss.body.len(), body.len());
+    assert!(miss.body == body, "the miss body differs from the origin's");
+
+    let hit = edge.get("/big").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body.len(), body.len());
+    assert!(hit.body == body, "the hit body differs from the origin's");
+    assert_eq!(hit.header("content-length"), Some("2097152"));
+    assert_eq!(h.origin.hits("/big"), 1);
+}
+
+#[tokio::test]
+async fn a_request_target_climbing_out_of_the_origin_prefix_is_rejected() {
+    let h = Harness::new().await;
+    h.origin.reply("/x", Reply::ok("outside the prefix"));
+    h.origin.reply("/base/x", Reply::ok("inside the prefix"));
+    let origin = h.origin.addr;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}/base").parse().unwrap())
+        })
+        .await;
+
+    let request = format!(
+        "GET /../x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 400, "{:?}", response);
+    // Edge answered itself: no hit, nothing forwarded.
+    assert_eq!(response.header("cache-status"), Some("edge"));
+    assert_ne!(response.body, b"outside the prefix");
+    assert!(
+        h.origin.received().is_empty(),
+        "the origin was asked: {:?}",
+        h.origin.received()
+    );
+
+    // Control: an ordinary target under the prefix is forwarded.
+    let request = format!(
+        "GET /x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"inside the prefix");
+    assert_eq!(h.origin.hits("/base/x"), 1);
+    assert_eq!(h.origin.hits("/x"), 0);
+}
+
+#[tokio::test]
+async fn an_encoded_dot_segment_does_not_climb_out_of_the_origin_prefix() {
+    let h = Harness::new().await;
+    h.origin.reply("/x", Reply::ok("outside the prefix"));
+    let origin = h.origin.addr;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}/base").parse().unwrap())
+        })
+        .await;
+    for target in ["/%2e%2e/x", "/.%2e/x", "/%2E%2E/x", "/a/../../x"] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            edge.addr
+        );
+        let response = raw_request(edge.addr, &request).await;
+        assert_ne!(response.body, b"outside the prefix", "{target}");
+        assert_eq!(h.origin.hits("/x"), 0, "{target} reached /x");
+    }
+}
+
+#[tokio::test]
+async fn via_names_the_protocol_each_message_was_received_with() {
+    // RFC 9110 §7.6.3: received-protocol is the version used by the upstream sender of *that*
+    // message: the client's for the request, the origin's (HTTP/1.1 here) for the response.
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    let request = format!("GET /a HTTP/1.0\r\nHost: {}\r\n\r\n", edge.addr);
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"a");
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "via"),
+        "1.0 edge"
+    );
+    assert_eq!(response.header("via"), Some("1.1 edge"));
+}
+
+#[tokio::test]
+async fn repeated_and_non_ascii_origin_headers_survive_memory_and_disk_hits() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=60")
+            .header("link", "</one.css>; rel=preload")
+            .header("link", "</two.js>; rel=preload")
+            .header("x-name", "caf\u{e9}"),
+    );
+    let edge = h.edge().await;
+    let check = |what: &str, response: &common::Resp| {
+        let links: Vec<_> = response
+            .headers
+            .get_all("link")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        assert_eq!(
+            links,
+            [
+                b"</one.css>; rel=preload".to_vec(),
+                b"</two.js>; rel=preload".to_vec()
+            ],
+            "{what}"
+        );
+        assert_eq!(
+            response.headers.get("x-name").unwrap().as_bytes(),
+            "caf\u{e9}".as_bytes(),
+            "{what}"
+        );
+    };
+    let miss = edge.get("/a").await;
+    check("miss", &miss);
+    let memory = edge.get("/a").await;
+    assert_eq!(memory.param("detail"), Some("memory"));
+    check("memory hit", &memory);
+    let edge = edge.restart().await;
+    let disk = edge.get("/a").await;
+    assert_eq!(
+        disk.param("detail"),
+        Some("disk"),
+        "{}",
+        disk.cache_status()
+    );
+    check("disk hit", &disk);
+    assert_eq!(h.origin.hits("/a"), 1);
+}
