@@ -49,6 +49,17 @@ pub struct CacheConfig {
     pub max_object_size: ByteSize,
     #[serde(default)]
     pub heuristic: HeuristicConfig,
+    /// How long a request waits for another request's fetch of the same key before fetching on
+    /// its own.
+    #[serde(default = "defaults::collapse_wait")]
+    pub collapse_wait: Seconds,
+    /// How long a key whose response could not be stored skips request collapsing.
+    #[serde(default = "defaults::hit_for_pass")]
+    pub hit_for_pass: Seconds,
+    /// Serve a stale response for up to this long past its freshness when the origin fails, even
+    /// without `stale-if-error` (never for `no-cache` or `must-revalidate` responses). 0 = off.
+    #[serde(default = "defaults::zero")]
+    pub stale_if_error: Seconds,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +130,15 @@ mod defaults {
     pub fn heuristic_max() -> Seconds {
         Seconds(Duration::from_secs(24 * 3600))
     }
+    pub fn collapse_wait() -> Seconds {
+        Seconds(Duration::from_secs(10))
+    }
+    pub fn hit_for_pass() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn zero() -> Seconds {
+        Seconds(Duration::ZERO)
+    }
 }
 
 impl Default for CacheConfig {
@@ -128,6 +148,9 @@ impl Default for CacheConfig {
             disk: DiskConfig::default(),
             max_object_size: defaults::max_object_size(),
             heuristic: HeuristicConfig::default(),
+            collapse_wait: defaults::collapse_wait(),
+            hit_for_pass: defaults::hit_for_pass(),
+            stale_if_error: defaults::zero(),
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct CacheStatus {
     pub fwd_status: Option<u16>,
     /// The response was admitted to the cache.
     pub stored: bool,
+    /// The request was served by another request's origin fetch (RFC 9211 §2.6).
+    pub collapsed: bool,
     /// Remaining freshness in seconds (negative when a stale response is served).
     pub ttl: Option<i64>,
     /// A short reason the response was not stored, or what went wrong.
@@ -130,6 +132,9 @@ impl CacheStatus {
         }
         if self.stored {
             out.push_str("; stored");
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
             let _ = write!(out, "; ttl={ttl}");

@@ -5,11 +5,14 @@
 
 pub mod cache;
 pub mod clock;
+pub mod conditional;
 pub mod config;
 pub mod demo;
+pub mod fill;
 pub mod headers;
 pub mod origin;
 pub mod proxy;
+pub mod range;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::fill::Fills;
 use crate::origin::Origin;
 use crate::proxy::Edge;
 
@@ -47,10 +51,12 @@ pub async fn serve(
     let origin = Origin::new(&config.origin)?;
     let cache = Arc::new(Cache::open(&config.cache).await);
     let tasks = TaskTracker::new();
+    let fills = Fills::new(&config.cache);
     let edge = Arc::new(Edge {
         config,
         origin,
         cache: cache.clone(),
+        fills,
         clock,
         tasks: tasks.clone(),
     });

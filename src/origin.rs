@@ -9,6 +9,8 @@ use http::{Method, Uri, Version};
 use reqwest::Url;
 
 use crate::config::OriginConfig;
+use std::time::SystemTime;
+
 use crate::headers::{append_via, remove_hop_by_hop};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -127,6 +129,23 @@ pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    append_via(&mut headers, version);
+    headers
+}
+
+/// The origin's response headers as edge stores and forwards them: hop-by-hop fields removed,
+/// a `Date` added when the origin sent none (RFC 9110 §6.6.1), and this hop in `Via`, naming the
+/// protocol the origin answered with (§7.6.3). Hits are served with the same `Via`.
+pub fn response_headers(origin: &HeaderMap, received: SystemTime, version: Version) -> HeaderMap {
+    let mut headers = origin.clone();
+    remove_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(received);
+        headers.insert(
+            header::DATE,
+            HeaderValue::from_str(&date).expect("HTTP date is ASCII"),
+        );
+    }
     append_via(&mut headers, version);
     headers
 }

@@ -1,41 +1,47 @@
-//! The request phases: classify → key → lookup → decide → {serve hit | fetch} → admit → respond.
+//! The request phases: classify → key → lookup → decide → {serve stored | fill | forward} →
+//! respond.
 //!
-//! Each request ends with exactly one [`CacheStatus`], which becomes its `Cache-Status` header.
+//! GET and HEAD are answered from the cache when they can be, and otherwise through a fill (see
+//! [`crate::fill`]), which collapses concurrent misses and revalidations of one key into one
+//! origin request. Other methods are forwarded as they are. Each request ends with exactly one
+//! [`CacheStatus`], which becomes its `Cache-Status` header.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::request::Parts;
+use http::{Method, StatusCode};
 use http_body::Body as _;
 use reqwest::Url;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::cache::Cache;
 use crate::cache::entry::StoredEntry;
-use crate::cache::key::{CacheKey, Variance};
-use crate::cache::policy::{self, CacheControl, Forward, NotStored};
-use crate::cache::{Cache, Tier};
+use crate::cache::key::CacheKey;
+use crate::cache::policy::{self, CacheControl, Forward};
 use crate::clock::Clock;
+use crate::conditional;
 use crate::config::Config;
-use crate::headers::{CACHE_STATUS, CacheStatus, append_via, remove_hop_by_hop};
+use crate::fill::{Fill, FillJob, Fills, Head, Role, SharedHead};
+use crate::headers::{CACHE_STATUS, CacheStatus};
 use crate::origin::{self, Origin, OriginError};
+use crate::range::{self, RangeOutcome};
 
 /// Everything a request needs, shared by all of them.
 pub struct Edge {
     pub config: Config,
     pub origin: Origin,
     pub cache: Arc<Cache>,
+    pub fills: Fills,
     pub clock: Clock,
-    /// Background work (stores, HEAD bodies) that shutdown waits for.
+    /// Background work (fills) that shutdown waits for.
     pub tasks: TaskTracker,
 }
 
@@ -63,16 +69,19 @@ pub async fn handle(
 /// classify and key.
 async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Response {
     let Some(url) = edge.origin.url_for(request.uri()) else {
+        let status = CacheStatus::default();
         return local_response(
             StatusCode::BAD_REQUEST,
             "edge: invalid request target\n",
-            CacheStatus::default(),
+            status,
         );
     };
     let key = CacheKey::new(&url);
-    match *request.method() {
+    let (request, body) = request.into_parts();
+    match request.method {
+        // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped.
         Method::GET | Method::HEAD => serve_cacheable(edge, peer, request, url, key).await,
-        _ => forward_uncached(edge, peer, request, url, key).await,
+        _ => forward(edge, peer, request, body, url, key, Forward::Bypass).await,
     }
 }
 
@@ -80,21 +89,37 @@ async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Response
 async fn serve_cacheable(
     edge: &Arc<Edge>,
     peer: SocketAddr,
-    request: Request,
+    request: Parts,
     url: Url,
     key: CacheKey,
 ) -> Response {
-    let request_cc = CacheControl::of(request.headers());
-    let head = request.method() == Method::HEAD;
+    let request_cc = CacheControl::of(&request.headers);
+    let now = edge.clock.now();
+    let mut stale = None;
     let fwd = match edge.cache.lookup(&key).await {
         None => Forward::UriMiss,
-        Some((entry, tier)) if entry.variance.matches(request.headers()) => {
-            let now = edge.clock.now();
+        Some((entry, tier)) if entry.variance.matches(&request.headers) => {
             match policy::decide(&entry.freshness, &request_cc, now) {
                 Ok(ttl) => {
-                    return respond_from_cache(&entry, tier, ttl, now, head);
+                    return respond_stored(&request, &entry, CacheStatus::hit(tier, ttl), now)
+                        .await;
                 }
-                Err(fwd) => fwd,
+                Err(Forward::Stale)
+                    if entry
+                        .freshness
+                        .may_serve_while_revalidating(&request_cc, now) =>
+                {
+                    // RFC 5861 §3: answer now, refresh in the background (one fill per key).
+                    let job = fill_job(&request, peer, &url, &key, Some(entry.clone()));
+                    edge.fills.start(edge, job);
+                    let mut status = CacheStatus::hit(tier, entry.freshness.ttl(now));
+                    status.detail = Some("stale-while-revalidate");
+                    return respond_stored(&request, &entry, status, now).await;
+                }
+                Err(fwd) => {
+                    stale = Some(entry);
+                    fwd
+                }
             }
         }
         Some(_) => Forward::VaryMiss,
@@ -105,205 +130,318 @@ async fn serve_cacheable(
             detail: Some("only-if-cached"),
             ..CacheStatus::default()
         };
-        return local_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "edge: not in cache (only-if-cached)\n",
-            status,
-        );
+        let body = "edge: not in cache (only-if-cached)\n";
+        return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
     }
-    fetch(edge, peer, request, url, key, fwd, request_cc).await
+    let partial = request.headers.contains_key(header::RANGE);
+    if edge.fills.is_pass(&key) {
+        // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel.
+        if partial {
+            return forward(edge, peer, request, Body::empty(), url, key, fwd).await;
+        }
+        let role = Role::Leader(
+            edge.fills
+                .solo(edge, fill_job(&request, peer, &url, &key, stale.clone())),
+        );
+        return answer_from_fill(edge, peer, request, url, key, fwd, stale, role).await;
+    }
+    let role = edge
+        .fills
+        .join(edge, fill_job(&request, peer, &url, &key, stale.clone()));
+    answer_from_fill(edge, peer, request, url, key, fwd, stale, role).await
 }
 
-/// serve hit: the stored response with `Age` (RFC 9111 §4.2.3, §5.1) and `Cache-Status`.
-fn respond_from_cache(
+fn fill_job(
+    request: &Parts,
+    peer: SocketAddr,
+    url: &Url,
+    key: &CacheKey,
+    stale: Option<Arc<StoredEntry>>,
+) -> FillJob {
+    FillJob {
+        key: key.clone(),
+        url: url.clone(),
+        request: request.headers.clone(),
+        client: peer.ip(),
+        version: request.version,
+        stale,
+    }
+}
+
+/// Answers a request from the fill it leads or joined. A waiter that cannot use what the fill
+/// brings (its leader is too slow or failed, or the response is private or varies on headers it
+/// does not share) fetches alone, as the leader of a fill of its own.
+#[allow(clippy::too_many_arguments)]
+async fn answer_from_fill(
+    edge: &Arc<Edge>,
+    peer: SocketAddr,
+    request: Parts,
+    url: Url,
+    key: CacheKey,
+    fwd: Forward,
+    stale: Option<Arc<StoredEntry>>,
+    mut role: Role,
+) -> Response {
+    let request_cc = CacheControl::of(&request.headers);
+    loop {
+        let (fill, leader) = match role {
+            Role::Leader(fill) => (fill, true),
+            Role::Waiter(fill) => (fill, false),
+        };
+        let wait = (!leader).then_some(edge.config.cache.collapse_wait.0);
+        let head = fill.head(wait).await;
+        let now = edge.clock.now();
+        // RFC 5861 §4: a 500, 502, 503 or 504, or no answer at all, may be covered by stale.
+        let stale_on_error = |status: Option<StatusCode>| {
+            let failed = status.is_none_or(|s| matches!(s.as_u16(), 500 | 502 | 503 | 504));
+            let operator = edge.config.cache.stale_if_error.0;
+            stale
+                .as_ref()
+                .filter(|entry| {
+                    failed
+                        && entry
+                            .freshness
+                            .may_serve_on_error(&request_cc, operator, now)
+                })
+                .cloned()
+        };
+        match head {
+            None => {}
+            Some(Head::Shared(shared)) => {
+                if let Some(entry) = stale_on_error(Some(shared.status)) {
+                    return serve_stale_on_error(
+                        &request,
+                        &entry,
+                        fwd,
+                        Some(shared.fwd_status),
+                        now,
+                    )
+                    .await;
+                }
+                if leader || shared.variance.matches(&request.headers) {
+                    let mut status = CacheStatus::forward(fwd);
+                    status.fwd_status = Some(shared.fwd_status);
+                    status.stored = true;
+                    status.collapsed = !leader;
+                    status.ttl = Some(shared.ttl);
+                    return respond_shared(&request, &shared, &fill, status).await;
+                }
+            }
+            Some(Head::Private {
+                status: origin_status,
+                reason,
+            }) => {
+                if let Some(entry) = stale_on_error(Some(origin_status)) {
+                    let fwd_status = Some(origin_status.as_u16());
+                    return serve_stale_on_error(&request, &entry, fwd, fwd_status, now).await;
+                }
+                // Only the leader may take it: to anyone else it is another client's response.
+                let private = if leader { fill.take_private() } else { None };
+                if let Some(private) = private {
+                    if request.headers.contains_key(header::RANGE) {
+                        // The representation is not storable; let the origin answer the range.
+                        return forward(edge, peer, request, Body::empty(), url, key, fwd).await;
+                    }
+                    let mut status = CacheStatus::forward(fwd).not_stored(reason);
+                    status.fwd_status = Some(private.status.as_u16());
+                    let mut headers = private.headers;
+                    status.add_to(&mut headers);
+                    let body = if request.method == Method::HEAD {
+                        Body::empty()
+                    } else {
+                        Body::from_stream(private.body)
+                    };
+                    return build(private.status, headers, body);
+                }
+            }
+            Some(Head::Failed(err)) => {
+                if let Some(entry) = stale_on_error(None) {
+                    return serve_stale_on_error(&request, &entry, fwd, None, now).await;
+                }
+                if leader {
+                    return origin_failure(&err, CacheStatus::forward(fwd));
+                }
+            }
+            Some(Head::Pending) => {
+                let err = OriginError::Unreachable("fill ended without a response".into());
+                return origin_failure(&err, CacheStatus::forward(fwd));
+            }
+        }
+        role = Role::Leader(
+            edge.fills
+                .solo(edge, fill_job(&request, peer, &url, &key, stale.clone())),
+        );
+    }
+}
+
+/// RFC 5861 §4: the origin failed and the stale response may stand in for it.
+async fn serve_stale_on_error(
+    request: &Parts,
     entry: &StoredEntry,
-    tier: Tier,
-    ttl: i64,
+    fwd: Forward,
+    fwd_status: Option<u16>,
     now: SystemTime,
-    head: bool,
+) -> Response {
+    let status = CacheStatus {
+        fwd: Some(fwd),
+        fwd_status,
+        ttl: Some(entry.freshness.ttl(now)),
+        detail: Some("stale-if-error"),
+        ..CacheStatus::default()
+    };
+    respond_stored(request, entry, status, now).await
+}
+
+/// serve stored: a stored response with `Age` (RFC 9111 §4.2.3, §5.1) and `Cache-Status`.
+async fn respond_stored(
+    request: &Parts,
+    entry: &StoredEntry,
+    status: CacheStatus,
+    now: SystemTime,
 ) -> Response {
     let mut headers = entry.headers.clone();
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-    CacheStatus::hit(tier, ttl).add_to(&mut headers);
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from(entry.body.clone())
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = headers;
-    response
+    respond(
+        request,
+        entry.status,
+        headers,
+        Payload::Whole(entry.body.clone()),
+        status,
+    )
+    .await
 }
 
-/// fetch and admit: one origin request for a GET or HEAD that the cache could not answer.
-async fn fetch(
-    edge: &Arc<Edge>,
-    peer: SocketAddr,
-    request: Request,
-    url: Url,
-    key: CacheKey,
-    fwd: Forward,
-    request_cc: CacheControl,
+/// A response from a shareable fill, streamed as it arrives.
+async fn respond_shared(
+    request: &Parts,
+    shared: &SharedHead,
+    fill: &Arc<Fill>,
+    status: CacheStatus,
 ) -> Response {
-    let head = request.method() == Method::HEAD;
-    let version = request.version();
-    let request_headers = request.headers().clone();
-    let outgoing = origin::request_headers(&request_headers, peer.ip(), version);
-    let request_time = edge.clock.now();
-    // A HEAD miss is fetched as GET so that the body can be stored for later GETs and HEADs.
-    let result = edge.origin.send(Method::GET, url, outgoing, None).await;
-    let upstream = match result {
-        Ok(upstream) => upstream,
-        Err(err) => return origin_failure(err, CacheStatus::forward(fwd), &key),
-    };
-    let response_time = edge.clock.now();
-    let status = upstream.status();
-    let mut headers = response_headers(upstream.headers(), response_time, upstream.version());
-    let mut cache_status = CacheStatus::forward(fwd);
-    cache_status.fwd_status = Some(status.as_u16());
-
-    let response_cc = CacheControl::of(&headers);
-    let admission = admit(
-        edge,
-        &request_headers,
-        &request_cc,
+    let payload = Payload::Streaming(fill.clone());
+    respond(
+        request,
+        shared.status,
+        shared.headers.clone(),
+        payload,
         status,
-        &headers,
-        &response_cc,
-        request_time,
-        response_time,
-    );
-    let admission = match admission {
-        Ok(entry) => {
-            cache_status.stored = true;
-            cache_status.ttl = Some(entry.freshness.ttl(response_time));
-            Some(Admission {
-                cache: edge.cache.clone(),
-                tasks: edge.tasks.clone(),
-                key,
-                entry,
-                chunks: Vec::new(),
-                received: 0,
-                limit: edge.config.cache.max_object_size.0,
-                // RFC 9110 §15.3.5: a 204 has no content, whatever its headers say.
-                expected: if status == StatusCode::NO_CONTENT {
-                    Some(0)
-                } else {
-                    content_length(&headers)
-                },
-            })
-        }
-        Err(reason) => {
-            cache_status = cache_status.not_stored(reason);
-            None
-        }
-    };
-    // hyper never polls an empty body, so an empty one is stored now.
-    let admission = match admission {
-        Some(admission) if admission.expected == Some(0) => {
-            admission.finish();
-            None
-        }
-        admission => admission,
-    };
-    cache_status.add_to(&mut headers);
+    )
+    .await
+}
 
-    let stream = AdmittingStream {
-        inner: upstream.bytes_stream().boxed(),
-        admission,
-    };
-    let body = if head {
-        // The client gets the head now; the body is read in the background only to store it.
-        if stream.admission.is_some() {
-            edge.tasks.spawn(stream.for_each(|_| async {}));
+/// The content of a response edge answers from the cache or from a fill.
+enum Payload {
+    Whole(Bytes),
+    Streaming(Arc<Fill>),
+}
+
+/// respond: edge answers the client's own conditions (RFC 9110 §13.2.2: If-None-Match /
+/// If-Modified-Since → 304) and ranges (§14: 206 or 416) on a 200, since fills ask the origin for
+/// the whole representation.
+async fn respond(
+    request: &Parts,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    payload: Payload,
+    cache_status: CacheStatus,
+) -> Response {
+    cache_status.add_to(&mut headers);
+    let head = request.method == Method::HEAD;
+    if status == StatusCode::OK {
+        if conditional::not_modified(&request.headers, &headers) {
+            let headers = conditional::not_modified_headers(&headers);
+            return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
         }
-        Body::empty()
-    } else {
-        Body::from_stream(stream)
+        if request.headers.contains_key(header::RANGE) {
+            let whole = match &payload {
+                Payload::Whole(body) => Some(body.clone()),
+                Payload::Streaming(fill) => fill.whole_body().await,
+            };
+            if let Some(whole) = whole {
+                return match range::apply(&request.headers, &headers, &whole) {
+                    RangeOutcome::Full => build(status, headers, content(head, Body::from(whole))),
+                    RangeOutcome::Partial { headers, body } => build(
+                        StatusCode::PARTIAL_CONTENT,
+                        headers,
+                        content(head, Body::from(body)),
+                    ),
+                    RangeOutcome::Unsatisfiable { headers: range } => {
+                        for name in [
+                            header::CONTENT_LENGTH,
+                            header::CONTENT_TYPE,
+                            header::CONTENT_ENCODING,
+                        ] {
+                            headers.remove(name);
+                        }
+                        headers.extend(range);
+                        build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty())
+                    }
+                };
+            }
+        }
+    }
+    let body = match payload {
+        Payload::Whole(body) => Body::from(body),
+        Payload::Streaming(fill) => Body::from_stream(fill.body()),
     };
+    build(status, headers, content(head, body))
+}
+
+/// No content for HEAD (RFC 9110 §9.3.2).
+fn content(head: bool, body: Body) -> Body {
+    if head { Body::empty() } else { body }
+}
+
+fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }
 
-/// admit: RFC 9111 §3 storability plus edge's own limits. On success, the entry to store once
-/// its body has arrived.
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    edge: &Edge,
-    request: &HeaderMap,
-    request_cc: &CacheControl,
-    status: StatusCode,
-    headers: &HeaderMap,
-    response_cc: &CacheControl,
-    request_time: SystemTime,
-    response_time: SystemTime,
-) -> Result<StoredEntry, NotStored> {
-    policy::check_storable(
-        &Method::GET,
-        request,
-        request_cc,
-        status,
-        headers,
-        response_cc,
-    )?;
-    if content_length(headers).is_some_and(|len| len > edge.config.cache.max_object_size.0) {
-        return Err(NotStored::TooLarge);
-    }
-    let entry = StoredEntry::new(
-        String::new(),
-        status,
-        headers.clone(),
-        Variance::capture(headers, request),
-        request_time,
-        response_time,
-        Bytes::new(),
-        &edge.config.cache.heuristic,
-    );
-    if !entry.freshness.worth_storing(headers) {
-        return Err(NotStored::NoFreshness);
-    }
-    Ok(entry)
-}
-
-/// Methods other than GET and HEAD: forwarded with their bodies streamed, never stored, and a
-/// success invalidates what is stored for the target (RFC 9111 §4.4).
-async fn forward_uncached(
+/// forward: the request goes to the origin as it is, and the answer comes back uncached. A 2xx or
+/// 3xx answer to an unsafe method invalidates what is stored for the target (RFC 9111 §4.4).
+async fn forward(
     edge: &Arc<Edge>,
     peer: SocketAddr,
-    request: Request,
+    parts: Parts,
+    body: Body,
     url: Url,
     key: CacheKey,
+    fwd: Forward,
 ) -> Response {
-    let version = request.version();
-    let (parts, body) = request.into_parts();
+    let version = parts.version;
     let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
     let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
-    let safe = matches!(parts.method, Method::OPTIONS | Method::TRACE);
+    let safe = parts.method.is_safe();
     let result = edge
         .origin
         .send(parts.method.clone(), url.clone(), outgoing, body)
         .await;
     let upstream = match result {
         Ok(upstream) => upstream,
-        Err(err) => return origin_failure(err, CacheStatus::forward(Forward::Bypass), &key),
+        Err(err) => {
+            warn!(url = key.url(), %err, "origin request failed");
+            return origin_failure(&err, CacheStatus::forward(fwd));
+        }
     };
     let status = upstream.status();
     if !safe && (status.is_success() || status.is_redirection()) {
         invalidate_after_unsafe(edge, &parts.headers, &url, &key, upstream.headers()).await;
     }
-    let mut headers = response_headers(upstream.headers(), edge.clock.now(), upstream.version());
-    let mut cache_status = CacheStatus::forward(Forward::Bypass);
+    let mut headers =
+        origin::response_headers(upstream.headers(), edge.clock.now(), upstream.version());
+    let mut cache_status = CacheStatus::forward(fwd);
     cache_status.fwd_status = Some(status.as_u16());
     cache_status.add_to(&mut headers);
-    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
+    let body = if parts.method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(upstream.bytes_stream())
+    };
+    build(status, headers, body)
 }
 
 /// RFC 9111 §4.4: the target URI, and `Location` / `Content-Location` when they are on the same
@@ -354,36 +492,8 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
         && url.port_or_known_default() == public.port_or_known_default()
 }
 
-/// The origin's response headers as edge stores and forwards them: hop-by-hop fields removed,
-/// a `Date` added when the origin sent none (RFC 9110 §6.6.1), and this hop in `Via`, naming the
-/// protocol the origin answered with (§7.6.3). Hits are served with the same `Via`.
-fn response_headers(origin: &HeaderMap, received: SystemTime, version: Version) -> HeaderMap {
-    let mut headers = origin.clone();
-    remove_hop_by_hop(&mut headers);
-    if !headers.contains_key(header::DATE) {
-        let date = httpdate::fmt_http_date(received);
-        headers.insert(
-            header::DATE,
-            HeaderValue::from_str(&date).expect("HTTP date is ASCII"),
-        );
-    }
-    append_via(&mut headers, version);
-    headers
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5).
-fn origin_failure(err: OriginError, mut cache_status: CacheStatus, key: &CacheKey) -> Response {
-    warn!(url = key.url(), %err, "origin request failed");
+fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Response {
     let (status, body, detail) = match err {
         OriginError::Unreachable(_) => (
             StatusCode::BAD_GATEWAY,
@@ -412,127 +522,4 @@ fn local_response(status: StatusCode, body: &'static str, cache_status: CacheSta
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
     response
-}
-
-/// A response body being stored while it streams to the client.
-struct Admission {
-    cache: Arc<Cache>,
-    tasks: TaskTracker,
-    key: CacheKey,
-    /// The entry to store, complete but for its body.
-    entry: StoredEntry,
-    chunks: Vec<Bytes>,
-    received: u64,
-    limit: u64,
-    expected: Option<u64>,
-}
-
-/// What an [`Admission`] made of one more chunk.
-enum Progress {
-    /// More is expected.
-    Partial,
-    /// All of `Content-Length` has arrived. hyper stops polling a body at that point, so the end
-    /// of the stream may never be seen.
-    Complete,
-    /// The body is not stored after all.
-    Abandoned,
-}
-
-impl Admission {
-    fn take(&mut self, chunk: &Bytes) -> Progress {
-        self.received += chunk.len() as u64;
-        if self.received > self.limit {
-            debug!(
-                url = self.key.url(),
-                limit = self.limit,
-                "body outgrew max_object_size; not storing it"
-            );
-            return Progress::Abandoned;
-        }
-        self.chunks.push(chunk.clone());
-        match self.expected {
-            Some(expected) if expected == self.received => Progress::Complete,
-            Some(expected) if expected < self.received => {
-                warn!(
-                    url = self.key.url(),
-                    "origin body longer than Content-Length; not storing it"
-                );
-                Progress::Abandoned
-            }
-            _ => Progress::Partial,
-        }
-    }
-
-    /// The whole body has arrived: store it, if it is as long as the origin said.
-    fn finish(self) {
-        if self
-            .expected
-            .is_some_and(|expected| expected != self.received)
-        {
-            warn!(
-                url = self.key.url(),
-                "origin body length differs from Content-Length; not storing it"
-            );
-            return;
-        }
-        let body = match self.chunks.len() {
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut body = BytesMut::with_capacity(self.received as usize);
-                for chunk in &self.chunks {
-                    body.extend_from_slice(chunk);
-                }
-                body.freeze()
-            }
-        };
-        let mut entry = self.entry;
-        entry.url = self.key.url().to_owned();
-        entry.body = body;
-        let (cache, key) = (self.cache, self.key);
-        self.tasks
-            .spawn(async move { cache.store(&key, Arc::new(entry)).await });
-    }
-}
-
-/// The origin's body on its way to the client, copied (by reference) into an [`Admission`].
-/// If the stream ends early, fails, or is dropped, nothing is stored.
-struct AdmittingStream {
-    inner: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    admission: Option<Admission>,
-}
-
-impl Stream for AdmittingStream {
-    type Item = reqwest::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = std::task::ready!(self.inner.poll_next_unpin(cx));
-        match &item {
-            Some(Ok(chunk)) => {
-                let progress = self
-                    .admission
-                    .as_mut()
-                    .map(|admission| admission.take(chunk));
-                match progress {
-                    Some(Progress::Complete) => {
-                        if let Some(admission) = self.admission.take() {
-                            admission.finish();
-                        }
-                    }
-                    Some(Progress::Abandoned) => self.admission = None,
-                    Some(Progress::Partial) | None => {}
-                }
-            }
-            Some(Err(err)) => {
-                if let Some(admission) = self.admission.take() {
-                    warn!(url = admission.key.url(), %err, "origin body failed; not storing it");
-                }
-            }
-            None => {
-                if let Some(admission) = self.admission.take() {
-                    admission.finish();
-                }
-            }
-        }
-        Poll::Ready(item)
-    }
 }

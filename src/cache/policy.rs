@@ -133,8 +133,10 @@ pub fn parse_http_date(value: Option<&http::HeaderValue>) -> Option<SystemTime> 
 pub enum NotStored {
     /// The request method is not one a cache stores (only GET here).
     Method,
-    /// `no-store` in the request or the response (RFC 9111 §5.2.1.5, §5.2.2.5).
+    /// `no-store` in the response (RFC 9111 §5.2.2.5).
     NoStore,
+    /// `no-store` in the request (RFC 9111 §5.2.1.5).
+    RequestNoStore,
     /// `private` in the response: a shared cache must not store it (§5.2.2.7).
     Private,
     /// The request carried `Authorization` and the response did not allow sharing it (§3.5).
@@ -156,7 +158,7 @@ impl NotStored {
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::Method => "method",
-            NotStored::NoStore => "no-store",
+            NotStored::NoStore | NotStored::RequestNoStore => "no-store",
             NotStored::Private => "private",
             NotStored::Authorization => "authorization",
             NotStored::SetCookie => "set-cookie",
@@ -228,7 +230,7 @@ pub fn check_storable(
         return Err(NotStored::NoStore);
     }
     if request_cc.has("no-store") {
-        return Err(NotStored::NoStore);
+        return Err(NotStored::RequestNoStore);
     }
     if response_cc.has("private") {
         return Err(NotStored::Private);
@@ -289,6 +291,13 @@ pub struct Freshness {
     /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: a stale copy is never served, whatever
     /// the request's `max-stale` says (§5.2.2.2, §5.2.2.8, §5.2.2.10).
     pub forbids_stale: bool,
+    /// `must-revalidate` or `proxy-revalidate` alone: not even the origin's own
+    /// `stale-while-revalidate` / `stale-if-error`, nor the operator's stale-on-error, serve it stale.
+    pub must_revalidate: bool,
+    /// RFC 5861 §3 `stale-while-revalidate` window.
+    pub stale_while_revalidate: Option<Duration>,
+    /// RFC 5861 §4 `stale-if-error` window.
+    pub stale_if_error: Option<Duration>,
 }
 
 impl Freshness {
@@ -313,7 +322,56 @@ impl Freshness {
             forbids_stale: response_cc.has("must-revalidate")
                 || response_cc.has("proxy-revalidate")
                 || response_cc.has("s-maxage"),
+            must_revalidate: response_cc.has("must-revalidate")
+                || response_cc.has("proxy-revalidate"),
+            stale_while_revalidate: window(response_cc, "stale-while-revalidate"),
+            stale_if_error: window(response_cc, "stale-if-error"),
         }
+    }
+
+    /// How long ago the response became stale; zero while it is fresh.
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        self.current_age(now).saturating_sub(self.lifetime)
+    }
+
+    /// RFC 5861 §3: may this stale response be served while it is revalidated in the background?
+    /// Never when the response demands validation, and never for a request that asked for
+    /// something fresher than the stored copy (`no-cache`, `max-age`, `min-fresh`).
+    ///
+    /// The explicit permission wins over the proxy-revalidate semantics that `s-maxage` implies
+    /// (§5.2.2.10): `s-maxage=60, stale-while-revalidate=30` is how origins ask CDNs for exactly
+    /// this.
+    pub fn may_serve_while_revalidating(&self, request_cc: &CacheControl, now: SystemTime) -> bool {
+        let asks_fresher =
+            request_cc.has("no-cache") || request_cc.has("max-age") || request_cc.has("min-fresh");
+        !self.no_cache
+            && !self.must_revalidate
+            && !asks_fresher
+            && self
+                .stale_while_revalidate
+                .is_some_and(|window| self.staleness(now) <= window)
+    }
+
+    /// RFC 5861 §4: may this stale response be served because the origin failed? The window is the
+    /// response's `stale-if-error`, the request's (RFC 5861 §4 defines it for requests too), or the
+    /// operator's `cache.stale_if_error`, whichever is largest; never for `no-cache` or
+    /// `must-revalidate`/`proxy-revalidate` responses (RFC 9111 §4.2.4).
+    pub fn may_serve_on_error(
+        &self,
+        request_cc: &CacheControl,
+        operator: Duration,
+        now: SystemTime,
+    ) -> bool {
+        let requested = window(request_cc, "stale-if-error").unwrap_or_default();
+        let allowed = self
+            .stale_if_error
+            .unwrap_or_default()
+            .max(requested)
+            .max(operator);
+        !self.no_cache
+            && !self.must_revalidate
+            && self.staleness(now) <= allowed
+            && !allowed.is_zero()
     }
 
     /// §4.2.3 `current_age`.
@@ -334,6 +392,11 @@ impl Freshness {
             || response.contains_key(header::ETAG)
             || response.contains_key(header::LAST_MODIFIED)
     }
+}
+
+/// A delta-seconds directive as a window; invalid arguments count as absent.
+fn window(cc: &CacheControl, name: &str) -> Option<Duration> {
+    cc.seconds(name).flatten().map(Duration::from_secs)
 }
 
 fn secs_i64(d: Duration) -> i64 {
@@ -476,6 +539,47 @@ pub fn decide(
         },
         None => Err(Forward::Stale),
     }
+}
+
+/// RFC 9111 §4.3.4: does a 304 select the stored response? A validator the 304 carries must be
+/// the stored one (entity-tags compared weakly, §8.8.3.2 of RFC 9110); a 304 that carries no
+/// validator is taken to answer the conditional request edge sent.
+pub fn not_modified_matches(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let tag = |h: &HeaderMap| {
+        h.get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.trim().trim_start_matches("W/").to_owned())
+    };
+    match (tag(stored), tag(not_modified)) {
+        (_, Some(new)) => tag(stored).is_some_and(|old| old == new),
+        (_, None) => match not_modified.get(header::LAST_MODIFIED) {
+            Some(new) => stored.get(header::LAST_MODIFIED) == Some(new),
+            None => true,
+        },
+    }
+}
+
+/// RFC 9111 §3.2: the stored header section updated with a 304's fields. Each field the 304
+/// carries replaces the stored one, except `Content-Length` (the stored body is what is served)
+/// and the fields describing the body's encoding or range.
+pub fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    const KEEP: [HeaderName; 4] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+    ];
+    let mut headers = stored.clone();
+    for name in not_modified.keys() {
+        if KEEP.contains(name) {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
 }
 
 #[cfg(test)]

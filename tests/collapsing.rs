@@ -1,0 +1,205 @@
+//! Request collapsing: concurrent misses for one key make one origin request, streamed to every
+//! waiter; a key that turned out uncacheable goes to the origin in parallel (hit-for-pass);
+//! waiting is bounded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Harness, Reply};
+use futures_util::future::join_all;
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_origin_request() {
+    let h = Harness::new().await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    h.origin.reply(
+        "/hot",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(300)),
+    );
+    let edge = h.edge().await;
+    let responses = join_all((0..100).map(|_| edge.get("/hot"))).await;
+    assert_eq!(h.origin.hits("/hot"), 1);
+    let mut collapsed = 0;
+    for response in &responses {
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.body, body,
+            "every body is byte-identical to the origin's"
+        );
+        assert_eq!(
+            response.param("fwd"),
+            Some("uri-miss"),
+            "{}",
+            response.cache_status()
+        );
+        assert!(response.stored(), "{}", response.cache_status());
+        if response.cache_status().contains("; collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(collapsed, 99, "all but the leader say they were collapsed");
+    assert!(edge.get("/hot").await.is_hit());
+}
+
+#[tokio::test]
+async fn waiters_receive_the_body_as_it_arrives() {
+    let h = Harness::new().await;
+    // A raw origin that sends the head and half the body, then waits before the rest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await.unwrap();
+        let head =
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 10\r\n\r\nfirst";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let _ = released.await;
+        socket.write_all(b"-last").await.unwrap();
+        let _ = socket.read(&mut buf).await;
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap())
+        })
+        .await;
+    let leader = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    let waiter = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    assert!(
+        waiter.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("collapsed")
+    );
+    let mut leader_body = leader.bytes_stream();
+    let mut waiter_body = waiter.bytes_stream();
+    use futures_util::StreamExt;
+    // Both get the first half while the origin still holds back the rest.
+    let first = tokio::time::timeout(Duration::from_secs(2), waiter_body.next()).await;
+    assert_eq!(
+        &first
+            .expect("the waiter streams before the body is whole")
+            .unwrap()
+            .unwrap()[..],
+        b"first"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(2), leader_body.next()).await;
+    assert_eq!(&first.unwrap().unwrap().unwrap()[..], b"first");
+    release.send(()).unwrap();
+    assert_eq!(&waiter_body.next().await.unwrap().unwrap()[..], b"-last");
+    assert_eq!(&leader_body.next().await.unwrap().unwrap()[..], b"-last");
+}
+
+#[tokio::test]
+async fn an_uncacheable_key_goes_to_the_origin_in_parallel() {
+    let h = Harness::new().await;
+    let delay = Duration::from_millis(400);
+    h.origin.reply(
+        "/private",
+        Reply::ok("mine")
+            .header("cache-control", "private")
+            .delay(delay),
+    );
+    let edge = h.edge().await;
+    // The first answer shows the key cannot be stored; edge remembers that (hit-for-pass).
+    let first = edge.get("/private").await;
+    assert_eq!(first.param("detail"), Some("private"));
+
+    let started = Instant::now();
+    let responses = join_all((0..50).map(|_| edge.get("/private"))).await;
+    let elapsed = started.elapsed();
+    assert_eq!(h.origin.hits("/private"), 51);
+    for response in &responses {
+        assert_eq!(response.text(), "mine");
+        assert!(!response.cache_status().contains("collapsed"));
+    }
+    // One origin round trip, not fifty in a row.
+    assert!(
+        elapsed < delay * 3,
+        "50 requests took {elapsed:?} against a {delay:?} origin"
+    );
+}
+
+#[tokio::test]
+async fn waiters_of_an_uncacheable_response_fetch_on_their_own() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/cookie",
+        Reply::ok("for one client")
+            .header("set-cookie", "id=1")
+            .delay(Duration::from_millis(200)),
+    );
+    let edge = h.edge().await;
+    let responses = join_all((0..5).map(|_| edge.get("/cookie"))).await;
+    // A response with Set-Cookie is never handed to another client: each got its own.
+    assert_eq!(h.origin.hits("/cookie"), 5);
+    for response in &responses {
+        assert_eq!(response.header("set-cookie"), Some("id=1"));
+        assert!(!response.cache_status().contains("collapsed"));
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_whose_leader_is_too_slow_fetches_on_its_own() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/slow",
+        Reply::ok("late")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_secs(3)),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.collapse_wait.0 = Duration::from_millis(200))
+        .await;
+    let leader = edge.get("/slow");
+    let waiter = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        edge.get("/slow").await
+    };
+    let (leader, waiter) = tokio::join!(leader, waiter);
+    assert_eq!(leader.text(), "late");
+    assert_eq!(waiter.text(), "late");
+    assert!(
+        !waiter.cache_status().contains("collapsed"),
+        "{}",
+        waiter.cache_status()
+    );
+    assert_eq!(h.origin.hits("/slow"), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_does_not_cut_the_fill_short() {
+    let h = Harness::new().await;
+    let body = vec![7u8; 300_000];
+    h.origin.reply(
+        "/a",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(200)),
+    );
+    let edge = h.edge().await;
+    let gone = tokio::time::timeout(
+        Duration::from_millis(100),
+        edge.client.get(edge.url("/a")).send(),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "the first client gave up before the origin answered"
+    );
+    assert_eq!(
+        h.origin.hits("/a"),
+        1,
+        "the request reached the origin before the client left"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body, body);
+    assert_eq!(h.origin.hits("/a"), 1);
+}
