@@ -88,6 +88,9 @@ pub struct HeuristicConfig {
     /// Upper bound on a heuristic freshness lifetime.
     #[serde(default = "defaults::heuristic_max")]
     pub max: Seconds,
+    /// Freshness of a 404 or 410 without explicit expiration (0 = only what RFC 9111 gives).
+    #[serde(default = "defaults::zero")]
+    pub negative_ttl: Seconds,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +180,7 @@ impl Default for HeuristicConfig {
         Self {
             fraction: defaults::heuristic_fraction(),
             max: defaults::heuristic_max(),
+            negative_ttl: defaults::zero(),
         }
     }
 }

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -93,7 +94,11 @@ impl Fills {
     /// Joins the fill in flight for the job's key, or starts one.
     pub fn join(&self, edge: &Arc<Edge>, job: FillJob) -> Role {
         let mut inflight = lock(&self.inflight);
-        if let Some(fill) = inflight.get(job.key.hash()) {
+        // A fill whose response is complete has nothing to offer a newcomer: what it brought is
+        // stored by now, or was not storable.
+        if let Some(fill) = inflight.get(job.key.hash())
+            && !fill.is_complete()
+        {
             return Role::Waiter(fill.clone());
         }
         let fill = Arc::new(Fill::new());
@@ -118,6 +123,14 @@ impl Fills {
     /// Starts a fill for the job's key unless one is in flight (background revalidation).
     pub fn start(&self, edge: &Arc<Edge>, job: FillJob) {
         drop(self.join(edge, job));
+    }
+
+    /// The URI was invalidated (RFC 9111 §4.4): a fill in flight for it may carry a response from
+    /// before the change, so it is no longer joined and does not store what it brings.
+    pub fn invalidate(&self, key: &CacheKey) {
+        if let Some(fill) = lock(&self.inflight).remove(key.hash()) {
+            fill.poisoned.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The fill has no more to offer late joiners: take it out of the map.
@@ -171,6 +184,8 @@ pub struct PrivateResponse {
 pub struct Fill {
     state: Mutex<State>,
     changed: watch::Sender<()>,
+    /// Set when the URI is invalidated while the fill is in flight.
+    poisoned: AtomicBool,
 }
 
 struct State {
@@ -197,6 +212,7 @@ impl Fill {
         Self {
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
+            poisoned: AtomicBool::new(false),
         }
     }
 
@@ -224,6 +240,15 @@ impl Fill {
             Some(limit) => tokio::time::timeout(limit, wait).await.ok(),
             None => Some(wait.await),
         }
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+
+    fn is_complete(&self) -> bool {
+        let state = lock(&self.state);
+        state.end.is_some() || matches!(state.head, Head::Private { .. } | Head::Failed(_))
     }
 
     /// The private response, for the leader.
@@ -438,15 +463,22 @@ async fn refresh(
         fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
         ttl: entry.freshness.ttl(response_time),
     };
+    if !fill.is_poisoned() {
+        edge.cache.store(&job.key, entry.clone()).await;
+    }
+    edge.fills.retire(&job.key, fill);
     fill.update(|state| {
         state.head = Head::Shared(Arc::new(head));
         state.chunks.push(entry.body.clone());
         state.end = Some(End::Complete);
     });
-    edge.cache.store(&job.key, entry).await;
 }
 
 /// Reads the origin's body into the fill, then stores the whole response.
+///
+/// The last chunk is held back until the response is stored in both tiers: a client that has the
+/// whole body can count on its next request being a hit, and on a later invalidation not being
+/// undone by a store that was still on its way.
 async fn stream_and_store(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -462,12 +494,17 @@ async fn stream_and_store(
     };
     let limit = edge.config.cache.max_object_size.0;
     let mut received: u64 = 0;
+    let mut held = None;
     let mut body = upstream.bytes_stream();
     while received < expected.unwrap_or(u64::MAX) {
         match body.next().await {
             Some(Ok(chunk)) => {
                 received += chunk.len() as u64;
-                fill.update(|state| state.chunks.push(chunk));
+                if expected == Some(received) {
+                    held = Some(chunk);
+                } else {
+                    fill.update(|state| state.chunks.push(chunk));
+                }
             }
             Some(Err(err)) => {
                 warn!(url = job.key.url(), %err, "origin body failed; not storing it");
@@ -477,28 +514,37 @@ async fn stream_and_store(
             None => break,
         }
     }
-    let mut chunks = Vec::new();
-    fill.update(|state| {
-        state.end = Some(End::Complete);
-        chunks = state.chunks.clone();
-    });
-    if expected.is_some_and(|expected| expected != received) {
+    let storable = if expected.is_some_and(|expected| expected != received) {
         warn!(
             url = job.key.url(),
             received, "origin body length differs from Content-Length; not storing it"
         );
-        return;
-    }
-    if received > limit {
+        false
+    } else if received > limit {
         debug!(
             url = job.key.url(),
             limit, "body outgrew max_object_size; not storing it"
         );
-        return;
+        false
+    } else {
+        true
+    };
+    let entry = storable.then(|| {
+        let mut chunks = lock(&fill.state).chunks.clone();
+        chunks.extend(held.clone());
+        entry.url = job.key.url().to_owned();
+        entry.body = concat(chunks, received);
+        Arc::new(entry)
+    });
+    if let Some(entry) = entry.filter(|_| !fill.is_poisoned()) {
+        edge.cache.store(&job.key, entry).await;
     }
-    entry.url = job.key.url().to_owned();
-    entry.body = concat(chunks, received);
-    edge.cache.store(&job.key, Arc::new(entry)).await;
+    // From here on, a new request finds the response in the cache rather than in this fill.
+    edge.fills.retire(&job.key, fill);
+    fill.update(|state| {
+        state.chunks.extend(held);
+        state.end = Some(End::Complete);
+    });
 }
 
 fn concat(chunks: Vec<Bytes>, len: u64) -> Bytes {
@@ -523,7 +569,7 @@ pub fn admit(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Result<StoredEntry, NotStored> {
-    let response_cc = CacheControl::of(headers);
+    let response_cc = CacheControl::governing(headers);
     policy::check_storable(
         &Method::GET,
         &job.request,

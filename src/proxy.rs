@@ -22,10 +22,10 @@ use reqwest::Url;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::cache::Cache;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, CacheControl, Forward};
+use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
 use crate::conditional;
 use crate::config::Config;
@@ -81,7 +81,10 @@ async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Response
     match request.method {
         // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped.
         Method::GET | Method::HEAD => serve_cacheable(edge, peer, request, url, key).await,
-        _ => forward(edge, peer, request, body, url, key, Forward::Bypass).await,
+        _ => {
+            let status = CacheStatus::forward(Forward::Bypass);
+            forward(edge, peer, request, body, url, key, status).await
+        }
     }
 }
 
@@ -96,9 +99,10 @@ async fn serve_cacheable(
     let request_cc = CacheControl::of(&request.headers);
     let now = edge.clock.now();
     let mut stale = None;
-    let fwd = match edge.cache.lookup(&key).await {
-        None => Forward::UriMiss,
-        Some((entry, tier)) if entry.variance.matches(&request.headers) => {
+    let fwd = match edge.cache.lookup(&key, &request.headers).await {
+        Lookup::Miss => Forward::UriMiss,
+        Lookup::VaryMiss => Forward::VaryMiss,
+        Lookup::Found(entry, tier) => {
             match policy::decide(&entry.freshness, &request_cc, now) {
                 Ok(ttl) => {
                     return respond_stored(&request, &entry, CacheStatus::hit(tier, ttl), now)
@@ -122,7 +126,6 @@ async fn serve_cacheable(
                 }
             }
         }
-        Some(_) => Forward::VaryMiss,
     };
     // RFC 9111 §5.2.1.7: nothing usable is stored, and the client forbids going forward.
     if request_cc.has("only-if-cached") {
@@ -137,7 +140,8 @@ async fn serve_cacheable(
     if edge.fills.is_pass(&key) {
         // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel.
         if partial {
-            return forward(edge, peer, request, Body::empty(), url, key, fwd).await;
+            let status = CacheStatus::forward(fwd);
+            return forward(edge, peer, request, Body::empty(), url, key, status).await;
         }
         let role = Role::Leader(
             edge.fills
@@ -240,14 +244,15 @@ async fn answer_from_fill(
                 if let Some(private) = private {
                     if request.headers.contains_key(header::RANGE) {
                         // The representation is not storable; let the origin answer the range.
-                        return forward(edge, peer, request, Body::empty(), url, key, fwd).await;
+                        let status = CacheStatus::forward(fwd).not_stored(reason);
+                        return forward(edge, peer, request, Body::empty(), url, key, status).await;
                     }
                     let mut status = CacheStatus::forward(fwd).not_stored(reason);
                     status.fwd_status = Some(private.status.as_u16());
                     let mut headers = private.headers;
                     status.add_to(&mut headers);
                     let body = if request.method == Method::HEAD {
-                        Body::empty()
+                        no_content()
                     } else {
                         Body::from_stream(private.body)
                     };
@@ -351,10 +356,11 @@ async fn respond(
     let head = request.method == Method::HEAD;
     if status == StatusCode::OK {
         if conditional::not_modified(&request.headers, &headers) {
-            let headers = conditional::not_modified_headers(&headers);
-            return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
+            let not_modified = conditional::not_modified_headers(&headers);
+            return build(StatusCode::NOT_MODIFIED, not_modified, no_content());
         }
-        if request.headers.contains_key(header::RANGE) {
+        // RFC 9110 §14.2: range handling is defined for GET only.
+        if request.method == Method::GET && request.headers.contains_key(header::RANGE) {
             let whole = match &payload {
                 Payload::Whole(body) => Some(body.clone()),
                 Payload::Streaming(fill) => fill.whole_body().await,
@@ -391,10 +397,20 @@ async fn respond(
 
 /// No content for HEAD (RFC 9110 §9.3.2).
 fn content(head: bool, body: Body) -> Body {
-    if head { Body::empty() } else { body }
+    if head { no_content() } else { body }
 }
 
-fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+/// An empty body of no declared size, so that the server adds no `Content-Length: 0` to a HEAD
+/// or 304 response whose header section describes the content a GET would get.
+fn no_content() -> Body {
+    Body::from_stream(futures_util::stream::empty::<
+        Result<Bytes, std::convert::Infallible>,
+    >())
+}
+
+fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
+    // Edge is the surrogate Surrogate-Control speaks to; it stops here.
+    headers.remove(&policy::SURROGATE_CONTROL);
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -410,7 +426,7 @@ async fn forward(
     body: Body,
     url: Url,
     key: CacheKey,
-    fwd: Forward,
+    mut cache_status: CacheStatus,
 ) -> Response {
     let version = parts.version;
     let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
@@ -424,7 +440,7 @@ async fn forward(
         Ok(upstream) => upstream,
         Err(err) => {
             warn!(url = key.url(), %err, "origin request failed");
-            return origin_failure(&err, CacheStatus::forward(fwd));
+            return origin_failure(&err, cache_status);
         }
     };
     let status = upstream.status();
@@ -433,11 +449,10 @@ async fn forward(
     }
     let mut headers =
         origin::response_headers(upstream.headers(), edge.clock.now(), upstream.version());
-    let mut cache_status = CacheStatus::forward(fwd);
     cache_status.fwd_status = Some(status.as_u16());
     cache_status.add_to(&mut headers);
     let body = if parts.method == Method::HEAD {
-        Body::empty()
+        no_content()
     } else {
         Body::from_stream(upstream.bytes_stream())
     };
@@ -453,7 +468,7 @@ async fn invalidate_after_unsafe(
     key: &CacheKey,
     response: &HeaderMap,
 ) {
-    edge.cache.invalidate(key).await;
+    invalidate(edge, key).await;
     let public_host = request.get(header::HOST).and_then(|h| h.to_str().ok());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
@@ -474,9 +489,15 @@ async fn invalidate_after_unsafe(
             None
         };
         if let Some(target) = target {
-            edge.cache.invalidate(&CacheKey::new(&target)).await;
+            invalidate(edge, &CacheKey::new(&target)).await;
         }
     }
+}
+
+/// Removes what is stored for `key`, and keeps a fill in flight for it from storing afterwards.
+async fn invalidate(edge: &Edge, key: &CacheKey) {
+    edge.fills.invalidate(key);
+    edge.cache.invalidate(key).await;
 }
 
 /// Whether `url` names edge itself as the client addressed it: same scheme (edge listens on

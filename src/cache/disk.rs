@@ -1,8 +1,9 @@
 //! The disk tier: sled, behind a boundary that keeps its calls off the async runtime, accounts
 //! for its bytes itself, evicts the oldest stores past the byte budget, and verifies every read.
 //!
-//! Two trees: `records` maps a key hash to `seq:u64 | record`, and `order` maps `seq` to
-//! `hash | size:u64`, so that the lowest `seq` is the oldest store. Both change in one sled
+//! Two trees: `records` maps a key (a URI's 32-byte hash, or that hash followed by a variant's
+//! 32 bytes) to `seq:u64 | record`, and `order` maps `seq` to `size:u64 | key`, so that the lowest
+//! `seq` is the oldest store. Both change in one sled
 //! transaction, so a crash never leaves a record without its place in the eviction order.
 
 use std::path::{Path, PathBuf};
@@ -15,11 +16,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional};
 use tracing::{error, warn};
 
-use super::entry::{DecodeError, StoredEntry};
+use super::entry::{DecodeError, Record};
 use crate::config::HeuristicConfig;
 
-/// Bytes of bookkeeping charged per record besides the record itself (key, order entry).
-const OVERHEAD_PER_RECORD: u64 = 32 + 8 + 40;
+/// Bytes of bookkeeping charged per record besides the record and its key (sequence numbers,
+/// the order entry).
+const OVERHEAD_PER_RECORD: u64 = 8 + 8 + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -106,23 +108,25 @@ impl DiskTier {
         })
     }
 
-    /// Reads and verifies the record for `hash`. A record that fails verification is removed and
+    /// Reads and verifies the record at `key`. A record that fails verification is removed and
     /// reported as absent.
-    pub async fn get(&self, hash: [u8; 32]) -> Result<Option<StoredEntry>, DiskError> {
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let Some(value) = inner.records.get(hash)? else { return Ok(None) };
+            let Some(value) = inner.records.get(&key)? else {
+                return Ok(None);
+            };
             let decoded = if value.len() < 8 {
                 Err(DecodeError::Truncated)
             } else {
                 // The body is a slice of sled's buffer, not a copy.
-                StoredEntry::decode(Bytes::from_owner(value).slice(8..), &inner.heuristic)
+                Record::decode(Bytes::from_owner(value).slice(8..), &inner.heuristic)
             };
             match decoded {
-                Ok(entry) => Ok(Some(entry)),
+                Ok(record) => Ok(Some(record)),
                 Err(err) => {
-                    warn!(key = %hex(&hash), %err, "dropping a disk record that fails verification");
-                    inner.remove(&hash)?;
+                    warn!(key = %hex(&key), %err, "dropping a disk record that fails verification");
+                    inner.remove(&key)?;
                     Ok(None)
                 }
             }
@@ -130,16 +134,23 @@ impl DiskTier {
         .await?
     }
 
-    /// Stores `entry` under `hash`, replacing any older record, then evicts the oldest records
-    /// until the tier is within its byte budget.
-    pub async fn put(&self, hash: [u8; 32], entry: Arc<StoredEntry>) -> Result<(), DiskError> {
+    /// Stores `record` at `key`, replacing any older record, then evicts the oldest records until
+    /// the tier is within its byte budget.
+    pub async fn put(&self, key: Vec<u8>, record: Record) -> Result<(), DiskError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.put(hash, &entry)).await?
+        tokio::task::spawn_blocking(move || inner.put(&key, &record.encode())).await?
     }
 
-    pub async fn remove(&self, hash: [u8; 32]) -> Result<(), DiskError> {
+    /// Removes every record whose key starts with `prefix` (a URI and all its variants).
+    pub async fn remove_prefix(&self, prefix: Vec<u8>) -> Result<(), DiskError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.remove(&hash)).await?
+        tokio::task::spawn_blocking(move || {
+            for item in inner.records.scan_prefix(&prefix).keys() {
+                inner.remove(&item?)?;
+            }
+            Ok(())
+        })
+        .await?
     }
 
     /// Writes everything stored so far to disk.
@@ -152,28 +163,26 @@ impl DiskTier {
 }
 
 impl Inner {
-    fn put(&self, hash: [u8; 32], entry: &StoredEntry) -> Result<(), DiskError> {
-        let record = entry.encode();
-        let record_len = record.len() as u64;
-        if record_len + OVERHEAD_PER_RECORD > self.capacity {
+    fn put(&self, key: &[u8], record: &[u8]) -> Result<(), DiskError> {
+        let size = record.len() as u64 + key.len() as u64 + OVERHEAD_PER_RECORD;
+        if size > self.capacity {
             return Ok(());
         }
         let seq = self.db.generate_id()?.to_be_bytes();
         let mut value = Vec::with_capacity(8 + record.len());
         value.extend_from_slice(&seq);
-        value.extend_from_slice(&record);
+        value.extend_from_slice(record);
         let value = IVec::from(value);
-        let size = record_len + OVERHEAD_PER_RECORD;
-        let mut meta = Vec::with_capacity(40);
-        meta.extend_from_slice(&hash);
+        let mut meta = Vec::with_capacity(8 + key.len());
         meta.extend_from_slice(&size.to_be_bytes());
+        meta.extend_from_slice(key);
         let replaced = (&self.records, &self.order).transaction(|(records, order)| {
-            let old = records.insert(&hash, value.clone())?;
+            let old = records.insert(key, value.clone())?;
             if let Some(old_seq) = old.as_ref().and_then(|old| old.get(..8)) {
                 order.remove(old_seq)?;
             }
             order.insert(&seq, meta.as_slice())?;
-            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(&o)))
+            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(key, &o)))
         })?;
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.release(replaced.unwrap_or(0));
@@ -185,30 +194,28 @@ impl Inner {
             let Some((seq, meta)) = self.order.first()? else {
                 break;
             };
-            let Some(hash) = meta.get(..32) else { break };
-            let hash: [u8; 32] = hash.try_into().unwrap_or_default();
-            let size = meta_size(&meta);
+            let key = meta.get(8..).unwrap_or_default();
             (&self.records, &self.order).transaction(|(records, order)| {
-                if let Some(current) = records.get(hash)?
+                if let Some(current) = records.get(key)?
                     && current.get(..8) == Some(&seq[..])
                 {
-                    records.remove(&hash)?;
+                    records.remove(key)?;
                 }
                 order.remove(&seq)?;
                 Ok::<_, ConflictableTransactionError<sled::Error>>(())
             })?;
-            self.release(size);
+            self.release(meta_size(&meta));
         }
         Ok(())
     }
 
-    fn remove(&self, hash: &[u8; 32]) -> Result<(), DiskError> {
+    fn remove(&self, key: &[u8]) -> Result<(), DiskError> {
         let removed = (&self.records, &self.order).transaction(|(records, order)| {
-            let old = records.remove(hash)?;
+            let old = records.remove(key)?;
             if let Some(old_seq) = old.as_ref().and_then(|old| old.get(..8)) {
                 order.remove(old_seq)?;
             }
-            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(&o)))
+            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(key, &o)))
         })?;
         self.release(removed.unwrap_or(0));
         Ok(())
@@ -225,13 +232,13 @@ impl Inner {
 }
 
 /// The bytes a stored `records` value is charged for.
-fn charged(value: &IVec) -> u64 {
-    (value.len() as u64).saturating_sub(8) + OVERHEAD_PER_RECORD
+fn charged(key: &[u8], value: &IVec) -> u64 {
+    (value.len() as u64).saturating_sub(8) + key.len() as u64 + OVERHEAD_PER_RECORD
 }
 
-/// The size recorded in an `order` value.
+/// The size recorded in an `order` value (`size:u64 | key`).
 fn meta_size(meta: &IVec) -> u64 {
-    meta.get(32..40)
+    meta.get(..8)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u64::from_be_bytes)
 }

@@ -13,6 +13,7 @@
 //! reader gets the response as it was stored, or nothing. The metadata checksum means a flipped
 //! byte in a header is caught as surely as one in the body.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,7 +25,62 @@ use super::policy::{CacheControl, Freshness};
 use crate::config::HeuristicConfig;
 
 const MAGIC: &[u8; 3] = b"EDG";
+/// A Vary marker: the request header names the variants of a URI are selected by.
+const VARY_MAGIC: &[u8; 3] = b"EDV";
 const VERSION: u8 = 1;
+
+/// What the disk tier holds under one key: a response, or (at a URI's own key, when its
+/// responses vary) the names of the request headers that select among them.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Entry(Arc<StoredEntry>),
+    Vary(Arc<[HeaderName]>),
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Record::Entry(entry) => entry.encode(),
+            Record::Vary(names) => {
+                let mut out = Vec::with_capacity(64);
+                out.extend_from_slice(VARY_MAGIC);
+                out.push(VERSION);
+                out.extend_from_slice(&(names.len() as u16).to_be_bytes());
+                for name in names.iter() {
+                    put_bytes16(&mut out, name.as_str().as_bytes());
+                }
+                let checksum = blake3::hash(&out);
+                out.extend_from_slice(checksum.as_bytes());
+                out
+            }
+        }
+    }
+
+    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Self, DecodeError> {
+        if !record.starts_with(VARY_MAGIC) {
+            return StoredEntry::decode(record, heuristic)
+                .map(|entry| Record::Entry(Arc::new(entry)));
+        }
+        let checked = record.len().checked_sub(32).ok_or(DecodeError::Truncated)?;
+        if blake3::hash(&record[..checked]).as_bytes() != &record[checked..] {
+            return Err(DecodeError::Checksum);
+        }
+        let mut r = Reader {
+            buf: &record[..checked],
+            pos: 3,
+        };
+        if r.u8()? != VERSION {
+            return Err(DecodeError::Version);
+        }
+        let count = r.u16()? as usize;
+        let mut names = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u16()? as usize;
+            names.push(HeaderName::from_bytes(r.take(len)?).map_err(|_| DecodeError::Invalid)?);
+        }
+        Ok(Record::Vary(names.into()))
+    }
+}
 
 /// One stored response: what the origin sent (less hop-by-hop fields), when, and for which
 /// request header values.
@@ -71,7 +127,7 @@ impl StoredEntry {
         let freshness = Freshness::of(
             status,
             &headers,
-            &CacheControl::of(&headers),
+            &CacheControl::governing(&headers),
             request_time,
             response_time,
             heuristic,

@@ -38,26 +38,49 @@ impl CacheKey {
 }
 
 /// The request header values named by a stored response's `Vary`, normalised so that requests
-/// that differ only in whitespace or line folding select the same response.
+/// that differ only in ways the header's semantics ignore select the same response: whitespace
+/// and line folding always; for the content-negotiation fields, letter case and the order of list
+/// members (their preference comes from `q` weights, not order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variance(Vec<(HeaderName, Option<String>)>);
 
+/// Fields whose list members are compared without regard to case or order.
+const UNORDERED: [HeaderName; 4] = [
+    header::ACCEPT,
+    header::ACCEPT_CHARSET,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+];
+
 impl Variance {
+    /// The header names `response` varies on, lowercase, each once, sorted (`*` excluded: a
+    /// `Vary: *` response is never stored).
+    pub fn names(response: &HeaderMap) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = response
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|text| text.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        names
+    }
+
+    /// Captures, from `request`, the values of the headers named in `names`.
+    pub fn select(names: &[HeaderName], request: &HeaderMap) -> Self {
+        Self(
+            names
+                .iter()
+                .map(|name| (name.clone(), normalised_value(request, name)))
+                .collect(),
+        )
+    }
+
     /// Captures, from `request`, the values of the headers that `response` varies on.
     pub fn capture(response: &HeaderMap, request: &HeaderMap) -> Self {
-        let mut fields = Vec::new();
-        for value in response.get_all(header::VARY) {
-            let Ok(text) = value.to_str() else { continue };
-            for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
-                    && !fields.iter().any(|(n, _)| *n == name)
-                {
-                    let value = normalised_value(request, &name);
-                    fields.push((name, value));
-                }
-            }
-        }
-        Self(fields)
+        Self::select(&Self::names(response), request)
     }
 
     /// Rebuilds a variance from stored parts.
@@ -69,29 +92,64 @@ impl Variance {
         &self.0
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn names_of(&self) -> Vec<HeaderName> {
+        self.0.iter().map(|(name, _)| name.clone()).collect()
+    }
+
     /// RFC 9111 §4.1: does `request` select the stored response?
     pub fn matches(&self, request: &HeaderMap) -> bool {
         self.0
             .iter()
             .all(|(name, value)| normalised_value(request, name) == *value)
     }
+
+    /// The secondary key of this variant of the URI whose key is `primary`: the disk tier keeps
+    /// it at `primary ++ variant`, so that every variant of a URI shares a prefix.
+    pub fn variant_key(&self, primary: &[u8; 32]) -> Vec<u8> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(primary);
+        for (name, value) in &self.0 {
+            hasher.update(name.as_str().as_bytes());
+            match value {
+                Some(value) => hasher.update(b"=").update(value.as_bytes()),
+                None => hasher.update(b"!"),
+            };
+            hasher.update(b"\n");
+        }
+        let mut key = primary.to_vec();
+        key.extend_from_slice(hasher.finalize().as_bytes());
+        key
+    }
 }
 
-/// All lines of a header joined by ", ", with whitespace around list separators removed.
+/// All lines of a header as one normalised list, or `None` when the request does not carry it.
 fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut joined: Option<String> = None;
+    let mut members: Vec<String> = Vec::new();
+    let mut present = false;
     for value in request.get_all(name) {
+        present = true;
         let text = String::from_utf8_lossy(value.as_bytes());
-        let items = text.split(',').map(str::trim).filter(|s| !s.is_empty());
-        let out = joined.get_or_insert_with(String::new);
-        for item in items {
-            if !out.is_empty() {
-                out.push_str(", ");
-            }
-            out.push_str(item);
-        }
+        members.extend(
+            text.split(',')
+                .map(|member| member.split_whitespace().collect::<Vec<_>>().join(" "))
+                .map(|member| member.replace(" ;", ";").replace("; ", ";"))
+                .filter(|member| !member.is_empty()),
+        );
     }
-    joined
+    if !present {
+        return None;
+    }
+    if UNORDERED.contains(name) {
+        for member in &mut members {
+            member.make_ascii_lowercase();
+        }
+        members.sort();
+    }
+    Some(members.join(", "))
 }
 
 #[cfg(test)]
@@ -106,6 +164,33 @@ mod tests {
         let c = CacheKey::new(&"http://o/a?x=2".parse().unwrap());
         assert_eq!(a, b);
         assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn variance_ignores_order_and_case_of_negotiation_lists_only() {
+        let mut response = HeaderMap::new();
+        response.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, X-Theme"),
+        );
+        let request = |encoding: &'static str, theme: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(encoding));
+            headers.insert("x-theme", HeaderValue::from_static(theme));
+            headers
+        };
+        let variance = Variance::capture(&response, &request("gzip, br", "Dark"));
+        assert!(variance.matches(&request("BR,gzip", "Dark")));
+        assert!(
+            !variance.matches(&request("gzip, br", "dark")),
+            "X-Theme is case-sensitive"
+        );
+        let same = Variance::capture(&response, &request("br, GZIP", "Dark"));
+        assert_eq!(variance.variant_key(&[1; 32]), same.variant_key(&[1; 32]));
+        assert_ne!(
+            variance.variant_key(&[1; 32]),
+            variance.variant_key(&[2; 32])
+        );
     }
 
     #[test]

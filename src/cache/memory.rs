@@ -1,16 +1,42 @@
 //! The memory tier: a moka cache weighted by the bytes each entry holds, with TinyLFU admission.
 //!
-//! moka may decline to keep an entry under pressure, or evict it at any time; the memory tier is
-//! a best-effort copy of what the disk tier holds.
+//! All stored variants of one URI (RFC 9111 §4.1) are kept together under the URI's key, so that
+//! invalidating or purging the URI drops every one of them at once. moka may decline to keep an
+//! item under pressure, or evict it at any time; the memory tier is a best-effort copy of what
+//! the disk tier holds.
 
 use std::sync::Arc;
 
+use http::HeaderMap;
 use moka::future::Cache;
 
 use super::entry::StoredEntry;
 
+/// At most this many variants of one URI are kept in memory; the oldest goes first.
+const MAX_VARIANTS: usize = 32;
+
+/// The stored variants of one URI, oldest first.
+#[derive(Debug, Default)]
+pub struct Variants(Vec<Arc<StoredEntry>>);
+
+impl Variants {
+    /// The variant the request selects, if it is here.
+    pub fn select(&self, request: &HeaderMap) -> Option<Arc<StoredEntry>> {
+        self.0
+            .iter()
+            .find(|entry| entry.variance.matches(request))
+            .cloned()
+    }
+
+    fn weight(&self) -> u32 {
+        self.0
+            .iter()
+            .fold(0u32, |sum, entry| sum.saturating_add(entry.weight()))
+    }
+}
+
 pub struct MemoryTier {
-    entries: Cache<[u8; 32], Arc<StoredEntry>>,
+    entries: Cache<[u8; 32], Arc<Variants>>,
     capacity: u64,
 }
 
@@ -18,7 +44,7 @@ impl MemoryTier {
     pub fn new(capacity_bytes: u64) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|_key, entry: &Arc<StoredEntry>| entry.weight())
+            .weigher(|_key, variants: &Arc<Variants>| variants.weight())
             .build();
         Self {
             entries,
@@ -26,21 +52,41 @@ impl MemoryTier {
         }
     }
 
-    pub async fn get(&self, hash: &[u8; 32]) -> Option<Arc<StoredEntry>> {
-        self.entries.get(hash).await
+    pub async fn get(&self, primary: &[u8; 32]) -> Option<Arc<Variants>> {
+        self.entries.get(primary).await
     }
 
-    /// Keeps `entry`, unless it is larger than the whole tier: moka would hold such an entry only
-    /// until its next housekeeping, pushing out others for nothing.
-    pub async fn insert(&self, hash: [u8; 32], entry: Arc<StoredEntry>) {
-        if u64::from(entry.weight()) > self.capacity {
-            self.entries.invalidate(&hash).await;
+    /// Keeps `entry` as the variant of the URI it was stored for, replacing the variant with the
+    /// same request header values, and every variant selected by other header names (the
+    /// origin changed its `Vary`).
+    pub async fn insert(&self, primary: [u8; 32], entry: Arc<StoredEntry>) {
+        let names = entry.variance.names_of();
+        let mut kept: Vec<Arc<StoredEntry>> = match self.entries.get(&primary).await {
+            Some(current) if !names.is_empty() => current
+                .0
+                .iter()
+                .filter(|other| {
+                    other.variance.names_of() == names && other.variance != entry.variance
+                })
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        kept.push(entry);
+        if kept.len() > MAX_VARIANTS {
+            kept.drain(..kept.len() - MAX_VARIANTS);
+        }
+        let variants = Variants(kept);
+        // An item larger than the whole tier would only push out others until moka's next
+        // housekeeping; keep it on disk only.
+        if u64::from(variants.weight()) > self.capacity {
+            self.entries.invalidate(&primary).await;
             return;
         }
-        self.entries.insert(hash, entry).await;
+        self.entries.insert(primary, Arc::new(variants)).await;
     }
 
-    pub async fn remove(&self, hash: &[u8; 32]) {
-        self.entries.invalidate(hash).await;
+    pub async fn remove(&self, primary: &[u8; 32]) {
+        self.entries.invalidate(primary).await;
     }
 }

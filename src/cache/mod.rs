@@ -19,13 +19,33 @@ pub mod policy;
 
 use std::sync::Arc;
 
+use http::HeaderMap;
+use http::header::HeaderName;
 use tracing::warn;
 
 use crate::config::CacheConfig;
 use disk::DiskTier;
-use entry::StoredEntry;
-use key::CacheKey;
+use entry::{Record, StoredEntry};
+use key::{CacheKey, Variance};
 use memory::MemoryTier;
+
+/// What a lookup found.
+pub enum Lookup {
+    Found(Arc<StoredEntry>, Tier),
+    /// Responses are stored for the URI, but not for this request's `Vary` header values.
+    VaryMiss,
+    Miss,
+}
+
+impl Lookup {
+    fn miss(vary_miss: bool) -> Self {
+        if vary_miss {
+            Lookup::VaryMiss
+        } else {
+            Lookup::Miss
+        }
+    }
+}
 
 /// Which tier answered a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,43 +86,83 @@ impl Cache {
         }
     }
 
-    /// Finds the stored response for `key`, memory first, then disk (promoting what it finds).
-    pub async fn lookup(&self, key: &CacheKey) -> Option<(Arc<StoredEntry>, Tier)> {
-        if let Some(entry) = self.memory.get(key.hash()).await
-            && entry.url == key.url()
-        {
-            return Some((entry, Tier::Memory));
+    /// Finds the stored response that `request` selects for `key`: memory first, then disk
+    /// (promoting what it finds).
+    pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Lookup {
+        let mut vary_miss = false;
+        if let Some(variants) = self.memory.get(key.hash()).await {
+            match variants.select(request) {
+                Some(entry) if entry.url == key.url() => return Lookup::Found(entry, Tier::Memory),
+                // Other variants are in memory; this one may still be on disk.
+                _ => vary_miss = true,
+            }
         }
-        let disk = self.disk.as_ref()?;
-        match disk.get(*key.hash()).await {
-            Ok(Some(entry)) if entry.url == key.url() => {
-                let entry = Arc::new(entry);
-                self.memory.insert(*key.hash(), entry.clone()).await;
-                Some((entry, Tier::Disk))
+        let Some(disk) = &self.disk else {
+            return Lookup::miss(vary_miss);
+        };
+        let entry = match disk.get(key.hash().to_vec()).await {
+            Ok(Some(Record::Entry(entry))) if entry.variance.is_empty() => Some(entry),
+            Ok(Some(Record::Vary(names))) => {
+                vary_miss = true;
+                let variant = Variance::select(&names, request).variant_key(key.hash());
+                match disk.get(variant).await {
+                    Ok(Some(Record::Entry(entry))) => Some(entry),
+                    Ok(_) => None,
+                    Err(err) => {
+                        warn!(url = key.url(), %err, "disk tier lookup failed; treating it as a miss");
+                        None
+                    }
+                }
             }
             Ok(_) => None,
             Err(err) => {
                 warn!(url = key.url(), %err, "disk tier lookup failed; treating it as a miss");
                 None
             }
+        };
+        match entry {
+            Some(entry) if entry.url == key.url() && entry.variance.matches(request) => {
+                self.memory.insert(*key.hash(), entry.clone()).await;
+                Lookup::Found(entry, Tier::Disk)
+            }
+            _ => Lookup::miss(vary_miss),
         }
     }
 
-    /// Stores `entry` in both tiers, replacing what was stored for `key`.
+    /// Stores `entry` in both tiers, replacing what was stored for `key` and the same variant.
     pub async fn store(&self, key: &CacheKey, entry: Arc<StoredEntry>) {
         self.memory.insert(*key.hash(), entry.clone()).await;
-        if let Some(disk) = &self.disk
-            && let Err(err) = disk.put(*key.hash(), entry).await
-        {
+        self.store_on_disk(key, entry).await;
+    }
+
+    /// The disk half of [`Cache::store`].
+    async fn store_on_disk(&self, key: &CacheKey, entry: Arc<StoredEntry>) {
+        let Some(disk) = &self.disk else { return };
+        let primary = key.hash().to_vec();
+        let result = if entry.variance.is_empty() {
+            // Any variants stored under an earlier Vary would be unreachable now.
+            match disk.remove_prefix(primary.clone()).await {
+                Ok(()) => disk.put(primary, Record::Entry(entry)).await,
+                Err(err) => Err(err),
+            }
+        } else {
+            let names: Arc<[HeaderName]> = entry.variance.names_of().into();
+            let variant = entry.variance.variant_key(key.hash());
+            match disk.put(primary, Record::Vary(names)).await {
+                Ok(()) => disk.put(variant, Record::Entry(entry)).await,
+                Err(err) => Err(err),
+            }
+        };
+        if let Err(err) = result {
             warn!(url = key.url(), %err, "disk tier store failed; the response stays in memory only");
         }
     }
 
-    /// Removes whatever is stored for `key` from both tiers.
+    /// Removes whatever is stored for `key`, every variant, from both tiers.
     pub async fn invalidate(&self, key: &CacheKey) {
         self.memory.remove(key.hash()).await;
         if let Some(disk) = &self.disk
-            && let Err(err) = disk.remove(*key.hash()).await
+            && let Err(err) = disk.remove_prefix(key.hash().to_vec()).await
         {
             warn!(url = key.url(), %err, "disk tier invalidation failed");
         }

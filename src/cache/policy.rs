@@ -14,13 +14,35 @@ use crate::config::HeuristicConfig;
 /// RFC 9111 §1.2.2: a delta-seconds value too large to represent is taken as 2^31.
 const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
 
+/// `Surrogate-Control` (Edge Architecture Specification 1.0): directives for surrogates such as
+/// edge, which consume it; it is never forwarded.
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+/// `CDN-Cache-Control` (RFC 9213 §3): directives for every CDN on the path; forwarded as it is.
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
 /// Parsed `Cache-Control` directives (RFC 9111 §5.2), names lowercased, in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheControl {
     directives: Vec<(String, Option<String>)>,
+    /// The directives came from a targeted field, so `Expires` is ignored (RFC 9213 §2.2).
+    targeted: bool,
 }
 
 impl CacheControl {
+    /// The directives that govern how edge caches a response: those of the first targeted field
+    /// edge recognises that is present and not empty — `Surrogate-Control`, then
+    /// `CDN-Cache-Control` — otherwise `Cache-Control` (RFC 9213 §2.2).
+    pub fn governing(response: &HeaderMap) -> Self {
+        for name in [&SURROGATE_CONTROL, &CDN_CACHE_CONTROL] {
+            let mut targeted = Self::from_field(response, name);
+            if !targeted.is_empty() {
+                targeted.targeted = true;
+                return targeted;
+            }
+        }
+        Self::of(response)
+    }
+
     /// Parses every `Cache-Control` line of `headers`.
     pub fn of(headers: &HeaderMap) -> Self {
         Self::from_field(headers, &header::CACHE_CONTROL)
@@ -35,7 +57,10 @@ impl CacheControl {
                 parse_directives(text, &mut directives);
             }
         }
-        Self { directives }
+        Self {
+            directives,
+            targeted: false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -255,7 +280,7 @@ pub fn check_storable(
     {
         return Err(NotStored::VaryStar);
     }
-    let explicit = response.contains_key(header::EXPIRES)
+    let explicit = (response.contains_key(header::EXPIRES) && !response_cc.targeted)
         || response_cc.has("max-age")
         || response_cc.has("s-maxage")
         || response_cc.has("public");
@@ -352,26 +377,31 @@ impl Freshness {
                 .is_some_and(|window| self.staleness(now) <= window)
     }
 
-    /// RFC 5861 §4: may this stale response be served because the origin failed? The window is the
-    /// response's `stale-if-error`, the request's (RFC 5861 §4 defines it for requests too), or the
-    /// operator's `cache.stale_if_error`, whichever is largest; never for `no-cache` or
-    /// `must-revalidate`/`proxy-revalidate` responses (RFC 9111 §4.2.4).
+    /// RFC 5861 §4: may this stale response be served because the origin failed? Never for
+    /// `no-cache`, `must-revalidate` or `proxy-revalidate` responses (RFC 9111 §4.2.4). Within
+    /// that, the response's own `stale-if-error` window applies "regardless of other freshness
+    /// information"; the request's window (RFC 5861 §4 defines it for requests too) and the
+    /// operator's `cache.stale_if_error` are no permission from the origin, so they also yield to
+    /// the proxy-revalidate semantics of `s-maxage` (§5.2.2.10).
     pub fn may_serve_on_error(
         &self,
         request_cc: &CacheControl,
         operator: Duration,
         now: SystemTime,
     ) -> bool {
-        let requested = window(request_cc, "stale-if-error").unwrap_or_default();
-        let allowed = self
-            .stale_if_error
-            .unwrap_or_default()
-            .max(requested)
-            .max(operator);
-        !self.no_cache
-            && !self.must_revalidate
-            && self.staleness(now) <= allowed
-            && !allowed.is_zero()
+        if self.no_cache || self.must_revalidate {
+            return false;
+        }
+        let granted = self.stale_if_error.unwrap_or_default();
+        let asked = if self.forbids_stale {
+            Duration::ZERO
+        } else {
+            window(request_cc, "stale-if-error")
+                .unwrap_or_default()
+                .max(operator)
+        };
+        let allowed = granted.max(asked);
+        !allowed.is_zero() && self.staleness(now) <= allowed
     }
 
     /// §4.2.3 `current_age`.
@@ -424,7 +454,7 @@ fn lifetime(
             LifetimeSource::MaxAge,
         );
     }
-    if let Some(expires) = response.get(header::EXPIRES) {
+    if let Some(expires) = response.get(header::EXPIRES).filter(|_| !cc.targeted) {
         // §5.3: an invalid Expires, such as "0", means already expired.
         let lifetime = parse_http_date(Some(expires))
             .and_then(|expires| expires.duration_since(date).ok())
@@ -432,6 +462,10 @@ fn lifetime(
         return (lifetime, LifetimeSource::Expires);
     }
     // §4.2.2: heuristics only where the status allows it, or `public` marks it cacheable.
+    // The operator's default lifetime for "not found" answers (nginx's proxy_cache_valid 404).
+    if matches!(status.as_u16(), 404 | 410) && !heuristic.negative_ttl.0.is_zero() {
+        return (heuristic.negative_ttl.0, LifetimeSource::Heuristic);
+    }
     if (heuristically_cacheable(status) || cc.has("public"))
         && let Some(last_modified) = parse_http_date(response.get(header::LAST_MODIFIED))
         && let Ok(since_modified) = date.duration_since(last_modified)

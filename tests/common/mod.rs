@@ -343,8 +343,6 @@ impl TestEdge {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.unwrap();
-        // Stores happen in the background once the body is through; give them a moment.
-        tokio::time::sleep(Duration::from_millis(20)).await;
         Resp {
             status,
             headers,

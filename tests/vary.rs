@@ -1,0 +1,131 @@
+//! RFC 9111 §4.1: several variants of one URI side by side, selected by normalised request
+//! header values, in both tiers; invalidating the URI removes them all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Reply};
+use http::Method;
+
+fn varying(body: &str) -> Reply {
+    Reply::ok(body.to_owned())
+        .header("cache-control", "max-age=600")
+        .header("vary", "Accept-Encoding")
+}
+
+#[tokio::test]
+async fn variants_of_one_uri_are_stored_side_by_side() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/v", varying("gzip body"));
+    assert!(
+        edge.get_with("/v", &[("accept-encoding", "gzip")])
+            .await
+            .stored()
+    );
+    h.origin.reply("/v", varying("br body"));
+    let br = edge.get_with("/v", &[("accept-encoding", "br")]).await;
+    assert_eq!(br.fwd(), Some("vary-miss"), "{}", br.cache_status());
+    assert_eq!(br.text(), "br body");
+
+    let gzip = edge.get_with("/v", &[("accept-encoding", "gzip")]).await;
+    assert!(gzip.is_hit(), "{}", gzip.cache_status());
+    assert_eq!(gzip.text(), "gzip body");
+    let br = edge.get_with("/v", &[("accept-encoding", "br")]).await;
+    assert!(br.is_hit(), "{}", br.cache_status());
+    assert_eq!(br.text(), "br body");
+    let none = edge.get("/v").await;
+    assert_eq!(
+        none.fwd(),
+        Some("vary-miss"),
+        "a request without the header is its own variant"
+    );
+    assert_eq!(h.origin.hits("/v"), 3);
+}
+
+#[tokio::test]
+async fn variant_selection_ignores_whitespace_order_and_case_of_negotiation_lists() {
+    let h = Harness::new().await;
+    h.origin.reply("/v", varying("encoded"));
+    let edge = h.edge().await;
+    edge.get_with("/v", &[("accept-encoding", "gzip, br")])
+        .await;
+    for same in ["gzip,br", "br, gzip", "GZIP,  BR"] {
+        let hit = edge.get_with("/v", &[("accept-encoding", same)]).await;
+        assert!(hit.is_hit(), "{same:?}: {}", hit.cache_status());
+    }
+    assert_eq!(h.origin.hits("/v"), 1);
+}
+
+#[tokio::test]
+async fn variants_survive_a_restart_and_are_found_on_disk() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/v", varying("gzip body"));
+    edge.get_with("/v", &[("accept-encoding", "gzip")]).await;
+    h.origin.reply("/v", varying("br body"));
+    edge.get_with("/v", &[("accept-encoding", "br")]).await;
+
+    let edge = edge.restart().await;
+    let br = edge.get_with("/v", &[("accept-encoding", "br")]).await;
+    assert_eq!(br.cache_status(), "edge; hit; ttl=600; detail=disk");
+    assert_eq!(br.text(), "br body");
+    let gzip = edge.get_with("/v", &[("accept-encoding", "gzip")]).await;
+    assert!(gzip.is_hit(), "{}", gzip.cache_status());
+    assert_eq!(gzip.text(), "gzip body");
+    assert_eq!(h.origin.hits("/v"), 2);
+}
+
+#[tokio::test]
+async fn invalidating_a_uri_removes_every_variant_from_both_tiers() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for encoding in ["gzip", "br"] {
+        h.origin.reply("/v", varying(encoding));
+        edge.get_with("/v", &[("accept-encoding", encoding)]).await;
+    }
+    h.origin.reply("/v", Reply::ok("").status(204));
+    assert_eq!(edge.send(Method::DELETE, "/v", &[]).await.status, 204);
+
+    h.origin.reply("/v", varying("fresh"));
+    for encoding in ["gzip", "br"] {
+        let after = edge.get_with("/v", &[("accept-encoding", encoding)]).await;
+        assert!(!after.is_hit(), "{encoding}: {}", after.cache_status());
+        assert_eq!(after.text(), "fresh");
+    }
+    // And from disk: after a restart nothing old comes back.
+    let edge = edge.restart().await;
+    h.clock.advance(Duration::from_secs(1));
+    let gzip = edge.get_with("/v", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gzip.text(), "fresh");
+}
+
+#[tokio::test]
+async fn a_waiter_with_other_vary_values_does_not_get_the_leaders_variant() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/v",
+        varying("for whoever asked first").delay(Duration::from_millis(300)),
+    );
+    let edge = h.edge().await;
+    let (gzip, br) = tokio::join!(edge.get_with("/v", &[("accept-encoding", "gzip")]), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        edge.get_with("/v", &[("accept-encoding", "br")]).await
+    });
+    assert!(
+        !br.cache_status().contains("collapsed"),
+        "{}",
+        br.cache_status()
+    );
+    assert!(
+        !gzip.cache_status().contains("collapsed"),
+        "{}",
+        gzip.cache_status()
+    );
+    assert_eq!(
+        h.origin.hits("/v"),
+        2,
+        "each variant was fetched for the request that selects it"
+    );
+}
