@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -125,20 +124,19 @@ impl Fills {
         drop(self.join(edge, job));
     }
 
-    /// The URI was invalidated (RFC 9111 §4.4): a fill in flight for it may carry a response from
-    /// before the change, so it is no longer joined and does not store what it brings.
+    /// The URI was invalidated (RFC 9111 §4.4): a fill in flight for it may bring a response from
+    /// before the change, so no new request joins it. (Its store is refused by the cache's
+    /// invalidation epoch.)
     pub fn invalidate(&self, key: &CacheKey) {
-        if let Some(fill) = lock(&self.inflight).remove(key.hash()) {
-            fill.poisoned.store(true, Ordering::Relaxed);
-        }
+        lock(&self.inflight).remove(key.hash());
     }
 
     /// The fill has no more to offer late joiners: take it out of the map.
-    fn retire(&self, key: &CacheKey, fill: &Arc<Fill>) {
+    fn retire_key(&self, key: &CacheKey, fill: &Fill) {
         let mut inflight = lock(&self.inflight);
         if inflight
             .get(key.hash())
-            .is_some_and(|current| Arc::ptr_eq(current, fill))
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), fill))
         {
             inflight.remove(key.hash());
         }
@@ -184,8 +182,6 @@ pub struct PrivateResponse {
 pub struct Fill {
     state: Mutex<State>,
     changed: watch::Sender<()>,
-    /// Set when the URI is invalidated while the fill is in flight.
-    poisoned: AtomicBool,
 }
 
 struct State {
@@ -212,7 +208,6 @@ impl Fill {
         Self {
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
-            poisoned: AtomicBool::new(false),
         }
     }
 
@@ -240,10 +235,6 @@ impl Fill {
             Some(limit) => tokio::time::timeout(limit, wait).await.ok(),
             None => Some(wait.await),
         }
-    }
-
-    fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Relaxed)
     }
 
     fn is_complete(&self) -> bool {
@@ -325,15 +316,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The fill task.
 async fn run(edge: Arc<Edge>, fill: Arc<Fill>, job: FillJob) {
+    let _closer = Closer {
+        edge: &edge,
+        fill: &fill,
+        key: &job.key,
+    };
     fetch(&edge, &fill, &job).await;
-    // Whatever happened, no request may wait on this fill any more.
-    fill.update(|state| {
-        if matches!(state.head, Head::Pending) {
-            state.head = Head::Failed(Arc::new(OriginError::Unreachable("fill abandoned".into())));
-        }
-        state.end.get_or_insert(End::Failed);
-    });
-    edge.fills.retire(&job.key, &fill);
+}
+
+/// Whatever happens to a fill task — done, failed, or panicked — no request may wait on it
+/// afterwards, and it leaves the in-flight map.
+struct Closer<'a> {
+    edge: &'a Edge,
+    fill: &'a Fill,
+    key: &'a CacheKey,
+}
+
+impl Drop for Closer<'_> {
+    fn drop(&mut self) {
+        self.fill.update(|state| {
+            if matches!(state.head, Head::Pending) {
+                let err = OriginError::Unreachable("fill abandoned".into());
+                state.head = Head::Failed(Arc::new(err));
+            }
+            state.end.get_or_insert(End::Failed);
+        });
+        self.edge.fills.retire_key(self.key, self.fill);
+    }
 }
 
 async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
@@ -349,12 +358,14 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         if let Some(stale) = validating {
             add_validators(&mut outgoing, &stale.headers);
         }
+        // Taken before asking: an invalidation from now on may be newer than the answer.
+        let epoch = edge.cache.epoch();
         let request_time = edge.clock.now();
-        let upstream = match edge
+        let sent = edge
             .origin
             .send(Method::GET, job.url.clone(), outgoing, None)
-            .await
-        {
+            .await;
+        let upstream = match sent {
             Ok(upstream) => upstream,
             Err(err) => {
                 warn!(url = job.key.url(), %err, "origin request failed");
@@ -366,21 +377,17 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         let status = upstream.status();
         let headers =
             origin::response_headers(upstream.headers(), response_time, upstream.version());
+        let received = Received {
+            epoch,
+            request_time,
+            response_time,
+        };
 
         if status == StatusCode::NOT_MODIFIED
             && let Some(stale) = validating
         {
             if policy::not_modified_matches(&stale.headers, &headers) {
-                refresh(
-                    edge,
-                    fill,
-                    job,
-                    stale,
-                    &headers,
-                    request_time,
-                    response_time,
-                )
-                .await;
+                refresh(edge, fill, job, stale, &headers, received).await;
                 return;
             }
             // RFC 9111 §4.3.4: the 304 is for something edge does not hold; ask once more,
@@ -394,15 +401,21 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         }
 
         let request_cc = CacheControl::of(&job.request);
-        match admit(
-            &edge.config.cache,
-            job,
-            &request_cc,
-            status,
-            &headers,
-            request_time,
-            response_time,
-        ) {
+        let server_error = matches!(status.as_u16(), 500 | 502 | 503 | 504);
+        let admitted = if server_error && job.stale.is_some() {
+            // An error never replaces the response it might have to stand in for (RFC 5861 §4).
+            Err(NotStored::Status)
+        } else {
+            admit(
+                &edge.config.cache,
+                job,
+                &request_cc,
+                status,
+                &headers,
+                received,
+            )
+        };
+        match admitted {
             Ok(entry) => {
                 let ttl = entry.freshness.ttl(response_time);
                 let head = SharedHead {
@@ -413,60 +426,104 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     ttl,
                 };
                 fill.update(|state| state.head = Head::Shared(Arc::new(head)));
-                stream_and_store(edge, fill, job, entry, upstream).await;
+                stream_and_store(edge, fill, job, entry, upstream, epoch).await;
             }
             Err(reason) => {
-                if is_about_the_response(reason) {
+                // Errors pass; remembering them would stop collapsing while the origin recovers.
+                if is_about_the_response(reason) && !server_error {
                     edge.fills.passes.insert(*job.key.hash(), ());
                 }
-                let private = PrivateResponse {
-                    status,
-                    headers,
-                    body: upstream.bytes_stream().boxed(),
-                };
-                fill.update(|state| {
-                    state.private = Some(private);
-                    state.head = Head::Private { status, reason };
-                    state.end = Some(End::Complete);
-                });
+                let body = upstream.bytes_stream().boxed();
+                publish_private(
+                    fill,
+                    PrivateResponse {
+                        status,
+                        headers,
+                        body,
+                    },
+                    reason,
+                );
             }
         }
         return;
     }
 }
 
+/// When an origin answer arrived, and the invalidation epoch before it was asked for.
+#[derive(Clone, Copy)]
+struct Received {
+    epoch: u64,
+    request_time: SystemTime,
+    response_time: SystemTime,
+}
+
+fn publish_private(fill: &Fill, private: PrivateResponse, reason: NotStored) {
+    let status = private.status;
+    fill.update(|state| {
+        state.private = Some(private);
+        state.head = Head::Private { status, reason };
+        state.end = Some(End::Complete);
+    });
+}
+
 /// A 304 answered a revalidation: update the stored response (RFC 9111 §4.3.4), store it, and
-/// offer it to every waiting request.
+/// offer it to every waiting request — if the updated response may still be stored and shared.
 async fn refresh(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
     job: &FillJob,
     stale: &StoredEntry,
     not_modified: &HeaderMap,
-    request_time: SystemTime,
-    response_time: SystemTime,
+    received: Received,
 ) {
+    // The stored Age described the old response; the 304 brings its own (§4.2.3).
+    let mut stored = stale.headers.clone();
+    stored.remove(header::AGE);
+    let headers = policy::updated_headers(&stored, not_modified);
+    let request_cc = CacheControl::of(&job.request);
+    let response_cc = CacheControl::governing(&headers);
+    let status = stale.status;
+    // The 304 may have changed what may be stored (Set-Cookie, private, no-store, §3.2).
+    if let Err(reason) = policy::check_storable(
+        &Method::GET,
+        &job.request,
+        &request_cc,
+        status,
+        &headers,
+        &response_cc,
+    ) {
+        edge.cache.invalidate(&job.key).await;
+        let body = futures_util::stream::iter([Ok(stale.body.clone())]).boxed();
+        publish_private(
+            fill,
+            PrivateResponse {
+                status,
+                headers,
+                body,
+            },
+            reason,
+        );
+        return;
+    }
     let entry = Arc::new(StoredEntry::new(
         stale.url.clone(),
-        stale.status,
-        policy::updated_headers(&stale.headers, not_modified),
+        status,
+        headers,
         stale.variance.clone(),
-        request_time,
-        response_time,
+        received.request_time,
+        received.response_time,
         stale.body.clone(),
         &edge.config.cache.heuristic,
     ));
     let head = SharedHead {
-        status: entry.status,
+        status,
         headers: entry.headers.clone(),
         variance: entry.variance.clone(),
         fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
-        ttl: entry.freshness.ttl(response_time),
+        ttl: entry.freshness.ttl(received.response_time),
     };
-    if !fill.is_poisoned() {
-        edge.cache.store(&job.key, entry.clone()).await;
-    }
-    edge.fills.retire(&job.key, fill);
+    store(edge, job, entry.clone(), received.epoch).await;
+    edge.fills.retire_key(&job.key, fill);
     fill.update(|state| {
         state.head = Head::Shared(Arc::new(head));
         state.chunks.push(entry.body.clone());
@@ -474,17 +531,30 @@ async fn refresh(
     });
 }
 
+/// How long a fill waits for its store before handing out the last byte anyway.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn store(edge: &Edge, job: &FillJob, entry: Arc<StoredEntry>, epoch: u64) {
+    let stored = tokio::time::timeout(STORE_TIMEOUT, edge.cache.store(&job.key, entry, epoch));
+    if stored.await.is_err() {
+        warn!(
+            url = job.key.url(),
+            "storing took longer than {STORE_TIMEOUT:?}; serving on"
+        );
+    }
+}
+
 /// Reads the origin's body into the fill, then stores the whole response.
 ///
 /// The last chunk is held back until the response is stored in both tiers: a client that has the
-/// whole body can count on its next request being a hit, and on a later invalidation not being
-/// undone by a store that was still on its way.
+/// whole body can count on its next request being a hit.
 async fn stream_and_store(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
     job: &FillJob,
     mut entry: StoredEntry,
     upstream: reqwest::Response,
+    epoch: u64,
 ) {
     // RFC 9110 §15.3.5: a 204 has no content, whatever its headers say.
     let expected = if entry.status == StatusCode::NO_CONTENT {
@@ -499,7 +569,18 @@ async fn stream_and_store(
     while received < expected.unwrap_or(u64::MAX) {
         match body.next().await {
             Some(Ok(chunk)) => {
+                let before = received;
                 received += chunk.len() as u64;
+                if before <= limit && received > limit {
+                    // No Content-Length said so up front: stop taking in new requests, and
+                    // remember the key, so that at least no one else waits on this body.
+                    debug!(
+                        url = job.key.url(),
+                        limit, "body outgrew max_object_size; not storing it"
+                    );
+                    edge.fills.retire_key(&job.key, fill);
+                    edge.fills.passes.insert(*job.key.hash(), ());
+                }
                 if expected == Some(received) {
                     held = Some(chunk);
                 } else {
@@ -514,33 +595,22 @@ async fn stream_and_store(
             None => break,
         }
     }
-    let storable = if expected.is_some_and(|expected| expected != received) {
+    let complete = expected.is_none_or(|expected| expected == received);
+    if !complete {
         warn!(
             url = job.key.url(),
             received, "origin body length differs from Content-Length; not storing it"
         );
-        false
-    } else if received > limit {
-        debug!(
-            url = job.key.url(),
-            limit, "body outgrew max_object_size; not storing it"
-        );
-        false
-    } else {
-        true
-    };
-    let entry = storable.then(|| {
+    }
+    if complete && received <= limit {
         let mut chunks = lock(&fill.state).chunks.clone();
         chunks.extend(held.clone());
         entry.url = job.key.url().to_owned();
         entry.body = concat(chunks, received);
-        Arc::new(entry)
-    });
-    if let Some(entry) = entry.filter(|_| !fill.is_poisoned()) {
-        edge.cache.store(&job.key, entry).await;
+        store(edge, job, Arc::new(entry), epoch).await;
     }
     // From here on, a new request finds the response in the cache rather than in this fill.
-    edge.fills.retire(&job.key, fill);
+    edge.fills.retire_key(&job.key, fill);
     fill.update(|state| {
         state.chunks.extend(held);
         state.end = Some(End::Complete);
@@ -560,14 +630,13 @@ fn concat(chunks: Vec<Bytes>, len: u64) -> Bytes {
 
 /// admit: RFC 9111 §3 storability plus edge's own limits. On success, the entry to store once
 /// its body has arrived.
-pub fn admit(
+fn admit(
     config: &CacheConfig,
     job: &FillJob,
     request_cc: &CacheControl,
     status: StatusCode,
     headers: &HeaderMap,
-    request_time: SystemTime,
-    response_time: SystemTime,
+    received: Received,
 ) -> Result<StoredEntry, NotStored> {
     let response_cc = CacheControl::governing(headers);
     policy::check_storable(
@@ -586,8 +655,8 @@ pub fn admit(
         status,
         headers.clone(),
         Variance::capture(headers, &job.request),
-        request_time,
-        response_time,
+        received.request_time,
+        received.response_time,
         Bytes::new(),
         &config.heuristic,
     );

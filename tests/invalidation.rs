@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::{Harness, Reply, TestEdge};
 use http::Method;
@@ -556,4 +558,46 @@ async fn absolute_location_matches_the_host_header_case_insensitively() {
         .await;
     assert_eq!(post.status, 201);
     assert_invalidated(&h, &edge, "/b", "b2").await;
+}
+
+#[tokio::test]
+async fn an_invalidation_during_a_fill_is_not_undone_by_its_store() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/v",
+        Reply::ok("old")
+            .header("cache-control", "max-age=60")
+            .header("vary", "x-v")
+            .delay(Duration::from_millis(300)),
+    );
+    let edge = h.edge().await;
+    // Two fills in flight for /v: one in the map, one alone (its Vary value differs).
+    let first = edge.get_with("/v", &[("x-v", "a")]);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        edge.get_with("/v", &[("x-v", "b")]).await
+    };
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        h.origin.reply("/v", Reply::ok("").status(204));
+        let deleted = edge.send(Method::DELETE, "/v", &[]).await;
+        h.origin.reply(
+            "/v",
+            Reply::ok("new")
+                .header("cache-control", "max-age=60")
+                .header("vary", "x-v"),
+        );
+        deleted
+    };
+    let (_, _, deleted) = tokio::join!(first, second, change);
+    assert_eq!(deleted.status, 204);
+    for value in ["a", "b"] {
+        let after = edge.get_with("/v", &[("x-v", value)]).await;
+        assert_eq!(
+            after.text(),
+            "new",
+            "x-v: {value}: {}",
+            after.cache_status()
+        );
+    }
 }

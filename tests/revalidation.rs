@@ -600,3 +600,72 @@ async fn a_stale_entry_read_from_disk_is_revalidated() {
     assert_eq!(hit.body, body);
     assert_eq!(h.origin.hits("/a"), 2);
 }
+
+#[tokio::test]
+async fn a_304_that_adds_set_cookie_or_private_is_not_stored_or_shared() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/r",
+        Reply::ok("shared page")
+            .header("cache-control", "max-age=10")
+            .header("etag", "\"r1\""),
+    );
+    let edge = h.edge().await;
+    edge.get("/r").await;
+    h.clock.advance(Duration::from_secs(20));
+    h.origin.reply(
+        "/r",
+        Reply::ok("")
+            .status(304)
+            .header("etag", "\"r1\"")
+            .header("cache-control", "max-age=10, private")
+            .header("set-cookie", "session=alice-secret"),
+    );
+    let alice = edge.get("/r").await;
+    assert_eq!(alice.text(), "shared page");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice-secret"));
+    assert!(!alice.stored(), "{}", alice.cache_status());
+
+    h.origin.reply(
+        "/r",
+        Reply::ok("page for bob").header("cache-control", "max-age=10"),
+    );
+    let bob = edge.get("/r").await;
+    assert_eq!(
+        bob.header("set-cookie"),
+        None,
+        "another client's cookie is never handed out"
+    );
+    assert!(!bob.is_hit(), "{}", bob.cache_status());
+    assert_eq!(bob.text(), "page for bob");
+}
+
+#[tokio::test]
+async fn a_refreshed_entry_takes_its_age_from_the_304_not_the_old_response() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/r",
+        Reply::ok("body")
+            .header("cache-control", "max-age=600")
+            .header("age", "590")
+            .header("etag", "\"a\""),
+    );
+    let edge = h.edge().await;
+    edge.get("/r").await;
+    h.clock.advance(Duration::from_secs(15));
+    h.origin
+        .reply("/r", Reply::ok("").status(304).header("etag", "\"a\""));
+    let refreshed = edge.get("/r").await;
+    assert_eq!(refreshed.param("fwd-status"), Some("304"));
+    assert_eq!(
+        refreshed.param("ttl"),
+        Some("600"),
+        "{}",
+        refreshed.cache_status()
+    );
+    h.clock.advance(Duration::from_secs(100));
+    let hit = edge.get("/r").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.age(), Some(100));
+    assert_eq!(h.origin.hits("/r"), 2);
+}

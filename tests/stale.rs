@@ -716,3 +716,27 @@ async fn a_request_stale_if_error_does_not_override_s_maxage() {
     assert_eq!(response.status, 503, "{}", response.cache_status());
     assert_eq!(response.text(), "broken");
 }
+
+#[tokio::test]
+async fn an_error_during_revalidation_never_replaces_the_stale_entry() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("good").header("cache-control", "max-age=10, stale-if-error=600"),
+    );
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(20));
+    // A cacheable error: it must not be stored over the response it stands in for.
+    h.origin.reply(
+        "/a",
+        Reply::ok("oops")
+            .status(500)
+            .header("cache-control", "max-age=60"),
+    );
+    for _ in 0..2 {
+        let response = edge.get("/a").await;
+        assert_eq!(response.text(), "good", "{}", response.cache_status());
+        assert_eq!(response.param("detail"), Some("stale-if-error"));
+    }
+}

@@ -160,3 +160,57 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
+    use bytes::Bytes;
+    use edge::cache::disk::DiskTier;
+    use edge::cache::entry::{Record, StoredEntry};
+    use edge::cache::key::Variance;
+    use edge::config::HeuristicConfig;
+    use http::{HeaderMap, StatusCode};
+
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store");
+    let capacity: u64 = 200_000;
+    let tier = DiskTier::open(&path, capacity, HeuristicConfig::default()).unwrap();
+    let mut writers = Vec::new();
+    for t in 0..32u32 {
+        let tier = tier.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..50u32 {
+                let now = std::time::SystemTime::now();
+                let url = format!("http://o/{t}/{i}");
+                let entry = StoredEntry::new(
+                    url.clone(),
+                    StatusCode::OK,
+                    HeaderMap::new(),
+                    Variance::default(),
+                    now,
+                    now,
+                    Bytes::from(vec![7u8; 5_000]),
+                    &HeuristicConfig::default(),
+                );
+                let key = blake3::hash(url.as_bytes()).as_bytes().to_vec();
+                tier.put(key, Record::Entry(Arc::new(entry))).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    tier.flush().await.unwrap();
+    drop(tier);
+    let db = sled::open(&path).unwrap();
+    let records = db.open_tree("records").unwrap();
+    let held: u64 = records
+        .iter()
+        .map(|item| item.unwrap().1.len() as u64)
+        .sum();
+    assert!(
+        held <= capacity,
+        "{held} bytes in {} records over a {capacity} budget",
+        records.len()
+    );
+    assert_eq!(records.len(), db.open_tree("order").unwrap().len());
+}

@@ -178,11 +178,9 @@ impl Inner {
         meta.extend_from_slice(key);
         let replaced = (&self.records, &self.order).transaction(|(records, order)| {
             let old = records.insert(key, value.clone())?;
-            if let Some(old_seq) = old.as_ref().and_then(|old| old.get(..8)) {
-                order.remove(old_seq)?;
-            }
+            let released = release_order(order, key, old.as_ref())?;
             order.insert(&seq, meta.as_slice())?;
-            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(key, &o)))
+            Ok(released)
         })?;
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.release(replaced.unwrap_or(0));
@@ -195,16 +193,22 @@ impl Inner {
                 break;
             };
             let key = meta.get(8..).unwrap_or_default();
-            (&self.records, &self.order).transaction(|(records, order)| {
+            // Another thread may evict or replace the same record meanwhile: only the one whose
+            // transaction removed the order entry releases its bytes.
+            let evicted = (&self.records, &self.order).transaction(|(records, order)| {
+                if order.remove(&seq)?.is_none() {
+                    return Ok(false);
+                }
                 if let Some(current) = records.get(key)?
                     && current.get(..8) == Some(&seq[..])
                 {
                     records.remove(key)?;
                 }
-                order.remove(&seq)?;
-                Ok::<_, ConflictableTransactionError<sled::Error>>(())
+                Ok::<_, ConflictableTransactionError<sled::Error>>(true)
             })?;
-            self.release(meta_size(&meta));
+            if evicted {
+                self.release(meta_size(&meta));
+            }
         }
         Ok(())
     }
@@ -212,10 +216,7 @@ impl Inner {
     fn remove(&self, key: &[u8]) -> Result<(), DiskError> {
         let removed = (&self.records, &self.order).transaction(|(records, order)| {
             let old = records.remove(key)?;
-            if let Some(old_seq) = old.as_ref().and_then(|old| old.get(..8)) {
-                order.remove(old_seq)?;
-            }
-            Ok::<_, ConflictableTransactionError<sled::Error>>(old.map(|o| charged(key, &o)))
+            release_order(order, key, old.as_ref())
         })?;
         self.release(removed.unwrap_or(0));
         Ok(())
@@ -229,6 +230,21 @@ impl Inner {
                 Some(b.saturating_sub(size))
             });
     }
+}
+
+/// Removes the order entry of a replaced or removed record, inside the caller's transaction.
+/// The record's bytes are released only if its order entry was still there: an eviction that got
+/// to it first has released them already.
+fn release_order(
+    order: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    old: Option<&IVec>,
+) -> Result<Option<u64>, ConflictableTransactionError<sled::Error>> {
+    let Some(old) = old else { return Ok(None) };
+    let Some(old_seq) = old.get(..8) else {
+        return Ok(None);
+    };
+    Ok(order.remove(old_seq)?.map(|_| charged(key, old)))
 }
 
 /// The bytes a stored `records` value is charged for.

@@ -18,6 +18,8 @@ pub mod memory;
 pub mod policy;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -66,6 +68,11 @@ impl Tier {
 pub struct Cache {
     memory: MemoryTier,
     disk: Option<DiskTier>,
+    /// Counts invalidations; a store or promotion that began before the key's latest
+    /// invalidation must not leave its older response behind.
+    epoch: AtomicU64,
+    /// The epoch of each key's latest invalidation, kept long enough to outlive any fill.
+    invalidated: moka::sync::Cache<[u8; 32], u64>,
 }
 
 impl Cache {
@@ -83,12 +90,30 @@ impl Cache {
         Self {
             memory: MemoryTier::new(config.memory.capacity.0),
             disk,
+            epoch: AtomicU64::new(0),
+            invalidated: moka::sync::Cache::builder()
+                .max_capacity(1 << 20)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         }
+    }
+
+    /// The current invalidation epoch: pass it to [`Cache::store`] for a response fetched from
+    /// now on.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn invalidated_since(&self, key: &CacheKey, epoch: u64) -> bool {
+        self.invalidated
+            .get(key.hash())
+            .is_some_and(|at| at > epoch)
     }
 
     /// Finds the stored response that `request` selects for `key`: memory first, then disk
     /// (promoting what it finds).
     pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Lookup {
+        let started = self.epoch();
         let mut vary_miss = false;
         if let Some(variants) = self.memory.get(key.hash()).await {
             match variants.select(request) {
@@ -123,16 +148,30 @@ impl Cache {
         match entry {
             Some(entry) if entry.url == key.url() && entry.variance.matches(request) => {
                 self.memory.insert(*key.hash(), entry.clone()).await;
+                // An invalidation during the read must not be undone by the promotion.
+                if self.invalidated_since(key, started) {
+                    self.memory.remove(key.hash()).await;
+                    return Lookup::Miss;
+                }
                 Lookup::Found(entry, Tier::Disk)
             }
             _ => Lookup::miss(vary_miss),
         }
     }
 
-    /// Stores `entry` in both tiers, replacing what was stored for `key` and the same variant.
-    pub async fn store(&self, key: &CacheKey, entry: Arc<StoredEntry>) {
+    /// Stores `entry`, fetched from epoch `fetched` on, in both tiers, replacing what was stored
+    /// for `key` and the same variant — unless the key was invalidated since, in which case the
+    /// response may predate the change and is dropped (RFC 9111 §4.4). The check comes again after
+    /// the write, so an invalidation racing it wins either way.
+    pub async fn store(&self, key: &CacheKey, entry: Arc<StoredEntry>, fetched: u64) {
+        if self.invalidated_since(key, fetched) {
+            return;
+        }
         self.memory.insert(*key.hash(), entry.clone()).await;
         self.store_on_disk(key, entry).await;
+        if self.invalidated_since(key, fetched) {
+            self.remove(key).await;
+        }
     }
 
     /// The disk half of [`Cache::store`].
@@ -158,8 +197,15 @@ impl Cache {
         }
     }
 
-    /// Removes whatever is stored for `key`, every variant, from both tiers.
+    /// Removes whatever is stored for `key`, every variant, from both tiers, and keeps stores of
+    /// responses fetched before now from bringing it back.
     pub async fn invalidate(&self, key: &CacheKey) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.insert(*key.hash(), epoch);
+        self.remove(key).await;
+    }
+
+    async fn remove(&self, key: &CacheKey) {
         self.memory.remove(key.hash()).await;
         if let Some(disk) = &self.disk
             && let Err(err) = disk.remove_prefix(key.hash().to_vec()).await
