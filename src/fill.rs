@@ -57,6 +57,9 @@ pub struct FillJob {
     pub version: Version,
     /// The stale stored response to revalidate, if any.
     pub stale: Option<Arc<StoredEntry>>,
+    /// Which in-flight slot the fill occupies: the key's hash, or for requests that the key's
+    /// fill could not serve because of their `Vary` values, a slot of their variant's own.
+    pub slot: [u8; 32],
 }
 
 /// The fills in flight, and the keys that recently turned out not to be storable.
@@ -95,13 +98,13 @@ impl Fills {
         let mut inflight = lock(&self.inflight);
         // A fill whose response is complete has nothing to offer a newcomer: what it brought is
         // stored by now, or was not storable.
-        if let Some(fill) = inflight.get(job.key.hash())
+        if let Some(fill) = inflight.get(&job.slot)
             && !fill.is_complete()
         {
             return Role::Waiter(fill.clone());
         }
-        let fill = Arc::new(Fill::new());
-        inflight.insert(*job.key.hash(), fill.clone());
+        let fill = Arc::new(Fill::new(*job.key.hash()));
+        inflight.insert(job.slot, fill.clone());
         drop(inflight);
         let (edge_for_task, fill_for_task) = (edge.clone(), fill.clone());
         edge.tasks
@@ -112,7 +115,7 @@ impl Fills {
     /// Starts a fill that no other request joins: for a request that may not wait for, or use,
     /// another's.
     pub fn solo(&self, edge: &Arc<Edge>, job: FillJob) -> Arc<Fill> {
-        let fill = Arc::new(Fill::new());
+        let fill = Arc::new(Fill::new(*job.key.hash()));
         let (edge_for_task, fill_for_task) = (edge.clone(), fill.clone());
         edge.tasks
             .spawn(async move { run(edge_for_task, fill_for_task, job).await });
@@ -128,17 +131,17 @@ impl Fills {
     /// before the change, so no new request joins it. (Its store is refused by the cache's
     /// invalidation epoch.)
     pub fn invalidate(&self, key: &CacheKey) {
-        lock(&self.inflight).remove(key.hash());
+        lock(&self.inflight).retain(|_, fill| fill.primary != *key.hash());
     }
 
     /// The fill has no more to offer late joiners: take it out of the map.
-    fn retire_key(&self, key: &CacheKey, fill: &Fill) {
+    fn retire(&self, slot: &[u8; 32], fill: &Fill) {
         let mut inflight = lock(&self.inflight);
         if inflight
-            .get(key.hash())
+            .get(slot)
             .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), fill))
         {
-            inflight.remove(key.hash());
+            inflight.remove(slot);
         }
     }
 }
@@ -180,6 +183,8 @@ pub struct PrivateResponse {
 
 /// One fill's shared state.
 pub struct Fill {
+    /// The hash of the URI the fill fetches.
+    primary: [u8; 32],
     state: Mutex<State>,
     changed: watch::Sender<()>,
 }
@@ -198,7 +203,7 @@ enum End {
 }
 
 impl Fill {
-    fn new() -> Self {
+    fn new(primary: [u8; 32]) -> Self {
         let state = State {
             head: Head::Pending,
             chunks: Vec::new(),
@@ -206,6 +211,7 @@ impl Fill {
             private: None,
         };
         Self {
+            primary,
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
         }
@@ -319,7 +325,7 @@ async fn run(edge: Arc<Edge>, fill: Arc<Fill>, job: FillJob) {
     let _closer = Closer {
         edge: &edge,
         fill: &fill,
-        key: &job.key,
+        slot: &job.slot,
     };
     fetch(&edge, &fill, &job).await;
 }
@@ -329,7 +335,7 @@ async fn run(edge: Arc<Edge>, fill: Arc<Fill>, job: FillJob) {
 struct Closer<'a> {
     edge: &'a Edge,
     fill: &'a Fill,
-    key: &'a CacheKey,
+    slot: &'a [u8; 32],
 }
 
 impl Drop for Closer<'_> {
@@ -341,7 +347,7 @@ impl Drop for Closer<'_> {
             }
             state.end.get_or_insert(End::Failed);
         });
-        self.edge.fills.retire_key(self.key, self.fill);
+        self.edge.fills.retire(self.slot, self.fill);
     }
 }
 
@@ -523,7 +529,7 @@ async fn refresh(
         ttl: entry.freshness.ttl(received.response_time),
     };
     store(edge, job, entry.clone(), received.epoch).await;
-    edge.fills.retire_key(&job.key, fill);
+    edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
         state.head = Head::Shared(Arc::new(head));
         state.chunks.push(entry.body.clone());
@@ -578,7 +584,7 @@ async fn stream_and_store(
                         url = job.key.url(),
                         limit, "body outgrew max_object_size; not storing it"
                     );
-                    edge.fills.retire_key(&job.key, fill);
+                    edge.fills.retire(&job.slot, fill);
                     edge.fills.passes.insert(*job.key.hash(), ());
                 }
                 if expected == Some(received) {
@@ -610,7 +616,7 @@ async fn stream_and_store(
         store(edge, job, Arc::new(entry), epoch).await;
     }
     // From here on, a new request finds the response in the cache rather than in this fill.
-    edge.fills.retire_key(&job.key, fill);
+    edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
         state.chunks.extend(held);
         state.end = Some(End::Complete);

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::cache::entry::StoredEntry;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, Variance};
 use crate::cache::policy::{self, CacheControl, Forward};
 use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
@@ -169,6 +169,7 @@ fn fill_job(
         client: peer.ip(),
         version: request.version,
         stale,
+        slot: *key.hash(),
     }
 }
 
@@ -187,6 +188,7 @@ async fn answer_from_fill(
     mut role: Role,
 ) -> Response {
     let request_cc = CacheControl::of(&request.headers);
+    let mut fill_slot = *key.hash();
     loop {
         let (fill, leader) = match role {
             Role::Leader(fill) => (fill, true),
@@ -229,6 +231,17 @@ async fn answer_from_fill(
                     status.collapsed = !leader;
                     status.ttl = Some(shared.ttl);
                     return respond_shared(&request, &shared, &fill, status).await;
+                }
+                // Other Vary values: collapse with the requests that share this request's.
+                let names = shared.variance.names_of();
+                let variant = Variance::select(&names, &request.headers).variant_key(key.hash());
+                let slot = *blake3::hash(&variant).as_bytes();
+                if slot != fill_slot {
+                    let mut job = fill_job(&request, peer, &url, &key, stale.clone());
+                    job.slot = slot;
+                    fill_slot = slot;
+                    role = edge.fills.join(edge, job);
+                    continue;
                 }
             }
             Some(Head::Private {

@@ -129,3 +129,40 @@ async fn a_waiter_with_other_vary_values_does_not_get_the_leaders_variant() {
         "each variant was fetched for the request that selects it"
     );
 }
+
+#[tokio::test]
+async fn waiters_with_the_same_other_vary_values_collapse_among_themselves() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/v", varying("encoded").delay(Duration::from_millis(300)));
+    let edge = h.edge().await;
+    let gzip = edge.get_with("/v", &[("accept-encoding", "gzip")]);
+    let brs = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        futures_util::future::join_all(
+            (0..20).map(|_| edge.get_with("/v", &[("accept-encoding", "br")])),
+        )
+        .await
+    };
+    let (gzip, brs) = tokio::join!(gzip, brs);
+    assert_eq!(gzip.text(), "encoded");
+    assert_eq!(h.origin.hits("/v"), 2, "one fetch per variant");
+    let collapsed = brs
+        .iter()
+        .filter(|r| r.cache_status().contains("collapsed"))
+        .count();
+    assert_eq!(
+        collapsed, 19,
+        "all br requests but one shared that one's fetch"
+    );
+    assert!(
+        edge.get_with("/v", &[("accept-encoding", "br")])
+            .await
+            .is_hit()
+    );
+    assert!(
+        edge.get_with("/v", &[("accept-encoding", "gzip")])
+            .await
+            .is_hit()
+    );
+}
