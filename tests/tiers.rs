@@ -54,32 +54,34 @@ async fn disk_tier_answers_what_memory_cannot_hold() {
 #[tokio::test]
 async fn disk_budget_evicts_the_oldest_objects() {
     let h = Harness::new().await;
-    for i in 0..20 {
+    let body = |i: usize| vec![b'a' + i as u8; 200_000];
+    for i in 0..30 {
         h.origin.reply(
             &format!("/o{i}"),
-            Reply::ok(vec![b'a' + i as u8; 10_000]).header("cache-control", "max-age=600"),
+            Reply::ok(body(i)).header("cache-control", "max-age=600"),
         );
     }
     let edge = h
         .edge_with(|c| {
             c.cache.memory.capacity.0 = 1024;
-            c.cache.disk.capacity.0 = 64 * 1024;
+            c.cache.disk.capacity.0 = 2 << 20;
         })
         .await;
-    for i in 0..20 {
+    for i in 0..30 {
         edge.get(&format!("/o{i}")).await;
     }
-    // The newest objects are still on disk; the oldest were evicted to stay within 64 KiB.
-    let newest = edge.get("/o19").await;
+    // The newest objects are still on disk; the oldest were evicted to stay within 2 MiB.
+    let newest = edge.get("/o29").await;
     assert_eq!(
         newest.param("detail"),
         Some("disk"),
         "{}",
         newest.cache_status()
     );
+    assert_eq!(newest.body, body(29));
     let oldest = edge.get("/o0").await;
     assert!(!oldest.is_hit(), "{}", oldest.cache_status());
-    assert_eq!(oldest.body, vec![b'a'; 10_000]);
+    assert_eq!(oldest.body, body(0));
     assert_eq!(h.origin.hits("/o0"), 2);
 }
 
@@ -161,6 +163,21 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
     }
 }
 
+/// The bytes allocated to the files under `dir`, as `du` counts them.
+fn du(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            du(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
     use bytes::Bytes;
@@ -172,15 +189,17 @@ async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
 
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("store");
-    let capacity: u64 = 200_000;
+    let capacity: u64 = 8 << 20;
     let tier = DiskTier::open(&path, capacity, HeuristicConfig::default()).unwrap();
     let mut writers = Vec::new();
+    // 32 writers × 40 objects of 5 KiB (inline) and 40 KiB (files): about 3× the budget.
     for t in 0..32u32 {
         let tier = tier.clone();
         writers.push(tokio::spawn(async move {
-            for i in 0..50u32 {
+            for i in 0..40u32 {
                 let now = std::time::SystemTime::now();
                 let url = format!("http://o/{t}/{i}");
+                let size = if i % 2 == 0 { 5_000 } else { 40_000 };
                 let entry = StoredEntry::new(
                     url.clone(),
                     StatusCode::OK,
@@ -188,7 +207,7 @@ async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
                     Variance::default(),
                     now,
                     now,
-                    Bytes::from(vec![7u8; 5_000]),
+                    Bytes::from(vec![7u8; size]),
                     &HeuristicConfig::default(),
                 );
                 let key = blake3::hash(url.as_bytes()).as_bytes().to_vec();
@@ -200,17 +219,51 @@ async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
         writer.await.unwrap();
     }
     tier.flush().await.unwrap();
-    drop(tier);
-    let db = sled::open(&path).unwrap();
-    let records = db.open_tree("records").unwrap();
-    let held: u64 = records
-        .iter()
-        .map(|item| item.unwrap().1.len() as u64)
-        .sum();
     assert!(
-        held <= capacity,
-        "{held} bytes in {} records over a {capacity} budget",
-        records.len()
+        tier.footprint() <= capacity,
+        "accounted {} over {capacity}",
+        tier.footprint()
     );
-    assert_eq!(records.len(), db.open_tree("order").unwrap().len());
+    let on_disk = du(&path);
+    assert!(
+        on_disk <= capacity,
+        "du says {on_disk} bytes for a {capacity}-byte budget"
+    );
+    // It did not get there by evicting everything.
+    assert!(on_disk > capacity / 2, "du says only {on_disk} bytes");
+}
+
+#[tokio::test]
+async fn a_fill_of_three_times_the_budget_through_edge_stays_within_it() {
+    let h = Harness::new().await;
+    let capacity: u64 = 8 << 20;
+    let edge = h
+        .edge_with(|c| {
+            c.cache.memory.capacity.0 = 1 << 20;
+            c.cache.disk.capacity.0 = capacity;
+        })
+        .await;
+    for i in 0..96 {
+        let size = if i % 3 == 0 {
+            200_000
+        } else {
+            100_000 + i * 997
+        };
+        let path = format!("/fill/{i}");
+        h.origin.reply(
+            &path,
+            Reply::ok(vec![(i % 251) as u8; size]).header("cache-control", "max-age=600"),
+        );
+        assert_eq!(edge.get(&path).await.body.len(), size);
+    }
+    // Recent objects are still served from disk, byte-identical.
+    let recent = edge.get("/fill/95").await;
+    assert!(recent.is_hit(), "{}", recent.cache_status());
+    assert_eq!(recent.body, vec![95u8; 100_000 + 95 * 997]);
+    let dir = edge.stop().await;
+    let on_disk = du(&dir.path().join("store"));
+    assert!(
+        on_disk <= capacity,
+        "du says {on_disk} bytes for a {capacity}-byte budget"
+    );
 }

@@ -3,10 +3,10 @@
 //! Layout (all integers big-endian):
 //!
 //! ```text
-//! "EDG" version:u8 | status:u16 | request_time_ms:u64 | response_time_ms:u64
+//! "EDG" version:u8 | body_in_file:u8 | status:u16 | request_time_ms:u64 | response_time_ms:u64
 //! url_len:u32 url | header_count:u32 (name_len:u16 name value_len:u32 value)*
 //! vary_count:u16 (name_len:u16 name present:u8 value_len:u32 value)*
-//! body_len:u64 | blake3(body):[u8;32] | blake3(everything before):[u8;32] | body
+//! body_len:u64 | blake3(body):[u8;32] | blake3(everything before):[u8;32] | body (if not in a file)
 //! ```
 //!
 //! A record whose version, lengths or either checksum do not match is rejected as a whole: a
@@ -27,7 +27,10 @@ use crate::config::HeuristicConfig;
 const MAGIC: &[u8; 3] = b"EDG";
 /// A Vary marker: the request header names the variants of a URI are selected by.
 const VARY_MAGIC: &[u8; 3] = b"EDV";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Where a record's body is: in the record, or in a file of the disk tier.
+const BODY_INLINE: u8 = 0;
+const BODY_IN_FILE: u8 = 1;
 
 /// What the disk tier holds under one key: a response, or (at a URI's own key, when its
 /// responses vary) the names of the request headers that select among them.
@@ -38,9 +41,10 @@ pub enum Record {
 }
 
 impl Record {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The record's bytes; an entry's body is left out when `body_inline` is false.
+    pub fn encode(&self, body_inline: bool) -> Vec<u8> {
         match self {
-            Record::Entry(entry) => entry.encode(),
+            Record::Entry(entry) => entry.encode(body_inline),
             Record::Vary(names) => {
                 let mut out = Vec::with_capacity(64);
                 out.extend_from_slice(VARY_MAGIC);
@@ -56,10 +60,11 @@ impl Record {
         }
     }
 
-    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Self, DecodeError> {
+    /// Decodes a record; an entry whose body is in a file comes back as
+    /// [`Decoded::BodyElsewhere`], to be completed with [`StoredEntry::attach`].
+    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Decoded, DecodeError> {
         if !record.starts_with(VARY_MAGIC) {
-            return StoredEntry::decode(record, heuristic)
-                .map(|entry| Record::Entry(Arc::new(entry)));
+            return StoredEntry::decode(record, heuristic);
         }
         let checked = record.len().checked_sub(32).ok_or(DecodeError::Truncated)?;
         if blake3::hash(&record[..checked]).as_bytes() != &record[checked..] {
@@ -78,8 +83,23 @@ impl Record {
             let len = r.u16()? as usize;
             names.push(HeaderName::from_bytes(r.take(len)?).map_err(|_| DecodeError::Invalid)?);
         }
-        Ok(Record::Vary(names.into()))
+        Ok(Decoded::Record(Record::Vary(names.into())))
     }
+}
+
+/// A decoded record.
+#[derive(Debug)]
+pub enum Decoded {
+    Record(Record),
+    /// An entry whose body is kept in a file: its length and blake3.
+    BodyElsewhere(Box<StoredEntry>, BodyRef),
+}
+
+/// What a record says of a body it does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRef {
+    pub len: u64,
+    pub checksum: [u8; 32],
 }
 
 /// One stored response: what the origin sent (less hop-by-hop fields), when, and for which
@@ -155,10 +175,18 @@ impl StoredEntry {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 512);
+    /// The record's bytes; the body is left out when `body_inline` is false (the disk tier keeps
+    /// it in a file), but its length and checksum are always in.
+    pub fn encode(&self, body_inline: bool) -> Vec<u8> {
+        let inline_len = if body_inline { self.body.len() } else { 0 };
+        let mut out = Vec::with_capacity(inline_len + 512);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
+        out.push(if body_inline {
+            BODY_INLINE
+        } else {
+            BODY_IN_FILE
+        });
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
         out.extend_from_slice(&millis(self.request_time).to_be_bytes());
         out.extend_from_slice(&millis(self.response_time).to_be_bytes());
@@ -178,12 +206,15 @@ impl StoredEntry {
         out.extend_from_slice(blake3::hash(&self.body).as_bytes());
         let meta_checksum = blake3::hash(&out);
         out.extend_from_slice(meta_checksum.as_bytes());
-        out.extend_from_slice(&self.body);
+        if body_inline {
+            out.extend_from_slice(&self.body);
+        }
         out
     }
 
     /// Decodes and verifies a record; the body is a slice of `record`, not a copy.
-    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Self, DecodeError> {
+    /// Decodes and verifies an entry record; the body is a slice of `record`, not a copy.
+    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Decoded, DecodeError> {
         let mut r = Reader {
             buf: &record,
             pos: 0,
@@ -191,6 +222,7 @@ impl StoredEntry {
         if r.take(3)? != MAGIC || r.u8()? != VERSION {
             return Err(DecodeError::Version);
         }
+        let placement = r.u8()?;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid)?;
         let request_time = from_millis(r.u64()?);
         let response_time = from_millis(r.u64()?);
@@ -227,23 +259,41 @@ impl StoredEntry {
         if r.take(32)? != blake3::hash(&record[..meta_end]).as_bytes() {
             return Err(DecodeError::Checksum);
         }
-        if (record.len() - r.pos) as u64 != body_len {
-            return Err(DecodeError::Length);
-        }
-        let body = record.slice(r.pos..);
-        if *blake3::hash(&body).as_bytes() != checksum {
-            return Err(DecodeError::Checksum);
-        }
-        Ok(Self::new(
+        let entry = Self::new(
             url,
             status,
             headers,
             Variance::from_parts(vary),
             request_time,
             response_time,
-            body,
+            Bytes::new(),
             heuristic,
-        ))
+        );
+        let body_ref = BodyRef {
+            len: body_len,
+            checksum,
+        };
+        match placement {
+            BODY_INLINE => entry
+                .attach(record.slice(r.pos..), body_ref)
+                .map(|entry| Decoded::Record(Record::Entry(Arc::new(entry)))),
+            BODY_IN_FILE if r.pos == record.len() => {
+                Ok(Decoded::BodyElsewhere(Box::new(entry), body_ref))
+            }
+            _ => Err(DecodeError::Invalid),
+        }
+    }
+
+    /// Completes an entry with its body, if the body is the one the record describes.
+    pub fn attach(mut self, body: Bytes, expected: BodyRef) -> Result<Self, DecodeError> {
+        if body.len() as u64 != expected.len {
+            return Err(DecodeError::Length);
+        }
+        if *blake3::hash(&body).as_bytes() != expected.checksum {
+            return Err(DecodeError::Checksum);
+        }
+        self.body = body;
+        Ok(self)
     }
 }
 
@@ -327,11 +377,19 @@ mod tests {
         )
     }
 
+    fn whole(decoded: Decoded) -> Arc<StoredEntry> {
+        match decoded {
+            Decoded::Record(Record::Entry(entry)) => entry,
+            other => panic!("expected a whole entry, got {other:?}"),
+        }
+    }
+
     #[test]
     fn record_round_trips() {
         let entry = sample();
-        let decoded =
-            StoredEntry::decode(entry.encode().into(), &HeuristicConfig::default()).unwrap();
+        let decoded = whole(
+            StoredEntry::decode(entry.encode(true).into(), &HeuristicConfig::default()).unwrap(),
+        );
         assert_eq!(decoded.body, entry.body);
         assert_eq!(decoded.headers, entry.headers);
         assert_eq!(decoded.variance, entry.variance);
@@ -340,8 +398,32 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_its_body_is_completed_only_by_that_body() {
+        let entry = sample();
+        let decoded =
+            StoredEntry::decode(entry.encode(false).into(), &HeuristicConfig::default()).unwrap();
+        let Decoded::BodyElsewhere(meta, body_ref) = decoded else {
+            panic!("body should be elsewhere")
+        };
+        assert!(
+            meta.clone()
+                .attach(Bytes::from_static(b"hello bodY"), body_ref)
+                .is_err()
+        );
+        assert!(
+            meta.clone()
+                .attach(Bytes::from_static(b"hello bod"), body_ref)
+                .is_err()
+        );
+        assert_eq!(
+            meta.attach(entry.body.clone(), body_ref).unwrap().body,
+            entry.body
+        );
+    }
+
+    #[test]
     fn any_flipped_or_missing_byte_is_rejected() {
-        let record = sample().encode();
+        let record = sample().encode(true);
         for i in 0..record.len() {
             let mut bad = record.clone();
             bad[i] ^= 0x40;
