@@ -67,6 +67,9 @@ pub struct CacheConfig {
 pub struct MemoryConfig {
     #[serde(default = "defaults::memory_capacity")]
     pub capacity: ByteSize,
+    /// Larger responses are kept on disk only.
+    #[serde(default = "defaults::memory_max_object_size")]
+    pub max_object_size: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +121,9 @@ mod defaults {
     pub fn memory_capacity() -> ByteSize {
         ByteSize(256 << 20)
     }
+    pub fn memory_max_object_size() -> ByteSize {
+        ByteSize(8 << 20)
+    }
     pub fn disk_path() -> PathBuf {
         PathBuf::from("./var/edge")
     }
@@ -162,6 +168,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
             capacity: defaults::memory_capacity(),
+            max_object_size: defaults::memory_max_object_size(),
         }
     }
 }

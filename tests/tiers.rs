@@ -52,6 +52,36 @@ async fn disk_tier_answers_what_memory_cannot_hold() {
 }
 
 #[tokio::test]
+async fn objects_over_the_memory_entry_limit_live_on_disk_only() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/small",
+        Reply::ok(vec![1u8; 500]).header("cache-control", "max-age=600"),
+    );
+    h.origin.reply(
+        "/large",
+        Reply::ok(vec![2u8; 50_000]).header("cache-control", "max-age=600"),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 10_000)
+        .await;
+    edge.get("/small").await;
+    edge.get("/large").await;
+    assert_eq!(edge.get("/small").await.param("detail"), Some("memory"));
+    for _ in 0..2 {
+        let large = edge.get("/large").await;
+        assert_eq!(
+            large.param("detail"),
+            Some("disk"),
+            "{}",
+            large.cache_status()
+        );
+        assert_eq!(large.body, vec![2u8; 50_000]);
+    }
+    assert_eq!(h.origin.hits("/large"), 1);
+}
+
+#[tokio::test]
 async fn disk_budget_evicts_the_oldest_objects() {
     let h = Harness::new().await;
     let body = |i: usize| vec![b'a' + i as u8; 200_000];

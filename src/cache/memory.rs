@@ -38,10 +38,12 @@ impl Variants {
 pub struct MemoryTier {
     entries: Cache<[u8; 32], Arc<Variants>>,
     capacity: u64,
+    /// Larger entries live on disk only.
+    max_entry: u64,
 }
 
 impl MemoryTier {
-    pub fn new(capacity_bytes: u64) -> Self {
+    pub fn new(capacity_bytes: u64, max_entry_bytes: u64) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_key, variants: &Arc<Variants>| variants.weight())
@@ -49,6 +51,7 @@ impl MemoryTier {
         Self {
             entries,
             capacity: capacity_bytes,
+            max_entry: max_entry_bytes,
         }
     }
 
@@ -72,9 +75,15 @@ impl MemoryTier {
                 .collect(),
             _ => Vec::new(),
         };
-        kept.push(entry);
+        if entry.body.len() as u64 <= self.max_entry {
+            kept.push(entry);
+        }
         if kept.len() > MAX_VARIANTS {
             kept.drain(..kept.len() - MAX_VARIANTS);
+        }
+        if kept.is_empty() {
+            self.entries.invalidate(&primary).await;
+            return;
         }
         let variants = Variants(kept);
         // An item larger than the whole tier would only push out others until moka's next

@@ -88,7 +88,7 @@ impl Cache {
                 None
             });
         Self {
-            memory: MemoryTier::new(config.memory.capacity.0),
+            memory: MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0),
             disk,
             epoch: AtomicU64::new(0),
             invalidated: moka::sync::Cache::builder()
