@@ -29,6 +29,7 @@ use reqwest::Url;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::{CacheKey, Variance};
 use crate::cache::policy::{self, CacheControl, NotStored};
@@ -192,8 +193,17 @@ pub struct Fill {
 struct State {
     head: Head,
     chunks: Vec<Bytes>,
+    /// A body too large for memory is read back from its spool file instead of `chunks`.
+    spooled: Option<Spooled>,
     end: Option<End>,
     private: Option<PrivateResponse>,
+}
+
+/// Where readers find a spooled body, and how much of it they may read.
+#[derive(Clone)]
+struct Spooled {
+    file: Arc<std::fs::File>,
+    readable: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -207,6 +217,7 @@ impl Fill {
         let state = State {
             head: Head::Pending,
             chunks: Vec::new(),
+            spooled: None,
             end: None,
             private: None,
         };
@@ -259,6 +270,7 @@ impl Fill {
             fill: self.clone(),
             changed: self.changed.subscribe(),
             next: 0,
+            offset: 0,
             done: false,
         };
         futures_util::stream::unfold(reader, |mut reader| async move {
@@ -281,8 +293,23 @@ impl Fill {
 struct Reader {
     fill: Arc<Fill>,
     changed: watch::Receiver<()>,
+    /// The next chunk to take from memory.
     next: usize,
+    /// Bytes delivered so far (the offset into a spooled body).
+    offset: u64,
     done: bool,
+}
+
+/// The most a reader takes from a spool file at once.
+const SPOOL_READ: u64 = 256 * 1024;
+
+/// What a reader does next.
+enum Step {
+    Chunk(Bytes),
+    Spool(Spooled),
+    Wait,
+    End,
+    Failed,
 }
 
 impl Reader {
@@ -292,25 +319,63 @@ impl Reader {
         }
         loop {
             self.changed.borrow_and_update();
-            {
+            let step = {
                 let state = lock(&self.fill.state);
-                if let Some(chunk) = state.chunks.get(self.next) {
-                    self.next += 1;
-                    return Some(Ok(chunk.clone()));
-                }
-                match state.end {
-                    Some(End::Complete) => return None,
-                    Some(End::Failed) => {
-                        self.done = true;
-                        return Some(Err(std::io::Error::other("origin body failed")));
+                match &state.spooled {
+                    Some(spooled) if self.offset < spooled.readable => Step::Spool(spooled.clone()),
+                    None if self.next < state.chunks.len() => {
+                        let chunk = state.chunks[self.next].clone();
+                        self.next += 1;
+                        self.offset += chunk.len() as u64;
+                        Step::Chunk(chunk)
                     }
-                    None => {}
+                    _ => match state.end {
+                        Some(End::Complete) => Step::End,
+                        Some(End::Failed) => Step::Failed,
+                        None => Step::Wait,
+                    },
                 }
-            }
-            if self.changed.changed().await.is_err() {
-                return None;
+            };
+            match step {
+                Step::Chunk(chunk) => return Some(Ok(chunk)),
+                Step::Spool(spooled) => return Some(self.read_spooled(spooled).await),
+                Step::End => {
+                    self.done = true;
+                    return None;
+                }
+                Step::Failed => {
+                    self.done = true;
+                    return Some(Err(std::io::Error::other("origin body failed")));
+                }
+                Step::Wait => {
+                    if self.changed.changed().await.is_err() {
+                        return None;
+                    }
+                }
             }
         }
+    }
+
+    async fn read_spooled(&mut self, spooled: Spooled) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let (offset, len) = (
+            self.offset,
+            (spooled.readable - self.offset).min(SPOOL_READ),
+        );
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len as usize];
+            spooled
+                .file
+                .read_exact_at(&mut buf, offset)
+                .map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        match &read {
+            Ok(chunk) => self.offset += chunk.len() as u64,
+            Err(_) => self.done = true,
+        }
+        read
     }
 }
 
@@ -423,6 +488,14 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         };
         match admitted {
             Ok(entry) => {
+                // Too large for memory: the body goes to its file as it arrives, and is read back
+                // from there.
+                let spool = match content_length(&headers) {
+                    Some(len) if len > edge.config.cache.memory.max_object_size.0 => {
+                        edge.cache.spool(&job.key).await
+                    }
+                    _ => None,
+                };
                 let ttl = entry.freshness.ttl(response_time);
                 let head = SharedHead {
                     status,
@@ -431,8 +504,15 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     fwd_status: status.as_u16(),
                     ttl,
                 };
-                fill.update(|state| state.head = Head::Shared(Arc::new(head)));
-                stream_and_store(edge, fill, job, entry, upstream, epoch).await;
+                let spooled = spool.as_ref().map(|spool| Spooled {
+                    file: spool.reader(),
+                    readable: 0,
+                });
+                fill.update(|state| {
+                    state.head = Head::Shared(Arc::new(head));
+                    state.spooled = spooled;
+                });
+                stream_and_store(edge, fill, job, entry, upstream, epoch, spool).await;
             }
             Err(reason) => {
                 // Errors pass; remembering them would stop collapsing while the origin recovers.
@@ -550,10 +630,11 @@ async fn store(edge: &Edge, job: &FillJob, entry: Arc<StoredEntry>, epoch: u64) 
     }
 }
 
-/// Reads the origin's body into the fill, then stores the whole response.
+/// Reads the origin's body into the fill — in memory, or into `spool` — then stores the whole
+/// response.
 ///
-/// The last chunk is held back until the response is stored in both tiers: a client that has the
-/// whole body can count on its next request being a hit.
+/// The last bytes are held back until the response is stored: a client that has the whole body
+/// can count on its next request being a hit.
 async fn stream_and_store(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -561,6 +642,7 @@ async fn stream_and_store(
     mut entry: StoredEntry,
     upstream: reqwest::Response,
     epoch: u64,
+    mut spool: Option<Spool>,
 ) {
     // RFC 9110 §15.3.5: a 204 has no content, whatever its headers say.
     let expected = if entry.status == StatusCode::NO_CONTENT {
@@ -573,32 +655,59 @@ async fn stream_and_store(
     let mut held = None;
     let mut body = upstream.bytes_stream();
     while received < expected.unwrap_or(u64::MAX) {
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                let before = received;
-                received += chunk.len() as u64;
-                if before <= limit && received > limit {
-                    // No Content-Length said so up front: stop taking in new requests, and
-                    // remember the key, so that at least no one else waits on this body.
-                    debug!(
-                        url = job.key.url(),
-                        limit, "body outgrew max_object_size; not storing it"
-                    );
-                    edge.fills.retire(&job.slot, fill);
-                    edge.fills.passes.insert(*job.key.hash(), ());
-                }
-                if expected == Some(received) {
-                    held = Some(chunk);
-                } else {
-                    fill.update(|state| state.chunks.push(chunk));
-                }
-            }
+        let chunk = match body.next().await {
+            Some(Ok(chunk)) => chunk,
             Some(Err(err)) => {
                 warn!(url = job.key.url(), %err, "origin body failed; not storing it");
                 fill.update(|state| state.end = Some(End::Failed));
                 return;
             }
             None => break,
+        };
+        let before = received;
+        received += chunk.len() as u64;
+        let last = expected == Some(received);
+        if let Some(writing) = spool.take() {
+            let written = tokio::task::spawn_blocking(move || {
+                let mut writing = writing;
+                writing.write(&chunk).map(|()| writing)
+            })
+            .await;
+            match written {
+                Ok(Ok(writing)) => spool = Some(writing),
+                Ok(Err(err)) => {
+                    warn!(url = job.key.url(), %err, "writing a body to disk failed");
+                    fill.update(|state| state.end = Some(End::Failed));
+                    return;
+                }
+                Err(_) => {
+                    fill.update(|state| state.end = Some(End::Failed));
+                    return;
+                }
+            }
+            if !last {
+                fill.update(|state| {
+                    if let Some(spooled) = &mut state.spooled {
+                        spooled.readable = received;
+                    }
+                });
+            }
+            continue;
+        }
+        if before <= limit && received > limit {
+            // No Content-Length said so up front: stop taking in new requests, and remember the
+            // key, so that at least no one else waits on this body.
+            debug!(
+                url = job.key.url(),
+                limit, "body outgrew max_object_size; not storing it"
+            );
+            edge.fills.retire(&job.slot, fill);
+            edge.fills.passes.insert(*job.key.hash(), ());
+        }
+        if last {
+            held = Some(chunk);
+        } else {
+            fill.update(|state| state.chunks.push(chunk));
         }
     }
     let complete = expected.is_none_or(|expected| expected == received);
@@ -608,10 +717,20 @@ async fn stream_and_store(
             received, "origin body length differs from Content-Length; not storing it"
         );
     }
-    if complete && received <= limit {
+    entry.url = job.key.url().to_owned();
+    if let Some(spool) = spool {
+        if complete {
+            let stored = edge.cache.store_spooled(&job.key, entry, spool, epoch);
+            if tokio::time::timeout(STORE_TIMEOUT, stored).await.is_err() {
+                warn!(
+                    url = job.key.url(),
+                    "storing took longer than {STORE_TIMEOUT:?}; serving on"
+                );
+            }
+        }
+    } else if complete && received <= limit {
         let mut chunks = lock(&fill.state).chunks.clone();
         chunks.extend(held.clone());
-        entry.url = job.key.url().to_owned();
         entry.body = concat(chunks, received);
         store(edge, job, Arc::new(entry), epoch).await;
     }
@@ -619,7 +738,11 @@ async fn stream_and_store(
     edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
         state.chunks.extend(held);
-        state.end = Some(End::Complete);
+        if let Some(spooled) = &mut state.spooled {
+            spooled.readable = received;
+        }
+        // A body cut short of its Content-Length is an error to every reader, not a short body.
+        state.end = Some(if complete { End::Complete } else { End::Failed });
     });
 }
 

@@ -37,7 +37,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional};
 use tracing::{debug, error, warn};
 
-use super::entry::{DecodeError, Decoded, Record};
+use super::entry::{BodyRef, DecodeError, Decoded, Record, StoredEntry};
 use crate::config::HeuristicConfig;
 
 /// Bodies larger than this live in files.
@@ -160,7 +160,7 @@ impl DiskTier {
             capacity,
             heuristic,
         });
-        inner.measure_index();
+        inner.measure_index(true);
         sweep_orphans(Arc::downgrade(&inner));
         Ok(Self { inner })
     }
@@ -191,17 +191,40 @@ impl DiskTier {
         .await?
     }
 
-    /// Writes everything stored so far to disk.
+    /// Writes everything stored so far to disk, then holds the budget again: a flush is when
+    /// sled's files grow.
     pub async fn flush(&self) -> Result<(), DiskError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.db.flush().map(drop))
-            .await?
-            .map_err(Into::into)
+        tokio::task::spawn_blocking(move || {
+            inner.db.flush()?;
+            inner.measure_index(true);
+            inner.evict_to_budget()
+        })
+        .await?
     }
 
     /// The tier's footprint as the budget counts it.
     pub fn footprint(&self) -> u64 {
         self.inner.footprint()
+    }
+
+    /// Starts a body file for `key` that a response streams into while it is served; see
+    /// [`Spool`]. Blocking: call it off the runtime.
+    pub fn spool(&self, key: Vec<u8>) -> Result<Spool, DiskError> {
+        let seq = self.inner.db.generate_id()?.to_be_bytes();
+        let partial = self.inner.body_path(&key, &seq).with_extension("partial");
+        let file = std::fs::File::create(&partial)?;
+        let reader = Arc::new(std::fs::File::open(&partial)?);
+        let tier = self.clone();
+        Ok(Spool {
+            tier,
+            seq,
+            partial,
+            file,
+            reader,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        })
     }
 
     /// How many records were dropped because they failed verification.
@@ -255,17 +278,33 @@ impl Inner {
         };
         let encoded = record.encode(body.is_none());
         let file = body.map_or(0, |body| rounded(body.len() as u64));
-        let in_index = encoded.len() as u64 + key.len() as u64 + OVERHEAD_PER_RECORD;
-        let size = in_index + file;
-        if size > self.capacity {
+        if self.charge(key, &encoded, file) > self.capacity {
             return Ok(());
         }
         if let Some(body) = body {
             self.write_body(key, &seq, body)?;
         }
+        self.commit(key, &seq, &encoded, file)
+    }
+
+    /// What a record of `encoded` bytes with a body file of `file` bytes is charged.
+    fn charge(&self, key: &[u8], encoded: &[u8], file: u64) -> u64 {
+        encoded.len() as u64 + key.len() as u64 + OVERHEAD_PER_RECORD + file
+    }
+
+    /// Commits a record (its body file, if any, already in place), accounts for it and for the
+    /// record it replaces, and evicts down to the budget.
+    fn commit(
+        &self,
+        key: &[u8],
+        seq: &[u8; 8],
+        encoded: &[u8],
+        file: u64,
+    ) -> Result<(), DiskError> {
+        let size = self.charge(key, encoded, file);
         let mut value = Vec::with_capacity(8 + encoded.len());
-        value.extend_from_slice(&seq);
-        value.extend_from_slice(&encoded);
+        value.extend_from_slice(seq);
+        value.extend_from_slice(encoded);
         let value = IVec::from(value);
         let mut meta = Vec::with_capacity(16 + key.len());
         meta.extend_from_slice(&size.to_be_bytes());
@@ -274,20 +313,20 @@ impl Inner {
         let committed = (&self.records, &self.order).transaction(|(records, order)| {
             let old = records.insert(key, value.clone())?;
             let released = release_order(order, old.as_ref())?;
-            order.insert(&seq, meta.as_slice())?;
+            order.insert(seq, meta.as_slice())?;
             Ok(released.zip(old))
         });
         let replaced = match committed {
             Ok(replaced) => replaced,
             Err(err) => {
-                if body.is_some() {
-                    let _ = std::fs::remove_file(self.body_path(key, &seq));
+                if file > 0 {
+                    let _ = std::fs::remove_file(self.body_path(key, seq));
                 }
                 return Err(err.into());
             }
         };
         self.charged.fetch_add(size, Ordering::Relaxed);
-        self.in_index.fetch_add(in_index, Ordering::Relaxed);
+        self.in_index.fetch_add(size - file, Ordering::Relaxed);
         if let Some((sizes, old)) = replaced {
             self.forget(key, old.get(..8).unwrap_or_default(), sizes);
         }
@@ -322,7 +361,7 @@ impl Inner {
     }
 
     fn evict_to_budget(&self) -> Result<(), DiskError> {
-        self.measure_index();
+        self.measure_index(false);
         if self.footprint() <= self.capacity {
             return Ok(());
         }
@@ -372,11 +411,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Measures sled's own overhead again, at most once per [`MEASURE_EVERY`].
-    fn measure_index(&self) {
+    /// Measures sled's own overhead again: at most once per [`MEASURE_EVERY`] unless `now`.
+    fn measure_index(&self, now: bool) {
         {
             let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
-            if measured.elapsed() < MEASURE_EVERY {
+            if !now && measured.elapsed() < MEASURE_EVERY {
                 return;
             }
             *measured = Instant::now();
@@ -384,6 +423,64 @@ impl Inner {
         let allocated = allocated_size(&self.index_dir);
         let overhead = allocated.saturating_sub(self.in_index.load(Ordering::Relaxed));
         self.index_overhead.store(overhead, Ordering::Relaxed);
+    }
+}
+
+/// A body being written to its file while it streams to clients, who read it back from the file
+/// (by offset, through [`Spool::reader`]) instead of from memory. [`Spool::commit`] renames it
+/// into place and commits its record; dropping a spool without committing deletes the file.
+pub struct Spool {
+    tier: DiskTier,
+    seq: [u8; 8],
+    partial: PathBuf,
+    file: std::fs::File,
+    reader: Arc<std::fs::File>,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl Spool {
+    /// Appends a chunk. Blocking.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), DiskError> {
+        self.file.write_all(chunk)?;
+        self.hasher.update(chunk);
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// A handle to read what has been written so far; it stays valid after the file is renamed,
+    /// evicted or deleted.
+    pub fn reader(&self) -> Arc<std::fs::File> {
+        self.reader.clone()
+    }
+
+    /// The body written so far, as a record would describe it.
+    pub fn body_ref(&self) -> BodyRef {
+        BodyRef {
+            len: self.len,
+            checksum: *self.hasher.finalize().as_bytes(),
+        }
+    }
+
+    /// Stores `entry` at `key`, its body being what was written here. Blocking.
+    pub fn commit(self, key: Vec<u8>, entry: &StoredEntry) -> Result<(), DiskError> {
+        let inner = self.tier.inner.clone();
+        let encoded = entry.encode_detached(self.body_ref());
+        let file = rounded(self.len);
+        if inner.charge(&key, &encoded, file) > inner.capacity {
+            return Ok(());
+        }
+        std::fs::rename(&self.partial, inner.body_path(&key, &self.seq))?;
+        let seq = self.seq;
+        drop(self);
+        inner.commit(&key, &seq, &encoded, file)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Committed spools were renamed away; anything else is abandoned.
+        let _ = std::fs::remove_file(&self.partial);
     }
 }
 

@@ -178,11 +178,23 @@ impl StoredEntry {
     /// The record's bytes; the body is left out when `body_inline` is false (the disk tier keeps
     /// it in a file), but its length and checksum are always in.
     pub fn encode(&self, body_inline: bool) -> Vec<u8> {
-        let inline_len = if body_inline { self.body.len() } else { 0 };
-        let mut out = Vec::with_capacity(inline_len + 512);
+        let body = BodyRef {
+            len: self.body.len() as u64,
+            checksum: *blake3::hash(&self.body).as_bytes(),
+        };
+        self.encode_parts(body, body_inline.then_some(&self.body[..]))
+    }
+
+    /// The record of an entry whose body, described by `body`, is in a file.
+    pub fn encode_detached(&self, body: BodyRef) -> Vec<u8> {
+        self.encode_parts(body, None)
+    }
+
+    fn encode_parts(&self, body: BodyRef, inline: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(inline.map_or(0, <[u8]>::len) + 512);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.push(if body_inline {
+        out.push(if inline.is_some() {
             BODY_INLINE
         } else {
             BODY_IN_FILE
@@ -202,12 +214,12 @@ impl StoredEntry {
             out.push(u8::from(value.is_some()));
             put_bytes32(&mut out, value.as_deref().unwrap_or("").as_bytes());
         }
-        out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
-        out.extend_from_slice(blake3::hash(&self.body).as_bytes());
+        out.extend_from_slice(&body.len.to_be_bytes());
+        out.extend_from_slice(&body.checksum);
         let meta_checksum = blake3::hash(&out);
         out.extend_from_slice(meta_checksum.as_bytes());
-        if body_inline {
-            out.extend_from_slice(&self.body);
+        if let Some(inline) = inline {
+            out.extend_from_slice(inline);
         }
         out
     }

@@ -26,7 +26,7 @@ use http::header::HeaderName;
 use tracing::warn;
 
 use crate::config::CacheConfig;
-use disk::DiskTier;
+use disk::{DiskTier, Spool};
 use entry::{Record, StoredEntry};
 use key::{CacheKey, Variance};
 use memory::MemoryTier;
@@ -177,23 +177,78 @@ impl Cache {
     /// The disk half of [`Cache::store`].
     async fn store_on_disk(&self, key: &CacheKey, entry: Arc<StoredEntry>) {
         let Some(disk) = &self.disk else { return };
-        let primary = key.hash().to_vec();
-        let result = if entry.variance.is_empty() {
-            // Any variants stored under an earlier Vary would be unreachable now.
-            match disk.remove_prefix(primary.clone()).await {
-                Ok(()) => disk.put(primary, Record::Entry(entry)).await,
-                Err(err) => Err(err),
-            }
-        } else {
-            let names: Arc<[HeaderName]> = entry.variance.names_of().into();
-            let variant = entry.variance.variant_key(key.hash());
-            match disk.put(primary, Record::Vary(names)).await {
-                Ok(()) => disk.put(variant, Record::Entry(entry)).await,
-                Err(err) => Err(err),
-            }
+        let result = match self.prepare_disk(disk, key, &entry).await {
+            Ok(record_key) => disk.put(record_key, Record::Entry(entry)).await,
+            Err(err) => Err(err),
         };
         if let Err(err) = result {
             warn!(url = key.url(), %err, "disk tier store failed; the response stays in memory only");
+        }
+    }
+
+    /// Makes room for `entry` on disk and returns the key of its record: the URI's own key, or
+    /// (for a response that varies) its variant's key behind a Vary marker.
+    async fn prepare_disk(
+        &self,
+        disk: &DiskTier,
+        key: &CacheKey,
+        entry: &StoredEntry,
+    ) -> Result<Vec<u8>, disk::DiskError> {
+        let primary = key.hash().to_vec();
+        if entry.variance.is_empty() {
+            // Any variants stored under an earlier Vary would be unreachable now.
+            disk.remove_prefix(primary.clone()).await?;
+            Ok(primary)
+        } else {
+            let names: Arc<[HeaderName]> = entry.variance.names_of().into();
+            disk.put(primary, Record::Vary(names)).await?;
+            Ok(entry.variance.variant_key(key.hash()))
+        }
+    }
+
+    /// Starts writing a response body for `key` to the disk tier as it arrives, for a response
+    /// too large for the memory tier. `None` without a disk tier, or when the file cannot be made.
+    pub async fn spool(&self, key: &CacheKey) -> Option<Spool> {
+        let disk = self.disk.clone()?;
+        let spool_key = key.hash().to_vec();
+        match tokio::task::spawn_blocking(move || disk.spool(spool_key)).await {
+            Ok(Ok(spool)) => Some(spool),
+            Ok(Err(err)) => {
+                warn!(url = key.url(), %err, "cannot spool a body to disk; it stays in memory");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Stores `entry`, whose body was written to `spool`, on disk only (it is too large for
+    /// memory), under the same invalidation rule as [`Cache::store`].
+    pub async fn store_spooled(
+        &self,
+        key: &CacheKey,
+        entry: StoredEntry,
+        spool: Spool,
+        fetched: u64,
+    ) {
+        let Some(disk) = &self.disk else { return };
+        if self.invalidated_since(key, fetched) {
+            return;
+        }
+        // An older, smaller copy in memory would otherwise be found first.
+        self.memory.remove(key.hash()).await;
+        let record_key = match self.prepare_disk(disk, key, &entry).await {
+            Ok(record_key) => record_key,
+            Err(err) => {
+                warn!(url = key.url(), %err, "disk tier store failed");
+                return;
+            }
+        };
+        let committed = tokio::task::spawn_blocking(move || spool.commit(record_key, &entry)).await;
+        if let Ok(Err(err)) = committed {
+            warn!(url = key.url(), %err, "disk tier store failed");
+        }
+        if self.invalidated_since(key, fetched) {
+            self.remove(key).await;
         }
     }
 

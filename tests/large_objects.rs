@@ -1,0 +1,150 @@
+//! Large objects: a body too large for the memory tier streams into the disk tier while it
+//! streams to every client, is read back from disk, and is stored whole.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Reply};
+use futures_util::future::join_all;
+
+fn large(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_large_body_streams_to_disk_and_to_every_waiter() {
+    let h = Harness::new().await;
+    let body = large(3 << 20);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .delay(Duration::from_millis(200)),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 256 << 10)
+        .await;
+    let responses = join_all((0..10).map(|_| edge.get("/big"))).await;
+    assert_eq!(h.origin.hits("/big"), 1);
+    for response in &responses {
+        assert_eq!(response.status, 200);
+        assert!(
+            response.body == body,
+            "every waiter gets the body byte-identical"
+        );
+    }
+    let hit = edge.get("/big").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert!(hit.body == body);
+    // It is one body file on disk, not a copy in the index.
+    let dir = edge.stop().await;
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("store/bodies"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].metadata().unwrap().len(), body.len() as u64);
+}
+
+#[tokio::test]
+async fn a_large_body_cut_short_is_an_error_and_is_not_stored() {
+    let h = Harness::new().await;
+    // A raw origin that promises 2 MiB and closes after 1 MiB.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let head =
+                "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 2097152\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&vec![9u8; 1 << 20]).await;
+        }
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+        })
+        .await;
+    let response = edge.client.get(edge.url("/cut")).send().await.unwrap();
+    assert!(
+        response.bytes().await.is_err(),
+        "the client sees the failure, not a short body"
+    );
+    let dir = edge.stop().await;
+    let files = std::fs::read_dir(dir.path().join("store/bodies"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 0, "nothing half-written stays behind");
+}
+
+#[tokio::test]
+async fn the_body_is_on_disk_while_it_is_still_arriving() {
+    let h = Harness::new().await;
+    let half = vec![5u8; 1 << 20];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let sent = half.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
+            2 * sent.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&sent).await.unwrap();
+        let _ = released.await;
+        socket.write_all(&sent).await.unwrap();
+        let _ = socket.read(&mut buf).await;
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+        })
+        .await;
+    let request = tokio::spawn({
+        let (client, url) = (edge.client.clone(), edge.url("/slow-big"));
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    // While the origin holds back the second half, the first half is already in a file.
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spooled = loop {
+        let size: u64 = std::fs::read_dir(&bodies)
+            .map(|files| {
+                files
+                    .flatten()
+                    .map(|f| f.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= half.len() as u64 || std::time::Instant::now() > deadline {
+            break size;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        spooled,
+        half.len() as u64,
+        "the first half streamed to disk before the rest arrived"
+    );
+    release.send(()).unwrap();
+    let body = request.await.unwrap();
+    assert_eq!(body.len(), 2 * half.len());
+    assert!(body.iter().all(|&b| b == 5));
+    let hit = edge.get("/slow-big").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert_eq!(hit.body.len(), 2 * half.len());
+}
