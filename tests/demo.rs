@@ -1,27 +1,13 @@
 //! The README's first command, run as a user would: `edge demo` starts a demo origin and edge in
 //! front of it; `curl -I` twice shows a miss then a hit; after a restart the hit comes from disk.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Running, free_port};
 
 fn start(config: &Path, log: &Path) -> Running {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/www");

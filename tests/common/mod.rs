@@ -407,3 +407,22 @@ impl Resp {
         std::str::from_utf8(&self.body).unwrap()
     }
 }
+
+/// A free port on 127.0.0.1, for a process that binds it itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An edge process, killed when dropped so that a failing test leaves nothing running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
