@@ -417,10 +417,29 @@ impl Drop for Closer<'_> {
 }
 
 async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
-    let mut validating = job
+    // A 304 refreshes the stored body; one kept in a file is read in for that (bounded by
+    // cache.max_object_size), and without it edge asks for the whole response instead.
+    let loaded = match job
         .stale
         .as_ref()
-        .filter(|stale| has_validator(&stale.headers));
+        .filter(|stale| has_validator(&stale.headers))
+    {
+        Some(stale) => match &stale.spilled {
+            Some(spilled) => {
+                let spilled = spilled.clone();
+                let read = tokio::task::spawn_blocking(move || spilled.read_all()).await;
+                read.ok().and_then(Result::ok).map(|body| {
+                    let mut whole = StoredEntry::clone(stale);
+                    whole.body = body;
+                    whole.spilled = None;
+                    Arc::new(whole)
+                })
+            }
+            None => Some(stale.clone()),
+        },
+        None => None,
+    };
+    let mut validating = loaded.as_deref();
     loop {
         let mut outgoing = origin::request_headers(&job.request, job.client, job.version);
         for name in &CLIENT_CONDITIONS {

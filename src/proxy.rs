@@ -22,7 +22,7 @@ use reqwest::Url;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::cache::entry::StoredEntry;
+use crate::cache::entry::{Spilled, StoredEntry};
 use crate::cache::key::{CacheKey, Variance};
 use crate::cache::policy::{self, CacheControl, Forward};
 use crate::cache::{Cache, Lookup};
@@ -320,15 +320,15 @@ async fn respond_stored(
     let mut headers = entry.headers.clone();
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-    respond(
-        request,
-        entry.status,
-        headers,
-        Payload::Whole(entry.body.clone()),
-        status,
-    )
-    .await
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(entry.content_length()),
+    );
+    let payload = match &entry.spilled {
+        Some(spilled) => Payload::File(spilled.clone()),
+        None => Payload::Whole(entry.body.clone()),
+    };
+    respond(request, entry.status, headers, payload, status).await
 }
 
 /// A response from a shareable fill, streamed as it arrives.
@@ -352,7 +352,34 @@ async fn respond_shared(
 /// The content of a response edge answers from the cache or from a fill.
 enum Payload {
     Whole(Bytes),
+    /// A large stored body, read from its file as it is sent.
+    File(Spilled),
     Streaming(Arc<Fill>),
+}
+
+/// A large body from its open file, in blocks, without holding it whole.
+fn file_stream(spilled: Spilled) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    const BLOCK: u64 = 256 * 1024;
+    futures_util::stream::try_unfold(0u64, move |offset| {
+        let spilled = spilled.clone();
+        async move {
+            if offset >= spilled.len {
+                return Ok(None);
+            }
+            let len = (spilled.len - offset).min(BLOCK);
+            let block = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut block = vec![0; len as usize];
+                spilled
+                    .file
+                    .read_exact_at(&mut block, offset)
+                    .map(|()| Bytes::from(block))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((block, offset + len)))
+        }
+    })
 }
 
 /// respond: edge answers the client's own conditions (RFC 9110 §13.2.2: If-None-Match /
@@ -376,6 +403,13 @@ async fn respond(
         if request.method == Method::GET && request.headers.contains_key(header::RANGE) {
             let whole = match &payload {
                 Payload::Whole(body) => Some(body.clone()),
+                // Ranges of a large stored body are cut from it in memory (bounded by
+                // cache.max_object_size).
+                Payload::File(spilled) => {
+                    let spilled = spilled.clone();
+                    let read = tokio::task::spawn_blocking(move || spilled.read_all()).await;
+                    read.ok().and_then(Result::ok)
+                }
                 Payload::Streaming(fill) => fill.whole_body().await,
             };
             if let Some(whole) = whole {
@@ -403,6 +437,7 @@ async fn respond(
     }
     let body = match payload {
         Payload::Whole(body) => Body::from(body),
+        Payload::File(spilled) => Body::from_stream(file_stream(spilled)),
         Payload::Streaming(fill) => Body::from_stream(fill.body()),
     };
     build(status, headers, content(head, body))

@@ -148,3 +148,82 @@ async fn the_body_is_on_disk_while_it_is_still_arriving() {
     assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
     assert_eq!(hit.body.len(), 2 * half.len());
 }
+
+#[tokio::test]
+async fn a_large_disk_hit_is_verified_and_streamed_from_its_file() {
+    let h = Harness::new().await;
+    let body = large(2 << 20);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=10")
+            .header("etag", "\"big\""),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 256 << 10)
+        .await;
+    edge.get("/big").await;
+    let edge = edge.restart().await;
+    let hit = edge.get("/big").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert_eq!(hit.header("content-length"), Some("2097152"));
+    assert!(hit.body == body);
+    let range = edge
+        .get_with("/big", &[("range", "bytes=1000000-1000099")])
+        .await;
+    assert_eq!(range.status, 206);
+    assert_eq!(&range.body[..], &body[1_000_000..1_000_100]);
+    // Stale: revalidated, and the origin's 304 refreshes the entry with its body intact.
+    h.clock.advance(Duration::from_secs(20));
+    h.origin.reply(
+        "/big",
+        Reply::ok("")
+            .status(304)
+            .header("etag", "\"big\"")
+            .header("cache-control", "max-age=10"),
+    );
+    let refreshed = edge.get("/big").await;
+    assert_eq!(
+        refreshed.param("fwd-status"),
+        Some("304"),
+        "{}",
+        refreshed.cache_status()
+    );
+    assert!(refreshed.body == body);
+    let after = edge.get("/big").await;
+    assert!(after.is_hit(), "{}", after.cache_status());
+    assert!(after.body == body);
+    assert_eq!(h.origin.hits("/big"), 2);
+}
+
+#[tokio::test]
+async fn a_corrupted_large_body_file_is_never_served() {
+    let h = Harness::new().await;
+    let body = large(1 << 20);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 256 << 10)
+        .await;
+    edge.get("/big").await;
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let file = std::fs::read_dir(&bodies)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[500_000] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let again = edge.get("/big").await;
+    assert_eq!(again.status, 200);
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    assert!(
+        again.body == body,
+        "the origin's body, not the corrupted one"
+    );
+    assert_eq!(h.origin.hits("/big"), 2);
+}

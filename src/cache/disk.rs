@@ -37,7 +37,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional};
 use tracing::{debug, error, warn};
 
-use super::entry::{BodyRef, DecodeError, Decoded, Record, StoredEntry};
+use super::entry::{BodyRef, DecodeError, Decoded, Record, Spilled, StoredEntry};
 use crate::config::HeuristicConfig;
 
 /// Bodies larger than this live in files.
@@ -92,6 +92,8 @@ struct Inner {
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
     capacity: u64,
+    /// Bodies longer than this are served from their file rather than read into memory.
+    stream_over: u64,
     heuristic: HeuristicConfig,
 }
 
@@ -99,8 +101,13 @@ impl DiskTier {
     /// Opens the store at `path`. A store that cannot be opened is moved aside and replaced by
     /// an empty one; if even that fails, or another process holds the store, edge runs without a
     /// disk tier rather than not at all. Blocking: call it off the runtime.
-    pub fn open(path: &Path, capacity: u64, heuristic: HeuristicConfig) -> Option<Self> {
-        match Self::try_open(path, capacity, heuristic.clone()) {
+    pub fn open(
+        path: &Path,
+        capacity: u64,
+        stream_over: u64,
+        heuristic: HeuristicConfig,
+    ) -> Option<Self> {
+        match Self::try_open(path, capacity, stream_over, heuristic.clone()) {
             Ok(tier) => return Some(tier),
             Err(err) if err.to_string().contains("could not acquire lock") => {
                 error!(path = %path.display(), "disk tier is in use by another process; running with the memory tier only");
@@ -115,7 +122,7 @@ impl DiskTier {
                 }
             }
         }
-        match Self::try_open(path, capacity, heuristic) {
+        match Self::try_open(path, capacity, stream_over, heuristic) {
             Ok(tier) => Some(tier),
             Err(err) => {
                 error!(path = %path.display(), %err, "cannot create a disk tier; running with the memory tier only");
@@ -124,7 +131,12 @@ impl DiskTier {
         }
     }
 
-    fn try_open(path: &Path, capacity: u64, heuristic: HeuristicConfig) -> Result<Self, DiskError> {
+    fn try_open(
+        path: &Path,
+        capacity: u64,
+        stream_over: u64,
+        heuristic: HeuristicConfig,
+    ) -> Result<Self, DiskError> {
         // sled's own files directly under the path: the layout before body files.
         if path.join("conf").exists() {
             return Err(DiskError::OldLayout);
@@ -158,6 +170,7 @@ impl DiskTier {
             integrity_failures: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
+            stream_over,
             heuristic,
         });
         inner.measure_index(true);
@@ -249,6 +262,24 @@ impl Inner {
         };
         let failure = match decoded {
             Ok(Decoded::Record(record)) => return Ok(Some(record)),
+            Ok(Decoded::BodyElsewhere(entry, body_ref)) if body_ref.len > self.stream_over => {
+                let path = self.body_path(key, &value[..8]);
+                match verified_file(&path, body_ref) {
+                    Ok(Some(file)) => {
+                        let mut entry = *entry;
+                        entry.spilled = Some(Spilled {
+                            file: Arc::new(file),
+                            len: body_ref.len,
+                        });
+                        return Ok(Some(Record::Entry(Arc::new(entry))));
+                    }
+                    Ok(None) => "its body file does not match it".into(),
+                    Err(err) if err.kind() == ErrorKind::NotFound => {
+                        "its body file is missing".into()
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
             Ok(Decoded::BodyElsewhere(entry, body_ref)) => {
                 let path = self.body_path(key, &value[..8]);
                 match std::fs::read(&path) {
@@ -482,6 +513,26 @@ impl Drop for Spool {
         // Committed spools were renamed away; anything else is abandoned.
         let _ = std::fs::remove_file(&self.partial);
     }
+}
+
+/// Opens a body file and checks it against its record, reading it in blocks rather than whole;
+/// `None` if it does not match.
+fn verified_file(path: &Path, expected: BodyRef) -> std::io::Result<Option<std::fs::File>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != expected.len {
+        return Ok(None);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut block = vec![0; 1 << 20];
+    loop {
+        let read = file.read(&mut block)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&block[..read]);
+    }
+    Ok((*hasher.finalize().as_bytes() == expected.checksum).then_some(file))
 }
 
 /// Removes the order entry of a replaced or removed record, inside the caller's transaction, and

@@ -113,8 +113,28 @@ pub struct StoredEntry {
     pub request_time: SystemTime,
     pub response_time: SystemTime,
     pub body: Bytes,
+    /// A body too large to hold in memory, served from its file instead of `body`.
+    pub spilled: Option<Spilled>,
     /// Derived from the fields above; recomputed when a record is decoded.
     pub freshness: Freshness,
+}
+
+/// A verified body file, kept open: it is read as it is served, and stays readable when the
+/// file is replaced or evicted meanwhile.
+#[derive(Debug, Clone)]
+pub struct Spilled {
+    pub file: Arc<std::fs::File>,
+    pub len: u64,
+}
+
+impl Spilled {
+    /// The whole body, read into memory (for a range or a revalidation). Blocking.
+    pub fn read_all(&self) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut body = vec![0; usize::try_from(self.len).map_err(std::io::Error::other)?];
+        self.file.read_exact_at(&mut body, 0)?;
+        Ok(Bytes::from(body))
+    }
 }
 
 /// Why a record could not be decoded.
@@ -160,8 +180,16 @@ impl StoredEntry {
             request_time,
             response_time,
             body,
+            spilled: None,
             freshness,
         }
+    }
+
+    /// The length of the body, wherever it is.
+    pub fn content_length(&self) -> u64 {
+        self.spilled
+            .as_ref()
+            .map_or(self.body.len() as u64, |spilled| spilled.len)
     }
 
     /// Approximate bytes this entry holds in memory, for the memory tier's weigher.

@@ -75,7 +75,7 @@ impl MemoryTier {
                 .collect(),
             _ => Vec::new(),
         };
-        if entry.body.len() as u64 <= self.max_entry {
+        if entry.content_length() <= self.max_entry && entry.spilled.is_none() {
             kept.push(entry);
         }
         if kept.len() > MAX_VARIANTS {

@@ -81,12 +81,15 @@ impl Cache {
         let path = config.disk.path.clone();
         let capacity = config.disk.capacity.0;
         let heuristic = config.heuristic.clone();
-        let disk = tokio::task::spawn_blocking(move || DiskTier::open(&path, capacity, heuristic))
-            .await
-            .unwrap_or_else(|err| {
-                warn!(%err, "opening the disk tier failed; running with the memory tier only");
-                None
-            });
+        let stream_over = config.memory.max_object_size.0;
+        let disk = tokio::task::spawn_blocking(move || {
+            DiskTier::open(&path, capacity, stream_over, heuristic)
+        })
+        .await
+        .unwrap_or_else(|err| {
+            warn!(%err, "opening the disk tier failed; running with the memory tier only");
+            None
+        });
         Self {
             memory: MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0),
             disk,
