@@ -686,6 +686,16 @@ async fn stream_and_store(
         let before = received;
         received += chunk.len() as u64;
         let last = expected == Some(received);
+        if before <= limit && received > limit {
+            // No Content-Length said so up front: stop taking in new requests, and remember the
+            // key, so that at least no one else waits on this body.
+            debug!(
+                url = job.key.url(),
+                limit, "body outgrew max_object_size; not storing it"
+            );
+            edge.fills.retire(&job.slot, fill);
+            edge.fills.passes.insert(*job.key.hash(), ());
+        }
         if let Some(writing) = spool.take() {
             let written = tokio::task::spawn_blocking(move || {
                 let mut writing = writing;
@@ -713,20 +723,20 @@ async fn stream_and_store(
             }
             continue;
         }
-        if before <= limit && received > limit {
-            // No Content-Length said so up front: stop taking in new requests, and remember the
-            // key, so that at least no one else waits on this body.
-            debug!(
-                url = job.key.url(),
-                limit, "body outgrew max_object_size; not storing it"
-            );
-            edge.fills.retire(&job.slot, fill);
-            edge.fills.passes.insert(*job.key.hash(), ());
-        }
         if last {
             held = Some(chunk);
         } else {
             fill.update(|state| state.chunks.push(chunk));
+        }
+        // A body of unannounced length that outgrows the memory tier's entry limit (but may still
+        // be stored) moves to its disk file now; readers go on from there at their own offset.
+        let memory_limit = edge.config.cache.memory.max_object_size.0;
+        if expected.is_none()
+            && before <= memory_limit
+            && received > memory_limit
+            && received <= limit
+        {
+            spool = move_to_disk(edge, fill, job).await;
         }
     }
     let complete = expected.is_none_or(|expected| expected == received);
@@ -738,7 +748,7 @@ async fn stream_and_store(
     }
     entry.url = job.key.url().to_owned();
     if let Some(spool) = spool {
-        if complete {
+        if complete && received <= limit {
             let stored = edge.cache.store_spooled(&job.key, entry, spool, epoch);
             if tokio::time::timeout(STORE_TIMEOUT, stored).await.is_err() {
                 warn!(
@@ -763,6 +773,38 @@ async fn stream_and_store(
         // A body cut short of its Content-Length is an error to every reader, not a short body.
         state.end = Some(if complete { End::Complete } else { End::Failed });
     });
+}
+
+/// Writes what a fill holds in memory to a new spool and has its readers read from there.
+/// `None` (the body stays in memory) when that cannot be done.
+async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Option<Spool> {
+    let spool = edge.cache.spool(&job.key).await?;
+    let chunks = lock(&fill.state).chunks.clone();
+    let received: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut spool = spool;
+        for chunk in &chunks {
+            spool.write(chunk)?;
+        }
+        Ok::<_, crate::cache::disk::DiskError>(spool)
+    })
+    .await;
+    let Ok(Ok(spool)) = written else {
+        warn!(
+            url = job.key.url(),
+            "writing a body to disk failed; it stays in memory"
+        );
+        return None;
+    };
+    let file = spool.reader();
+    fill.update(|state| {
+        state.spooled = Some(Spooled {
+            file,
+            readable: received,
+        });
+        state.chunks = Vec::new();
+    });
+    Some(spool)
 }
 
 fn concat(chunks: Vec<Bytes>, len: u64) -> Bytes {

@@ -227,3 +227,72 @@ async fn a_corrupted_large_body_file_is_never_served() {
     );
     assert_eq!(h.origin.hits("/big"), 2);
 }
+
+#[tokio::test]
+async fn a_large_body_of_unannounced_length_moves_to_disk_once_it_outgrows_memory() {
+    let h = Harness::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let head =
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let chunk = |n: u8| {
+            let mut out = format!("{:x}\r\n", 64 * 1024).into_bytes();
+            out.extend(vec![n; 64 * 1024]);
+            out.extend_from_slice(b"\r\n");
+            out
+        };
+        for i in 0..16 {
+            socket.write_all(&chunk(i)).await.unwrap();
+        }
+        let _ = released.await;
+        for i in 16..32 {
+            socket.write_all(&chunk(i)).await.unwrap();
+        }
+        socket.write_all(b"0\r\n\r\n").await.unwrap();
+        let _ = socket.read(&mut buf).await;
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+        })
+        .await;
+    let request = tokio::spawn({
+        let (client, url) = (edge.client.clone(), edge.url("/chunked"));
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let on_disk = loop {
+        let size: u64 = std::fs::read_dir(&bodies)
+            .map(|files| {
+                files
+                    .flatten()
+                    .map(|f| f.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= 1 << 20 || std::time::Instant::now() > deadline {
+            break size;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        on_disk,
+        1 << 20,
+        "the first MiB is on disk while the rest is held back"
+    );
+    release.send(()).unwrap();
+    let expected: Vec<u8> = (0..32u8).flat_map(|n| vec![n; 64 * 1024]).collect();
+    assert!(request.await.unwrap() == expected);
+    let hit = edge.get("/chunked").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert!(hit.body == expected);
+}
