@@ -8,6 +8,26 @@ use std::time::Duration;
 use common::{Harness, Reply};
 use futures_util::future::join_all;
 
+/// Waits (up to 10 s) until the body files under `bodies` hold `at_least` bytes; returns how
+/// many they hold.
+async fn bytes_on_disk_reaching(bodies: &std::path::Path, at_least: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let size: u64 = std::fs::read_dir(bodies)
+            .map(|files| {
+                files
+                    .flatten()
+                    .map(|f| f.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= at_least || std::time::Instant::now() > deadline {
+            return size;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn large(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -120,21 +140,7 @@ async fn the_body_is_on_disk_while_it_is_still_arriving() {
     });
     // While the origin holds back the second half, the first half is already in a file.
     let bodies = edge.config.cache.disk.path.join("bodies");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let spooled = loop {
-        let size: u64 = std::fs::read_dir(&bodies)
-            .map(|files| {
-                files
-                    .flatten()
-                    .map(|f| f.metadata().map_or(0, |m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0);
-        if size >= half.len() as u64 || std::time::Instant::now() > deadline {
-            break size;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let spooled = bytes_on_disk_reaching(&bodies, half.len() as u64).await;
     assert_eq!(
         spooled,
         half.len() as u64,
@@ -269,21 +275,7 @@ async fn a_large_body_of_unannounced_length_moves_to_disk_once_it_outgrows_memor
         async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
     });
     let bodies = edge.config.cache.disk.path.join("bodies");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let on_disk = loop {
-        let size: u64 = std::fs::read_dir(&bodies)
-            .map(|files| {
-                files
-                    .flatten()
-                    .map(|f| f.metadata().map_or(0, |m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0);
-        if size >= 1 << 20 || std::time::Instant::now() > deadline {
-            break size;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let on_disk = bytes_on_disk_reaching(&bodies, 1 << 20).await;
     assert_eq!(
         on_disk,
         1 << 20,
