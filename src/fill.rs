@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -188,6 +189,8 @@ pub struct Fill {
     primary: [u8; 32],
     state: Mutex<State>,
     changed: watch::Sender<()>,
+    /// Bodies being read from this fill right now.
+    readers: AtomicUsize,
 }
 
 struct State {
@@ -225,6 +228,7 @@ impl Fill {
             primary,
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -266,6 +270,7 @@ impl Fill {
 
     /// The body from its first byte, as it arrives.
     pub fn body(self: &Arc<Self>) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        self.readers.fetch_add(1, Ordering::Relaxed);
         let reader = Reader {
             fill: self.clone(),
             changed: self.changed.subscribe(),
@@ -302,6 +307,12 @@ struct Reader {
 
 /// The most a reader takes from a spool file at once.
 const SPOOL_READ: u64 = 256 * 1024;
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.fill.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What a reader does next.
 enum Step {
@@ -509,12 +520,13 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             Ok(entry) => {
                 // Too large for memory: the body goes to its file as it arrives, and is read back
                 // from there.
-                let spool = match content_length(&headers) {
-                    Some(len) if len > edge.config.cache.memory.max_object_size.0 => {
-                        edge.cache.spool(&job.key).await
-                    }
-                    _ => None,
-                };
+                let spool =
+                    match content_length(&headers).filter(|_| status != StatusCode::NO_CONTENT) {
+                        Some(len) if len > edge.config.cache.memory.max_object_size.0 => {
+                            edge.cache.spool(&job.key).await
+                        }
+                        _ => None,
+                    };
                 let ttl = entry.freshness.ttl(response_time);
                 let head = SharedHead {
                     status,
@@ -686,6 +698,15 @@ async fn stream_and_store(
         let before = received;
         received += chunk.len() as u64;
         let last = expected == Some(received);
+        // Past max_object_size the body is only for those reading it: once no one is, stop.
+        if received > limit && fill.readers.load(Ordering::Relaxed) == 0 {
+            debug!(
+                url = job.key.url(),
+                "oversized body has no readers left; stopping"
+            );
+            fill.update(|state| state.end = Some(End::Failed));
+            return;
+        }
         if before <= limit && received > limit {
             // No Content-Length said so up front: stop taking in new requests, and remember the
             // key, so that at least no one else waits on this body.

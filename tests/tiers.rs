@@ -297,3 +297,38 @@ async fn a_fill_of_three_times_the_budget_through_edge_stays_within_it() {
         "du says {on_disk} bytes for a {capacity}-byte budget"
     );
 }
+
+#[tokio::test]
+async fn body_files_no_record_names_are_swept_after_start_up() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/kept",
+        Reply::ok(vec![3u8; 50_000]).header("cache-control", "max-age=600"),
+    );
+    let edge = h.edge().await;
+    edge.get("/kept").await;
+    let dir = edge.stop().await;
+    let bodies = dir.path().join("store/bodies");
+    let leftover = bodies.join(format!("{}-{}", "ab".repeat(32), "00".repeat(7) + "01"));
+    let partial = bodies.join(format!(
+        "{}-{}.partial",
+        "cd".repeat(32),
+        "00".repeat(7) + "02"
+    ));
+    std::fs::write(&leftover, b"from a crash").unwrap();
+    std::fs::write(&partial, b"half a body").unwrap();
+
+    let config = base_config(&h.origin.url(), dir.path());
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (leftover.exists() || partial.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !leftover.exists() && !partial.exists(),
+        "orphans are deleted"
+    );
+    let kept = edge.get("/kept").await;
+    assert!(kept.is_hit(), "{}", kept.cache_status());
+    assert_eq!(kept.body, vec![3u8; 50_000]);
+}

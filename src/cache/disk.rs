@@ -26,6 +26,7 @@
 //! stores are evicted until it is under 95% of it.
 
 use std::io::{ErrorKind, Write};
+use std::ops::Not;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,8 @@ const INLINE_MAX: usize = 8 * 1024;
 const BLOCK: u64 = 4096;
 /// Bytes of bookkeeping charged per record besides the record and its key.
 const OVERHEAD_PER_RECORD: u64 = 8 + 24;
+/// A growing spool makes room for itself every this many bytes.
+const SPOOL_EVICT_EVERY: u64 = 4 << 20;
 /// Once over budget, evict down to this share of it.
 const LOW_WATER_PERCENT: u64 = 95;
 /// How often sled's own overhead is measured again.
@@ -91,6 +94,8 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
+    /// Bytes in spool files not yet committed: on disk, so in the budget.
+    spooling: AtomicU64,
     capacity: u64,
     /// Bodies longer than this are served from their file rather than read into memory.
     stream_over: u64,
@@ -168,13 +173,15 @@ impl DiskTier {
             in_index: AtomicU64::new(charged - in_files),
             index_overhead: AtomicU64::new(0),
             integrity_failures: AtomicU64::new(0),
+            spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
             stream_over,
             heuristic,
         });
         inner.measure_index(true);
-        sweep_orphans(Arc::downgrade(&inner));
+        let first_seq = inner.db.generate_id()?;
+        sweep_orphans(Arc::downgrade(&inner), first_seq);
         Ok(Self { inner })
     }
 
@@ -248,7 +255,9 @@ impl DiskTier {
 
 impl Inner {
     fn footprint(&self) -> u64 {
-        self.charged.load(Ordering::Relaxed) + self.index_overhead.load(Ordering::Relaxed)
+        self.charged.load(Ordering::Relaxed)
+            + self.index_overhead.load(Ordering::Relaxed)
+            + self.spooling.load(Ordering::Relaxed)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, DiskError> {
@@ -275,6 +284,9 @@ impl Inner {
                     }
                     Ok(None) => "its body file does not match it".into(),
                     Err(err) if err.kind() == ErrorKind::NotFound => {
+                        if self.replaced_since(key, &value)? {
+                            return Ok(None);
+                        }
                         "its body file is missing".into()
                     }
                     Err(err) => return Err(err.into()),
@@ -288,6 +300,9 @@ impl Inner {
                         Err(err) => err.to_string(),
                     },
                     Err(err) if err.kind() == ErrorKind::NotFound => {
+                        if self.replaced_since(key, &value)? {
+                            return Ok(None);
+                        }
                         "its body file is missing".into()
                     }
                     Err(err) => return Err(err.into()),
@@ -299,6 +314,12 @@ impl Inner {
         self.integrity_failures.fetch_add(1, Ordering::Relaxed);
         self.remove(key, Some(&value))?;
         Ok(None)
+    }
+
+    /// Whether the record at `key` is no longer `value`: replaced, evicted or removed since it
+    /// was read (its body file may be gone for that reason alone).
+    fn replaced_since(&self, key: &[u8], value: &IVec) -> Result<bool, DiskError> {
+        Ok(self.records.get(key)?.as_ref() != Some(value))
     }
 
     fn put(&self, key: &[u8], record: &Record) -> Result<(), DiskError> {
@@ -368,11 +389,13 @@ impl Inner {
     fn write_body(&self, key: &[u8], seq: &[u8], body: &[u8]) -> Result<(), DiskError> {
         let path = self.body_path(key, seq);
         let partial = path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(body)?;
-        drop(file);
-        std::fs::rename(&partial, &path)?;
-        Ok(())
+        let written = std::fs::File::create(&partial)
+            .and_then(|mut file| file.write_all(body))
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        Ok(written?)
     }
 
     fn body_path(&self, key: &[u8], seq: &[u8]) -> PathBuf {
@@ -471,11 +494,19 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Appends a chunk. Blocking.
+    /// Appends a chunk, keeping the tier within its budget meanwhile. Blocking.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), DiskError> {
         self.file.write_all(chunk)?;
         self.hasher.update(chunk);
+        let before = self.len;
         self.len += chunk.len() as u64;
+        let inner = &self.tier.inner;
+        inner
+            .spooling
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if before / SPOOL_EVICT_EVERY != self.len / SPOOL_EVICT_EVERY {
+            inner.evict_to_budget()?;
+        }
         Ok(())
     }
 
@@ -510,6 +541,7 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        release(&self.tier.inner.spooling, self.len);
         // Committed spools were renamed away; anything else is abandoned.
         let _ = std::fs::remove_file(&self.partial);
     }
@@ -588,10 +620,12 @@ fn allocated_size(dir: &Path) -> u64 {
     total
 }
 
-/// Deletes body files no record names: left by a crash between writing a file and committing its
-/// record, or between replacing a record and deleting its old file. Runs beside the server and
-/// stops when the tier closes.
-fn sweep_orphans(tier: Weak<Inner>) {
+/// Deletes body files no record names, left by a crash between writing a file and committing its
+/// record, or between replacing a record and deleting its old file. Only files from before this
+/// start (sequence numbers below `first_seq`; sled's ids only grow, across crashes too) are
+/// considered, so nothing this run is writing can be taken for an orphan. Runs beside the server
+/// and stops when the tier closes.
+fn sweep_orphans(tier: Weak<Inner>, first_seq: u64) {
     let spawned = std::thread::Builder::new()
         .name("edge-disk-sweep".into())
         .spawn(move || {
@@ -605,24 +639,31 @@ fn sweep_orphans(tier: Weak<Inner>) {
             for entry in entries.flatten() {
                 let Some(inner) = tier.upgrade() else { return };
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let named = name
+                let name = name.strip_suffix(".partial").unwrap_or(&name);
+                let Some((key, seq)) = name
                     .split_once('-')
-                    .and_then(|(key, seq)| Some((unhex(key)?, unhex(seq)?)));
-                let referenced = match named {
-                    Some((key, seq)) => inner
+                    .and_then(|(k, s)| Some((unhex(k)?, unhex(s)?)))
+                else {
+                    continue;
+                };
+                let Ok(seq_bytes) = <[u8; 8]>::try_from(seq.as_slice()) else {
+                    continue;
+                };
+                if u64::from_be_bytes(seq_bytes) >= first_seq {
+                    continue;
+                }
+                let referenced = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".partial")
+                    .not()
+                    && inner
                         .records
                         .get(&key)
                         .ok()
                         .flatten()
-                        .is_some_and(|value| value.get(..8) == Some(&seq[..])),
-                    None => false,
-                };
-                // A file written a moment ago may belong to a record being committed right now.
-                let recent = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60));
-                if !referenced && !recent && std::fs::remove_file(entry.path()).is_ok() {
+                        .is_some_and(|value| value.get(..8) == Some(&seq_bytes[..]));
+                if !referenced && std::fs::remove_file(entry.path()).is_ok() {
                     swept += 1;
                 }
             }
