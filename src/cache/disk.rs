@@ -422,7 +422,15 @@ impl Inner {
         // Down to a low-water mark, so that sled's own growth (its log, a flush) stays inside the
         // budget and eviction does not run on every store.
         let low_water = self.capacity / 100 * LOW_WATER_PERCENT;
-        while self.footprint() > low_water {
+        // sled gives space back lazily: measure again as records go, and stop when what is over
+        // is sled's own overhead (or spools in flight), which evicting more records cannot cure.
+        while self.footprint() > low_water && self.charged.load(Ordering::Relaxed) > 0 {
+            self.measure_index(false);
+            let beyond_records =
+                self.index_overhead.load(Ordering::Relaxed) + self.spooling.load(Ordering::Relaxed);
+            if beyond_records >= low_water {
+                break;
+            }
             let Some((seq, meta)) = self.order.first()? else {
                 break;
             };
