@@ -22,6 +22,59 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub purge: PurgeConfig,
+    #[serde(default)]
+    pub explain: ExplainConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long shutdown waits for in-flight requests before cutting them off.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: Seconds,
+}
+
+/// Client addresses allowed to send `PURGE` on the main listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeConfig {
+    #[serde(default = "defaults::loopback")]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+/// Client addresses whose `Edge-Debug: 1` request header gets explanation headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainConfig {
+    #[serde(default = "defaults::loopback")]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+/// Whether `addr` is in one of the networks of `allow`.
+pub fn allowed(allow: &[ipnet::IpNet], addr: std::net::IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    allow.iter().any(|net| net.contains(&addr))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (one line of key=value fields) or `json` (one object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `edge=debug`, `edge::access=off`); `RUST_LOG` overrides it.
+    #[serde(default = "defaults::log_filter")]
+    pub filter: LogFilter,
+    /// One line per request under the `edge::access` target.
+    #[serde(default = "defaults::yes")]
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +135,7 @@ pub struct DiskConfig {
 }
 
 /// RFC 9111 §4.2.2 heuristic freshness for responses without explicit expiration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeuristicConfig {
     /// Fraction of `Date − Last-Modified` used as the freshness lifetime (0 turns heuristics off).
@@ -108,6 +161,21 @@ mod defaults {
 
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn loopback() -> Vec<ipnet::IpNet> {
+        vec![
+            "127.0.0.0/8".parse().expect("valid network"),
+            "::1/128".parse().expect("valid network"),
+        ]
+    }
+    pub fn log_filter() -> LogFilter {
+        LogFilter("info".to_owned())
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn shutdown_timeout() -> Seconds {
+        Seconds(Duration::from_secs(30))
     }
     pub fn admin_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9090))
@@ -188,6 +256,32 @@ impl Default for HeuristicConfig {
             fraction: defaults::heuristic_fraction(),
             max: defaults::heuristic_max(),
             negative_ttl: defaults::zero(),
+        }
+    }
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        Self {
+            allow: defaults::loopback(),
+        }
+    }
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        Self {
+            allow: defaults::loopback(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: defaults::log_filter(),
+            access: true,
         }
     }
 }
@@ -331,6 +425,20 @@ impl<'de> Deserialize<'de> for Seconds {
                 "invalid duration {text:?}: expected a number with a unit (e.g. 500ms, 5s, 10m, 1h, 1d)"
             ))
         })
+    }
+}
+
+/// A tracing filter directive list, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(pub String);
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&text)
+            .map(|_| LogFilter(text.clone()))
+            .map_err(|e| de::Error::custom(format!("invalid filter {text:?}: {e}")))
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::{CacheKey, Variance};
-use crate::cache::policy::{self, CacheControl, NotStored};
+use crate::cache::policy::{self, CacheControl, Freshness, NotStored};
 use crate::config::CacheConfig;
 use crate::origin::{self, OriginError};
 use crate::proxy::Edge;
@@ -174,6 +174,9 @@ pub struct SharedHead {
     pub fwd_status: u16,
     /// Remaining freshness when it arrived.
     pub ttl: i64,
+    pub freshness: Freshness,
+    /// Time from asking the origin to its response head.
+    pub origin_time: Duration,
 }
 
 /// A private response, handed to the leader whole.
@@ -181,6 +184,7 @@ pub struct PrivateResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub origin_time: Duration,
 }
 
 /// One fill's shared state.
@@ -462,9 +466,9 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         // Taken before asking: an invalidation from now on may be newer than the answer.
         let epoch = edge.cache.epoch();
         let request_time = edge.clock.now();
+        let asked = Instant::now();
         let sent = edge
-            .origin
-            .send(Method::GET, job.url.clone(), outgoing, None)
+            .send_to_origin(Method::GET, job.url.clone(), outgoing, None)
             .await;
         let upstream = match sent {
             Ok(upstream) => upstream,
@@ -482,6 +486,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             epoch,
             request_time,
             response_time,
+            origin_time: asked.elapsed(),
         };
 
         if status == StatusCode::NOT_MODIFIED
@@ -508,7 +513,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             Err(NotStored::Status)
         } else {
             admit(
-                &edge.config.cache,
+                &edge.config().cache,
                 job,
                 &request_cc,
                 status,
@@ -522,7 +527,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 // from there.
                 let spool =
                     match content_length(&headers).filter(|_| status != StatusCode::NO_CONTENT) {
-                        Some(len) if len > edge.config.cache.memory.max_object_size.0 => {
+                        Some(len) if len > edge.config().cache.memory.max_object_size.0 => {
                             edge.cache.spool(&job.key).await
                         }
                         _ => None,
@@ -534,6 +539,8 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     variance: entry.variance.clone(),
                     fwd_status: status.as_u16(),
                     ttl,
+                    freshness: entry.freshness,
+                    origin_time: received.origin_time,
                 };
                 let spooled = spool.as_ref().map(|spool| Spooled {
                     file: spool.reader(),
@@ -557,6 +564,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                         status,
                         headers,
                         body,
+                        origin_time: received.origin_time,
                     },
                     reason,
                 );
@@ -572,6 +580,7 @@ struct Received {
     epoch: u64,
     request_time: SystemTime,
     response_time: SystemTime,
+    origin_time: Duration,
 }
 
 fn publish_private(fill: &Fill, private: PrivateResponse, reason: NotStored) {
@@ -617,6 +626,7 @@ async fn refresh(
                 status,
                 headers,
                 body,
+                origin_time: received.origin_time,
             },
             reason,
         );
@@ -630,7 +640,7 @@ async fn refresh(
         received.request_time,
         received.response_time,
         stale.body.clone(),
-        &edge.config.cache.heuristic,
+        &edge.config().cache.heuristic,
     ));
     let head = SharedHead {
         status,
@@ -638,6 +648,8 @@ async fn refresh(
         variance: entry.variance.clone(),
         fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
         ttl: entry.freshness.ttl(received.response_time),
+        freshness: entry.freshness,
+        origin_time: received.origin_time,
     };
     store(edge, job, entry.clone(), received.epoch).await;
     edge.fills.retire(&job.slot, fill);
@@ -681,7 +693,7 @@ async fn stream_and_store(
     } else {
         content_length(&entry.headers)
     };
-    let limit = edge.config.cache.max_object_size.0;
+    let limit = edge.config().cache.max_object_size.0;
     let mut received: u64 = 0;
     let mut held = None;
     let mut body = upstream.bytes_stream();
@@ -751,7 +763,7 @@ async fn stream_and_store(
         }
         // A body of unannounced length that outgrows the memory tier's entry limit (but may still
         // be stored) moves to its disk file now; readers go on from there at their own offset.
-        let memory_limit = edge.config.cache.memory.max_object_size.0;
+        let memory_limit = edge.config().cache.memory.max_object_size.0;
         if expected.is_none()
             && before <= memory_limit
             && received > memory_limit

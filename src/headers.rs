@@ -59,6 +59,22 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     headers.insert(header::VIA, value);
 }
 
+/// `Surrogate-Key` (space-separated, as Fastly) and `Cache-Tag` (comma-separated, as Cloudflare):
+/// the tags a response can be purged by.
+pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// The purge tags a response carries, in either field, split on commas and whitespace.
+pub fn surrogate_keys(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(&SURROGATE_KEY)
+        .iter()
+        .chain(headers.get_all(&CACHE_TAG).iter())
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(|c: char| c == ',' || c.is_ascii_whitespace()))
+        .filter(|tag| !tag.is_empty())
+}
+
 /// What the cache did with one request, as RFC 9211 `Cache-Status` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStatus {
@@ -117,6 +133,33 @@ impl CacheStatus {
             HeaderValue::from_bytes(&joined).unwrap_or(ours)
         };
         headers.insert(CACHE_STATUS.clone(), value);
+    }
+
+    /// What the cache did, in one word, for metrics and the access log: `hit`, `stale` (served
+    /// stale), `revalidated` (a 304 from the origin refreshed it), `miss` (fetched and stored),
+    /// `pass` (fetched, not storable), `bypass` (a method edge does not cache), `purge`, or
+    /// `error` (edge answered itself because the request or the origin failed).
+    pub fn label(&self, method: &http::Method) -> &'static str {
+        if method.as_str() == "PURGE" {
+            return "purge";
+        }
+        if self.hit.is_some() {
+            let stale = self.ttl.is_some_and(|ttl| ttl < 0)
+                || self.detail == Some("stale-while-revalidate");
+            return if stale { "stale" } else { "hit" };
+        }
+        if self.detail == Some("stale-if-error") {
+            return "stale";
+        }
+        match self.fwd {
+            None if self.detail == Some("only-if-cached") => "miss",
+            None => "error",
+            Some(Forward::Bypass) => "bypass",
+            Some(_) if self.fwd_status.is_none() => "error",
+            Some(Forward::Stale) if self.fwd_status == Some(304) => "revalidated",
+            Some(_) if self.stored => "miss",
+            Some(_) => "pass",
+        }
     }
 
     pub fn to_header_value(&self) -> HeaderValue {

@@ -1,35 +1,45 @@
 //! edge: an HTTP caching reverse proxy for one origin, following RFC 9111 as a shared cache, with
 //! a moka memory tier in front of a sled disk tier.
 //!
-//! [`serve`] runs a whole edge node on listeners the caller has bound, so tests run it in-process.
+//! [`Node`] is a whole edge node on listeners the caller has bound, so tests run it in-process;
+//! [`serve`] opens one and runs it until a shutdown signal.
 
 pub mod cache;
 pub mod clock;
 pub mod conditional;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod fill;
 pub mod headers;
+pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod range;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Router;
-use axum::routing::get;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fill::Fills;
+use crate::metrics::Metrics;
 use crate::origin::Origin;
-use crate::proxy::Edge;
+use crate::proxy::{Edge, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,8 +49,121 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves client traffic on `listener` and the admin API on `admin` until `shutdown` completes,
-/// then finishes in-flight requests and background stores and flushes the disk tier.
+/// A running edge node's shared state: what [`Node::reload`] changes and [`Node::serve`] serves.
+#[derive(Clone)]
+pub struct Node {
+    edge: Arc<Edge>,
+}
+
+impl Node {
+    /// Opens the cache tiers and builds the origin client.
+    pub async fn open(config: Config, clock: Clock) -> Result<Self, ServeError> {
+        let origin = Origin::new(&config.origin)?;
+        let cache = Arc::new(Cache::open(&config.cache).await);
+        let fills = Fills::new(&config.cache);
+        let edge = Arc::new(Edge {
+            settings: ArcSwap::from_pointee(Settings { config, origin }),
+            metrics: Metrics::new(cache.clone()),
+            cache,
+            fills,
+            clock,
+            tasks: TaskTracker::new(),
+        });
+        Ok(Self { edge })
+    }
+
+    /// Applies a new configuration without dropping the cache. Settings that are fixed once the
+    /// node runs (listen addresses, tier sizes and the disk path) keep their running values; the
+    /// names of those that differ are returned, so that the caller can say so.
+    pub fn reload(&self, mut config: Config) -> Result<Vec<&'static str>, ServeError> {
+        let current = self.edge.config();
+        let running = &current.config;
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $name:literal) => {
+                if config.$($field).+ != running.$($field).+ {
+                    kept.push($name);
+                    config.$($field).+ = running.$($field).+.clone();
+                }
+            };
+        }
+        keep!(listen, "listen");
+        keep!(admin.listen, "admin.listen");
+        keep!(cache.memory.capacity, "cache.memory.capacity");
+        keep!(cache.memory.max_object_size, "cache.memory.max_object_size");
+        keep!(cache.disk.path, "cache.disk.path");
+        keep!(cache.disk.capacity, "cache.disk.capacity");
+        keep!(cache.hit_for_pass, "cache.hit_for_pass");
+        let origin = Origin::new(&config.origin)?;
+        self.edge.cache.set_heuristic(config.cache.heuristic);
+        self.edge
+            .settings
+            .store(Arc::new(Settings { config, origin }));
+        Ok(kept)
+    }
+
+    /// Serves client traffic on `listener` and the admin API on `admin` until `shutdown`
+    /// completes; then stops accepting, gives in-flight requests and background stores up to
+    /// `shutdown_timeout` to finish, and flushes the disk tier.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let edge = self.edge.clone();
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+
+        let app = Router::new()
+            .fallback(proxy::handle)
+            .with_state(edge.clone());
+        let admin_app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics))
+            .route("/purge", post(purge))
+            .with_state(edge.clone());
+        let main = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let admin =
+            axum::serve(admin, admin_app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let main = tokio::spawn(main.into_future());
+        let admin = tokio::spawn(admin.into_future());
+        stop.cancelled().await;
+        let limit = edge.config().shutdown_timeout.0;
+        info!(timeout = ?limit, "shutting down: no new connections; finishing in-flight requests");
+        let drained = tokio::time::timeout(limit, async {
+            let main = main.await;
+            let admin = admin.await;
+            edge.tasks.close();
+            edge.tasks.wait().await;
+            (main, admin)
+        })
+        .await;
+        let result = match drained {
+            Ok((main, admin)) => {
+                let main = main.map_err(std::io::Error::other)?;
+                let admin = admin.map_err(std::io::Error::other)?;
+                main.and(admin).map_err(ServeError::from)
+            }
+            Err(_) => {
+                warn!(timeout = ?limit, "shutdown_timeout passed; cutting off the requests still in flight");
+                Ok(())
+            }
+        };
+        edge.cache.flush().await;
+        result
+    }
+}
+
+/// Opens a node for `config` and serves it until `shutdown` completes.
 pub async fn serve(
     config: Config,
     clock: Clock,
@@ -48,39 +171,69 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let origin = Origin::new(&config.origin)?;
-    let cache = Arc::new(Cache::open(&config.cache).await);
-    let tasks = TaskTracker::new();
-    let fills = Fills::new(&config.cache);
-    let edge = Arc::new(Edge {
-        config,
-        origin,
-        cache: cache.clone(),
-        fills,
-        clock,
-        tasks: tasks.clone(),
-    });
+    Node::open(config, clock)
+        .await?
+        .serve(listener, admin, shutdown)
+        .await
+}
 
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    edge.cache.settle().await;
+    let mut response = edge.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
 
-    let app = Router::new().fallback(proxy::handle).with_state(edge);
-    let admin_app = Router::new().route("/healthz", get(|| async { "ok\n" }));
-    let main = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let admin = axum::serve(admin, admin_app).with_graceful_shutdown(stop.cancelled_owned());
-    let (main, admin) = tokio::join!(main.into_future(), admin.into_future());
-    tasks.close();
-    tasks.wait().await;
-    cache.flush().await;
-    main?;
-    admin?;
-    Ok(())
+/// `POST /purge?url=<path or absolute URL>` or `POST /purge?tag=<surrogate key>`, with
+/// `soft=true` to mark stale instead of deleting. Answers with how many responses were affected.
+async fn purge(
+    State(edge): State<Arc<Edge>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let soft = match query.get("soft").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return bad_request(format!("soft must be true or false, not {other:?}"));
+        }
+    };
+    let body = match (query.get("url"), query.get("tag")) {
+        (Some(url), None) => {
+            let Some(target) = purge_target(&edge, url) else {
+                return bad_request(format!(
+                    "url {url:?} is not a path or an absolute URL edge serves"
+                ));
+            };
+            let purged = proxy::purge_url(&edge, &target, soft).await;
+            serde_json::json!({ "url": target.as_str(), "purged": purged, "soft": soft })
+        }
+        (None, Some(tag)) if !tag.is_empty() => {
+            let purged = proxy::purge_tag(&edge, tag, soft).await;
+            serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
+        }
+        _ => return bad_request("give exactly one of url=<path or URL> or tag=<tag>".into()),
+    };
+    let mut response = format!("{body}\n").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The origin URL a purge names: a path (`/a?b`), or an absolute URL whose path and query are
+/// taken (edge serves one origin, under whatever host name clients use for it).
+fn purge_target(edge: &Edge, url: &str) -> Option<reqwest::Url> {
+    let uri: http::Uri = url.parse().ok()?;
+    let path: http::Uri = uri.path_and_query()?.as_str().parse().ok()?;
+    edge.config().origin.url_for(&path)
+}
+
+fn bad_request(message: String) -> Response {
+    let body = serde_json::json!({ "error": message });
+    (StatusCode::BAD_REQUEST, format!("{body}\n")).into_response()
 }

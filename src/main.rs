@@ -5,11 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edge::Node;
 use edge::clock::Clock;
-use edge::config::Config;
+use edge::config::{Config, LogConfig, LogFormat};
 use tokio::net::TcpListener;
-use tracing::info;
-use tracing_subscriber::EnvFilter;
+use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 #[derive(Parser)]
 #[command(version, about = "An HTTP caching CDN edge node (RFC 9111)")]
@@ -25,6 +28,9 @@ struct Cli {
 enum Command {
     /// Validate the configuration file and exit.
     Check,
+    /// Ask a running node's admin listener for /healthz: exit 0 if it answers 200 (for a
+    /// container HEALTHCHECK).
+    Health,
     /// Run a demo origin serving a directory at `origin.url`, with edge in front of it.
     Demo {
         /// Directory the demo origin serves.
@@ -35,12 +41,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(err) => {
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = init_logging(&config.log);
     let result = match cli.command {
         Some(Command::Check) => {
             println!(
@@ -58,8 +59,9 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Some(Command::Demo { root }) => run(config, Some(root)),
-        None => run(config, None),
+        Some(Command::Health) => return health(&config),
+        Some(Command::Demo { root }) => run(config, cli.config, filter, Some(root)),
+        None => run(config, cli.config, filter, None),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,8 +72,80 @@ fn main() -> ExitCode {
     }
 }
 
+/// Handle to change the log filter on reload.
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Logs go to stderr, as lines of key=value fields or as JSON objects (`log.format`), filtered by
+/// `RUST_LOG` when it is set and by `log.filter` otherwise.
+fn init_logging(log: &LogConfig) -> Option<FilterHandle> {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
+    let filter = if from_env {
+        EnvFilter::from_default_env()
+    } else {
+        EnvFilter::new(&log.filter.0)
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = match log.format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    (!from_env).then_some(handle)
+}
+
+/// `edge health`: 0 when the admin listener answers /healthz with 200.
+fn health(config: &Config) -> ExitCode {
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("edge health: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .no_proxy()
+            .build()?;
+        client.get(&url).send().await
+    });
+    match answer {
+        Ok(response) if response.status().is_success() => {
+            println!("{url}: {}", response.status());
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("edge health: {url}: {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("edge health: {url}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn run(config: Config, demo_root: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    path: PathBuf,
+    filter: Option<FilterHandle>,
+    demo_root: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if let Some(root) = demo_root {
         let url = &config.origin.url.0;
         let address = format!(
@@ -97,9 +171,57 @@ async fn run(config: Config, demo_root: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     info!(listen = %config.listen, admin = %config.admin.listen, origin = %config.origin.url, "edge serving");
-    edge::serve(config, Clock::system(), listener, admin, shutdown_signal()).await?;
+    let format = config.log.format;
+    let node = Node::open(config, Clock::system()).await?;
+    tokio::spawn(reload_on_hangup(node.clone(), path, filter, format));
+    node.serve(listener, admin, shutdown_signal()).await?;
     info!("edge stopped");
     Ok(())
+}
+
+/// SIGHUP: read the configuration file again and apply it; a file that does not parse is
+/// rejected and the running configuration stays.
+async fn reload_on_hangup(
+    node: Node,
+    path: PathBuf,
+    filter: Option<FilterHandle>,
+    format: LogFormat,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(err) => {
+                error!(%err, "reload rejected: keeping the running configuration");
+                continue;
+            }
+        };
+        let new_filter = config.log.filter.0.clone();
+        let mut kept = match node.reload(config.clone()) {
+            Ok(kept) => kept,
+            Err(err) => {
+                error!(%err, "reload rejected: keeping the running configuration");
+                continue;
+            }
+        };
+        if config.log.format != format {
+            kept.push("log.format");
+        }
+        if let Some(handle) = &filter
+            && let Err(err) = handle.reload(EnvFilter::new(&new_filter))
+        {
+            warn!(%err, "cannot change the log filter");
+        }
+        if kept.is_empty() {
+            info!(path = %path.display(), "configuration reloaded");
+        } else {
+            warn!(path = %path.display(), unchanged = ?kept, "configuration reloaded; these settings need a restart and keep their running values");
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

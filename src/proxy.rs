@@ -20,29 +20,86 @@ use http::{Method, StatusCode};
 use http_body::Body as _;
 use reqwest::Url;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::cache::entry::{Spilled, StoredEntry};
 use crate::cache::key::{CacheKey, Variance};
-use crate::cache::policy::{self, CacheControl, Forward};
+use crate::cache::policy::{self, CacheControl, Forward, Freshness};
 use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
 use crate::conditional;
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::fill::{Fill, FillJob, Fills, Head, Role, SharedHead};
-use crate::headers::{CACHE_STATUS, CacheStatus};
+use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, SURROGATE_KEY};
+use crate::metrics::Metrics;
 use crate::origin::{self, Origin, OriginError};
 use crate::range::{self, RangeOutcome};
+use arc_swap::ArcSwap;
+use http::header::HeaderName;
+use std::time::Duration;
 
 /// Everything a request needs, shared by all of them.
 pub struct Edge {
-    pub config: Config,
-    pub origin: Origin,
+    /// The configuration and the origin client built from it, replaced whole by a reload.
+    pub settings: ArcSwap<Settings>,
     pub cache: Arc<Cache>,
     pub fills: Fills,
     pub clock: Clock,
+    pub metrics: Metrics,
     /// Background work (fills) that shutdown waits for.
     pub tasks: TaskTracker,
+}
+
+/// What a reload replaces.
+pub struct Settings {
+    pub config: Config,
+    pub origin: Origin,
+}
+
+impl Edge {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Sends a request to the origin of the configuration in force, and counts it.
+    pub async fn send_to_origin(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, OriginError> {
+        let settings = self.config();
+        let started = Instant::now();
+        let result = settings.origin.send(method, url, headers, body).await;
+        let status = result.as_ref().ok().map(reqwest::Response::status);
+        self.metrics.origin(status, started.elapsed());
+        result
+    }
+}
+
+impl std::ops::Deref for Settings {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The request header that asks for explanation headers (from `explain.allow` addresses).
+pub static EDGE_DEBUG: HeaderName = HeaderName::from_static("edge-debug");
+
+/// What produced a response, for the access log, metrics and explain mode: attached to the
+/// response's extensions where it is made.
+#[derive(Clone, Default)]
+pub struct Outcome {
+    pub status: CacheStatus,
+    /// Freshness of the stored or storable response.
+    pub freshness: Option<Freshness>,
+    /// The `Vary` request header values the response was selected by.
+    pub variance: Option<Variance>,
+    /// Time from asking the origin to its response head, when this request waited for one.
+    pub origin_time: Option<Duration>,
 }
 
 /// axum fallback handler: every method and path of the main listener.
@@ -52,23 +109,227 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let settings = edge.config();
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let response = route(&edge, peer, request).await;
-    debug!(
-        %method,
-        %uri,
-        status = response.status().as_u16(),
-        cache_status = ?response.headers().get(&CACHE_STATUS),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request"
+    let explain = request
+        .headers()
+        .get(&EDGE_DEBUG)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        && config::allowed(&settings.explain.allow, peer.ip());
+    let mut response = if method.as_str() == "PURGE" {
+        purge_request(&edge, &settings, peer, request).await
+    } else {
+        route(&edge, peer, request).await
+    };
+    let outcome = response
+        .extensions_mut()
+        .remove::<Outcome>()
+        .unwrap_or_default();
+    let label = outcome.status.label(&method);
+    edge.metrics.request(label, outcome.status.collapsed);
+    if explain {
+        crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
+    }
+    let log = AccessRecord {
+        method,
+        uri,
+        status: response.status().as_u16(),
+        cache: label,
+        cache_status: response
+            .headers()
+            .get(&CACHE_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        client: peer.ip(),
+        started,
+        origin_time: outcome.origin_time,
+        log: settings.log.access,
+    };
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, Body::new(Served::new(body, log, edge.clone())))
+}
+
+/// `PURGE <path>` on the main listener: removes every variant of one URL from both tiers, for
+/// clients in `purge.allow`. `Edge-Soft-Purge: 1` marks them stale instead.
+async fn purge_request(
+    edge: &Arc<Edge>,
+    settings: &Settings,
+    peer: SocketAddr,
+    request: Request,
+) -> Response {
+    let status = CacheStatus::default();
+    if !config::allowed(&settings.purge.allow, peer.ip()) {
+        warn!(client = %peer.ip(), uri = %request.uri(), "PURGE refused: client not in purge.allow");
+        return local_response(
+            StatusCode::FORBIDDEN,
+            "edge: PURGE is not allowed from this address\n",
+            status,
+        );
+    }
+    let Some(url) = settings.origin.url_for(request.uri()) else {
+        return local_response(
+            StatusCode::BAD_REQUEST,
+            "edge: invalid request target\n",
+            status,
+        );
+    };
+    let soft = request
+        .headers()
+        .get("edge-soft-purge")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let purged = purge_url(edge, &url, soft).await;
+    let body = serde_json::json!({ "url": url.as_str(), "purged": purged, "soft": soft });
+    json_response(StatusCode::OK, &body, CacheStatus::default())
+}
+
+/// Purges every variant of `url` from both tiers (or marks them stale); returns how many.
+pub async fn purge_url(edge: &Edge, url: &Url, soft: bool) -> usize {
+    let key = CacheKey::new(url);
+    edge.fills.invalidate(&key);
+    let purged = if soft {
+        edge.cache.mark_stale(&key, edge.clock.now()).await
+    } else {
+        edge.cache.invalidate(&key).await
+    };
+    edge.metrics.purge("url", soft, purged);
+    tracing::info!(url = key.url(), purged, soft, "purge");
+    purged
+}
+
+/// Purges every stored response tagged `tag` (`Surrogate-Key` / `Cache-Tag`): each URL that
+/// carries it, with all its variants. Returns how many responses.
+pub async fn purge_tag(edge: &Edge, tag: &str, soft: bool) -> usize {
+    let mut purged = 0;
+    for url in edge.cache.tagged(tag).await {
+        let Ok(url) = Url::parse(&url) else { continue };
+        let key = CacheKey::new(&url);
+        edge.fills.invalidate(&key);
+        purged += if soft {
+            edge.cache.mark_stale(&key, edge.clock.now()).await
+        } else {
+            edge.cache.invalidate(&key).await
+        };
+    }
+    edge.metrics.purge("tag", soft, purged);
+    tracing::info!(tag, purged, soft, "purge");
+    purged
+}
+
+fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    cache_status: CacheStatus,
+) -> Response {
+    let mut response = Response::new(Body::from(format!("{body}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
+    response.extensions_mut().insert(Outcome {
+        status: cache_status,
+        ..Outcome::default()
+    });
     response
+}
+
+/// One access log line, written when the response body is done (sent, or cut off).
+struct AccessRecord {
+    method: Method,
+    uri: http::Uri,
+    status: u16,
+    cache: &'static str,
+    cache_status: String,
+    client: std::net::IpAddr,
+    started: Instant,
+    origin_time: Option<Duration>,
+    log: bool,
+}
+
+/// A response body that counts the bytes sent, and logs the request when it is dropped.
+struct Served {
+    inner: Body,
+    bytes: u64,
+    finished: bool,
+    record: AccessRecord,
+    edge: Arc<Edge>,
+}
+
+impl Served {
+    fn new(inner: Body, record: AccessRecord, edge: Arc<Edge>) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            finished: false,
+            record,
+            edge,
+        }
+    }
+}
+
+impl http_body::Body for Served {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.edge.metrics.served(self.bytes);
+        let r = &self.record;
+        if !r.log {
+            return;
+        }
+        let complete = self.finished || self.inner.is_end_stream() || r.method == Method::HEAD;
+        let millis = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        tracing::info!(
+            target: "edge::access",
+            client = %r.client,
+            method = %r.method,
+            uri = %r.uri,
+            status = r.status,
+            cache = r.cache,
+            bytes = self.bytes,
+            duration_ms = millis(r.started.elapsed()),
+            origin_ms = r.origin_time.map(millis),
+            complete,
+            cache_status = %r.cache_status,
+        );
+    }
 }
 
 /// classify and key.
 async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Response {
-    let Some(url) = edge.origin.url_for(request.uri()) else {
+    let Some(url) = edge.config().origin.url_for(request.uri()) else {
         let status = CacheStatus::default();
         return local_response(
             StatusCode::BAD_REQUEST,
@@ -194,13 +455,13 @@ async fn answer_from_fill(
             Role::Leader(fill) => (fill, true),
             Role::Waiter(fill) => (fill, false),
         };
-        let wait = (!leader).then_some(edge.config.cache.collapse_wait.0);
+        let wait = (!leader).then_some(edge.config().cache.collapse_wait.0);
         let head = fill.head(wait).await;
         let now = edge.clock.now();
         // RFC 5861 §4: a 500, 502, 503 or 504, or no answer at all, may be covered by stale.
         let stale_on_error = |status: Option<StatusCode>| {
             let failed = status.is_none_or(|s| matches!(s.as_u16(), 500 | 502 | 503 | 504));
-            let operator = edge.config.cache.stale_if_error.0;
+            let operator = edge.config().cache.stale_if_error.0;
             stale
                 .as_ref()
                 .filter(|entry| {
@@ -269,7 +530,13 @@ async fn answer_from_fill(
                     } else {
                         Body::from_stream(private.body)
                     };
-                    return build(private.status, headers, body);
+                    let mut response = build(private.status, headers, body);
+                    response.extensions_mut().insert(Outcome {
+                        status,
+                        origin_time: Some(private.origin_time),
+                        ..Outcome::default()
+                    });
+                    return response;
                 }
             }
             Some(Head::Failed(err)) => {
@@ -328,7 +595,13 @@ async fn respond_stored(
         Some(spilled) => Payload::File(spilled.clone()),
         None => Payload::Whole(entry.body.clone()),
     };
-    respond(request, entry.status, headers, payload, status).await
+    let outcome = Outcome {
+        status,
+        freshness: Some(entry.freshness),
+        variance: Some(entry.variance.clone()),
+        origin_time: None,
+    };
+    respond(request, entry.status, headers, payload, outcome).await
 }
 
 /// A response from a shareable fill, streamed as it arrives.
@@ -339,12 +612,18 @@ async fn respond_shared(
     status: CacheStatus,
 ) -> Response {
     let payload = Payload::Streaming(fill.clone());
+    let outcome = Outcome {
+        status,
+        freshness: Some(shared.freshness),
+        variance: Some(shared.variance.clone()),
+        origin_time: Some(shared.origin_time),
+    };
     respond(
         request,
         shared.status,
         shared.headers.clone(),
         payload,
-        status,
+        outcome,
     )
     .await
 }
@@ -388,9 +667,22 @@ fn file_stream(spilled: Spilled) -> impl futures_util::Stream<Item = std::io::Re
 async fn respond(
     request: &Parts,
     status: StatusCode,
+    headers: HeaderMap,
+    payload: Payload,
+    outcome: Outcome,
+) -> Response {
+    let mut response =
+        respond_to_conditions(request, status, headers, payload, &outcome.status).await;
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+async fn respond_to_conditions(
+    request: &Parts,
+    status: StatusCode,
     mut headers: HeaderMap,
     payload: Payload,
-    cache_status: CacheStatus,
+    cache_status: &CacheStatus,
 ) -> Response {
     cache_status.add_to(&mut headers);
     let head = request.method == Method::HEAD;
@@ -457,8 +749,11 @@ fn no_content() -> Body {
 }
 
 fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
-    // Edge is the surrogate Surrogate-Control speaks to; it stops here.
+    // Edge is the surrogate Surrogate-Control speaks to, and the cache its purge tags are for;
+    // they stop here.
     headers.remove(&policy::SURROGATE_CONTROL);
+    headers.remove(&SURROGATE_KEY);
+    headers.remove(&CACHE_TAG);
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -480,10 +775,11 @@ async fn forward(
     let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
     let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
     let safe = parts.method.is_safe();
+    let asked = Instant::now();
     let result = edge
-        .origin
-        .send(parts.method.clone(), url.clone(), outgoing, body)
+        .send_to_origin(parts.method.clone(), url.clone(), outgoing, body)
         .await;
+    let origin_time = asked.elapsed();
     let upstream = match result {
         Ok(upstream) => upstream,
         Err(err) => {
@@ -504,7 +800,13 @@ async fn forward(
     } else {
         Body::from_stream(upstream.bytes_stream())
     };
-    build(status, headers, body)
+    let mut response = build(status, headers, body);
+    response.extensions_mut().insert(Outcome {
+        status: cache_status,
+        origin_time: Some(origin_time),
+        ..Outcome::default()
+    });
+    response
 }
 
 /// RFC 9111 §4.4: the target URI, and `Location` / `Content-Location` when they are on the same
@@ -525,14 +827,14 @@ async fn invalidate_after_unsafe(
         let Ok(resolved) = url.join(reference) else {
             continue;
         };
-        let target = if edge.origin.owns(&resolved) {
+        let target = if edge.config().origin.owns(&resolved) {
             Some(resolved)
         } else if public_host.is_some_and(|host| is_public_origin(&resolved, host)) {
             resolved
                 .as_str()
                 .parse()
                 .ok()
-                .and_then(|uri| edge.origin.url_for(&uri))
+                .and_then(|uri| edge.config().origin.url_for(&uri))
         } else {
             None
         };
@@ -590,5 +892,9 @@ fn local_response(status: StatusCode, body: &'static str, cache_status: CacheSta
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
+    response.extensions_mut().insert(Outcome {
+        status: cache_status,
+        ..Outcome::default()
+    });
     response
 }

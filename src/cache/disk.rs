@@ -83,6 +83,15 @@ struct Inner {
     db: sled::Db,
     records: sled::Tree,
     order: sled::Tree,
+    /// Surrogate keys: `tag 0x00 record key` for every stored response that carried the tag.
+    /// Entries outlive their records; a tag purge checks each record and drops stale entries.
+    tags: sled::Tree,
+    /// Records marked stale by a soft purge: record key → the purge's time (ms since the epoch).
+    soft: sled::Tree,
+    /// Records held (responses and Vary markers).
+    entries: AtomicU64,
+    /// Records evicted to keep the budget.
+    evictions: AtomicU64,
     index_dir: PathBuf,
     bodies: PathBuf,
     /// Σ charged bytes of every record (record, key, bookkeeping, rounded body file).
@@ -99,7 +108,7 @@ struct Inner {
     capacity: u64,
     /// Bodies longer than this are served from their file rather than read into memory.
     stream_over: u64,
-    heuristic: HeuristicConfig,
+    heuristic: Mutex<HeuristicConfig>,
 }
 
 impl DiskTier {
@@ -112,7 +121,7 @@ impl DiskTier {
         stream_over: u64,
         heuristic: HeuristicConfig,
     ) -> Option<Self> {
-        match Self::try_open(path, capacity, stream_over, heuristic.clone()) {
+        match Self::try_open(path, capacity, stream_over, heuristic) {
             Ok(tier) => return Some(tier),
             Err(err) if err.to_string().contains("could not acquire lock") => {
                 error!(path = %path.display(), "disk tier is in use by another process; running with the memory tier only");
@@ -156,17 +165,24 @@ impl DiskTier {
             .open()?;
         let records = db.open_tree("records")?;
         let order = db.open_tree("order")?;
-        let (mut charged, mut in_files) = (0, 0);
+        let tags = db.open_tree("tags")?;
+        let soft = db.open_tree("soft")?;
+        let (mut charged, mut in_files, mut entries) = (0, 0, 0);
         for item in order.iter() {
             let (_, meta) = item?;
             let (size, file) = meta_sizes(&meta);
             charged += size;
             in_files += file;
+            entries += 1;
         }
         let inner = Arc::new(Inner {
             db,
             records,
             order,
+            tags,
+            soft,
+            entries: AtomicU64::new(entries),
+            evictions: AtomicU64::new(0),
             index_dir,
             bodies,
             charged: AtomicU64::new(charged),
@@ -177,7 +193,7 @@ impl DiskTier {
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
             stream_over,
-            heuristic,
+            heuristic: Mutex::new(heuristic),
         });
         inner.measure_index(true);
         let first_seq = inner.db.generate_id()?;
@@ -251,6 +267,95 @@ impl DiskTier {
     pub fn integrity_failures(&self) -> u64 {
         self.inner.integrity_failures.load(Ordering::Relaxed)
     }
+
+    /// Records held, footprint, and evictions since start-up.
+    pub fn stats(&self) -> super::TierStats {
+        super::TierStats {
+            entries: self.inner.entries.load(Ordering::Relaxed),
+            bytes: self.inner.footprint(),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every record whose key starts with `prefix` (a URI and all its variants); returns
+    /// how many responses (not Vary markers) went.
+    pub async fn purge(&self, prefix: Vec<u8>) -> Result<usize, DiskError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut responses = 0;
+            for item in inner.records.scan_prefix(&prefix) {
+                let (key, value) = item?;
+                if is_response(&value) {
+                    responses += 1;
+                }
+                inner.remove(&key, None)?;
+            }
+            Ok(responses)
+        })
+        .await?
+    }
+
+    /// Marks every response stored under `prefix` stale as of `at`, until it is replaced: its
+    /// next use revalidates it (a soft purge). Returns how many were marked.
+    pub async fn mark_stale(&self, prefix: Vec<u8>, at: SystemTime) -> Result<usize, DiskError> {
+        let inner = self.inner.clone();
+        let at = millis(at).to_be_bytes();
+        tokio::task::spawn_blocking(move || {
+            let mut marked = 0;
+            for item in inner.records.scan_prefix(&prefix) {
+                let (key, value) = item?;
+                if is_response(&value) {
+                    inner.soft.insert(key, &at)?;
+                    marked += 1;
+                }
+            }
+            Ok(marked)
+        })
+        .await?
+    }
+
+    /// The URLs of stored responses that carry the surrogate key `tag`.
+    pub async fn tagged(&self, tag: String) -> Result<Vec<String>, DiskError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut urls = Vec::new();
+            let prefix = tag_prefix(&tag);
+            for item in inner.tags.scan_prefix(&prefix).keys() {
+                let index_key = item?;
+                let record_key = &index_key[prefix.len()..];
+                let url = inner.records.get(record_key)?.and_then(|value| {
+                    let decoded =
+                        Record::decode(Bytes::copy_from_slice(value.get(8..)?), &inner.heuristic());
+                    let entry = match decoded.ok()? {
+                        Decoded::Record(Record::Entry(entry)) => (*entry).clone(),
+                        Decoded::BodyElsewhere(entry, _) => *entry,
+                        Decoded::Record(Record::Vary(_)) => return None,
+                    };
+                    crate::headers::surrogate_keys(&entry.headers)
+                        .any(|t| t == tag)
+                        .then_some(entry.url)
+                });
+                match url {
+                    Some(url) => urls.push(url),
+                    // Replaced without the tag, evicted or removed: the index entry is stale.
+                    None => {
+                        inner.tags.remove(&index_key)?;
+                    }
+                }
+            }
+            Ok(urls)
+        })
+        .await?
+    }
+
+    /// Applies a new heuristic configuration to records read from now on.
+    pub fn set_heuristic(&self, heuristic: HeuristicConfig) {
+        *self
+            .inner
+            .heuristic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = heuristic;
+    }
 }
 
 impl Inner {
@@ -260,13 +365,33 @@ impl Inner {
             + self.spooling.load(Ordering::Relaxed)
     }
 
+    fn heuristic(&self) -> HeuristicConfig {
+        *self.heuristic.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Record>, DiskError> {
+        let record = self.get_verified(key)?;
+        let Some(Record::Entry(mut entry)) = record else {
+            return Ok(record);
+        };
+        if let Some(at) = self.soft.get(key)? {
+            let at = at.as_ref().try_into().map_or(0, u64::from_be_bytes);
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at);
+            Arc::make_mut(&mut entry).freshness.expire(at);
+        }
+        Ok(Some(Record::Entry(entry)))
+    }
+
+    fn get_verified(&self, key: &[u8]) -> Result<Option<Record>, DiskError> {
         let Some(value) = self.records.get(key)? else {
             return Ok(None);
         };
         let decoded = match value.get(8..) {
             // The body is a slice of sled's buffer, not a copy.
-            Some(_) => Record::decode(Bytes::from_owner(value.clone()).slice(8..), &self.heuristic),
+            Some(_) => Record::decode(
+                Bytes::from_owner(value.clone()).slice(8..),
+                &self.heuristic(),
+            ),
             None => Err(DecodeError::Truncated),
         };
         let failure = match decoded {
@@ -333,10 +458,24 @@ impl Inner {
         if self.charge(key, &encoded, file) > self.capacity {
             return Ok(());
         }
+        if let Record::Entry(entry) = record {
+            self.index_tags(key, entry)?;
+        }
         if let Some(body) = body {
             self.write_body(key, &seq, body)?;
         }
         self.commit(key, &seq, &encoded, file)
+    }
+
+    /// Records the response's surrogate keys, before its record is committed: an index entry
+    /// without a record is harmless, a record missing from the index would escape a tag purge.
+    fn index_tags(&self, key: &[u8], entry: &StoredEntry) -> Result<(), DiskError> {
+        for tag in crate::headers::surrogate_keys(&entry.headers) {
+            let mut index_key = tag_prefix(tag);
+            index_key.extend_from_slice(key);
+            self.tags.insert(index_key, &[])?;
+        }
+        Ok(())
     }
 
     /// What a record of `encoded` bytes with a body file of `file` bytes is charged.
@@ -362,12 +501,15 @@ impl Inner {
         meta.extend_from_slice(&size.to_be_bytes());
         meta.extend_from_slice(&file.to_be_bytes());
         meta.extend_from_slice(key);
-        let committed = (&self.records, &self.order).transaction(|(records, order)| {
-            let old = records.insert(key, value.clone())?;
-            let released = release_order(order, old.as_ref())?;
-            order.insert(seq, meta.as_slice())?;
-            Ok(released.zip(old))
-        });
+        let committed =
+            (&self.records, &self.order, &self.soft).transaction(|(records, order, soft)| {
+                let old = records.insert(key, value.clone())?;
+                let released = release_order(order, old.as_ref())?;
+                order.insert(seq, meta.as_slice())?;
+                // A soft purge marked the response this one replaces, not this one.
+                soft.remove(key)?;
+                Ok(released.zip(old))
+            });
         let replaced = match committed {
             Ok(replaced) => replaced,
             Err(err) => {
@@ -379,6 +521,7 @@ impl Inner {
         };
         self.charged.fetch_add(size, Ordering::Relaxed);
         self.in_index.fetch_add(size - file, Ordering::Relaxed);
+        self.entries.fetch_add(1, Ordering::Relaxed);
         if let Some((sizes, old)) = replaced {
             self.forget(key, old.get(..8).unwrap_or_default(), sizes);
         }
@@ -406,6 +549,7 @@ impl Inner {
     fn forget(&self, key: &[u8], seq: &[u8], (size, file): (u64, u64)) {
         release(&self.charged, size);
         release(&self.in_index, size - file);
+        release(&self.entries, 1);
         if file > 0
             && let Err(err) = std::fs::remove_file(self.body_path(key, seq))
             && err.kind() != ErrorKind::NotFound
@@ -437,17 +581,21 @@ impl Inner {
             let key = meta.get(16..).unwrap_or_default().to_vec();
             // Another thread may evict or replace the same record meanwhile: only the one whose
             // transaction removed the order entry accounts for it.
-            let evicted = (&self.records, &self.order).transaction(|(records, order)| {
-                if order.remove(&seq)?.is_none() {
-                    return Ok(false);
-                }
-                let current = records.get(&key)?;
-                if current.as_ref().and_then(|c| c.get(..8)) == Some(&seq[..]) {
-                    records.remove(key.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<sled::Error>>(true)
-            })?;
+            let evicted = (&self.records, &self.order, &self.soft).transaction(
+                |(records, order, soft)| {
+                    if order.remove(&seq)?.is_none() {
+                        return Ok(false);
+                    }
+                    let current = records.get(&key)?;
+                    if current.as_ref().and_then(|c| c.get(..8)) == Some(&seq[..]) {
+                        records.remove(key.as_slice())?;
+                        soft.remove(key.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<sled::Error>>(true)
+                },
+            )?;
             if evicted {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
                 self.forget(&key, &seq, meta_sizes(&meta));
             }
         }
@@ -456,17 +604,19 @@ impl Inner {
 
     /// Removes the record at `key` — only if it is still `expected`, when given.
     fn remove(&self, key: &[u8], expected: Option<&IVec>) -> Result<(), DiskError> {
-        let removed = (&self.records, &self.order).transaction(|(records, order)| {
-            let current = records.get(key)?;
-            if expected.is_some() && current.as_ref() != expected {
-                return Ok(None);
-            }
-            let Some(current) = current else {
-                return Ok(None);
-            };
-            records.remove(key)?;
-            Ok(release_order(order, Some(&current))?.map(|sizes| (sizes, current)))
-        })?;
+        let removed =
+            (&self.records, &self.order, &self.soft).transaction(|(records, order, soft)| {
+                let current = records.get(key)?;
+                if expected.is_some() && current.as_ref() != expected {
+                    return Ok(None);
+                }
+                let Some(current) = current else {
+                    return Ok(None);
+                };
+                records.remove(key)?;
+                soft.remove(key)?;
+                Ok(release_order(order, Some(&current))?.map(|sizes| (sizes, current)))
+            })?;
         if let Some((sizes, value)) = removed {
             self.forget(key, value.get(..8).unwrap_or_default(), sizes);
         }
@@ -540,6 +690,7 @@ impl Spool {
         if inner.charge(&key, &encoded, file) > inner.capacity {
             return Ok(());
         }
+        inner.index_tags(&key, entry)?;
         std::fs::rename(&self.partial, inner.body_path(&key, &self.seq))?;
         let seq = self.seq;
         drop(self);
@@ -597,6 +748,23 @@ fn meta_sizes(meta: &IVec) -> (u64, u64) {
     };
     let (size, file) = (read(0..8), read(8..16));
     (size, file.min(size))
+}
+
+/// Whether a record value (sequence number, then record) holds a response, not a Vary marker.
+fn is_response(value: &[u8]) -> bool {
+    value.get(8..11) == Some(b"EDG")
+}
+
+fn tag_prefix(tag: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(tag.len() + 1 + 64);
+    prefix.extend_from_slice(tag.as_bytes());
+    prefix.push(0);
+    prefix
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn release(counter: &AtomicU64, size: u64) {

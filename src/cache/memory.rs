@@ -6,9 +6,11 @@
 //! the disk tier holds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 
 use super::entry::StoredEntry;
 
@@ -37,6 +39,7 @@ impl Variants {
 
 pub struct MemoryTier {
     entries: Cache<[u8; 32], Arc<Variants>>,
+    evictions: Arc<AtomicU64>,
     capacity: u64,
     /// Larger entries live on disk only.
     max_entry: u64,
@@ -44,12 +47,20 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     pub fn new(capacity_bytes: u64, max_entry_bytes: u64) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = evictions.clone();
         let entries = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_key, variants: &Arc<Variants>| variants.weight())
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
         Self {
             entries,
+            evictions,
             capacity: capacity_bytes,
             max_entry: max_entry_bytes,
         }
@@ -95,7 +106,53 @@ impl MemoryTier {
         self.entries.insert(primary, Arc::new(variants)).await;
     }
 
-    pub async fn remove(&self, primary: &[u8; 32]) {
-        self.entries.invalidate(primary).await;
+    /// Removes every variant of the URI; returns how many there were.
+    pub async fn remove(&self, primary: &[u8; 32]) -> usize {
+        self.entries
+            .remove(primary)
+            .await
+            .map_or(0, |variants| variants.0.len())
+    }
+
+    /// Replaces every variant of the URI with `change(variant)`; returns how many there were.
+    pub async fn rewrite(
+        &self,
+        primary: &[u8; 32],
+        change: impl Fn(&StoredEntry) -> StoredEntry,
+    ) -> usize {
+        let Some(current) = self.entries.get(primary).await else {
+            return 0;
+        };
+        let changed: Vec<_> = current.0.iter().map(|e| Arc::new(change(e))).collect();
+        let count = changed.len();
+        self.entries
+            .insert(*primary, Arc::new(Variants(changed)))
+            .await;
+        count
+    }
+
+    /// The URLs of stored responses for which `tagged` holds.
+    pub fn urls_where(&self, tagged: impl Fn(&StoredEntry) -> bool) -> Vec<String> {
+        let mut urls = Vec::new();
+        for (_, variants) in self.entries.iter() {
+            if let Some(entry) = variants.0.iter().find(|entry| tagged(entry)) {
+                urls.push(entry.url.clone());
+            }
+        }
+        urls
+    }
+
+    /// Lets moka finish its pending bookkeeping, so that [`MemoryTier::stats`] is current.
+    pub async fn settle(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+
+    /// Objects (URIs, each with its variants) and bytes held, and evictions so far.
+    pub fn stats(&self) -> super::TierStats {
+        super::TierStats {
+            entries: self.entries.entry_count(),
+            bytes: self.entries.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
     }
 }

@@ -65,6 +65,22 @@ impl Tier {
     }
 }
 
+/// What one tier holds, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TierStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub memory: Option<TierStats>,
+    /// `None` when edge runs without a disk tier.
+    pub disk: Option<TierStats>,
+    pub integrity_failures: u64,
+}
+
 pub struct Cache {
     memory: MemoryTier,
     disk: Option<DiskTier>,
@@ -80,7 +96,7 @@ impl Cache {
     pub async fn open(config: &CacheConfig) -> Self {
         let path = config.disk.path.clone();
         let capacity = config.disk.capacity.0;
-        let heuristic = config.heuristic.clone();
+        let heuristic = config.heuristic;
         let stream_over = config.memory.max_object_size.0;
         let disk = tokio::task::spawn_blocking(move || {
             DiskTier::open(&path, capacity, stream_over, heuristic)
@@ -256,19 +272,94 @@ impl Cache {
     }
 
     /// Removes whatever is stored for `key`, every variant, from both tiers, and keeps stores of
-    /// responses fetched before now from bringing it back.
-    pub async fn invalidate(&self, key: &CacheKey) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.invalidated.insert(*key.hash(), epoch);
-        self.remove(key).await;
+    /// responses fetched before now from bringing it back. Returns how many responses went.
+    pub async fn invalidate(&self, key: &CacheKey) -> usize {
+        self.bump_epoch(key);
+        self.remove(key).await
     }
 
-    async fn remove(&self, key: &CacheKey) {
-        self.memory.remove(key.hash()).await;
-        if let Some(disk) = &self.disk
-            && let Err(err) = disk.remove_prefix(key.hash().to_vec()).await
-        {
-            warn!(url = key.url(), %err, "disk tier invalidation failed");
+    fn bump_epoch(&self, key: &CacheKey) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.insert(*key.hash(), epoch);
+    }
+
+    /// How many responses were stored for `key`, in whichever tier holds more of them (memory
+    /// holds a subset of disk, except when a disk write failed).
+    async fn remove(&self, key: &CacheKey) -> usize {
+        let in_memory = self.memory.remove(key.hash()).await;
+        let on_disk = match &self.disk {
+            Some(disk) => match disk.purge(key.hash().to_vec()).await {
+                Ok(count) => count,
+                Err(err) => {
+                    warn!(url = key.url(), %err, "disk tier invalidation failed");
+                    0
+                }
+            },
+            None => 0,
+        };
+        in_memory.max(on_disk)
+    }
+
+    /// Marks every response stored for `key` stale as of `at` (a soft purge), so that its next
+    /// use revalidates it; a fetch already in flight does not store. Returns how many were
+    /// marked.
+    pub async fn mark_stale(&self, key: &CacheKey, at: std::time::SystemTime) -> usize {
+        self.bump_epoch(key);
+        let in_memory = self
+            .memory
+            .rewrite(key.hash(), |entry| {
+                let mut entry = entry.clone();
+                entry.freshness.expire(at);
+                entry
+            })
+            .await;
+        let on_disk = match &self.disk {
+            Some(disk) => match disk.mark_stale(key.hash().to_vec(), at).await {
+                Ok(count) => count,
+                Err(err) => {
+                    warn!(url = key.url(), %err, "disk tier soft purge failed; removing instead");
+                    let _ = disk.purge(key.hash().to_vec()).await;
+                    0
+                }
+            },
+            None => 0,
+        };
+        in_memory.max(on_disk)
+    }
+
+    /// The URLs of stored responses tagged `tag` (by `Surrogate-Key` or `Cache-Tag`).
+    pub async fn tagged(&self, tag: &str) -> Vec<String> {
+        let mut urls = self
+            .memory
+            .urls_where(|entry| crate::headers::surrogate_keys(&entry.headers).any(|t| t == tag));
+        if let Some(disk) = &self.disk {
+            match disk.tagged(tag.to_owned()).await {
+                Ok(on_disk) => urls.extend(on_disk),
+                Err(err) => warn!(tag, %err, "disk tier tag lookup failed"),
+            }
+        }
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// Sizes and counters of both tiers; call [`Cache::settle`] first for current memory figures.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            memory: Some(self.memory.stats()),
+            disk: self.disk.as_ref().map(DiskTier::stats),
+            integrity_failures: self.disk.as_ref().map_or(0, DiskTier::integrity_failures),
+        }
+    }
+
+    pub async fn settle(&self) {
+        self.memory.settle().await;
+    }
+
+    /// Uses `heuristic` for responses read from disk from now on (a reload).
+    pub fn set_heuristic(&self, heuristic: crate::config::HeuristicConfig) {
+        if let Some(disk) = &self.disk {
+            disk.set_heuristic(heuristic);
         }
     }
 

@@ -299,6 +299,8 @@ pub enum LifetimeSource {
     Heuristic,
     /// No explicit expiration and no heuristic applies: stale from the start.
     None,
+    /// A soft purge made it stale.
+    Purged,
 }
 
 /// What a stored response says about its own freshness, computed once when it is stored.
@@ -402,6 +404,14 @@ impl Freshness {
         };
         let allowed = granted.max(asked);
         !allowed.is_zero() && self.staleness(now) <= allowed
+    }
+
+    /// Makes the response stale from `at` on, if it would be fresh longer (a soft purge): its
+    /// next use revalidates it, and its stale-while-revalidate / stale-if-error windows count
+    /// from `at`.
+    pub fn expire(&mut self, at: SystemTime) {
+        self.lifetime = self.lifetime.min(self.current_age(at));
+        self.source = LifetimeSource::Purged;
     }
 
     /// §4.2.3 `current_age`.

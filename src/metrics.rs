@@ -1,0 +1,215 @@
+//! Prometheus metrics, served by the admin listener at `GET /metrics` (prometheus-client's text
+//! format). Counters are updated as requests go; the cache's sizes and its own counters are read
+//! at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cache::Cache;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheStatusLabel {
+    cache_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    /// `2xx` … `5xx`, or `error` when no response came.
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabel {
+    /// `url` or `tag`.
+    by: &'static str,
+    /// `hard` (deleted) or `soft` (marked stale).
+    mode: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CacheStatusLabel, Counter>,
+    origin_requests: Family<OriginLabel, Counter>,
+    origin_seconds: Histogram,
+    bytes_served: Counter,
+    collapsed: Counter,
+    purges: Family<PurgeLabel, Counter>,
+    purged_objects: Counter,
+}
+
+impl Metrics {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        let mut registry = Registry::with_prefix("edge");
+        let requests = Family::<CacheStatusLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Client requests by what the cache did (hit, stale, revalidated, miss, pass, bypass, purge, error)",
+            requests.clone(),
+        );
+        let origin_requests = Family::<OriginLabel, Counter>::default();
+        registry.register(
+            "origin_requests",
+            "Requests sent to the origin, by response status class",
+            origin_requests.clone(),
+        );
+        let origin_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "origin_response_seconds",
+            "Time from sending a request to the origin to its response head",
+            origin_seconds.clone(),
+        );
+        let bytes_served = Counter::default();
+        registry.register(
+            "served_bytes",
+            "Response body bytes sent to clients",
+            bytes_served.clone(),
+        );
+        let collapsed = Counter::default();
+        registry.register(
+            "collapsed_requests",
+            "Requests answered by another request's origin fetch",
+            collapsed.clone(),
+        );
+        let purges = Family::<PurgeLabel, Counter>::default();
+        registry.register(
+            "purges",
+            "Purge requests, by what they named and how",
+            purges.clone(),
+        );
+        let purged_objects = Counter::default();
+        registry.register(
+            "purged_objects",
+            "Stored responses deleted or marked stale by purges",
+            purged_objects.clone(),
+        );
+        registry.register_collector(Box::new(CacheCollector(cache)));
+        Self {
+            registry,
+            requests,
+            origin_requests,
+            origin_seconds,
+            bytes_served,
+            collapsed,
+            purges,
+            purged_objects,
+        }
+    }
+
+    pub fn request(&self, cache_status: &'static str, collapsed: bool) {
+        self.requests
+            .get_or_create(&CacheStatusLabel { cache_status })
+            .inc();
+        if collapsed {
+            self.collapsed.inc();
+        }
+    }
+
+    /// One origin request: its status (`None` when it failed) and the time to its head.
+    pub fn origin(&self, status: Option<http::StatusCode>, elapsed: Duration) {
+        let status = match status.map(|s| s.as_u16() / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            _ => "error",
+        };
+        self.origin_requests
+            .get_or_create(&OriginLabel { status })
+            .inc();
+        self.origin_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn served(&self, bytes: u64) {
+        self.bytes_served.inc_by(bytes);
+    }
+
+    pub fn purge(&self, by: &'static str, soft: bool, objects: usize) {
+        let mode = if soft { "soft" } else { "hard" };
+        self.purges.get_or_create(&PurgeLabel { by, mode }).inc();
+        self.purged_objects.inc_by(objects as u64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Reads the tiers' sizes and counters at scrape time.
+struct CacheCollector(Arc<Cache>);
+
+impl std::fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheCollector")
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let tiers = [("memory", stats.memory), ("disk", stats.disk)];
+        let gauge = |encoder: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     value: &dyn Fn(&crate::cache::TierStats) -> u64|
+         -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (tier, tier_stats) in &tiers {
+                if let Some(tier_stats) = tier_stats {
+                    let metric = ConstGauge::new(value(tier_stats) as i64);
+                    metric.encode(family.encode_family(&[("tier", *tier)])?)?;
+                }
+            }
+            Ok(())
+        };
+        gauge(
+            &mut encoder,
+            "cache_entries",
+            "Objects held per tier (memory: URIs with all their variants; disk: records)",
+            &|s| s.entries,
+        )?;
+        gauge(
+            &mut encoder,
+            "cache_bytes",
+            "Bytes held per tier (disk: its whole footprint as the budget counts it)",
+            &|s| s.bytes,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "cache_evictions",
+            "Objects evicted to keep a tier within its capacity",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (tier, tier_stats) in &tiers {
+            if let Some(tier_stats) = tier_stats {
+                let metric = ConstCounter::new(tier_stats.evictions);
+                metric.encode(family.encode_family(&[("tier", *tier)])?)?;
+            }
+        }
+        let failures = ConstCounter::new(stats.integrity_failures);
+        failures.encode(encoder.encode_descriptor(
+            "disk_integrity_failures",
+            "Disk records dropped because they failed verification",
+            None,
+            failures.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
