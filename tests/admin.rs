@@ -1,0 +1,390 @@
+//! The admin listener: /healthz, /metrics and /purge (by URL or tag, hard or soft), and the PURGE
+//! method on the main listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Reply, TestEdge};
+use http::Method;
+use serde_json::Value;
+
+async fn admin(edge: &TestEdge, method: Method, path: &str) -> (u16, String) {
+    let url = format!("http://{}{}", edge.admin_addr, path);
+    let response = edge.client.request(method, url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn purge(edge: &TestEdge, query: &str) -> Value {
+    let (status, body) = admin(edge, Method::POST, &format!("/purge?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn metrics(edge: &TestEdge) -> String {
+    let (status, body) = admin(edge, Method::GET, "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// The value of one sample, by its name with labels as rendered; 0 when absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+fn cached(body: &str) -> Reply {
+    Reply::ok(body.to_owned()).header("cache-control", "max-age=600")
+}
+
+#[tokio::test]
+async fn healthz_answers_while_serving() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    assert_eq!(
+        admin(&edge, Method::GET, "/healthz").await,
+        (200, "ok\n".into())
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_what_the_cache_did() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/a", cached("aaaa"));
+    h.origin.reply(
+        "/v",
+        Reply::ok("v1")
+            .header("cache-control", "max-age=10")
+            .header("etag", "\"v1\""),
+    );
+    h.origin.reply(
+        "/private",
+        Reply::ok("mine").header("cache-control", "private"),
+    );
+    edge.get("/a").await; // miss
+    edge.get("/a").await; // hit
+    edge.get("/a").await; // hit
+    edge.get("/v").await; // miss
+    h.clock.advance(Duration::from_secs(20));
+    h.origin
+        .reply("/v", Reply::ok("").status(304).header("etag", "\"v1\""));
+    let revalidated = edge.get("/v").await;
+    assert_eq!(revalidated.param("fwd-status"), Some("304"));
+    edge.get("/private").await; // pass
+    edge.send(Method::POST, "/a", &[]).await; // bypass
+
+    let text = metrics(&edge).await;
+    let requests = |status: &str| {
+        sample(
+            &text,
+            &format!("edge_requests_total{{cache_status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(requests("hit"), 2.0, "{text}");
+    assert_eq!(requests("miss"), 2.0, "{text}");
+    assert_eq!(requests("revalidated"), 1.0, "{text}");
+    assert_eq!(requests("pass"), 1.0, "{text}");
+    assert_eq!(requests("bypass"), 1.0, "{text}");
+    // /a, /v, /v revalidation, /private, the POST (which invalidated /a).
+    assert_eq!(
+        sample(&text, "edge_origin_requests_total{status=\"2xx\"}"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "edge_origin_requests_total{status=\"3xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "edge_origin_response_seconds_count"),
+        5.0,
+        "{text}"
+    );
+    // Bodies: "aaaa" ×3, "v1" ×2, "mine", and "aaaa" again for the POST.
+    let served = sample(&text, "edge_served_bytes_total");
+    assert_eq!(served, (4 * 3 + 2 * 2 + 4 + 4) as f64, "{text}");
+    assert!(
+        text.contains("# TYPE edge_origin_response_seconds histogram"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_report_entries_per_tier_collapsed_requests_and_purges() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin
+        .reply("/slow", cached("slow").delay(Duration::from_millis(300)));
+    h.origin.reply("/b", cached("b"));
+    let requests = (0..5).map(|_| edge.get("/slow"));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(answers.iter().all(|r| r.text() == "slow"));
+    assert_eq!(h.origin.hits("/slow"), 1);
+    edge.get("/b").await;
+
+    let text = metrics(&edge).await;
+    assert_eq!(
+        sample(&text, "edge_collapsed_requests_total"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "edge_cache_entries{tier=\"memory\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "edge_cache_entries{tier=\"disk\"}"),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "edge_cache_bytes{tier=\"memory\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "edge_cache_bytes{tier=\"disk\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("edge_cache_evictions_total{tier=\"disk\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edge_disk_integrity_failures_total 0"),
+        "{text}"
+    );
+
+    purge(&edge, "url=/b").await;
+    let text = metrics(&edge).await;
+    assert_eq!(
+        sample(&text, "edge_purges_total{by=\"url\",mode=\"hard\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "edge_purged_objects_total"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "edge_cache_entries{tier=\"disk\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "edge_cache_entries{tier=\"memory\"}"),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn purge_by_url_removes_every_variant_from_both_tiers() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/v?q=1",
+        cached("variant").header("vary", "accept-language"),
+    );
+    h.origin.reply("/other", cached("other"));
+    edge.get_with("/v?q=1", &[("accept-language", "en")]).await;
+    edge.get_with("/v?q=1", &[("accept-language", "fr")]).await;
+    edge.get("/other").await;
+    assert!(
+        edge.get_with("/v?q=1", &[("accept-language", "fr")])
+            .await
+            .is_hit()
+    );
+
+    let answer = purge(&edge, "url=/v%3Fq%3D1").await;
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert_eq!(answer["soft"], false);
+    for language in ["en", "fr"] {
+        let after = edge
+            .get_with("/v?q=1", &[("accept-language", language)])
+            .await;
+        assert!(!after.is_hit(), "{language}: {}", after.cache_status());
+    }
+    assert_eq!(h.origin.hits("/v?q=1"), 4);
+    assert!(edge.get("/other").await.is_hit(), "other URLs stay");
+
+    // The disk tier lost them too: purge again, restart, and nothing comes back.
+    let answer = purge(&edge, "url=http://cdn.example/v?q=1").await;
+    assert_eq!(
+        answer["purged"], 2,
+        "an absolute URL names the same object: {answer}"
+    );
+    let edge = edge.restart().await;
+    let after = edge.get_with("/v?q=1", &[("accept-language", "en")]).await;
+    assert_eq!(after.fwd(), Some("uri-miss"), "{}", after.cache_status());
+    assert_eq!(edge.get("/other").await.param("detail"), Some("disk"));
+}
+
+#[tokio::test]
+async fn purge_by_tag_takes_surrogate_key_and_cache_tag_and_survives_a_restart() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin
+        .reply("/t1", cached("one").header("surrogate-key", "news  sport"));
+    h.origin
+        .reply("/t2", cached("two").header("cache-tag", "weather,news"));
+    h.origin
+        .reply("/t3", cached("three").header("surrogate-key", "sport"));
+    for path in ["/t1", "/t2", "/t3"] {
+        let first = edge.get(path).await;
+        assert!(first.stored(), "{}", first.cache_status());
+        assert_eq!(
+            first.header("surrogate-key"),
+            None,
+            "tags are for edge, not clients"
+        );
+        assert_eq!(first.header("cache-tag"), None);
+    }
+    // Memory is empty after a restart: the tags must come from the disk tier.
+    let edge = edge.restart().await;
+    let answer = purge(&edge, "tag=news").await;
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert_eq!(answer["tag"], "news");
+    assert!(!edge.get("/t1").await.is_hit());
+    assert!(!edge.get("/t2").await.is_hit());
+    assert!(edge.get("/t3").await.is_hit());
+    assert_eq!(purge(&edge, "tag=nothing").await["purged"], 0);
+    // Both tiers: /t3 is in memory now as well as on disk.
+    assert_eq!(purge(&edge, "tag=sport").await["purged"], 2);
+    assert!(!edge.get("/t3").await.is_hit());
+}
+
+#[tokio::test]
+async fn a_response_stored_again_without_its_tag_is_not_purged_by_it() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("tagged")
+            .header("cache-control", "max-age=1")
+            .header("surrogate-key", "old"),
+    );
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(5));
+    h.origin.reply("/a", cached("untagged"));
+    assert_eq!(edge.get("/a").await.text(), "untagged");
+    assert_eq!(purge(&edge, "tag=old").await["purged"], 0);
+    assert!(edge.get("/a").await.is_hit());
+}
+
+#[tokio::test]
+async fn soft_purge_marks_stale_so_the_next_request_revalidates() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/s",
+        cached("soft body")
+            .header("etag", "\"s1\"")
+            .header("surrogate-key", "s"),
+    );
+    edge.get("/s").await;
+    let answer = purge(&edge, "url=/s&soft=true").await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert_eq!(answer["soft"], true);
+
+    h.origin
+        .reply("/s", Reply::ok("").status(304).header("etag", "\"s1\""));
+    let after = edge.get("/s").await;
+    assert_eq!(after.fwd(), Some("stale"), "{}", after.cache_status());
+    assert_eq!(after.param("fwd-status"), Some("304"));
+    assert_eq!(after.text(), "soft body", "the stored body is kept");
+    let sent = h.origin.last("/s").unwrap();
+    assert_eq!(sent.headers["if-none-match"], "\"s1\"");
+    // Revalidated: fresh again.
+    assert!(edge.get("/s").await.is_hit());
+    assert_eq!(h.origin.hits("/s"), 2);
+
+    // A soft purge by tag, and it survives a restart.
+    assert_eq!(purge(&edge, "tag=s&soft=1").await["purged"], 1);
+    let edge = edge.restart().await;
+    let after = edge.get("/s").await;
+    assert_eq!(after.fwd(), Some("stale"), "{}", after.cache_status());
+    assert_eq!(h.origin.hits("/s"), 3);
+}
+
+#[tokio::test]
+async fn soft_purge_leaves_stale_while_revalidate_to_answer_at_once() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/swr",
+        cached("old")
+            .header("cache-control", "max-age=600, stale-while-revalidate=60")
+            .header("etag", "\"o\""),
+    );
+    edge.get("/swr").await;
+    purge(&edge, "url=/swr&soft=true").await;
+    h.origin
+        .reply("/swr", cached("new").header("etag", "\"n\""));
+    let stale = edge.get("/swr").await;
+    assert_eq!(stale.text(), "old");
+    assert_eq!(stale.param("detail"), Some("stale-while-revalidate"));
+    for _ in 0..50 {
+        if h.origin.hits("/swr") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.origin.hits("/swr"), 2, "refreshed in the background");
+}
+
+#[tokio::test]
+async fn purge_requests_that_name_nothing_are_rejected() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for query in [
+        "",
+        "url=/a&tag=b",
+        "tag=",
+        "url=/a&soft=maybe",
+        "url=relative",
+    ] {
+        let (status, body) = admin(&edge, Method::POST, &format!("/purge?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains("error"), "{body}");
+    }
+    let (status, _) = admin(&edge, Method::GET, "/purge?url=/a").await;
+    assert_eq!(status, 405, "purging takes POST");
+}
+
+#[tokio::test]
+async fn purge_method_on_the_main_listener_from_allowed_addresses() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/p", cached("p"));
+    edge.get("/p").await;
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let answer = edge.send(purge.clone(), "/p", &[]).await;
+    assert_eq!(answer.status, 200);
+    let json: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(json["purged"], 1, "{json}");
+    assert!(!edge.get("/p").await.is_hit());
+    assert_eq!(
+        h.origin.hits("/p"),
+        2,
+        "PURGE itself never reaches the origin"
+    );
+}
+
+#[tokio::test]
+async fn purge_method_from_other_addresses_is_forbidden() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| c.purge.allow = vec!["10.0.0.0/8".parse().unwrap()])
+        .await;
+    h.origin.reply("/p", cached("p"));
+    edge.get("/p").await;
+    let answer = edge
+        .send(Method::from_bytes(b"PURGE").unwrap(), "/p", &[])
+        .await;
+    assert_eq!(answer.status, 403);
+    assert!(edge.get("/p").await.is_hit(), "nothing was purged");
+    assert_eq!(h.origin.hits("/p"), 1);
+}
