@@ -388,3 +388,39 @@ async fn purge_method_from_other_addresses_is_forbidden() {
     assert!(edge.get("/p").await.is_hit(), "nothing was purged");
     assert_eq!(h.origin.hits("/p"), 1);
 }
+
+#[tokio::test]
+async fn purge_method_can_be_soft() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/p",
+        cached("p").header("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT"),
+    );
+    edge.get("/p").await;
+    let answer = edge
+        .send(
+            Method::from_bytes(b"PURGE").unwrap(),
+            "/p",
+            &[("edge-soft-purge", "1")],
+        )
+        .await;
+    let json: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(
+        (json["purged"].clone(), json["soft"].clone()),
+        (1.into(), true.into())
+    );
+    h.origin.reply("/p", Reply::ok("").status(304));
+    let after = edge.get("/p").await;
+    assert_eq!(
+        after.param("fwd-status"),
+        Some("304"),
+        "{}",
+        after.cache_status()
+    );
+    assert_eq!(after.text(), "p");
+    assert_eq!(
+        h.origin.last("/p").unwrap().headers["if-modified-since"],
+        "Tue, 01 Jan 2030 00:00:00 GMT"
+    );
+}
