@@ -338,11 +338,17 @@ impl Config {
             };
             let inner = err.into_inner();
             let message = bare_message(&inner);
-            match inner.location() {
-                Some(at) => ConfigError::Invalid {
+            // For a value edge rejects itself, the YAML parser points at the start of the
+            // enclosing mapping; name the key's own line instead when it can be found.
+            let location = match locate_key(text, &key) {
+                Some(at) => Some(at),
+                None => inner.location().map(|at| (at.line(), at.column())),
+            };
+            match location {
+                Some((line, column)) => ConfigError::Invalid {
                     file: file.to_owned(),
-                    line: at.line(),
-                    column: at.column(),
+                    line,
+                    column,
                     key,
                     message,
                 },
@@ -358,6 +364,36 @@ impl Config {
 
 /// serde_yaml_ng's message without the path prefix and position suffix it adds itself, since the
 /// error we report carries both in a fixed place.
+/// The line and column of the key at `path` (`cache.memory.capacity`) in block-style YAML, if it
+/// is written there; `None` for paths into sequences or flow mappings, which the parser's own
+/// position describes better.
+fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
+    if path.contains('[') || path.starts_with('(') {
+        return None;
+    }
+    let wanted: Vec<&str> = path.split('.').collect();
+    let mut stack: Vec<(usize, &str)> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with('#') || content.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = content.split_once(':') else {
+            continue;
+        };
+        let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+        let indent = line.len() - content.len();
+        while stack.last().is_some_and(|&(i, _)| i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key));
+        if stack.len() == wanted.len() && stack.iter().map(|&(_, k)| k).eq(wanted.iter().copied()) {
+            return Some((number + 1, indent + 1));
+        }
+    }
+    None
+}
+
 fn bare_message(err: &serde_yaml_ng::Error) -> String {
     let mut text = err.to_string();
     if let Some(at) = err.location() {
@@ -509,6 +545,24 @@ mod tests {
         assert_eq!(config.listen, defaults::listen());
         assert_eq!(config.cache.max_object_size, ByteSize(64 << 20));
         assert_eq!(config.origin.timeout.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_for_values_edge_checks_name_the_key_line() {
+        let text = "origin:\n  url: http://o\nlog:\n  access: true\n  format: human\n  filter: \"edge=nope\"\nshutdown_timeout: soon\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.yaml:6:3: log.filter: invalid filter"),
+            "{err}"
+        );
+        let text = "origin:\n  url: http://o\nshutdown_timeout: soon\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.yaml:3:1: shutdown_timeout: invalid duration"),
+            "{err}"
+        );
+        assert_eq!(locate_key("a:\n  b: 1\nc:\n  b: 2\n", "c.b"), Some((4, 3)));
+        assert_eq!(locate_key("a: {b: 1}\n", "a.b"), None);
     }
 
     #[test]

@@ -148,7 +148,13 @@ pub async fn handle(
         log: settings.log.access,
     };
     let (parts, body) = response.into_parts();
-    Response::from_parts(parts, Body::new(Served::new(body, log, edge.clone())))
+    // hyper stops reading a body once it has sent Content-Length bytes.
+    let expected = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let served = Served::new(body, expected, log, edge.clone());
+    Response::from_parts(parts, Body::new(served))
 }
 
 /// `PURGE <path>` on the main listener: removes every variant of one URL from both tiers, for
@@ -202,9 +208,8 @@ pub async fn purge_url(edge: &Edge, url: &Url, soft: bool) -> usize {
 /// carries it, with all its variants. Returns how many responses.
 pub async fn purge_tag(edge: &Edge, tag: &str, soft: bool) -> usize {
     let mut purged = 0;
-    for url in edge.cache.tagged(tag).await {
-        let Ok(url) = Url::parse(&url) else { continue };
-        let key = CacheKey::new(&url);
+    for key in edge.cache.tagged(tag).await {
+        let key = CacheKey::from_text(key);
         edge.fills.invalidate(&key);
         purged += if soft {
             edge.cache.mark_stale(&key, edge.clock.now()).await
@@ -255,16 +260,19 @@ struct AccessRecord {
 struct Served {
     inner: Body,
     bytes: u64,
+    /// The length the response declared, if any.
+    expected: Option<u64>,
     finished: bool,
     record: AccessRecord,
     edge: Arc<Edge>,
 }
 
 impl Served {
-    fn new(inner: Body, record: AccessRecord, edge: Arc<Edge>) -> Self {
+    fn new(inner: Body, expected: Option<u64>, record: AccessRecord, edge: Arc<Edge>) -> Self {
         Self {
             inner,
             bytes: 0,
+            expected,
             finished: false,
             record,
             edge,
@@ -309,7 +317,11 @@ impl Drop for Served {
         if !r.log {
             return;
         }
-        let complete = self.finished || self.inner.is_end_stream() || r.method == Method::HEAD;
+        let complete = self.finished
+            || self.inner.is_end_stream()
+            || self.expected == Some(self.bytes)
+            || r.method == Method::HEAD
+            || matches!(r.status, 204 | 304);
         let millis = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(
             target: "edge::access",

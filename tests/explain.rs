@@ -19,10 +19,7 @@ async fn a_miss_then_a_hit_explained() {
     );
     let miss = edge.get_with("/hello.txt", &[DEBUG]).await;
     let key = miss.header("edge-debug-key").unwrap();
-    assert!(
-        key.starts_with(&format!("{}/hello.txt; hash=", h.origin.url())),
-        "{key}"
-    );
+    assert!(key.starts_with("/hello.txt; hash="), "{key}");
     assert_eq!(miss.header("edge-debug-tier"), Some("origin"));
     assert_eq!(
         miss.header("edge-debug-freshness"),

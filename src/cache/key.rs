@@ -4,10 +4,12 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-/// The primary key of a stored response: the origin URL it was fetched from (HEAD maps to GET).
+/// The primary key of a stored response: the path and query edge asks the origin for (HEAD maps
+/// to GET). The origin's scheme and authority are not part of it, so that pointing edge at another
+/// server for the same content (a reload with a new `origin.url` host) keeps the cache.
 ///
 /// The URL has been through WHATWG URL parsing when the request target was joined to the origin,
-/// so dot segments are resolved and the scheme and host are lowercase; the query is kept verbatim.
+/// so dot segments are resolved and percent-encoding is normalised; the query is kept verbatim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     url: String,
@@ -16,17 +18,23 @@ pub struct CacheKey {
 
 impl CacheKey {
     pub fn new(url: &reqwest::Url) -> Self {
-        let mut text = url.as_str();
-        if let Some(at) = text.find('#') {
-            text = &text[..at];
+        let mut text =
+            String::with_capacity(url.path().len() + url.query().map_or(0, str::len) + 1);
+        text.push_str(url.path());
+        if let Some(query) = url.query() {
+            text.push('?');
+            text.push_str(query);
         }
-        Self {
-            url: text.to_owned(),
-            hash: *blake3::hash(text.as_bytes()).as_bytes(),
-        }
+        Self::from_text(text)
     }
 
-    /// The normalised URL this key stands for.
+    /// The key whose [`CacheKey::url`] is `text` (as recorded with a stored response).
+    pub fn from_text(text: String) -> Self {
+        let hash = *blake3::hash(text.as_bytes()).as_bytes();
+        Self { url: text, hash }
+    }
+
+    /// The path and query this key stands for.
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -1,0 +1,853 @@
+//! What an operator sees of the real `edge` binary: the access log (human and JSON), log
+//! filtering, SIGHUP reload, graceful shutdown and `shutdown_timeout`, `edge health`, and config
+//! errors for the operations keys. Each test runs the binary as a child process with its own
+//! temporary directory and config file, in front of a fixture origin run in this process on a
+//! system clock.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Origin, Reply, Running, free_port};
+use edge::clock::Clock;
+use tempfile::TempDir;
+
+/// A config file for one edge process.
+struct Conf {
+    listen: u16,
+    admin: u16,
+    origin: String,
+    store: PathBuf,
+    /// `cache.memory.capacity` (a keep-on-reload setting, so it stays the same unless a test
+    /// breaks it on purpose).
+    capacity: String,
+    origin_timeout: String,
+    /// More top-level keys (`log:`, `shutdown_timeout:`, …), YAML text.
+    extra: String,
+}
+
+impl Conf {
+    fn new(dir: &Path, origin: &Origin) -> Self {
+        Self {
+            listen: free_port(),
+            admin: free_port(),
+            origin: origin.url(),
+            store: dir.join("store"),
+            capacity: "256MiB".to_owned(),
+            origin_timeout: "10s".to_owned(),
+            extra: String::new(),
+        }
+    }
+
+    fn extra(mut self, extra: &str) -> Self {
+        self.extra = extra.to_owned();
+        self
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "listen: 127.0.0.1:{}\n\
+             origin:\n  url: {}\n  connect_timeout: 2s\n  timeout: {}\n\
+             cache:\n  disk:\n    path: {}\n  memory:\n    capacity: {}\n\
+             admin:\n  listen: 127.0.0.1:{}\n{}",
+            self.listen,
+            self.origin,
+            self.origin_timeout,
+            self.store.display(),
+            self.capacity,
+            self.admin,
+            self.extra
+        )
+    }
+}
+
+/// One running `edge` process with its stderr captured in a file.
+struct Edge {
+    process: Running,
+    _dir: TempDir,
+    config: PathBuf,
+    log: PathBuf,
+    listen: u16,
+    admin: u16,
+    client: reqwest::Client,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+impl Edge {
+    /// Starts edge on `conf` (written to `<dir>/edge.yaml`) and waits until its admin listener
+    /// answers. `rust_log` is the `RUST_LOG` the process gets (none otherwise).
+    /// Starts edge on `conf` (written to `<dir>/edge.yaml`) and waits until its admin listener
+    /// answers. `rust_log` is the `RUST_LOG` the process gets (none otherwise). If a port from
+    /// `free_port()` was taken in the meantime (by a parallel test), `conf` gets new ports and
+    /// edge is started again.
+    async fn start(dir: TempDir, conf: &mut Conf, rust_log: Option<&str>) -> Edge {
+        let config = dir.path().join("edge.yaml");
+        let log = dir.path().join("stderr.log");
+        let spawn = |conf: &Conf| {
+            std::fs::write(&config, conf.yaml()).unwrap();
+            let mut command = Command::new(env!("CARGO_BIN_EXE_edge"));
+            command
+                .args(["--config", config.to_str().unwrap()])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .env_remove("RUST_LOG");
+            if let Some(filter) = rust_log {
+                command.env("RUST_LOG", filter);
+            }
+            Running(command.spawn().unwrap())
+        };
+        let mut process = spawn(conf);
+        for attempt in 1.. {
+            match wait_ready(&mut process, conf.admin, &log).await {
+                Ok(()) => break,
+                Err(stderr) if attempt < 3 && stderr.contains("cannot listen on") => {
+                    drop(process);
+                    (conf.listen, conf.admin) = (free_port(), free_port());
+                    process = spawn(conf);
+                }
+                Err(stderr) => panic!("edge did not start: {stderr}"),
+            }
+        }
+        Edge {
+            process,
+            _dir: dir,
+            config,
+            log,
+            listen: conf.listen,
+            admin: conf.admin,
+            client: client(),
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.process.0.id().to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let cache_status = response
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.text().await.unwrap();
+        (status, cache_status, body)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stderr().lines().map(str::to_owned).collect()
+    }
+
+    /// Waits (at most 10 s) until `count` lines of stderr satisfy `pred`; returns those lines.
+    async fn wait_lines(&self, count: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = self.lines().into_iter().filter(|l| pred(l)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 10 s for {count} matching log line(s), found {}:\n{}",
+                found.len(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn wait_line(&self, needle: &str) -> String {
+        self.wait_lines(1, |l| l.contains(needle)).await.remove(0)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (at most `limit`) for the process to exit.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.process.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edge did not exit within {limit:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Waits until the admin listener on `admin` answers; the log if edge exits first.
+async fn wait_ready(process: &mut Running, admin: u16, log: &Path) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{admin}/healthz");
+    let client = client();
+    let stderr = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            return Err(format!("exited ({status}):\n{}", stderr()));
+        }
+        match client.get(&url).send().await {
+            Ok(response) if response.status() == 200 => return Ok(()),
+            _ if Instant::now() > deadline => {
+                panic!("edge did not come up in 20 s:\n{}", stderr())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn origin() -> Origin {
+    Origin::start(Clock::system()).await
+}
+
+fn cacheable(body: &str) -> Reply {
+    Reply::ok(body.to_owned()).header("cache-control", "max-age=600")
+}
+
+/// The value of `key=` in a human-format log line (quoted values keep their quotes).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[at..];
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.find('"')? + 2
+    } else {
+        rest.find(' ').unwrap_or(rest.len())
+    };
+    Some(&rest[..end])
+}
+
+fn is_access(line: &str) -> bool {
+    line.contains(" edge::access: ")
+}
+
+/// 1. Human access log: one line per request, written when its body is done, with the cache
+/// outcome, the bytes sent and the timings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_human_has_one_line_per_request_with_its_outcome() {
+    let origin = origin().await;
+    let body = "hello from the access log test\n";
+    origin.reply("/a?q=1", cacheable(body));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let edge = Edge::start(dir, &mut conf, None).await;
+
+    let (status, cache_status, got) = edge.get("/a?q=1").await;
+    assert_eq!((status, got.as_str()), (200, body));
+    assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+    edge.wait_lines(1, is_access).await;
+    let (status, cache_status, got) = edge.get("/a?q=1").await;
+    assert_eq!((status, got.as_str()), (200, body));
+    assert!(cache_status.contains("hit"), "{cache_status}");
+    edge.wait_lines(2, is_access).await;
+    // Nothing else comes late: give a third line the chance to appear.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let access: Vec<String> = edge.lines().into_iter().filter(|l| is_access(l)).collect();
+    assert_eq!(access.len(), 2, "two access lines: {access:#?}");
+    let bytes = body.len().to_string();
+    for (line, cache) in access.iter().zip(["\"miss\"", "\"hit\""]) {
+        assert!(line.contains(" INFO "), "{line}");
+        assert_eq!(field(line, "method"), Some("GET"), "{line}");
+        assert_eq!(field(line, "uri"), Some("/a?q=1"), "{line}");
+        assert_eq!(field(line, "status"), Some("200"), "{line}");
+        assert_eq!(field(line, "cache"), Some(cache), "{line}");
+        assert_eq!(field(line, "bytes"), Some(bytes.as_str()), "{line}");
+        let duration = field(line, "duration_ms").unwrap_or_else(|| panic!("{line}"));
+        assert!(duration.parse::<f64>().unwrap() >= 0.0, "{line}");
+    }
+    let origin_ms = field(&access[0], "origin_ms").unwrap_or_else(|| panic!("{}", access[0]));
+    assert!(origin_ms.parse::<f64>().unwrap() >= 0.0, "{}", access[0]);
+    assert_eq!(field(&access[1], "origin_ms"), None, "{}", access[1]);
+    assert_eq!(origin.hits("/a?q=1"), 1);
+}
+
+/// 1b. The access line's `complete` field says whether the whole body was sent.
+///
+/// PRODUCT BUG (fails on the miss line): `Served::drop` (src/proxy.rs) counts a response as
+/// complete only if its body was polled to its end (`poll_frame` → `None`) or reports
+/// `is_end_stream`. A miss streams from the fill with a `Content-Length`; hyper stops polling as
+/// soon as that many bytes are written and drops the body, so a miss sent in full is logged with
+/// `bytes=<full length> … complete=false`. (A hit from memory, a `Full` body, says `true`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_says_a_fully_sent_response_is_complete() {
+    let origin = origin().await;
+    let body = "all of it\n";
+    origin.reply("/c", cacheable(body));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let edge = Edge::start(dir, &mut conf, None).await;
+    assert_eq!(edge.get("/c").await.2, body);
+    edge.wait_lines(1, is_access).await;
+    assert_eq!(edge.get("/c").await.2, body);
+    let access = edge.wait_lines(2, is_access).await;
+    let bytes = body.len().to_string();
+    for line in &access {
+        assert_eq!(field(line, "bytes"), Some(bytes.as_str()), "{line}");
+    }
+    assert_eq!(
+        field(&access[1], "complete"),
+        Some("true"),
+        "hit: {}",
+        access[1]
+    );
+    assert_eq!(
+        field(&access[0], "complete"),
+        Some("true"),
+        "PRODUCT BUG: a miss sent in full is logged as not complete: {}",
+        access[0]
+    );
+}
+
+/// 2. `log.format: json`: every line of stderr is one JSON object; the access line carries its
+/// fields at the top level (`flatten_event`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_is_one_object_per_line() {
+    let origin = origin().await;
+    let body = "json body\n";
+    origin.reply("/j", cacheable(body));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("log:\n  format: json\n");
+    let edge = Edge::start(dir, &mut conf, None).await;
+
+    let (status, _, _) = edge.get("/j").await;
+    assert_eq!(status, 200);
+    edge.wait_line("\"edge::access\"").await;
+    let (status, _, _) = edge.get("/j").await;
+    assert_eq!(status, 200);
+    edge.wait_lines(2, |l| l.contains("\"edge::access\"")).await;
+
+    let lines = edge.lines();
+    assert!(
+        lines.len() >= 3,
+        "a start-up line and two access lines: {lines:#?}"
+    );
+    let mut access = Vec::new();
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+        assert!(value.is_object(), "{line}");
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["timestamp"].is_string(), "{line}");
+        if value["target"] == "edge::access" {
+            access.push(value);
+        }
+    }
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    for (value, cache) in access.iter().zip(["miss", "hit"]) {
+        assert_eq!(value["level"], "INFO", "{value}");
+        assert_eq!(value["method"], "GET", "{value}");
+        assert_eq!(value["uri"], "/j", "{value}");
+        assert_eq!(value["status"], 200, "{value}");
+        assert_eq!(value["cache"], cache, "{value}");
+        assert_eq!(value["bytes"], body.len() as u64, "{value}");
+        assert!(value["duration_ms"].is_number(), "{value}");
+        assert!(value.get("fields").is_none(), "flattened: {value}");
+    }
+    assert!(access[0]["origin_ms"].is_number(), "{}", access[0]);
+    assert!(access[1].get("origin_ms").is_none(), "{}", access[1]);
+}
+
+/// A request from 127.0.0.1 that logs a WARN line: PURGE from outside `purge.allow`.
+async fn refused_purge(edge: &Edge) {
+    let response = edge
+        .client
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            edge.url("/p"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+const PURGE_NOBODY: &str = "purge:\n  allow: [192.0.2.0/24]\n";
+
+/// 3a. `log.access: false`: requests are served and logged nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_can_be_turned_off() {
+    let origin = origin().await;
+    origin.reply("/p", cacheable("p\n"));
+    let dir = TempDir::new().unwrap();
+    let mut conf =
+        Conf::new(dir.path(), &origin).extra(&format!("log:\n  access: false\n{PURGE_NOBODY}"));
+    let edge = Edge::start(dir, &mut conf, None).await;
+    assert_eq!(edge.get("/p").await.0, 200);
+    assert_eq!(edge.get("/p").await.0, 200);
+    refused_purge(&edge).await;
+    // The WARN line comes after both GETs have been answered in full.
+    edge.wait_line("PURGE refused").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = edge.stderr();
+    assert!(
+        log.contains(" INFO "),
+        "other INFO lines still appear: {log}"
+    );
+    assert!(!log.contains("edge::access"), "no access lines: {log}");
+    assert_eq!(origin.hits("/p"), 1);
+}
+
+/// 3b. `log.filter: warn`: no INFO line at all (neither start-up nor access), WARN still logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_filter_from_the_config_file() {
+    let origin = origin().await;
+    origin.reply("/p", cacheable("p\n"));
+    let dir = TempDir::new().unwrap();
+    let mut conf =
+        Conf::new(dir.path(), &origin).extra(&format!("log:\n  filter: warn\n{PURGE_NOBODY}"));
+    let edge = Edge::start(dir, &mut conf, None).await;
+    assert_eq!(edge.get("/p").await.0, 200);
+    assert_eq!(edge.get("/p").await.0, 200);
+    refused_purge(&edge).await;
+    let warn = edge.wait_line("PURGE refused").await;
+    assert!(warn.contains(" WARN "), "{warn}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = edge.stderr();
+    assert!(!log.contains(" INFO "), "no INFO lines: {log}");
+    assert!(!log.contains("edge::access"), "{log}");
+}
+
+/// 3c. `RUST_LOG` overrides `log.filter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_overrides_the_log_filter() {
+    let origin = origin().await;
+    origin.reply("/p", cacheable("p\n"));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("log:\n  filter: warn\n");
+    let edge = Edge::start(dir, &mut conf, Some("info")).await;
+    assert_eq!(edge.get("/p").await.0, 200);
+    let access = edge.wait_line(" edge::access: ").await;
+    assert!(access.contains(" INFO "), "{access}");
+    assert!(edge.stderr().contains("edge serving"), "{}", edge.stderr());
+}
+
+/// Two fixture origins that answer the same paths differently.
+async fn origins_a_and_b() -> (Origin, Origin) {
+    let a = origin().await;
+    let b = origin().await;
+    for path in ["/x", "/y", "/z", "/w"] {
+        a.reply(path, cacheable(&format!("{path} from A\n")));
+        b.reply(path, cacheable(&format!("{path} from B\n")));
+    }
+    (a, b)
+}
+
+fn reloaded(line: &str) -> bool {
+    line.contains("configuration reloaded")
+}
+
+/// 4a. SIGHUP reloads the file: the new origin is used and what is cached stays cached.
+///
+/// PRODUCT BUG (fails at the `/x` assertion): the cache key is the full origin URL
+/// (`http://<origin host:port>/x`, src/cache/key.rs, src/origin.rs `url_for`), so after a reload
+/// that changes `origin.url` every stored response is out of reach: `GET /x` is a `uri-miss`
+/// fetched again from the new origin instead of a hit, although the reload kept the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_switches_the_origin_and_keeps_the_cache() {
+    let (a, b) = origins_a_and_b().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &a);
+    let edge = Edge::start(dir, &mut conf, None).await;
+
+    let (status, cache_status, body) = edge.get("/x").await;
+    assert_eq!((status, body.as_str()), (200, "/x from A\n"));
+    assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+
+    conf.origin = b.url();
+    std::fs::write(&edge.config, conf.yaml()).unwrap();
+    edge.signal("HUP");
+    let line = edge.wait_lines(1, reloaded).await.remove(0);
+    assert!(line.contains(" INFO "), "nothing needs a restart: {line}");
+    let (status, _, body) = edge.get("/y").await;
+    assert_eq!((status, body.as_str()), (200, "/y from B\n"));
+    assert_eq!((a.hits("/y"), b.hits("/y")), (0, 1));
+
+    let (status, cache_status, body) = edge.get("/x").await;
+    assert!(
+        cache_status.contains("hit"),
+        "PRODUCT BUG: the cache is kept across a reload, but /x is not a hit after origin.url \
+         changed (Cache-Status: {cache_status}; body {body:?})"
+    );
+    assert_eq!((status, body.as_str()), (200, "/x from A\n"));
+    assert_eq!(a.hits("/x"), 1, "A was asked once in all");
+    assert_eq!(b.hits("/x"), 0);
+}
+
+/// 4b. SIGHUP: a new origin is used; a broken file is rejected with its position and the node
+/// keeps serving on the running configuration; a changed `listen` is named in a warning and keeps
+/// its running value; the cache survives every reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rejects_a_broken_file_and_names_settings_that_need_a_restart() {
+    let (a, b) = origins_a_and_b().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &a);
+    let edge = Edge::start(dir, &mut conf, None).await;
+    assert_eq!(edge.get("/x").await.2, "/x from A\n");
+
+    // Point at origin B.
+    conf.origin = b.url();
+    std::fs::write(&edge.config, conf.yaml()).unwrap();
+    edge.signal("HUP");
+    let line = edge.wait_lines(1, reloaded).await.remove(0);
+    assert!(line.contains(" INFO "), "nothing needs a restart: {line}");
+    let (status, cache_status, body) = edge.get("/y").await;
+    assert_eq!((status, body.as_str()), (200, "/y from B\n"));
+    assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+
+    // A broken file is rejected, with file:line: key.
+    conf.capacity = "lots".to_owned();
+    let text = conf.yaml();
+    let line_no = text
+        .lines()
+        .position(|l| l.contains("capacity: lots"))
+        .unwrap()
+        + 1;
+    std::fs::write(&edge.config, &text).unwrap();
+    edge.signal("HUP");
+    let rejected = edge.wait_line("reload rejected").await;
+    let position = format!("{}:{line_no}:", edge.config.display());
+    assert!(rejected.contains(&position), "{position} in {rejected}");
+    assert!(rejected.contains("cache.memory.capacity"), "{rejected}");
+    assert!(rejected.contains("invalid size \"lots\""), "{rejected}");
+    assert!(rejected.contains("ERROR"), "{rejected}");
+    // Still serving, still from B, the cache still there.
+    let (status, cache_status, body) = edge.get("/y").await;
+    assert_eq!((status, body.as_str()), (200, "/y from B\n"));
+    assert!(cache_status.contains("hit"), "{cache_status}");
+    let (status, _, body) = edge.get("/z").await;
+    assert_eq!((status, body.as_str()), (200, "/z from B\n"));
+    assert_eq!((a.hits("/z"), b.hits("/z")), (0, 1));
+    assert_eq!(edge.lines().iter().filter(|l| reloaded(l)).count(), 1);
+
+    // A new listen address needs a restart: named in a warning; the old port keeps serving.
+    conf.capacity = "256MiB".to_owned();
+    let old_listen = conf.listen;
+    conf.listen = free_port();
+    std::fs::write(&edge.config, conf.yaml()).unwrap();
+    edge.signal("HUP");
+    let line = edge.wait_lines(2, reloaded).await.remove(1);
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("\"listen\""), "names listen: {line}");
+    assert!(!line.contains("admin.listen"), "{line}");
+    assert_eq!(edge.listen, old_listen);
+    let (status, _, body) = edge.get("/w").await;
+    assert_eq!((status, body.as_str()), (200, "/w from B\n"));
+    let (_, cache_status, _) = edge.get("/y").await;
+    assert!(cache_status.contains("hit"), "{cache_status}");
+    assert_eq!(b.hits("/y"), 1);
+    assert_eq!(a.hits("/x"), 1);
+}
+
+enum Attempt {
+    Refused,
+    /// Connected, but closed or reset without an answer.
+    Dropped(String),
+    /// Connected and answered: the first line of the answer.
+    Served(String),
+}
+
+/// Opens a new connection to `port` and asks for `/` on it.
+async fn new_connection(port: u16) -> Attempt {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Attempt::Refused;
+        }
+        Err(err) => return Attempt::Dropped(err.to_string()),
+    };
+    let request = b"GET / HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n";
+    if let Err(err) = stream.write_all(request).await {
+        return Attempt::Dropped(err.to_string());
+    }
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await {
+        Err(_) => Attempt::Served("no answer and no close in 5 s".to_owned()),
+        Ok(_) if answer.is_empty() => Attempt::Dropped("closed".to_owned()),
+        Ok(_) => Attempt::Served(
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+    }
+}
+
+/// 5a. SIGTERM: no new connections, the request in flight finishes in full, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
+    let origin = origin().await;
+    let body: String = (0..20_000).map(|i| format!("{i:05}\n")).collect();
+    origin.reply(
+        "/slow",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .delay(Duration::from_secs(3)),
+    );
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let mut edge = Edge::start(dir, &mut conf, None).await;
+
+    let request = tokio::spawn({
+        let client = edge.client.clone();
+        let url = edge.url("/slow");
+        async move {
+            let response = client.get(url).send().await?;
+            let status = response.status().as_u16();
+            let body = response.text().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits("/slow") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    edge.signal("TERM");
+    edge.wait_line("shutting down").await;
+
+    // The listener closes right after the "shutting down" line: a connection that raced into its
+    // backlog is reset (and never served); once it is closed, connecting is refused.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match new_connection(edge.listen).await {
+            Attempt::Refused => break,
+            Attempt::Served(head) => panic!("a new connection after SIGTERM was served: {head}"),
+            Attempt::Dropped(why) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "connections are still accepted 1 s after SIGTERM ({why})"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(
+        edge.process.0.try_wait().unwrap().is_none(),
+        "edge is still running (the slow request is in flight)"
+    );
+    assert!(
+        !request.is_finished(),
+        "the slow request is still in flight"
+    );
+
+    let (status, got) = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("the in-flight request finishes")
+        .unwrap()
+        .expect("the in-flight request is answered in full");
+    assert_eq!(status, 200);
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the whole body");
+    let exit = edge.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        exit.success(),
+        "exit 0 after SIGTERM: {exit}\n{}",
+        edge.stderr()
+    );
+    assert!(edge.stderr().contains("edge stopped"), "{}", edge.stderr());
+    assert_eq!(origin.hits("/slow"), 1);
+}
+
+/// 5b. `shutdown_timeout` bounds the wait for a request that does not finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_cuts_off_a_request_that_does_not_finish() {
+    let origin = origin().await;
+    origin.reply(
+        "/stuck",
+        Reply::ok("too late\n").delay(Duration::from_secs(20)),
+    );
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("shutdown_timeout: 1s\n");
+    conf.origin_timeout = "60s".to_owned();
+    let mut edge = Edge::start(dir, &mut conf, None).await;
+
+    let request = tokio::spawn({
+        let client = edge.client.clone();
+        let url = edge.url("/stuck");
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits("/stuck") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signalled = Instant::now();
+    edge.signal("TERM");
+    let exit = edge.wait_exit(Duration::from_secs(8)).await;
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert!(exit.success(), "exit 0: {exit}\n{}", edge.stderr());
+    assert!(
+        edge.stderr().contains("shutdown_timeout"),
+        "{}",
+        edge.stderr()
+    );
+    request.abort();
+}
+
+/// 6. `edge health` asks the admin listener of the config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_command_reports_whether_the_node_answers() {
+    let origin = origin().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let mut edge = Edge::start(dir, &mut conf, None).await;
+    let health = |config: &Path| {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["health", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (output, started.elapsed())
+    };
+    let config = edge.config.clone();
+    let (output, _) = tokio::task::spawn_blocking(move || health(&config))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    edge.signal("TERM");
+    assert!(edge.wait_exit(Duration::from_secs(15)).await.success());
+    let config = edge.config.clone();
+    let (output, took) = tokio::task::spawn_blocking(move || health(&config))
+        .await
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "nothing listens: {}",
+        output.status
+    );
+    assert_ne!(output.status.code(), Some(2), "not a config error");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", edge.admin)),
+        "{stderr}"
+    );
+}
+
+/// 7. The operations keys are validated like the others: exit 2, file:line: key.
+#[test]
+fn config_errors_for_the_operations_keys_name_the_key_and_line() {
+    let dir = TempDir::new().unwrap();
+    let cases = [
+        (
+            "purge:\n  allow: [not-a-net]\n",
+            "purge.allow[0]",
+            "invalid IP address syntax",
+        ),
+        (
+            "log:\n  format: xml\n",
+            "log.format",
+            "unknown variant `xml`",
+        ),
+        (
+            "log:\n  filter: \"edge=notalevel\"\n",
+            "log.filter",
+            "invalid filter \"edge=notalevel\"",
+        ),
+    ];
+    for (i, (tail, key, message)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&path, format!("origin:\n  url: http://127.0.0.1:9\n{tail}")).unwrap();
+        let line = 4;
+        for args in [vec!["check"], vec![]] {
+            let output = Command::new(env!("CARGO_BIN_EXE_edge"))
+                .args(&args)
+                .args(["--config", path.to_str().unwrap()])
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{args:?} {tail}: {stderr}");
+            let expected = format!("edge: invalid configuration: {}:{line}:", path.display());
+            assert!(stderr.starts_with(&expected), "{expected} in {stderr}");
+            assert!(stderr.contains(&format!(": {key}: {message}")), "{stderr}");
+        }
+    }
+}
+
+/// 7b. The line named is the line of the bad key, also when it is not the first key of its
+/// mapping.
+///
+/// PRODUCT BUG (fails): for values checked by edge's own deserialisers (`de::Error::custom`:
+/// `log.filter`, durations such as `shutdown_timeout`, sizes, `origin.url`, fractions),
+/// serde_yaml_ng reports the position of the start of the enclosing mapping, not of the key:
+/// `log.filter` on line 6 after `access:` and `format:` is reported as line 4, and a top-level
+/// `shutdown_timeout` on line 3 as line 1 column 1. Keys deserialised by serde itself (`listen`,
+/// `log.access`, `purge.allow`) get their own line.
+#[test]
+fn config_errors_name_the_line_of_the_key_not_of_its_mapping() {
+    let dir = TempDir::new().unwrap();
+    let cases = [
+        (
+            "log:\n  access: true\n  format: json\n  filter: \"edge=notalevel\"\n",
+            "log.filter",
+            6,
+        ),
+        ("shutdown_timeout: soon\n", "shutdown_timeout", 3),
+    ];
+    let mut wrong = Vec::new();
+    for (i, (tail, key, line)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&path, format!("origin:\n  url: http://127.0.0.1:9\n{tail}")).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!(": {key}: ")), "{stderr}");
+        if !stderr.contains(&format!("{}:{line}:", path.display())) {
+            wrong.push(format!("{key} is on line {line}: {}", stderr.trim()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "PRODUCT BUG: config errors name the wrong line:\n{}",
+        wrong.join("\n")
+    );
+}
