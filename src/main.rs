@@ -162,6 +162,11 @@ async fn run(
             root.display()
         );
         info!(%address, root = %root.display(), "demo origin serving");
+        // TCP_NODELAY, as nginx sets it: edge keeps its origin connections open, and a body
+        // written after its head would otherwise wait for edge's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, edge::demo::router(root)).await });
     }
     let listener = TcpListener::bind(config.listen)

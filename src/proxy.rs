@@ -185,8 +185,16 @@ async fn purge_request(
         .headers()
         .get("edge-soft-purge")
         .is_some_and(|v| v.as_bytes() == b"1");
-    let purged = purge_url(edge, &url, soft).await;
-    let body = serde_json::json!({ "url": url.as_str(), "purged": purged, "soft": soft });
+    // Runs to its end even if the client goes away.
+    let work = edge.clone();
+    let target = url.clone();
+    let purged = edge
+        .tasks
+        .spawn(async move { purge_url(&work, &target, soft).await })
+        .await
+        .unwrap_or_default();
+    let key = CacheKey::new(&url);
+    let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
     json_response(StatusCode::OK, &body, CacheStatus::default())
 }
 
@@ -199,6 +207,8 @@ pub async fn purge_url(edge: &Edge, url: &Url, soft: bool) -> usize {
     } else {
         edge.cache.invalidate(&key).await
     };
+    // A purge must outlast a crash.
+    edge.cache.flush().await;
     edge.metrics.purge("url", soft, purged);
     tracing::info!(url = key.url(), purged, soft, "purge");
     purged
@@ -207,6 +217,7 @@ pub async fn purge_url(edge: &Edge, url: &Url, soft: bool) -> usize {
 /// Purges every stored response tagged `tag` (`Surrogate-Key` / `Cache-Tag`): each URL that
 /// carries it, with all its variants. Returns how many responses.
 pub async fn purge_tag(edge: &Edge, tag: &str, soft: bool) -> usize {
+    edge.cache.purge_tag_from_now(tag);
     let mut purged = 0;
     for key in edge.cache.tagged(tag).await {
         let key = CacheKey::from_text(key);
@@ -217,6 +228,7 @@ pub async fn purge_tag(edge: &Edge, tag: &str, soft: bool) -> usize {
             edge.cache.invalidate(&key).await
         };
     }
+    edge.cache.flush().await;
     edge.metrics.purge("tag", soft, purged);
     tracing::info!(tag, purged, soft, "purge");
     purged

@@ -314,36 +314,28 @@ impl DiskTier {
         .await?
     }
 
-    /// The URLs of stored responses that carry the surrogate key `tag`.
+    /// The keys (as [`super::key::CacheKey::url`]) of stored responses that carry the surrogate
+    /// key `tag`.
     pub async fn tagged(&self, tag: String) -> Result<Vec<String>, DiskError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut urls = Vec::new();
+            let mut keys = Vec::new();
             let prefix = tag_prefix(&tag);
-            for item in inner.tags.scan_prefix(&prefix).keys() {
-                let index_key = item?;
-                let record_key = &index_key[prefix.len()..];
-                let url = inner.records.get(record_key)?.and_then(|value| {
-                    let decoded =
-                        Record::decode(Bytes::copy_from_slice(value.get(8..)?), &inner.heuristic());
-                    let entry = match decoded.ok()? {
-                        Decoded::Record(Record::Entry(entry)) => (*entry).clone(),
-                        Decoded::BodyElsewhere(entry, _) => *entry,
-                        Decoded::Record(Record::Vary(_)) => return None,
-                    };
-                    crate::headers::surrogate_keys(&entry.headers)
-                        .any(|t| t == tag)
-                        .then_some(entry.url)
-                });
-                match url {
-                    Some(url) => urls.push(url),
-                    // Replaced without the tag, evicted or removed: the index entry is stale.
-                    None => {
-                        inner.tags.remove(&index_key)?;
-                    }
+            for item in inner.tags.scan_prefix(&prefix) {
+                let (row, url) = item?;
+                let Some(split) = row.len().checked_sub(8).filter(|&at| at >= prefix.len()) else {
+                    continue;
+                };
+                let (record_key, seq) = (&row[prefix.len()..split], &row[split..]);
+                let current = inner.records.get(record_key)?;
+                if current.as_ref().and_then(|value| value.get(..8)) == Some(seq) {
+                    keys.push(String::from_utf8_lossy(&url).into_owned());
+                } else {
+                    // The record it was made for is gone (a crash between the two writes).
+                    inner.tags.remove(&row)?;
                 }
             }
-            Ok(urls)
+            Ok(keys)
         })
         .await?
     }
@@ -459,7 +451,7 @@ impl Inner {
             return Ok(());
         }
         if let Record::Entry(entry) = record {
-            self.index_tags(key, entry)?;
+            self.index_tags(key, &seq, entry)?;
         }
         if let Some(body) = body {
             self.write_body(key, &seq, body)?;
@@ -467,15 +459,43 @@ impl Inner {
         self.commit(key, &seq, &encoded, file)
     }
 
-    /// Records the response's surrogate keys, before its record is committed: an index entry
-    /// without a record is harmless, a record missing from the index would escape a tag purge.
-    fn index_tags(&self, key: &[u8], entry: &StoredEntry) -> Result<(), DiskError> {
+    /// Records the response's surrogate keys (`tag 0x00 record key seq` → the key's URL), before
+    /// its record is committed: a row without its record is harmless, a record missing from the
+    /// index would escape a tag purge. Rows go with their record, in [`Inner::forget`].
+    fn index_tags(&self, key: &[u8], seq: &[u8], entry: &StoredEntry) -> Result<(), DiskError> {
         for tag in crate::headers::surrogate_keys(&entry.headers) {
-            let mut index_key = tag_prefix(tag);
-            index_key.extend_from_slice(key);
-            self.tags.insert(index_key, &[])?;
+            self.tags
+                .insert(tag_row(tag, key, seq), entry.url.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// Drops a soft-purge mark left for a record that is gone. Soft purges are rare: the mark
+    /// tree is empty almost always, and stores do not write to it then.
+    fn unmark(&self, key: &[u8]) -> Result<(), DiskError> {
+        if !self.soft.is_empty() {
+            self.soft.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the tag rows of a record that left the index.
+    fn unindex_tags(&self, key: &[u8], value: &IVec) {
+        if !is_response(value) {
+            return;
+        }
+        let Some(record) = value.get(8..) else { return };
+        let entry = match Record::decode(Bytes::copy_from_slice(record), &self.heuristic()) {
+            Ok(Decoded::Record(Record::Entry(entry))) => entry,
+            Ok(Decoded::BodyElsewhere(entry, _)) => Arc::new(*entry),
+            // A record that does not decode indexed nothing that can be found again.
+            _ => return,
+        };
+        for tag in crate::headers::surrogate_keys(&entry.headers) {
+            if let Err(err) = self.tags.remove(tag_row(tag, key, &value[..8])) {
+                warn!(%err, "cannot delete a tag index row");
+            }
+        }
     }
 
     /// What a record of `encoded` bytes with a body file of `file` bytes is charged.
@@ -501,15 +521,12 @@ impl Inner {
         meta.extend_from_slice(&size.to_be_bytes());
         meta.extend_from_slice(&file.to_be_bytes());
         meta.extend_from_slice(key);
-        let committed =
-            (&self.records, &self.order, &self.soft).transaction(|(records, order, soft)| {
-                let old = records.insert(key, value.clone())?;
-                let released = release_order(order, old.as_ref())?;
-                order.insert(seq, meta.as_slice())?;
-                // A soft purge marked the response this one replaces, not this one.
-                soft.remove(key)?;
-                Ok(released.zip(old))
-            });
+        let committed = (&self.records, &self.order).transaction(|(records, order)| {
+            let old = records.insert(key, value.clone())?;
+            let released = release_order(order, old.as_ref())?;
+            order.insert(seq, meta.as_slice())?;
+            Ok(released.zip(old))
+        });
         let replaced = match committed {
             Ok(replaced) => replaced,
             Err(err) => {
@@ -522,8 +539,12 @@ impl Inner {
         self.charged.fetch_add(size, Ordering::Relaxed);
         self.in_index.fetch_add(size - file, Ordering::Relaxed);
         self.entries.fetch_add(1, Ordering::Relaxed);
+        // A soft purge marked the response this one replaces, not this one. (A soft purge racing
+        // this store is settled by the cache's invalidation epochs, which remove a response
+        // fetched before it.)
+        self.unmark(key)?;
         if let Some((sizes, old)) = replaced {
-            self.forget(key, old.get(..8).unwrap_or_default(), sizes);
+            self.forget(key, &old, sizes);
         }
         self.evict_to_budget()
     }
@@ -545,8 +566,10 @@ impl Inner {
         self.bodies.join(format!("{}-{}", hex(key), hex(seq)))
     }
 
-    /// Accounts for the record stored at `seq` leaving the index, and deletes its body file.
-    fn forget(&self, key: &[u8], seq: &[u8], (size, file): (u64, u64)) {
+    /// Accounts for the record `value` leaving the index, and deletes its body file and tag rows.
+    fn forget(&self, key: &[u8], value: &IVec, (size, file): (u64, u64)) {
+        let seq = value.get(..8).unwrap_or_default();
+        self.unindex_tags(key, value);
         release(&self.charged, size);
         release(&self.in_index, size - file);
         release(&self.entries, 1);
@@ -581,22 +604,24 @@ impl Inner {
             let key = meta.get(16..).unwrap_or_default().to_vec();
             // Another thread may evict or replace the same record meanwhile: only the one whose
             // transaction removed the order entry accounts for it.
-            let evicted = (&self.records, &self.order, &self.soft).transaction(
-                |(records, order, soft)| {
-                    if order.remove(&seq)?.is_none() {
-                        return Ok(false);
-                    }
-                    let current = records.get(&key)?;
-                    if current.as_ref().and_then(|c| c.get(..8)) == Some(&seq[..]) {
-                        records.remove(key.as_slice())?;
-                        soft.remove(key.as_slice())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<sled::Error>>(true)
-                },
-            )?;
-            if evicted {
+            let evicted = (&self.records, &self.order).transaction(|(records, order)| {
+                if order.remove(&seq)?.is_none() {
+                    return Ok(None);
+                }
+                let current = records.get(&key)?;
+                if current.as_ref().and_then(|c| c.get(..8)) == Some(&seq[..]) {
+                    records.remove(key.as_slice())?;
+                    return Ok(current);
+                }
+                // Its record was removed already; account for the bytes all the same.
+                let mut gone = seq.to_vec();
+                gone.extend_from_slice(b"---");
+                Ok::<_, ConflictableTransactionError<sled::Error>>(Some(IVec::from(gone)))
+            })?;
+            if let Some(value) = evicted {
+                self.unmark(&key)?;
                 self.evictions.fetch_add(1, Ordering::Relaxed);
-                self.forget(&key, &seq, meta_sizes(&meta));
+                self.forget(&key, &value, meta_sizes(&meta));
             }
         }
         Ok(())
@@ -604,21 +629,20 @@ impl Inner {
 
     /// Removes the record at `key` — only if it is still `expected`, when given.
     fn remove(&self, key: &[u8], expected: Option<&IVec>) -> Result<(), DiskError> {
-        let removed =
-            (&self.records, &self.order, &self.soft).transaction(|(records, order, soft)| {
-                let current = records.get(key)?;
-                if expected.is_some() && current.as_ref() != expected {
-                    return Ok(None);
-                }
-                let Some(current) = current else {
-                    return Ok(None);
-                };
-                records.remove(key)?;
-                soft.remove(key)?;
-                Ok(release_order(order, Some(&current))?.map(|sizes| (sizes, current)))
-            })?;
+        let removed = (&self.records, &self.order).transaction(|(records, order)| {
+            let current = records.get(key)?;
+            if expected.is_some() && current.as_ref() != expected {
+                return Ok(None);
+            }
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            records.remove(key)?;
+            Ok(release_order(order, Some(&current))?.map(|sizes| (sizes, current)))
+        })?;
         if let Some((sizes, value)) = removed {
-            self.forget(key, value.get(..8).unwrap_or_default(), sizes);
+            self.unmark(key)?;
+            self.forget(key, &value, sizes);
         }
         Ok(())
     }
@@ -690,7 +714,7 @@ impl Spool {
         if inner.charge(&key, &encoded, file) > inner.capacity {
             return Ok(());
         }
-        inner.index_tags(&key, entry)?;
+        inner.index_tags(&key, &self.seq, entry)?;
         std::fs::rename(&self.partial, inner.body_path(&key, &self.seq))?;
         let seq = self.seq;
         drop(self);
@@ -753,6 +777,13 @@ fn meta_sizes(meta: &IVec) -> (u64, u64) {
 /// Whether a record value (sequence number, then record) holds a response, not a Vary marker.
 fn is_response(value: &[u8]) -> bool {
     value.get(8..11) == Some(b"EDG")
+}
+
+fn tag_row(tag: &str, key: &[u8], seq: &[u8]) -> Vec<u8> {
+    let mut row = tag_prefix(tag);
+    row.extend_from_slice(key);
+    row.extend_from_slice(seq);
+    row
 }
 
 fn tag_prefix(tag: &str) -> Vec<u8> {
@@ -876,4 +907,49 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tag_index_tests {
+    use super::*;
+    use crate::cache::entry::StoredEntry;
+    use crate::cache::key::Variance;
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    /// Evicted records take their tag rows with them: per-object tags do not grow the index.
+    #[test]
+    fn tag_rows_go_with_evicted_records() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 32 << 20, 8 << 20, HeuristicConfig::default()).unwrap();
+        let now = SystemTime::now();
+        for i in 0..3000u32 {
+            let mut headers = HeaderMap::new();
+            headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+            headers.insert(
+                "surrogate-key",
+                HeaderValue::from_str(&format!("product-{i} all")).unwrap(),
+            );
+            let entry = StoredEntry::new(
+                format!("http://o/{i}"),
+                StatusCode::OK,
+                headers,
+                Variance::default(),
+                now,
+                now,
+                Bytes::from(vec![b'x'; 64 * 1024]),
+                &HeuristicConfig::default(),
+            );
+            let key = blake3::hash(format!("http://o/{i}").as_bytes())
+                .as_bytes()
+                .to_vec();
+            tier.inner
+                .put(&key, &Record::Entry(Arc::new(entry)))
+                .unwrap();
+        }
+        let records = tier.inner.records.len();
+        let tags = tier.inner.tags.len();
+        assert!(tier.inner.evictions.load(Ordering::Relaxed) > 1000);
+        assert_eq!(tags, 2 * records, "tag rows {tags} for {records} records");
+    }
 }

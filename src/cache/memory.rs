@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 
 use super::entry::StoredEntry;
 
@@ -114,19 +115,32 @@ impl MemoryTier {
             .map_or(0, |variants| variants.0.len())
     }
 
-    /// Replaces every variant of the URI with `change(variant)`; returns how many there were.
+    /// Replaces every variant of the URI with `change(variant)`, atomically with respect to other
+    /// writes of the URI; returns how many there were.
     pub async fn rewrite(
         &self,
         primary: &[u8; 32],
         change: impl Fn(&StoredEntry) -> StoredEntry,
     ) -> usize {
-        let Some(current) = self.entries.get(primary).await else {
-            return 0;
-        };
-        let changed: Vec<_> = current.0.iter().map(|e| Arc::new(change(e))).collect();
-        let count = changed.len();
+        let mut count = 0;
         self.entries
-            .insert(*primary, Arc::new(Variants(changed)))
+            .entry(*primary)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(current) => {
+                        let changed: Vec<_> = current
+                            .value()
+                            .0
+                            .iter()
+                            .map(|e| Arc::new(change(e)))
+                            .collect();
+                        count = changed.len();
+                        Op::Put(Arc::new(Variants(changed)))
+                    }
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
             .await;
         count
     }

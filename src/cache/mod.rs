@@ -89,6 +89,8 @@ pub struct Cache {
     epoch: AtomicU64,
     /// The epoch of each key's latest invalidation, kept long enough to outlive any fill.
     invalidated: moka::sync::Cache<[u8; 32], u64>,
+    /// The same for purged tags: a response fetched before its tag was purged is not stored.
+    tags_purged: moka::sync::Cache<String, u64>,
 }
 
 impl Cache {
@@ -110,8 +112,15 @@ impl Cache {
             memory: MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0),
             disk,
             epoch: AtomicU64::new(0),
+            // LRU, not TinyLFU: every invalidation must be admitted, however many there are.
             invalidated: moka::sync::Cache::builder()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(1 << 20)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            tags_purged: moka::sync::Cache::builder()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .max_capacity(1 << 16)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
         }
@@ -127,6 +136,19 @@ impl Cache {
         self.invalidated
             .get(key.hash())
             .is_some_and(|at| at > epoch)
+    }
+
+    /// Whether `key`, or a tag `entry` carries, was purged after `epoch`.
+    fn purged_since(&self, key: &CacheKey, entry: &StoredEntry, epoch: u64) -> bool {
+        self.invalidated_since(key, epoch)
+            || crate::headers::surrogate_keys(&entry.headers)
+                .any(|tag| self.tags_purged.get(tag).is_some_and(|at| at > epoch))
+    }
+
+    /// Starts a purge of `tag`: responses carrying it that are being fetched now are not stored.
+    pub fn purge_tag_from_now(&self, tag: &str) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tags_purged.insert(tag.to_owned(), epoch);
     }
 
     /// Finds the stored response that `request` selects for `key`: memory first, then disk
@@ -183,12 +205,12 @@ impl Cache {
     /// response may predate the change and is dropped (RFC 9111 §4.4). The check comes again after
     /// the write, so an invalidation racing it wins either way.
     pub async fn store(&self, key: &CacheKey, entry: Arc<StoredEntry>, fetched: u64) {
-        if self.invalidated_since(key, fetched) {
+        if self.purged_since(key, &entry, fetched) {
             return;
         }
         self.memory.insert(*key.hash(), entry.clone()).await;
-        self.store_on_disk(key, entry).await;
-        if self.invalidated_since(key, fetched) {
+        self.store_on_disk(key, entry.clone()).await;
+        if self.purged_since(key, &entry, fetched) {
             self.remove(key).await;
         }
     }
@@ -250,7 +272,7 @@ impl Cache {
         fetched: u64,
     ) {
         let Some(disk) = &self.disk else { return };
-        if self.invalidated_since(key, fetched) {
+        if self.purged_since(key, &entry, fetched) {
             return;
         }
         // An older, smaller copy in memory would otherwise be found first.
@@ -262,11 +284,20 @@ impl Cache {
                 return;
             }
         };
-        let committed = tokio::task::spawn_blocking(move || spool.commit(record_key, &entry)).await;
-        if let Ok(Err(err)) = committed {
-            warn!(url = key.url(), %err, "disk tier store failed");
-        }
-        if self.invalidated_since(key, fetched) {
+        let committed = tokio::task::spawn_blocking(move || {
+            let result = spool.commit(record_key, &entry);
+            (result, entry)
+        })
+        .await;
+        let entry = match committed {
+            Ok((Err(err), _)) => {
+                warn!(url = key.url(), %err, "disk tier store failed");
+                return;
+            }
+            Ok((Ok(()), entry)) => entry,
+            Err(_) => return,
+        };
+        if self.purged_since(key, &entry, fetched) {
             self.remove(key).await;
         }
     }
@@ -275,7 +306,12 @@ impl Cache {
     /// responses fetched before now from bringing it back. Returns how many responses went.
     pub async fn invalidate(&self, key: &CacheKey) -> usize {
         self.bump_epoch(key);
-        self.remove(key).await
+        let removed = self.remove(key).await;
+        // A lookup that read the disk record before it went may promote it to memory meanwhile:
+        // a second epoch makes a late promotion undo itself, and an earlier one is removed here.
+        self.bump_epoch(key);
+        self.memory.remove(key.hash()).await;
+        removed
     }
 
     fn bump_epoch(&self, key: &CacheKey) {
@@ -286,7 +322,6 @@ impl Cache {
     /// How many responses were stored for `key`, in whichever tier holds more of them (memory
     /// holds a subset of disk, except when a disk write failed).
     async fn remove(&self, key: &CacheKey) -> usize {
-        let in_memory = self.memory.remove(key.hash()).await;
         let on_disk = match &self.disk {
             Some(disk) => match disk.purge(key.hash().to_vec()).await {
                 Ok(count) => count,
@@ -297,6 +332,7 @@ impl Cache {
             },
             None => 0,
         };
+        let in_memory = self.memory.remove(key.hash()).await;
         in_memory.max(on_disk)
     }
 
@@ -305,14 +341,6 @@ impl Cache {
     /// marked.
     pub async fn mark_stale(&self, key: &CacheKey, at: std::time::SystemTime) -> usize {
         self.bump_epoch(key);
-        let in_memory = self
-            .memory
-            .rewrite(key.hash(), |entry| {
-                let mut entry = entry.clone();
-                entry.freshness.expire(at);
-                entry
-            })
-            .await;
         let on_disk = match &self.disk {
             Some(disk) => match disk.mark_stale(key.hash().to_vec(), at).await {
                 Ok(count) => count,
@@ -324,6 +352,17 @@ impl Cache {
             },
             None => 0,
         };
+        // As in `invalidate`: disk first, then a second epoch, then memory, so that a promotion
+        // of the unmarked record racing this either undoes itself or is marked here.
+        self.bump_epoch(key);
+        let in_memory = self
+            .memory
+            .rewrite(key.hash(), |entry| {
+                let mut entry = entry.clone();
+                entry.freshness.expire(at);
+                entry
+            })
+            .await;
         in_memory.max(on_disk)
     }
 

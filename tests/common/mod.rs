@@ -111,6 +111,11 @@ impl Origin {
             let clock = clock.clone();
             async move { answer(state, clock, request).await }
         });
+        // TCP_NODELAY, as real servers set it: otherwise a body written after its head waits
+        // 40 ms for edge's delayed ACK on a kept-alive connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, state }
     }
