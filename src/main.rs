@@ -10,6 +10,7 @@ use edge::clock::Clock;
 use edge::config::{Config, LogConfig, LogFormat};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = init_logging(&config.log);
+    let (filter, _flush_at_exit) = init_logging(&config.log);
     let result = match cli.command {
         Some(Command::Check) => {
             println!(
@@ -77,7 +78,11 @@ type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
 /// Logs go to stderr, as lines of key=value fields or as JSON objects (`log.format`), filtered by
 /// `RUST_LOG` when it is set and by `log.filter` otherwise.
-fn init_logging(log: &LogConfig) -> Option<FilterHandle> {
+///
+/// Lines are written by a background thread, so that a request never waits for stderr; none are
+/// dropped (when the writer falls behind, logging waits), and the returned guard flushes them at
+/// exit.
+fn init_logging(log: &LogConfig) -> (Option<FilterHandle>, WorkerGuard) {
     let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
     let filter = if from_env {
         EnvFilter::from_default_env()
@@ -85,15 +90,18 @@ fn init_logging(log: &LogConfig) -> Option<FilterHandle> {
         EnvFilter::new(&log.filter.0)
     };
     let (filter, handle) = reload::Layer::new(filter);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match log.format {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
-    (!from_env).then_some(handle)
+    ((!from_env).then_some(handle), guard)
 }
 
 /// `edge health`: 0 when the admin listener answers /healthz with 200.
