@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# edge vs nginx proxy_cache, side by side in one run.   bash bench/run.sh    (see bench/README.md)
+#
+# Installs nginx/wrk from Debian if missing, builds edge, starts on 127.0.0.1 (servers pinned to SRV_CPU):
+#   ceiling   the origin nginx serving the files itself (sendfile): the reference point
+#   nginx     nginx proxy_cache in front of the origin
+#   edge      edge, memory tier big enough for everything
+#   edge_disk edge with a 1KiB memory tier: every hit is read from the disk tier
+# then measures with wrk (pinned to GEN_CPU), checks request collapsing and memory per object, and
+# prints ratios. Everything it starts is stopped on exit.
+#
+# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit lat1 pass collapse memory" N=5000
+#      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
+#      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
+#      EDGE_BIN=path (skip the cargo build and measure that binary)
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+
+DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit lat1 pass collapse memory"}
+BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
+OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
+SRV_CPU=${SRV_CPU-1}; GEN_CPU=${GEN_CPU-0}
+QUIET_MAX=${QUIET_MAX:-15}; QUIET_WAIT=${QUIET_WAIT:-10}
+PORT_BASE=${PORT_BASE:-19200}                      # uses PORT_BASE .. PORT_BASE+31
+
+ORIGIN_PORT=$PORT_BASE; STATUS_PORT=$((PORT_BASE + 1))
+declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge]=$((PORT_BASE + 20)) [edge_disk]=$((PORT_BASE + 30)))
+declare -A ADMIN=([edge]=$((PORT_BASE + 21)) [edge_disk]=$((PORT_BASE + 31)))
+declare -A MEMORY=([edge]=1GiB [edge_disk]=1KiB)
+declare -A ROOTPID=()                                  # name -> pid of the process we started
+HIT_TARGETS="ceiling nginx edge edge_disk"; OTHER_TARGETS="ceiling nginx edge"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;; 1m) echo 1048576;;
+                            *) die "unknown size '$1' (1k 16k 256k 1m)";; esac; }
+# Prefixes, not functions: "${SRV_PIN[@]}" cmd & gives $! = the pid of cmd itself (taskset execs it).
+SRV_PIN=(); [ -n "$SRV_CPU" ] && SRV_PIN=(taskset -c "$SRV_CPU")
+GEN_PIN=(); [ -n "$GEN_CPU" ] && GEN_PIN=(taskset -c "$GEN_CPU")
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other program that got there first)
+  local inode f
+  for inode in $(awk -v p="$(printf ':%04X' "$2")" '$4 == "0A" && substr($2, length($2) - 4) == p {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+    for f in /proc/"$1"/fd/*; do [ "$(readlink "$f" 2>/dev/null)" = "socket:[$inode]" ] && return 0; done
+  done
+  return 1
+}
+for s in $SIZES; do size_bytes "$s" >/dev/null; done
+
+# ---- 1. tools and the edge binary ----------------------------------------------------------------
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends "${need[@]}" ||
+    { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } || die "apt-get install ${need[*]} failed"
+fi
+command -v taskset >/dev/null || { [ -z "$SRV_CPU$GEN_CPU" ] || die "taskset not found (util-linux)"; }
+
+mkdir -p "$BENCH_DIR" "$OUT/raw" || die "cannot create $BENCH_DIR or $OUT"
+if [ -z "${EDGE_BIN:-}" ]; then
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) and a C toolchain (build-essential)"
+  echo "building edge: cargo build --release --locked"
+  (cd "$REPO" && cargo build --release --locked) || die "cargo build failed"
+  EDGE_BIN=$REPO/target/release/edge
+fi
+# A private copy, so that a rebuild of target/release during the run doesn't change what is measured.
+cp "$EDGE_BIN" "$BENCH_DIR/edge" || die "cannot copy $EDGE_BIN"
+
+# ---- 2. objects, configs -------------------------------------------------------------------------
+for p in "$ORIGIN_PORT" "$STATUS_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
+  port_open "$p" && die "port $p is already in use (another run? set PORT_BASE)"
+done
+exec > >(tee "$OUT/run.log") 2>&1
+rm -rf "$BENCH_DIR"/{conf,logs,tmp,nginx-cache,edge-disk,edge_disk-disk}
+mkdir -p "$BENCH_DIR"/{conf,logs,tmp,www/obj}
+for s in 1k 16k 256k 1m; do head -c "$(size_bytes $s)" /dev/urandom > "$BENCH_DIR/www/obj/$s.bin"; done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+
+render() { # TEMPLATE DEST [NAME]
+  local n=${3:-}
+  sed -e "s|@RUN@|$BENCH_DIR|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" -e "s|@STATUS_PORT@|$STATUS_PORT|g" \
+      -e "s|@NGINX_PORT@|${PORT[nginx]}|g" -e "s|@NAME@|$n|g" -e "s|@PORT@|${n:+${PORT[$n]}}|g" \
+      -e "s|@ADMIN_PORT@|${n:+${ADMIN[$n]-}}|g" -e "s|@MEMORY@|${n:+${MEMORY[$n]-}}|g" "$1" > "$2"
+}
+render "$HERE/nginx-origin.conf.in" "$BENCH_DIR/conf/origin.conf"
+render "$HERE/nginx-cache.conf.in" "$BENCH_DIR/conf/nginx.conf"
+for n in edge edge_disk; do
+  render "$HERE/edge.yaml.in" "$BENCH_DIR/conf/$n.yaml" "$n"
+  "$BENCH_DIR/edge" check --config "$BENCH_DIR/conf/$n.yaml" >/dev/null || die "edge rejects $BENCH_DIR/conf/$n.yaml"
+done
+cp "$BENCH_DIR"/conf/* "$OUT/"
+
+# ---- 3. start, pinned; stop exactly these PIDs on exit --------------------------------------------
+STARTED=()
+running() { local s; s=$(awk '{sub(/^.*\) /, ""); print $1}' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }
+stop_all() { # TERM exactly the pids we started (an nginx master takes its worker along), KILL after 5 s
+  local p i left
+  for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null; done
+  for i in $(seq 50); do
+    left=(); for p in "${STARTED[@]}"; do running "$p" && left+=("$p"); done
+    [ ${#left[@]} -eq 0 ] && return 0
+    sleep 0.1
+  done
+  echo "killing ${left[*]}" >&2; kill -9 "${left[@]}" 2>/dev/null
+}
+cleanup() { stop_all; rm -rf "$BENCH_DIR"/{nginx-cache,edge-disk,edge_disk-disk}; }   # the caches hold RAM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # NAME PORT CMD... : run CMD in the foreground of a background job, wait for PORT
+  local name=$1 port=$2 i; shift 2
+  "${SRV_PIN[@]}" "$@" > "$BENCH_DIR/logs/$name.out" 2>&1 &
+  STARTED+=($!); ROOTPID[$name]=$!
+  for i in $(seq 100); do
+    owns_port "$!" "$port" && { echo "started $name: pid $!, port $port${SRV_CPU:+, cpu $SRV_CPU}"; return 0; }
+    kill -0 "$!" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 5 "$BENCH_DIR"/logs/* >&2; die "$name did not start (logs above, $BENCH_DIR/logs/)"
+}
+NGINX_RUN=(nginx -p "$BENCH_DIR/" -g "daemon off;")
+start ceiling "$ORIGIN_PORT" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/origin.error.log" -c "$BENCH_DIR/conf/origin.conf"
+start nginx "${PORT[nginx]}" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/nginx.error.log" -c "$BENCH_DIR/conf/nginx.conf"
+for n in edge edge_disk; do start "$n" "${PORT[$n]}" "$BENCH_DIR/edge" --config "$BENCH_DIR/conf/$n.yaml"; done
+
+# ---- helpers for measuring -----------------------------------------------------------------------
+gen() { # run a load generator on GEN_CPU as a tracked background job, so a signal stops it at once
+  local p rc
+  "${GEN_PIN[@]}" "$@" & p=$!; STARTED+=("$p")
+  wait "$p"; rc=$?; unset 'STARTED[-1]'; return $rc
+}
+origin_count() { curl -s --max-time 2 "http://127.0.0.1:$STATUS_PORT/status" | awk 'NR==3{print $3}'; }
+metric() { # NAME METRIC: sum of that metric's samples on NAME's admin listener
+  curl -s --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics" | awk -v m="$2" '$1==m || index($1, m"{")==1 {s+=$2} END{print s+0}'
+}
+tree_rss_kib() { # RSS of a pid plus its children (nginx master + worker)
+  local root=$1 p t=0
+  for p in $root $(awk -v r="$root" '{sub(/^.*\) /, ""); if ($2 == r) {f=FILENAME; gsub(/[^0-9]/, "", f); print f}}' /proc/[0-9]*/stat 2>/dev/null); do
+    t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo $t
+}
+busy_pct() { # whole-box CPU busy % over 0.5 s
+  local a b; a=$(head -1 /proc/stat); sleep 0.5; b=$(head -1 /proc/stat)
+  echo "$a $b" | awk '{n=NF/2; for (i=2;i<=n;i++) {d=$(i+n)-$i; t+=d; if (i!=5 && i!=6) u+=d}; print (t>0) ? int(100*u/t) : 0}'
+}
+wait_quiet() { # wait up to QUIET_WAIT s for the box to be idle (our servers are idle now: others are busy)
+  local t0=$SECONDS b
+  while b=$(busy_pct); [ "$b" -gt "$QUIET_MAX" ]; do
+    [ $((SECONDS - t0)) -ge "$QUIET_WAIT" ] && { echo "busy${b}%"; return; }
+  done
+}
+served_as() { # the cache's own word on a response: Cache-Status (edge) or X-Cache (nginx)
+  tr -d '\r' < "$1" | awk 'tolower($1)=="cache-status:" || tolower($1)=="x-cache:" {sub(/^[^:]*: */, ""); print}' |
+    sed -e 's/^edge; *//' -e 's/ttl=[0-9]*; *//' -e 's/; */;/g' -e 's/ /_/g' | grep . || echo -
+}
+
+FAILED=0
+TSV=$OUT/results.tsv
+printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\n" > "$TSV"
+
+measure() { # TEST SIZE TARGET
+  local test=$1 size=$2 name=$3 path t=2 c=64
+  case $test in
+    hit)  path=/obj/$size.bin ;;
+    lat1) path=/obj/$size.bin; t=1; c=1 ;;
+    pass) path=/nostore/$size.bin ;;
+  esac
+  local url="http://127.0.0.1:${PORT[$name]}$path" tag="$test-$size-$name" got
+  got=$(curl -s -o "$BENCH_DIR/tmp/body" -w '%{http_code} %{size_download}' --max-time 10 "$url")
+  if [ "$got" != "200 $(size_bytes "$size")" ] || ! cmp -s "$BENCH_DIR/tmp/body" "$BENCH_DIR/www/obj/$size.bin"; then
+    echo "!!! FAILED CHECK $name $url: got '$got', want '200 $(size_bytes "$size")' and the origin's bytes" >&2
+    printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\n" "$test" "$size" "$name" "$c" "${got// /_}" >> "$TSV"
+    FAILED=$((FAILED + 1)); return
+  fi
+  [ "$WARMUP" = 0 ] || gen wrk -t"$t" -c"$c" -d"$WARMUP" "$url" > /dev/null 2>&1
+  curl -s -o /dev/null -D "$OUT/raw/$tag.headers" --max-time 10 "$url"
+  local served note o1 o2
+  served=$(served_as "$OUT/raw/$tag.headers")
+  note=$(wait_quiet)
+  o1=$(origin_count)
+  gen wrk -t"$t" -c"$c" -d"$DUR" --latency -s "$HERE/report.lua" "$url" > "$OUT/raw/$tag.txt" 2>&1
+  o2=$(origin_count)
+  local line requests=0 duration_us=1 bytes=0 p50=0 p90=0 p99=0 p999=0 max=0 sock_err=0 status_err=0 kv orig
+  line=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/$tag.txt")
+  [ -n "$line" ] || { echo "!!! wrk failed for $name $url, see $OUT/raw/$tag.txt" >&2; FAILED=$((FAILED + 1)); return; }
+  for kv in $line; do printf -v "${kv%%=*}" '%s' "${kv#*=}"; done
+  [ $((sock_err + status_err)) -gt 0 ] && note="${note:+$note,}errors"
+  orig=$((o2 - o1 - 1)); [ "$name" = ceiling ] && orig=-          # the ceiling *is* the origin
+  printf "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$test" "$size" "$name" "$c" \
+    "$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{print r/(d/1e6)}')" "$p50" "$p99" "$max" \
+    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" >> "$TSV"
+  tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $12, ($13=="-") ? "" : $13}'
+}
+
+# ---- 4. throughput and latency -------------------------------------------------------------------
+echo "# $(date -Is)  $(nproc) cpus  edge $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo +dirty)  $(nginx -v 2>&1 | sed 's/.*: //')  wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}')"
+echo "# DUR=$DUR WARMUP=$WARMUP SIZES=\"$SIZES\" TESTS=\"$TESTS\" N=$N  servers on cpu ${SRV_CPU:-any}, wrk on cpu ${GEN_CPU:-any}  out: $OUT"
+for test in $TESTS; do
+  case $test in
+    hit)  for s in $SIZES; do for n in $HIT_TARGETS; do measure hit "$s" "$n"; done; done ;;
+    lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
+    pass) for n in $OTHER_TARGETS; do measure pass 1k "$n"; done ;;
+    collapse|memory) ;;
+    *) die "unknown test '$test' (hit lat1 pass collapse memory)" ;;
+  esac
+done
+
+# ---- 5. request collapsing under load ------------------------------------------------------------
+# 100 concurrent requests for one new key of /slow/ (the origin sends 256k in ~1 s) while
+# wrk keeps 64 connections of hits on the same server. Origin requests for that key are counted in the
+# origin's access log of /slow/.
+collapse() { # TARGET
+  local name=$1 key url cfg i wrk_pid c0 t0 ok orig ms
+  key=$name-$RANDOM$RANDOM; url="http://127.0.0.1:${PORT[$name]}/slow/256k.bin?collapse=$key"
+  cfg=$BENCH_DIR/tmp/collapse.curl
+  for i in $(seq 100); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url"; done > "$cfg"
+  "${GEN_PIN[@]}" wrk -t2 -c64 -d5s "http://127.0.0.1:${PORT[$name]}/obj/1k.bin" > /dev/null 2>&1 &
+  wrk_pid=$!; STARTED+=($wrk_pid)
+  sleep 1
+  [ "$name" = nginx ] || c0=$(metric "$name" edge_collapsed_requests_total)
+  t0=$(date +%s%N)
+  ok=$("${GEN_PIN[@]}" curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max 100 --max-time 30 \
+         -w '%{http_code} %{size_download}\n' -K "$cfg" | grep -c '^200 262144$')
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  wait "$wrk_pid"; unset 'STARTED[-1]'
+  orig=$(grep -c "collapse=$key" "$BENCH_DIR/logs/origin-slow.log")
+  printf "  %-10s 100 concurrent misses -> %3d origin request(s); %3d/100 answered 200 with the full body, in %5d ms%s\n" \
+    "$name" "$orig" "$ok" "$ms" "$([ "$name" = nginx ] && echo "  (proxy_cache_lock off)" ||
+                                   echo "  (edge_collapsed_requests_total +$(( $(metric "$name" edge_collapsed_requests_total) - c0 )))")" |
+    tee -a "$OUT/collapse.txt"
+  [ "$ok" = 100 ] || { echo "!!! FAILED: $name answered $ok/100 collapse requests correctly" >&2; FAILED=$((FAILED + 1)); }
+}
+
+# ---- 6. memory per cached object -----------------------------------------------------------------
+fill() { # TARGET DIR: N distinct 16k keys, twice (stored, then hit); growth of RSS and of the cache dir on tmpfs
+  local name=$1 dir=$2 cfg r0 r1 d0 d1 i
+  cfg=$BENCH_DIR/tmp/fill.curl
+  for i in $(seq "$N"); do printf 'url = "http://127.0.0.1:%s/obj/16k.bin?k=%d"\noutput = "/dev/null"\n' "${PORT[$name]}" "$i"; done > "$cfg"
+  r0=$(tree_rss_kib "${ROOTPID[$name]}"); d0=$(du -sk "$dir" | cut -f1)
+  curl -s -K "$cfg"; curl -s -K "$cfg"
+  sleep 1
+  r1=$(tree_rss_kib "${ROOTPID[$name]}"); d1=$(du -sk "$dir" | cut -f1)
+  awk -v n="$name" -v N="$N" -v r0="$r0" -v r1="$r1" -v d0="$d0" -v d1="$d1" 'BEGIN{ r = (r1 - r0) * 1024 / N; d = (d1 - d0) * 1024 / N;
+    printf "  %-10s %8.1f %8.1f %9.0f %+6.0f%% %10.1f %9.0f %+6.0f%%\n", n, r0/1024, r1/1024, r, 100*(r - 16384)/16384,
+      (d1 - d0)/1024, d, 100*(d - 16384)/16384 }' | tee -a "$OUT/memory.txt"
+}
+
+if [[ " $TESTS " == *" collapse "* ]]; then
+  { echo; echo "== collapse: 100 concurrent requests for one new key (origin ~1 s per response), under a 64-connection hit load"; } | tee -a "$OUT/collapse.txt"
+  for n in nginx edge; do collapse "$n"; done
+fi
+if [[ " $TESTS " == *" memory "* ]]; then
+  { echo; echo "== memory: $N distinct 16k objects, each requested twice; RSS growth of the serving processes"; } | tee -a "$OUT/memory.txt"
+  printf "  %-10s %8s %8s %9s %7s %10s %9s %7s\n" target rss0_MiB rss1_MiB RSS_B/obj over% tmpfs_MiB tmpfs_B/obj over% | tee -a "$OUT/memory.txt"
+  fill nginx "$BENCH_DIR/nginx-cache"; fill edge "$BENCH_DIR/edge-disk"
+  { echo "  over% = per-object growth above the 16384-byte payload. tmpfs = growth of the cache directory (RAM, but not RSS):"
+    echo "  nginx keeps bodies in files there, so its RSS growth is only the keys zone and metadata; edge holds bodies in"
+    echo "  its memory tier (RSS) and writes them to its disk tier (tmpfs) as well."
+    echo "  edge's own count: memory tier $(metric edge 'edge_cache_entries{tier="memory"}') entries, $(metric edge 'edge_cache_bytes{tier="memory"}') bytes"
+  } | tee -a "$OUT/memory.txt"
+fi
+
+# ---- 7. report -----------------------------------------------------------------------------------
+report() {
+  awk -F'\t' -v dur="$DUR" '
+    NR == 1 { next }
+    { cell = $1 " " $2; if (!(cell in seen)) { seen[cell] = 1; cells[++nc] = cell; conns[cell] = $4 }
+      rows[cell] = rows[cell] sprintf("  %-10s %9s %9.3f %9.3f  %11s  %-22s %s\n", $3, $5, $6/1000, $7/1000, $11, $12, ($13 == "-") ? "" : $13)
+      rps[cell, $3] = $5; p99[cell, $3] = $7 }
+    function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+    function k(x) { return (x == "") ? "-" : (x >= 10000) ? sprintf("%.0fk", x / 1000) : (x >= 1000) ? sprintf("%.1fk", x / 1000) : x }
+    END {
+      print "\n== results (wrk -c64 or -c1 for " dur ", p50/p99 in ms; origin_reqs during the measured run; served = the cache'"'"'s Cache-Status / X-Cache)"
+      for (i = 1; i <= nc; i++) { c = cells[i]
+        printf "\n%s  (%d connection%s)\n  %-10s %9s %9s %9s  %11s  %-22s %s\n", c, conns[c], (conns[c] > 1) ? "s" : "", "target", "req/s", "p50", "p99", "origin_reqs", "served", "note"
+        printf "%s", rows[c]
+        printf "  -> edge/nginx req/s x%s, p99 x%s", ratio(rps[c, "edge"], rps[c, "nginx"]), ratio(p99[c, "edge"], p99[c, "nginx"])
+        if ((c, "edge_disk") in rps) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(rps[c, "edge_disk"], rps[c, "edge"]), ratio(p99[c, "edge_disk"], p99[c, "edge"])
+        printf "\n" }
+      print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)"
+      printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
+             "edge/nginx", "p99 e/n", "disk/edge", "p99 d/e", "edge/ceil"
+      for (i = 1; i <= nc; i++) { c = cells[i]
+        printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", c, k(rps[c, "ceiling"]), k(rps[c, "nginx"]), k(rps[c, "edge"]), k(rps[c, "edge_disk"]),
+          ratio(rps[c, "edge"], rps[c, "nginx"]), ratio(p99[c, "edge"], p99[c, "nginx"]),
+          ratio(rps[c, "edge_disk"], rps[c, "edge"]), ratio(p99[c, "edge_disk"], p99[c, "edge"]), ratio(rps[c, "edge"], rps[c, "ceiling"]) }
+    }' "$TSV"
+}
+[ "$(wc -l < "$TSV")" -gt 1 ] && report | tee "$OUT/report.txt"
+cat "$OUT/collapse.txt" "$OUT/memory.txt" >> "$OUT/report.txt" 2>/dev/null
+echo
+echo "results: $OUT (report.txt, results.tsv, run.log, raw/ wrk output and response headers, the configs used)"
+[ "$FAILED" = 0 ] || die "$FAILED check(s) FAILED: see the !!! lines above"
