@@ -840,10 +840,10 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
     Some(spool)
 }
 
+/// The stored body, in one buffer of exactly its size: a chunk from the origin may be a slice of
+/// a larger read buffer, which a cached object would otherwise keep alive (a 16 KiB object held
+/// ~27 KiB of RSS that way).
 fn concat(chunks: Vec<Bytes>, len: u64) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
     let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
     for chunk in &chunks {
         body.extend_from_slice(chunk);
