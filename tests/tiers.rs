@@ -332,3 +332,34 @@ async fn body_files_no_record_names_are_swept_after_start_up() {
     assert!(kept.is_hit(), "{}", kept.cache_status());
     assert_eq!(kept.body, vec![3u8; 50_000]);
 }
+
+#[tokio::test]
+async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
+    let h = Harness::new().await;
+    let body = vec![b'v'; 20_000];
+    h.origin.reply(
+        "/file",
+        Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+    );
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = 1024).await;
+    edge.get("/file").await;
+    // A disk hit verifies the body file and remembers it unchanged.
+    let hit = edge.get("/file").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert_eq!(hit.body, body);
+
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let file = std::fs::read_dir(&bodies)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_none())
+        .expect("a body file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10_000] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let after = edge.get("/file").await;
+    assert_eq!(after.body, body, "{}", after.cache_status());
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(h.origin.hits("/file"), 2);
+}

@@ -106,6 +106,8 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
+    /// Body files verified since start-up, with the length and modification time they had then.
+    verified: moka::sync::Cache<PathBuf, Stamp>,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -192,6 +194,7 @@ impl DiskTier {
             in_index: AtomicU64::new(charged - in_files),
             index_overhead: AtomicU64::new(0),
             integrity_failures: AtomicU64::new(0),
+            verified: moka::sync::Cache::new(1 << 20),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
@@ -402,12 +405,14 @@ impl Inner {
         };
         let failure = match decoded {
             Ok(Decoded::Record(record)) => return Ok(Some(record)),
-            Ok(Decoded::BodyElsewhere(_, body_ref)) if body_ref.len > self.stream_over && !large => {
+            Ok(Decoded::BodyElsewhere(_, body_ref))
+                if body_ref.len > self.stream_over && !large =>
+            {
                 return Err(DiskError::Large);
             }
             Ok(Decoded::BodyElsewhere(entry, body_ref)) if body_ref.len > self.stream_over => {
                 let path = self.body_path(key, &value[..8]);
-                match verified_file(&path, body_ref) {
+                match verified_file(&path, body_ref, &self.verified) {
                     Ok(Some(file)) => {
                         let mut entry = *entry;
                         entry.spilled = Some(Spilled {
@@ -428,11 +433,26 @@ impl Inner {
             }
             Ok(Decoded::BodyElsewhere(entry, body_ref)) => {
                 let path = self.body_path(key, &value[..8]);
-                match std::fs::read(&path) {
-                    Ok(body) => match entry.attach(Bytes::from(body), body_ref) {
-                        Ok(entry) => return Ok(Some(Record::Entry(Arc::new(entry)))),
-                        Err(err) => err.to_string(),
-                    },
+                match read_body(&path) {
+                    Ok((body, stamp)) => {
+                        // A body file read and verified since start-up, unchanged since (same
+                        // length and modification time), is not hashed again.
+                        let seen = self.verified.get(&path).is_some_and(|known| known == stamp);
+                        let attached = if seen {
+                            entry.attach_verified(Bytes::from(body), body_ref)
+                        } else {
+                            entry.attach(Bytes::from(body), body_ref)
+                        };
+                        match attached {
+                            Ok(entry) => {
+                                if !seen {
+                                    self.verified.insert(path, stamp);
+                                }
+                                return Ok(Some(Record::Entry(Arc::new(entry))));
+                            }
+                            Err(err) => err.to_string(),
+                        }
+                    }
                     Err(err) if err.kind() == ErrorKind::NotFound => {
                         if self.replaced_since(key, &value)? {
                             return Ok(None);
@@ -747,13 +767,36 @@ impl Drop for Spool {
     }
 }
 
-/// Opens a body file and checks it against its record, reading it in blocks rather than whole;
-/// `None` if it does not match.
-fn verified_file(path: &Path, expected: BodyRef) -> std::io::Result<Option<std::fs::File>> {
+/// What identifies one version of a file: its length and modification time.
+type Stamp = (u64, i64, i64);
+
+/// A body file's bytes and its [`Stamp`], from one open file.
+fn read_body(path: &Path) -> std::io::Result<(Vec<u8>, Stamp)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
-    if file.metadata()?.len() != expected.len {
+    let meta = file.metadata()?;
+    let mut body = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut body)?;
+    Ok((body, (meta.len(), meta.mtime(), meta.mtime_nsec())))
+}
+
+/// Opens a body file and checks it against its record, reading it in blocks rather than whole;
+/// `None` if it does not match.
+/// A file verified before and unchanged since (see `Inner::verified`) is not read again here.
+fn verified_file(
+    path: &Path,
+    expected: BodyRef,
+    verified: &moka::sync::Cache<PathBuf, Stamp>,
+) -> std::io::Result<Option<std::fs::File>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.len() != expected.len {
         return Ok(None);
+    }
+    let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec());
+    if verified.get(path).is_some_and(|known| known == stamp) {
+        return Ok(Some(file));
     }
     let mut hasher = blake3::Hasher::new();
     let mut block = vec![0; 1 << 20];
@@ -764,7 +807,11 @@ fn verified_file(path: &Path, expected: BodyRef) -> std::io::Result<Option<std::
         }
         hasher.update(&block[..read]);
     }
-    Ok((*hasher.finalize().as_bytes() == expected.checksum).then_some(file))
+    let matches = *hasher.finalize().as_bytes() == expected.checksum;
+    if matches {
+        verified.insert(path.to_owned(), stamp);
+    }
+    Ok(matches.then_some(file))
 }
 
 /// Removes the order entry of a replaced or removed record, inside the caller's transaction, and
@@ -913,7 +960,13 @@ fn aside_path(path: &Path) -> PathBuf {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -325,6 +325,16 @@ impl StoredEntry {
     }
 
     /// Completes an entry with its body, if the body is the one the record describes.
+    /// Like [`StoredEntry::attach`] for a body whose checksum was verified before (the same
+    /// file, unchanged): only its length is checked.
+    pub fn attach_verified(mut self, body: Bytes, expected: BodyRef) -> Result<Self, DecodeError> {
+        if body.len() as u64 != expected.len {
+            return Err(DecodeError::Length);
+        }
+        self.body = body;
+        Ok(self)
+    }
+
     pub fn attach(mut self, body: Bytes, expected: BodyRef) -> Result<Self, DecodeError> {
         if body.len() as u64 != expected.len {
             return Err(DecodeError::Length);
