@@ -635,7 +635,7 @@ async fn refresh(
     let entry = Arc::new(StoredEntry::new(
         stale.url.clone(),
         status,
-        headers,
+        crate::headers::detached(&headers),
         stale.variance.clone(),
         received.request_time,
         received.response_time,
@@ -876,7 +876,7 @@ fn admit(
     let entry = StoredEntry::new(
         job.key.url().to_owned(),
         status,
-        headers.clone(),
+        crate::headers::detached(headers),
         Variance::capture(headers, &job.request),
         received.request_time,
         received.response_time,

@@ -25,6 +25,20 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// A copy of `headers` whose values own their bytes. hyper parses header values as slices of its
+/// read buffer, so a stored header section would otherwise keep that whole buffer (and the body
+/// bytes that came with it) alive for as long as the response is cached: 16 KiB objects held
+/// ~53 KiB of RSS each that way.
+pub fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

@@ -15,6 +15,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
+/// mimalloc: fewer bytes lost to fragmentation between long-lived cached bodies and short-lived
+/// request buffers than glibc's allocator, and cheaper allocation on the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "An HTTP caching CDN edge node (RFC 9111)")]
 struct Cli {
