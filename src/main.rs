@@ -152,8 +152,29 @@ fn health(config: &Config) -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn run(
+/// One runtime thread per CPU edge may use; on a single CPU (a container limited to one, or a
+/// process pinned to one core as an nginx worker is) a current-thread runtime, which skips the
+/// work-stealing machinery that one thread cannot use.
+fn run(
+    config: Config,
+    path: PathBuf,
+    filter: Option<FilterHandle>,
+    demo_root: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let runtime = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve_node(config, path, filter, demo_root))
+}
+
+async fn serve_node(
     config: Config,
     path: PathBuf,
     filter: Option<FilterHandle>,

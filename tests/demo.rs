@@ -9,9 +9,19 @@ use std::time::{Duration, Instant};
 
 use common::{Running, free_port};
 
-fn start(config: &Path, log: &Path) -> Running {
+/// Starts `edge demo`; with `one_cpu`, pinned to one CPU (where edge runs a current-thread
+/// runtime) when taskset is there.
+fn start(config: &Path, log: &Path, one_cpu: bool) -> Running {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/www");
-    let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+    let pinned = one_cpu && Command::new("taskset").arg("-V").output().is_ok();
+    let mut command = if pinned {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_edge")]);
+        taskset
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_edge"))
+    };
+    let child = command
         .args([
             "demo",
             "--config",
@@ -65,7 +75,7 @@ async fn demo_shows_a_miss_then_a_hit_and_survives_a_restart() {
             .unwrap();
 
     let log = dir.path().join("first.log");
-    let mut edge = start(&config, &log);
+    let mut edge = start(&config, &log, false);
     let miss = head_when_ready(&client, &url).await;
     assert_eq!(miss.status(), 200);
     assert!(
@@ -116,12 +126,19 @@ async fn demo_shows_a_miss_then_a_hit_and_survives_a_restart() {
         "the origin saw one request: {log}"
     );
 
-    edge = start(&config, &dir.path().join("second.log"));
+    // Restarted on one CPU: the current-thread runtime serves, and stops cleanly, as well.
+    edge = start(&config, &dir.path().join("second.log"), true);
     let from_disk = head_when_ready(&client, &url).await;
     assert!(
         cache_status(&from_disk).contains("detail=disk"),
         "{}",
         cache_status(&from_disk)
     );
-    drop(edge);
+    let status = Command::new("kill")
+        .args(["-TERM", &edge.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = edge.0.wait().unwrap();
+    assert!(exit.success(), "edge exits 0 on SIGTERM on one CPU: {exit}");
 }
