@@ -136,12 +136,12 @@ pub async fn handle(
         uri,
         status: response.status().as_u16(),
         cache: label,
+        // Only copied for a line that will be written.
         cache_status: response
             .headers()
             .get(&CACHE_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
+            .filter(|_| settings.log.access)
+            .cloned(),
         client: peer.ip(),
         started,
         origin_time: outcome.origin_time,
@@ -261,7 +261,7 @@ struct AccessRecord {
     uri: http::Uri,
     status: u16,
     cache: &'static str,
-    cache_status: String,
+    cache_status: Option<HeaderValue>,
     client: std::net::IpAddr,
     started: Instant,
     origin_time: Option<Duration>,
@@ -346,7 +346,7 @@ impl Drop for Served {
             duration_ms = millis(r.started.elapsed()),
             origin_ms = r.origin_time.map(millis),
             complete,
-            cache_status = %r.cache_status,
+            cache_status = r.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         );
     }
 }
