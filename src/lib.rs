@@ -218,22 +218,12 @@ async fn purge(
                     "url {url:?} is not a path or an absolute URL edge serves"
                 ));
             };
-            let (work, named) = (edge.clone(), target.clone());
-            let purged = edge
-                .tasks
-                .spawn(async move { proxy::purge_url(&work, &target, soft).await })
-                .await
-                .unwrap_or_default();
-            let key = cache::key::CacheKey::new(&named);
+            let purged = proxy::purge_url(&edge, &target, soft).await;
+            let key = cache::key::CacheKey::new(&target);
             serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft })
         }
         (None, Some(tag)) if !tag.is_empty() => {
-            let (work, owned) = (edge.clone(), tag.clone());
-            let purged = edge
-                .tasks
-                .spawn(async move { proxy::purge_tag(&work, &owned, soft).await })
-                .await
-                .unwrap_or_default();
+            let purged = proxy::purge_tag(&edge, tag, soft).await;
             serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
         }
         _ => return bad_request("give exactly one of url=<path or URL> or tag=<tag>".into()),

@@ -6,6 +6,7 @@
 //! origin request. Other methods are forwarded as they are. Each request ends with exactly one
 //! [`CacheStatus`], which becomes its `Cache-Status` header.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -185,53 +186,58 @@ async fn purge_request(
         .headers()
         .get("edge-soft-purge")
         .is_some_and(|v| v.as_bytes() == b"1");
-    // Runs to its end even if the client goes away.
-    let work = edge.clone();
-    let target = url.clone();
-    let purged = edge
-        .tasks
-        .spawn(async move { purge_url(&work, &target, soft).await })
-        .await
-        .unwrap_or_default();
+    let purged = purge_url(edge, &url, soft).await;
     let key = CacheKey::new(&url);
     let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
     json_response(StatusCode::OK, &body, CacheStatus::default())
 }
 
-/// Purges every variant of `url` from both tiers (or marks them stale); returns how many.
-pub async fn purge_url(edge: &Edge, url: &Url, soft: bool) -> usize {
+/// Purges every variant of `url` from both tiers (or marks them stale); returns how many. The
+/// purge runs in its own task, to its end, even if the request that asked for it goes away.
+pub async fn purge_url(edge: &Arc<Edge>, url: &Url, soft: bool) -> usize {
     let key = CacheKey::new(url);
-    edge.fills.invalidate(&key);
-    let purged = if soft {
-        edge.cache.mark_stale(&key, edge.clock.now()).await
-    } else {
-        edge.cache.invalidate(&key).await
-    };
-    // A purge must outlast a crash.
-    edge.cache.flush().await;
-    edge.metrics.purge("url", soft, purged);
-    tracing::info!(url = key.url(), purged, soft, "purge");
-    purged
+    let work = edge.clone();
+    run_to_end(edge, async move {
+        let purged = purge_key(&work, &key, soft).await;
+        work.cache.flush().await;
+        work.metrics.purge("url", soft, purged);
+        tracing::info!(url = key.url(), purged, soft, "purge");
+        purged
+    })
+    .await
 }
 
 /// Purges every stored response tagged `tag` (`Surrogate-Key` / `Cache-Tag`): each URL that
-/// carries it, with all its variants. Returns how many responses.
-pub async fn purge_tag(edge: &Edge, tag: &str, soft: bool) -> usize {
-    edge.cache.purge_tag_from_now(tag);
-    let mut purged = 0;
-    for key in edge.cache.tagged(tag).await {
-        let key = CacheKey::from_text(key);
-        edge.fills.invalidate(&key);
-        purged += if soft {
-            edge.cache.mark_stale(&key, edge.clock.now()).await
-        } else {
-            edge.cache.invalidate(&key).await
-        };
+/// carries it, with all its variants. Returns how many responses; runs to its end like
+/// [`purge_url`].
+pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
+    let (work, tag) = (edge.clone(), tag.to_owned());
+    run_to_end(edge, async move {
+        work.cache.purge_tag_from_now(&tag);
+        let mut purged = 0;
+        for key in work.cache.tagged(&tag).await {
+            purged += purge_key(&work, &CacheKey::from_text(key), soft).await;
+        }
+        work.cache.flush().await;
+        work.metrics.purge("tag", soft, purged);
+        tracing::info!(tag, purged, soft, "purge");
+        purged
+    })
+    .await
+}
+
+/// One URI, every variant, both tiers; a fill in flight for it takes no new joiners.
+async fn purge_key(edge: &Edge, key: &CacheKey, soft: bool) -> usize {
+    edge.fills.invalidate(key);
+    if soft {
+        edge.cache.mark_stale(key, edge.clock.now()).await
+    } else {
+        edge.cache.invalidate(key).await
     }
-    edge.cache.flush().await;
-    edge.metrics.purge("tag", soft, purged);
-    tracing::info!(tag, purged, soft, "purge");
-    purged
+}
+
+async fn run_to_end(edge: &Edge, work: impl Future<Output = usize> + Send + 'static) -> usize {
+    edge.tasks.spawn(work).await.unwrap_or_default()
 }
 
 fn json_response(
