@@ -497,12 +497,12 @@ impl<'de> Deserialize<'de> for Fraction {
 
 /// The origin: `http` or `https`, a host, an optional port and an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginUrl(pub reqwest::Url);
+pub struct OriginUrl(pub url::Url);
 
 impl<'de> Deserialize<'de> for OriginUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let url = reqwest::Url::parse(text.trim())
+        let url = url::Url::parse(text.trim())
             .map_err(|e| de::Error::custom(format!("invalid URL {text:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(de::Error::custom(format!(

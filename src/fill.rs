@@ -22,20 +22,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
-use reqwest::Url;
 use tokio::sync::watch;
 use tracing::{debug, warn};
+use url::Url;
 
 use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::{CacheKey, Variance};
 use crate::cache::policy::{self, CacheControl, Freshness, NotStored};
 use crate::config::CacheConfig;
-use crate::origin::{self, OriginError};
+use crate::origin::{self, OriginError, Upstream};
 use crate::proxy::Edge;
 
 /// Request header fields that make a request conditional or partial. A fill asks the origin for
@@ -93,6 +92,11 @@ impl Fills {
     /// Whether `key` recently answered with a response that could not be stored.
     pub fn is_pass(&self, key: &CacheKey) -> bool {
         self.passes.contains_key(key.hash())
+    }
+
+    /// `key`'s response may be stored again: the next request fills.
+    pub fn end_pass(&self, key: &CacheKey) {
+        self.passes.invalidate(key.hash());
     }
 
     /// Joins the fill in flight for the job's key, or starts one.
@@ -183,7 +187,7 @@ pub struct SharedHead {
 pub struct PrivateResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub body: axum::body::Body,
     pub origin_time: Duration,
 }
 
@@ -468,7 +472,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         let request_time = edge.clock.now();
         let asked = Instant::now();
         let sent = edge
-            .send_to_origin(Method::GET, job.url.clone(), outgoing, None)
+            .send_to_origin(Method::GET, &job.url, outgoing, axum::body::Body::empty())
             .await;
         let upstream = match sent {
             Ok(upstream) => upstream,
@@ -557,7 +561,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 if is_about_the_response(reason) && !server_error {
                     edge.fills.passes.insert(*job.key.hash(), ());
                 }
-                let body = upstream.bytes_stream().boxed();
+                let body = axum::body::Body::new(upstream.into_body());
                 publish_private(
                     fill,
                     PrivateResponse {
@@ -619,7 +623,7 @@ async fn refresh(
         &response_cc,
     ) {
         edge.cache.invalidate(&job.key).await;
-        let body = futures_util::stream::iter([Ok(stale.body.clone())]).boxed();
+        let body = axum::body::Body::from(stale.body.clone());
         publish_private(
             fill,
             PrivateResponse {
@@ -683,7 +687,7 @@ async fn stream_and_store(
     fill: &Arc<Fill>,
     job: &FillJob,
     mut entry: StoredEntry,
-    upstream: reqwest::Response,
+    upstream: Upstream,
     epoch: u64,
     mut spool: Option<Spool>,
 ) {
@@ -696,7 +700,7 @@ async fn stream_and_store(
     let limit = edge.config().cache.max_object_size.0;
     let mut received: u64 = 0;
     let mut held = None;
-    let mut body = upstream.bytes_stream();
+    let mut body = http_body_util::BodyExt::into_data_stream(upstream.into_body());
     while received < expected.unwrap_or(u64::MAX) {
         let chunk = match body.next().await {
             Some(Ok(chunk)) => chunk,
@@ -861,32 +865,54 @@ fn admit(
     headers: &HeaderMap,
     received: Received,
 ) -> Result<StoredEntry, NotStored> {
-    let response_cc = CacheControl::governing(headers);
-    policy::check_storable(
-        &Method::GET,
-        &job.request,
-        request_cc,
-        status,
-        headers,
-        &response_cc,
-    )?;
-    if content_length(headers).is_some_and(|len| len > config.max_object_size.0) {
-        return Err(NotStored::TooLarge);
+    let (request_time, response_time) = (received.request_time, received.response_time);
+    let at = (request_time, response_time);
+    if let Some(reason) = not_storable(config, &job.request, request_cc, status, headers, at) {
+        return Err(reason);
     }
-    let entry = StoredEntry::new(
+    Ok(StoredEntry::new(
         job.key.url().to_owned(),
         status,
         crate::headers::detached(headers),
         Variance::capture(headers, &job.request),
-        received.request_time,
-        received.response_time,
+        request_time,
+        response_time,
         Bytes::new(),
         &config.heuristic,
-    );
-    if !entry.freshness.worth_storing(headers) {
-        return Err(NotStored::NoFreshness);
+    ))
+}
+
+/// Why a response to a GET with `request`'s headers would not be stored (RFC 9111 §3, and
+/// edge's own limits); `None` when it would. `at`: when it was asked for, and when it arrived.
+pub fn not_storable(
+    config: &CacheConfig,
+    request: &HeaderMap,
+    request_cc: &CacheControl,
+    status: StatusCode,
+    headers: &HeaderMap,
+    at: (SystemTime, SystemTime),
+) -> Option<NotStored> {
+    let response_cc = CacheControl::governing(headers);
+    let get = Method::GET;
+    if let Err(reason) =
+        policy::check_storable(&get, request, request_cc, status, headers, &response_cc)
+    {
+        return Some(reason);
     }
-    Ok(entry)
+    if content_length(headers).is_some_and(|len| len > config.max_object_size.0) {
+        return Some(NotStored::TooLarge);
+    }
+    let (request_time, response_time) = at;
+    let heuristic = &config.heuristic;
+    let freshness = Freshness::of(
+        status,
+        headers,
+        &response_cc,
+        request_time,
+        response_time,
+        heuristic,
+    );
+    (!freshness.worth_storing(headers)).then_some(NotStored::NoFreshness)
 }
 
 /// Reasons that hold for any request of the key, so the key is worth remembering as a pass.

@@ -44,8 +44,6 @@ use crate::proxy::{Edge, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot build the origin client: {0}")]
-    Client(#[from] reqwest::Error),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -59,7 +57,7 @@ pub struct Node {
 impl Node {
     /// Opens the cache tiers and builds the origin client.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, ServeError> {
-        let origin = Origin::new(&config.origin)?;
+        let origin = Origin::new(&config.origin);
         let cache = Arc::new(Cache::open(&config.cache).await);
         let fills = Fills::new(&config.cache);
         let edge = Arc::new(Edge {
@@ -76,7 +74,7 @@ impl Node {
     /// Applies a new configuration without dropping the cache. Settings that are fixed once the
     /// node runs (listen addresses, tier sizes and the disk path) keep their running values; the
     /// names of those that differ are returned, so that the caller can say so.
-    pub fn reload(&self, mut config: Config) -> Result<Vec<&'static str>, ServeError> {
+    pub fn reload(&self, mut config: Config) -> Vec<&'static str> {
         let current = self.edge.config();
         let running = &current.config;
         let mut kept = Vec::new();
@@ -95,12 +93,12 @@ impl Node {
         keep!(cache.disk.path, "cache.disk.path");
         keep!(cache.disk.capacity, "cache.disk.capacity");
         keep!(cache.hit_for_pass, "cache.hit_for_pass");
-        let origin = Origin::new(&config.origin)?;
+        let origin = Origin::new(&config.origin);
         self.edge.cache.set_heuristic(config.cache.heuristic);
         self.edge
             .settings
             .store(Arc::new(Settings { config, origin }));
-        Ok(kept)
+        kept
     }
 
     /// Serves client traffic on `listener` and the admin API on `admin` until `shutdown`
@@ -238,7 +236,7 @@ async fn purge(
 
 /// The origin URL a purge names: a path (`/a?b`), or an absolute URL whose path and query are
 /// taken (edge serves one origin, under whatever host name clients use for it).
-fn purge_target(edge: &Edge, url: &str) -> Option<reqwest::Url> {
+fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
     let uri: http::Uri = url.parse().ok()?;
     let path: http::Uri = uri.path_and_query()?.as_str().parse().ok()?;
     edge.config().origin.url_for(&path)

@@ -130,11 +130,15 @@ fn health(config: &Config) -> ExitCode {
         }
     };
     let answer = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(3))
-            .no_proxy()
-            .build()?;
-        client.get(&url).send().await
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<axum::body::Body>();
+        let uri = url.parse().map_err(|err| format!("{err}"))?;
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri));
+        match asked.await {
+            Ok(answer) => answer.map_err(|err| format!("{err}")),
+            Err(_) => Err("no answer within 3s".to_owned()),
+        }
     });
     match answer {
         Ok(response) if response.status().is_success() => {
@@ -240,13 +244,7 @@ async fn reload_on_hangup(
             }
         };
         let new_filter = config.log.filter.0.clone();
-        let mut kept = match node.reload(config.clone()) {
-            Ok(kept) => kept,
-            Err(err) => {
-                error!(%err, "reload rejected: keeping the running configuration");
-                continue;
-            }
-        };
+        let mut kept = node.reload(config.clone());
         if config.log.format != format {
             kept.push("log.format");
         }

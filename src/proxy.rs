@@ -19,9 +19,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode};
 use http_body::Body as _;
-use reqwest::Url;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+use url::Url;
 
 use crate::cache::entry::{Spilled, StoredEntry};
 use crate::cache::key::{CacheKey, Variance};
@@ -30,10 +30,10 @@ use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
 use crate::conditional;
 use crate::config::{self, Config};
-use crate::fill::{Fill, FillJob, Fills, Head, Role, SharedHead};
+use crate::fill::{self, Fill, FillJob, Fills, Head, Role, SharedHead};
 use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, SURROGATE_KEY};
 use crate::metrics::Metrics;
-use crate::origin::{self, Origin, OriginError};
+use crate::origin::{self, Origin, OriginError, Upstream};
 use crate::range::{self, RangeOutcome};
 use arc_swap::ArcSwap;
 use http::header::HeaderName;
@@ -67,14 +67,14 @@ impl Edge {
     pub async fn send_to_origin(
         &self,
         method: Method,
-        url: Url,
+        url: &Url,
         headers: HeaderMap,
-        body: Option<reqwest::Body>,
-    ) -> Result<reqwest::Response, OriginError> {
+        body: Body,
+    ) -> Result<Upstream, OriginError> {
         let settings = self.config();
         let started = Instant::now();
         let result = settings.origin.send(method, url, headers, body).await;
-        let status = result.as_ref().ok().map(reqwest::Response::status);
+        let status = result.as_ref().ok().map(Upstream::status);
         self.metrics.origin(status, started.elapsed());
         result
     }
@@ -429,8 +429,10 @@ async fn serve_cacheable(
     }
     let partial = request.headers.contains_key(header::RANGE);
     if edge.fills.is_pass(&key) {
-        // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel.
-        if partial {
+        // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel, with
+        // the request as it is (conditions and ranges for the origin to answer). A stale stored
+        // response is revalidated through a fill of its own instead.
+        if partial || stale.is_none() {
             let status = CacheStatus::forward(fwd);
             return forward(edge, peer, request, Body::empty(), url, key, status).await;
         }
@@ -558,7 +560,7 @@ async fn answer_from_fill(
                     let body = if request.method == Method::HEAD {
                         no_content()
                     } else {
-                        Body::from_stream(private.body)
+                        private.body
                     };
                     let mut response = build(private.status, headers, body);
                     response.extensions_mut().insert(Outcome {
@@ -791,7 +793,9 @@ fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
 }
 
 /// forward: the request goes to the origin as it is, and the answer comes back uncached. A 2xx or
-/// 3xx answer to an unsafe method invalidates what is stored for the target (RFC 9111 §4.4).
+/// 3xx answer to an unsafe method invalidates what is stored for the target (RFC 9111 §4.4). For a
+/// hit-for-pass GET or HEAD, the answer says why it is not stored — or, when it could be now, the
+/// key stops being a pass, so that the next request fills.
 async fn forward(
     edge: &Arc<Edge>,
     peer: SocketAddr,
@@ -803,11 +807,12 @@ async fn forward(
 ) -> Response {
     let version = parts.version;
     let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
-    let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
     let safe = parts.method.is_safe();
+    let cacheable_method = matches!(parts.method, Method::GET | Method::HEAD);
+    let request_time = edge.clock.now();
     let asked = Instant::now();
     let result = edge
-        .send_to_origin(parts.method.clone(), url.clone(), outgoing, body)
+        .send_to_origin(parts.method.clone(), &url, outgoing, body)
         .await;
     let origin_time = asked.elapsed();
     let upstream = match result {
@@ -821,14 +826,24 @@ async fn forward(
     if !safe && (status.is_success() || status.is_redirection()) {
         invalidate_after_unsafe(edge, &parts.headers, &url, &key, upstream.headers()).await;
     }
+    let response_time = edge.clock.now();
     let mut headers =
-        origin::response_headers(upstream.headers(), edge.clock.now(), upstream.version());
+        origin::response_headers(upstream.headers(), response_time, upstream.version());
+    if cacheable_method {
+        let config = &edge.config().cache;
+        let request_cc = CacheControl::of(&parts.headers);
+        let at = (request_time, response_time);
+        match fill::not_storable(config, &parts.headers, &request_cc, status, &headers, at) {
+            Some(reason) => cache_status = cache_status.not_stored(reason),
+            None => edge.fills.end_pass(&key),
+        }
+    }
     cache_status.fwd_status = Some(status.as_u16());
     cache_status.add_to(&mut headers);
     let body = if parts.method == Method::HEAD {
         no_content()
     } else {
-        Body::from_stream(upstream.bytes_stream())
+        Body::new(upstream.into_body())
     };
     let mut response = build(status, headers, body);
     response.extensions_mut().insert(Outcome {

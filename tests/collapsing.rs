@@ -199,3 +199,67 @@ async fn a_client_that_leaves_does_not_cut_the_fill_short() {
     assert_eq!(hit.body, body);
     assert_eq!(h.origin.hits("/a"), 1);
 }
+
+#[tokio::test]
+async fn a_pass_is_forwarded_as_asked_and_says_why_it_is_not_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/np",
+        Reply::ok("v1 body")
+            .header("cache-control", "no-store")
+            .header("etag", "\"v1\""),
+    );
+    let edge = h.edge().await;
+    let first = edge.get("/np").await;
+    assert_eq!(first.param("detail"), Some("no-store"));
+    // Hit-for-pass: straight to the origin, and still saying why it is not stored.
+    let second = edge.get("/np").await;
+    assert_eq!(second.text(), "v1 body");
+    assert_eq!(second.fwd(), Some("uri-miss"), "{}", second.cache_status());
+    assert_eq!(second.param("detail"), Some("no-store"));
+    assert!(!second.stored());
+    assert_eq!(h.origin.hits("/np"), 2);
+    // The client's own condition goes to the origin, which answers it.
+    h.origin.reply(
+        "/np",
+        Reply::ok("")
+            .status(304)
+            .header("cache-control", "no-store")
+            .header("etag", "\"v1\""),
+    );
+    let conditional = edge.get_with("/np", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(conditional.status, 304);
+    let asked = h.origin.last("/np").unwrap();
+    assert_eq!(
+        asked.headers.get("if-none-match").unwrap().as_bytes(),
+        b"\"v1\""
+    );
+    assert_eq!(h.origin.hits("/np"), 3);
+}
+
+#[tokio::test]
+async fn a_pass_whose_response_becomes_storable_is_stored_on_the_next_request() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/flip",
+        Reply::ok("private").header("cache-control", "private"),
+    );
+    let edge = h.edge().await;
+    assert_eq!(edge.get("/flip").await.param("detail"), Some("private"));
+    h.origin.reply(
+        "/flip",
+        Reply::ok("public now").header("cache-control", "max-age=60"),
+    );
+    // Still a pass: forwarded, not stored, and no reason given since there is none.
+    let passed = edge.get("/flip").await;
+    assert_eq!(passed.text(), "public now");
+    assert!(!passed.stored(), "{}", passed.cache_status());
+    assert_eq!(passed.param("detail"), None, "{}", passed.cache_status());
+    // The pass ended with it: the next request fills and stores, the one after is a hit.
+    let filled = edge.get("/flip").await;
+    assert!(filled.stored(), "{}", filled.cache_status());
+    let hit = edge.get("/flip").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "public now");
+    assert_eq!(h.origin.hits("/flip"), 3);
+}

@@ -17,7 +17,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(url: &reqwest::Url) -> Self {
+    pub fn new(url: &url::Url) -> Self {
         let mut text =
             String::with_capacity(url.path().len() + url.query().map_or(0, str::len) + 1);
         text.push_str(url.path());

@@ -1,0 +1,114 @@
+//! The origin client: an origin that stops sending mid-body is cut off after `origin.timeout`
+//! and nothing is stored; request bodies keep their declared length; an `https` origin is spoken
+//! to with TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Harness, TestEdge, base_config, start_time};
+use edge::clock::Clock;
+use http::Method;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw origin that reads each request head, answers 200 with `Content-Length: 100` and sends
+/// 10 bytes of it, then holds the connection open without sending more. Counts requests.
+async fn stalling_origin() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\
+                             Cache-Control: max-age=60\r\n\r\n0123456789";
+                let _ = socket.write_all(reply.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test]
+async fn an_origin_that_stops_mid_body_is_cut_off_and_nothing_is_stored() {
+    let (url, requests) = stalling_origin().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut config = base_config(&url, dir.path());
+    config.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
+    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+
+    let started = Instant::now();
+    let response = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+        .await
+        .expect("the body ends within origin.timeout, not when the origin lets go");
+    assert!(
+        body.is_err(),
+        "a body cut short of its Content-Length is an error to the client"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "cut off after {elapsed:?}"
+    );
+
+    // Not stored: the next request goes to the origin again.
+    let again = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let _ = tokio::time::timeout(Duration::from_secs(5), again.bytes()).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_body_reaches_the_origin_whole_with_its_length() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/form", common::Reply::ok("created").status(201));
+    let edge = h.edge().await;
+    let sent = Bytes::from(vec![b'x'; 100_000]);
+    let response = edge
+        .send_body(Method::POST, "/form", &[], sent.clone())
+        .await;
+    assert_eq!(response.status, 201);
+    let received = h.origin.last("/form").unwrap();
+    assert_eq!(received.method, Method::POST);
+    assert_eq!(received.body, sent);
+    assert_eq!(
+        received.headers.get("content-length").unwrap().as_bytes(),
+        b"100000"
+    );
+}
+
+#[tokio::test]
+async fn an_https_origin_is_spoken_to_with_tls() {
+    // A plain-HTTP server behind an https URL: the TLS handshake fails, and edge says 502.
+    let h = Harness::new().await;
+    let url = h.origin.url().replace("http://", "https://");
+    let dir = Arc::new(TempDir::new().unwrap());
+    let edge = TestEdge::start(base_config(&url, dir.path()), h.clock.clone(), dir).await;
+    let response = edge.get("/x").await;
+    assert_eq!(response.status, 502);
+    assert_eq!(response.param("detail"), Some("origin-unreachable"));
+    assert_eq!(h.origin.hits("/x"), 0, "no plain-text request reached it");
+}
