@@ -1,8 +1,6 @@
 //! Header rules shared by the request phases: hop-by-hop fields (RFC 9110 §7.6.1), `Via`
 //! (§7.6.3), and `Cache-Status` (RFC 9211).
 
-use std::fmt::Write;
-
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -15,15 +13,15 @@ pub const CACHE_NAME: &str = "edge";
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// RFC 9110 §7.6.1 fields that apply to one connection only, and so are never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
 
 /// A copy of `headers` whose values own their bytes. hyper parses header values as slices of its
 /// read buffer, so a stored header section would otherwise keep that whole buffer (and the body
@@ -41,6 +39,15 @@ pub fn detached(headers: &HeaderMap) -> HeaderMap {
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none, or only `Connection`: look before removing.
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -48,7 +55,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().chain(found.iter()) {
         headers.remove(name);
     }
 }
@@ -62,13 +69,23 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3",
         _ => "1.1",
     };
+    let ours = match version {
+        Version::HTTP_2 => HeaderValue::from_static("2 edge"),
+        Version::HTTP_10 => HeaderValue::from_static("1.0 edge"),
+        Version::HTTP_11 => HeaderValue::from_static("1.1 edge"),
+        _ => HeaderValue::from_str(&format!("{protocol} {CACHE_NAME}")).expect("a token"),
+    };
+    if !headers.contains_key(header::VIA) {
+        headers.insert(header::VIA, ours);
+        return;
+    }
     // One line, earlier hops first, so `curl -I` shows the whole path at a glance.
     let mut value: Vec<u8> = Vec::new();
     for earlier in headers.get_all(header::VIA) {
         value.extend_from_slice(earlier.as_bytes());
         value.extend_from_slice(b", ");
     }
-    value.extend_from_slice(format!("{protocol} {CACHE_NAME}").as_bytes());
+    value.extend_from_slice(ours.as_bytes());
     let value = HeaderValue::from_bytes(&value).expect("Via is built from valid field values");
     headers.insert(header::VIA, value);
 }
@@ -177,15 +194,18 @@ impl CacheStatus {
     }
 
     pub fn to_header_value(&self) -> HeaderValue {
-        let mut out = String::from(CACHE_NAME);
+        let mut out = String::with_capacity(64);
+        out.push_str(CACHE_NAME);
         if self.hit.is_some() {
             out.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(out, "; fwd={}", fwd.as_str());
+            out.push_str("; fwd=");
+            out.push_str(fwd.as_str());
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            out.push_str(itoa::Buffer::new().format(status));
         }
         if self.stored {
             out.push_str("; stored");
@@ -194,17 +214,13 @@ impl CacheStatus {
             out.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(itoa::Buffer::new().format(ttl));
         }
         // RFC 9211 §2.8: detail is implementation-specific; edge names the serving tier on hits.
-        match (self.detail, self.hit) {
-            (Some(detail), _) => {
-                let _ = write!(out, "; detail={detail}");
-            }
-            (None, Some(tier)) => {
-                let _ = write!(out, "; detail={}", tier.as_str());
-            }
-            (None, None) => {}
+        if let Some(detail) = self.detail.or(self.hit.map(Tier::as_str)) {
+            out.push_str("; detail=");
+            out.push_str(detail);
         }
         HeaderValue::from_str(&out).expect("Cache-Status is built from tokens")
     }

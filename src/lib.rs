@@ -18,8 +18,8 @@ pub mod proxy;
 pub mod range;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -28,10 +28,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::serve::ListenerExt;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::service_fn;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
@@ -118,9 +121,6 @@ impl Node {
             trigger.cancel();
         });
 
-        let app = Router::new()
-            .fallback(proxy::handle)
-            .with_state(edge.clone());
         let admin_app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
@@ -131,11 +131,17 @@ impl Node {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let main = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        // Every path and method goes to proxy::handle: a service of its own rather than a Router
+        // fallback, which would add route matching and two extension inserts to every request.
+        let proxy = edge.clone();
+        let accept = service_fn(move |incoming: IncomingStream<'_, _>| {
+            let (edge, peer) = (proxy.clone(), *incoming.remote_addr());
+            let serve =
+                service_fn(move |request| proxy::handle(edge.clone(), peer, request).map(Ok));
+            std::future::ready(Ok::<_, Infallible>(serve))
+        });
+        let main =
+            axum::serve(listener, accept).with_graceful_shutdown(stop.clone().cancelled_owned());
         let admin =
             axum::serve(admin, admin_app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let main = tokio::spawn(main.into_future());

@@ -103,7 +103,11 @@ impl Origin {
             Some((path, query)) => (path, Some(query)),
             None => (path_and_query, None),
         };
-        url.set_path(&format!("{}{}", self.prefix, path));
+        if self.prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&[self.prefix.as_str(), path].concat());
+        }
         url.set_query(query);
         let inside = url.path().strip_prefix(self.prefix.as_str())?;
         inside.starts_with('/').then_some(url)
@@ -237,7 +241,17 @@ pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -
         forwarded_for.extend_from_slice(earlier.as_bytes());
         forwarded_for.extend_from_slice(b", ");
     }
-    forwarded_for.extend_from_slice(client.to_string().as_bytes());
+    match client {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    forwarded_for.push(b'.');
+                }
+                forwarded_for.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => forwarded_for.extend_from_slice(client.to_string().as_bytes()),
+    }
     if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
