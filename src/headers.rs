@@ -13,15 +13,15 @@ pub const CACHE_NAME: &str = "edge";
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// RFC 9110 §7.6.1 fields that apply to one connection only, and so are never forwarded.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// A copy of `headers` whose values own their bytes. hyper parses header values as slices of its
 /// read buffer, so a stored header section would otherwise keep that whole buffer (and the body
@@ -39,13 +39,15 @@ pub fn detached(headers: &HeaderMap) -> HeaderMap {
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there are none, or only `Connection`: look before removing.
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    if found.is_empty() {
+    // Usually there are none, or only `Connection: keep-alive`: look before removing, and
+    // allocate only for other fields that `Connection` names.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| name.as_str() == *hop) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -53,10 +55,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(found.iter()) {
+    for name in named {
         headers.remove(name);
+    }
+    for (hop, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(*hop);
+        }
     }
 }
 
