@@ -90,8 +90,8 @@ impl std::ops::Deref for Settings {
 /// The request header that asks for explanation headers (from `explain.allow` addresses).
 pub static EDGE_DEBUG: HeaderName = HeaderName::from_static("edge-debug");
 
-/// What produced a response, for the access log, metrics and explain mode: attached to the
-/// response's extensions where it is made.
+/// What produced a response, for the access log, metrics and explain mode: returned with the
+/// response by whatever made it.
 #[derive(Clone, Default)]
 pub struct Outcome {
     pub status: CacheStatus,
@@ -102,6 +102,9 @@ pub struct Outcome {
     /// Time from asking the origin to its response head, when this request waited for one.
     pub origin_time: Option<Duration>,
 }
+
+/// A response and what produced it.
+type Answer = (Response, Outcome);
 
 /// Every request of the main listener, every method and path.
 pub async fn handle(edge: Arc<Edge>, peer: SocketAddr, request: Request) -> Response {
@@ -114,15 +117,11 @@ pub async fn handle(edge: Arc<Edge>, peer: SocketAddr, request: Request) -> Resp
         .get(&EDGE_DEBUG)
         .is_some_and(|v| v.as_bytes() != b"0")
         && config::allowed(&settings.explain.allow, peer.ip());
-    let mut response = if method.as_str() == "PURGE" {
+    let (mut response, outcome) = if method.as_str() == "PURGE" {
         Box::pin(purge_request(&edge, &settings, peer, request)).await
     } else {
         route(&edge, peer, request).await
     };
-    let outcome = response
-        .extensions_mut()
-        .remove::<Outcome>()
-        .unwrap_or_default();
     let label = outcome.status.label(&method);
     edge.metrics.request(label, outcome.status.collapsed);
     if explain {
@@ -161,7 +160,7 @@ async fn purge_request(
     settings: &Settings,
     peer: SocketAddr,
     request: Request,
-) -> Response {
+) -> Answer {
     let status = CacheStatus::default();
     if !config::allowed(&settings.purge.allow, peer.ip()) {
         warn!(client = %peer.ip(), uri = %request.uri(), "PURGE refused: client not in purge.allow");
@@ -240,7 +239,7 @@ fn json_response(
     status: StatusCode,
     body: &serde_json::Value,
     cache_status: CacheStatus,
-) -> Response {
+) -> Answer {
     let mut response = Response::new(Body::from(format!("{body}\n")));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -250,11 +249,11 @@ fn json_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
-    response.extensions_mut().insert(Outcome {
+    let outcome = Outcome {
         status: cache_status,
         ..Outcome::default()
-    });
-    response
+    };
+    (response, outcome)
 }
 
 /// One access log line, written when the response body is done (sent, or cut off).
@@ -357,7 +356,7 @@ impl Drop for Served {
 // stays small: 6.4 KB otherwise.
 
 /// classify and key.
-async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Response {
+async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Answer {
     let Some(url) = edge.config().origin.url_for(request.uri()) else {
         let status = CacheStatus::default();
         return local_response(
@@ -385,7 +384,7 @@ async fn serve_cacheable(
     request: Parts,
     url: Url,
     key: CacheKey,
-) -> Response {
+) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
     let now = edge.clock.now();
     let mut stale = None;
@@ -485,7 +484,7 @@ async fn answer_from_fill(
     fwd: Forward,
     stale: Option<Arc<StoredEntry>>,
     mut role: Role,
-) -> Response {
+) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
     let mut fill_slot = *key.hash();
     loop {
@@ -570,13 +569,12 @@ async fn answer_from_fill(
                     } else {
                         private.body
                     };
-                    let mut response = build(private.status, headers, body);
-                    response.extensions_mut().insert(Outcome {
+                    let outcome = Outcome {
                         status,
                         origin_time: Some(private.origin_time),
                         ..Outcome::default()
-                    });
-                    return response;
+                    };
+                    return (build(private.status, headers, body), outcome);
                 }
             }
             Some(Head::Failed(err)) => {
@@ -606,7 +604,7 @@ async fn serve_stale_on_error(
     fwd: Forward,
     fwd_status: Option<u16>,
     now: SystemTime,
-) -> Response {
+) -> Answer {
     let status = CacheStatus {
         fwd: Some(fwd),
         fwd_status,
@@ -623,7 +621,7 @@ async fn respond_stored(
     entry: &StoredEntry,
     status: CacheStatus,
     now: SystemTime,
-) -> Response {
+) -> Answer {
     let mut headers = entry.headers.clone();
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
@@ -650,7 +648,7 @@ async fn respond_shared(
     shared: &SharedHead,
     fill: &Arc<Fill>,
     status: CacheStatus,
-) -> Response {
+) -> Answer {
     let payload = Payload::Streaming(fill.clone());
     let outcome = Outcome {
         status,
@@ -710,11 +708,9 @@ async fn respond(
     headers: HeaderMap,
     payload: Payload,
     outcome: Outcome,
-) -> Response {
-    let mut response =
-        respond_to_conditions(request, status, headers, payload, &outcome.status).await;
-    response.extensions_mut().insert(outcome);
-    response
+) -> Answer {
+    let response = respond_to_conditions(request, status, headers, payload, &outcome.status).await;
+    (response, outcome)
 }
 
 async fn respond_to_conditions(
@@ -812,7 +808,7 @@ async fn forward(
     url: Url,
     key: CacheKey,
     mut cache_status: CacheStatus,
-) -> Response {
+) -> Answer {
     let version = parts.version;
     let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
     let safe = parts.method.is_safe();
@@ -853,13 +849,12 @@ async fn forward(
     } else {
         Body::new(upstream.into_body())
     };
-    let mut response = build(status, headers, body);
-    response.extensions_mut().insert(Outcome {
+    let outcome = Outcome {
         status: cache_status,
         origin_time: Some(origin_time),
         ..Outcome::default()
-    });
-    response
+    };
+    (build(status, headers, body), outcome)
 }
 
 /// RFC 9111 §4.4: the target URI, and `Location` / `Content-Location` when they are on the same
@@ -917,7 +912,7 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
 }
 
 /// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5).
-fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Response {
+fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
     let (status, body, detail) = match err {
         OriginError::Unreachable(_) => (
             StatusCode::BAD_GATEWAY,
@@ -935,7 +930,7 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Response 
 }
 
 /// A response edge makes itself.
-fn local_response(status: StatusCode, body: &'static str, cache_status: CacheStatus) -> Response {
+fn local_response(status: StatusCode, body: &'static str, cache_status: CacheStatus) -> Answer {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -945,9 +940,9 @@ fn local_response(status: StatusCode, body: &'static str, cache_status: CacheSta
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CACHE_STATUS.clone(), cache_status.to_header_value());
-    response.extensions_mut().insert(Outcome {
+    let outcome = Outcome {
         status: cache_status,
         ..Outcome::default()
-    });
-    response
+    };
+    (response, outcome)
 }
