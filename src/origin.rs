@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::{Position, Url};
 
+use crate::cache::key::CacheKey;
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
@@ -113,6 +114,28 @@ impl Origin {
         inside.starts_with('/').then_some(url)
     }
 
+    /// The cache key of a request target, as `CacheKey::new(&url_for(target)?)` gives it, without
+    /// building the URL: for a target that URL parsing leaves as it is (the usual case: no dot
+    /// segments, percent-escapes or characters it would encode). `None`: ask [`Origin::url_for`].
+    pub fn simple_key(&self, target: &Uri) -> Option<CacheKey> {
+        let path_and_query = target.path_and_query()?.as_str();
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let unchanged = path.starts_with('/')
+            && path.bytes().all(|b| STAYS_IN_PATH[usize::from(b)])
+            && !has_dot_segment(path.as_bytes())
+            && query.is_none_or(|query| query.bytes().all(|b| STAYS_IN_QUERY[usize::from(b)]));
+        if !unchanged {
+            return None;
+        }
+        let mut text = String::with_capacity(self.prefix.len() + path_and_query.len());
+        text.push_str(&self.prefix);
+        text.push_str(path_and_query);
+        Some(CacheKey::from_text(text))
+    }
+
     /// Whether `url` (already resolved) is on this origin.
     pub fn owns(&self, url: &Url) -> bool {
         url.origin() == self.base.origin()
@@ -150,6 +173,38 @@ impl Origin {
             Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, self.timeout))),
         }
     }
+}
+
+/// Bytes that WHATWG URL parsing keeps as they are in the path of an http(s) URL: printable ASCII
+/// outside its path percent-encode set, less `\\` (read as `/`) and `%` (`%2e` is a dot segment).
+static STAYS_IN_PATH: [bool; 256] = printable_except(b"\"#<>?^`{}\\%");
+
+/// Bytes that WHATWG URL parsing keeps as they are in the query of an http(s) URL.
+static STAYS_IN_QUERY: [bool; 256] = printable_except(b"\"#<>'");
+
+const fn printable_except(excluded: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        table[b] = true;
+        b += 1;
+    }
+    let mut i = 0;
+    while i < excluded.len() {
+        table[excluded[i] as usize] = false;
+        i += 1;
+    }
+    table
+}
+
+/// Whether a path has a `.` or `..` segment.
+fn has_dot_segment(path: &[u8]) -> bool {
+    let segment_end = |i: usize| path.get(i).is_none_or(|&b| b == b'/');
+    (1..path.len()).any(|i| {
+        path[i] == b'.'
+            && path[i - 1] == b'/'
+            && (segment_end(i + 1) || (path[i + 1] == b'.' && segment_end(i + 2)))
+    })
 }
 
 /// An origin response body that fails when the origin sends nothing for `idle` (as a read timeout
@@ -299,6 +354,42 @@ mod tests {
             connect_timeout: Seconds(Duration::from_secs(1)),
             timeout: Seconds(Duration::from_secs(1)),
         })
+    }
+
+    #[test]
+    fn simple_keys_are_the_keys_of_the_parsed_urls() {
+        for base in ["http://o:9000", "http://o:9000/base/", "https://o/p"] {
+            let o = origin(base);
+            let simple = [
+                "/",
+                "/a",
+                "/a/b.c/d",
+                "/a?",
+                "/a?x=1&y=2",
+                "/a/..b/c.",
+                "/a//b",
+                "/~u/(x)*!$&'+,;=:@",
+                "/a?q=%41%zz/?~|\\^{}`",
+                "/a?q=a+b",
+                "/a/.b",
+                "/...",
+                "/a/..../",
+            ];
+            for target in simple {
+                let uri: Uri = target.parse().unwrap();
+                let parsed = CacheKey::new(&o.url_for(&uri).unwrap());
+                assert_eq!(o.simple_key(&uri), Some(parsed), "{base} {target}");
+            }
+            // Targets that parsing changes go the long way.
+            let changed = [
+                "/a/./b", "/a/../b", "/a/..", "/.", "/..", "/a/.", "/%2e/a", "/a%20b", "/a?x='",
+                "/a^b", "*",
+            ];
+            for target in changed {
+                let uri: Uri = target.parse().unwrap();
+                assert_eq!(o.simple_key(&uri), None, "{base} {target}");
+            }
+        }
     }
 
     #[test]

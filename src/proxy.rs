@@ -357,24 +357,29 @@ impl Drop for Served {
 
 /// classify and key.
 async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Answer {
-    let Some(url) = edge.config().origin.url_for(request.uri()) else {
-        let status = CacheStatus::default();
-        return local_response(
-            StatusCode::BAD_REQUEST,
-            "edge: invalid request target\n",
-            status,
-        );
+    let (request, body) = request.into_parts();
+    if matches!(request.method, Method::GET | Method::HEAD) {
+        // A hit needs only the key; the origin URL is built if the request goes there.
+        let settings = edge.config();
+        let key = (settings.origin.simple_key(&request.uri))
+            .or_else(|| Some(CacheKey::new(&settings.origin.url_for(&request.uri)?)));
+        // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped.
+        return match key {
+            Some(key) => serve_cacheable(edge, peer, request, key).await,
+            None => invalid_target(),
+        };
+    }
+    let Some(url) = edge.config().origin.url_for(&request.uri) else {
+        return invalid_target();
     };
     let key = CacheKey::new(&url);
-    let (request, body) = request.into_parts();
-    match request.method {
-        // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped.
-        Method::GET | Method::HEAD => serve_cacheable(edge, peer, request, url, key).await,
-        _ => {
-            let status = CacheStatus::forward(Forward::Bypass);
-            Box::pin(forward(edge, peer, request, body, url, key, status)).await
-        }
-    }
+    let status = CacheStatus::forward(Forward::Bypass);
+    Box::pin(forward(edge, peer, request, body, url, key, status)).await
+}
+
+fn invalid_target() -> Answer {
+    let body = "edge: invalid request target\n";
+    local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default())
 }
 
 /// lookup and decide, for GET and HEAD.
@@ -382,10 +387,10 @@ async fn serve_cacheable(
     edge: &Arc<Edge>,
     peer: SocketAddr,
     request: Parts,
-    url: Url,
     key: CacheKey,
 ) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
+    let origin_url = || edge.config().origin.url_for(&request.uri);
     let now = edge.clock.now();
     let mut stale = None;
     let fwd = match edge.cache.lookup(&key, &request.headers).await {
@@ -403,8 +408,10 @@ async fn serve_cacheable(
                         .may_serve_while_revalidating(&request_cc, now) =>
                 {
                     // RFC 5861 §3: answer now, refresh in the background (one fill per key).
-                    let job = fill_job(&request, peer, &url, &key, Some(entry.clone()));
-                    edge.fills.start(edge, job);
+                    if let Some(url) = origin_url() {
+                        let job = fill_job(&request, peer, &url, &key, Some(entry.clone()));
+                        edge.fills.start(edge, job);
+                    }
                     let mut status = CacheStatus::hit(tier, entry.freshness.ttl(now));
                     status.detail = Some("stale-while-revalidate");
                     return respond_stored(&request, &entry, status, now).await;
@@ -425,6 +432,9 @@ async fn serve_cacheable(
         let body = "edge: not in cache (only-if-cached)\n";
         return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
     }
+    let Some(url) = origin_url() else {
+        return invalid_target();
+    };
     let partial = request.headers.contains_key(header::RANGE);
     if edge.fills.is_pass(&key) {
         // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel, with
