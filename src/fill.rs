@@ -441,7 +441,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
     let loaded = match job
         .stale
         .as_ref()
-        .filter(|stale| has_validator(&stale.headers))
+        .filter(|stale| has_validator(&stale.headers.to_map()))
     {
         Some(stale) => match &stale.spilled {
             Some(spilled) => {
@@ -465,7 +465,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             outgoing.remove(name);
         }
         if let Some(stale) = validating {
-            add_validators(&mut outgoing, &stale.headers);
+            add_validators(&mut outgoing, &stale.headers.to_map());
         }
         // Taken before asking: an invalidation from now on may be newer than the answer.
         let epoch = edge.cache.epoch();
@@ -496,7 +496,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         if status == StatusCode::NOT_MODIFIED
             && let Some(stale) = validating
         {
-            if policy::not_modified_matches(&stale.headers, &headers) {
+            if policy::not_modified_matches(&stale.headers.to_map(), &headers) {
                 refresh(edge, fill, job, stale, &headers, received).await;
                 return;
             }
@@ -607,7 +607,7 @@ async fn refresh(
     received: Received,
 ) {
     // The stored Age described the old response; the 304 brings its own (§4.2.3).
-    let mut stored = stale.headers.clone();
+    let mut stored = stale.headers.to_map();
     stored.remove(header::AGE);
     let headers = policy::updated_headers(&stored, not_modified);
     let request_cc = CacheControl::of(&job.request);
@@ -639,7 +639,7 @@ async fn refresh(
     let entry = Arc::new(StoredEntry::new(
         stale.url.clone(),
         status,
-        crate::headers::detached(&headers),
+        headers.clone(),
         stale.variance.clone(),
         received.request_time,
         received.response_time,
@@ -648,7 +648,7 @@ async fn refresh(
     ));
     let head = SharedHead {
         status,
-        headers: entry.headers.clone(),
+        headers: entry.headers.to_map(),
         variance: entry.variance.clone(),
         fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
         ttl: entry.freshness.ttl(received.response_time),
@@ -695,7 +695,7 @@ async fn stream_and_store(
     let expected = if entry.status == StatusCode::NO_CONTENT {
         Some(0)
     } else {
-        content_length(&entry.headers)
+        content_length(&entry.headers.to_map())
     };
     let limit = edge.config().cache.max_object_size.0;
     let mut received: u64 = 0;
@@ -873,7 +873,7 @@ fn admit(
     Ok(StoredEntry::new(
         job.key.url().to_owned(),
         status,
-        crate::headers::detached(headers),
+        headers.clone(),
         Variance::capture(headers, &job.request),
         request_time,
         response_time,

@@ -23,20 +23,6 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// A copy of `headers` whose values own their bytes. hyper parses header values as slices of its
-/// read buffer, so a stored header section would otherwise keep that whole buffer (and the body
-/// bytes that came with it) alive for as long as the response is cached: 16 KiB objects held
-/// ~53 KiB of RSS each that way.
-pub fn detached(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        out.append(name.clone(), copy);
-    }
-    out
-}
-
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Usually there are none, or only `Connection: keep-alive`: look before removing, and
@@ -114,6 +100,18 @@ pub fn surrogate_keys(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .iter()
         .chain(headers.get_all(&CACHE_TAG).iter())
         .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(|c: char| c == ',' || c.is_ascii_whitespace()))
+        .filter(|tag| !tag.is_empty())
+}
+
+/// [`surrogate_keys`] of a stored header section.
+pub fn stored_surrogate_keys(
+    headers: &crate::cache::entry::StoredHeaders,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(&SURROGATE_KEY)
+        .chain(headers.get_all(&CACHE_TAG))
+        .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(|c: char| c == ',' || c.is_ascii_whitespace()))
         .filter(|tag| !tag.is_empty())
 }

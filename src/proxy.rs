@@ -632,7 +632,7 @@ async fn respond_stored(
     status: CacheStatus,
     now: SystemTime,
 ) -> Answer {
-    let mut headers = entry.headers.clone();
+    let mut headers = entry.headers.to_map_with(4);
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(

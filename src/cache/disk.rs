@@ -500,7 +500,7 @@ impl Inner {
     /// its record is committed: a row without its record is harmless, a record missing from the
     /// index would escape a tag purge. Rows go with their record, in [`Inner::forget`].
     fn index_tags(&self, key: &[u8], seq: &[u8], entry: &StoredEntry) -> Result<(), DiskError> {
-        for tag in crate::headers::surrogate_keys(&entry.headers) {
+        for tag in crate::headers::stored_surrogate_keys(&entry.headers) {
             self.tags
                 .insert(tag_row(tag, key, seq), entry.url.as_bytes())?;
         }
@@ -528,7 +528,7 @@ impl Inner {
             // A record that does not decode indexed nothing that can be found again.
             _ => return,
         };
-        for tag in crate::headers::surrogate_keys(&entry.headers) {
+        for tag in crate::headers::stored_surrogate_keys(&entry.headers) {
             if let Err(err) = self.tags.remove(tag_row(tag, key, &value[..8])) {
                 warn!(%err, "cannot delete a tag index row");
             }

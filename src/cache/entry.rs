@@ -102,13 +102,103 @@ pub struct BodyRef {
     pub checksum: [u8; 32],
 }
 
+/// A stored header section: every value a slice of one buffer, beside the field names (standard
+/// names hold no allocation). Two allocations in all, where a detached `HeaderMap` held two plus
+/// one per value, and sized exactly (a `HeaderMap` of 8 fields reserves 12 buckets of ~104
+/// bytes). A `HeaderMap` is built from it, without copying a value, per response served.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoredHeaders {
+    /// The values, back to back.
+    buf: Bytes,
+    /// Each field's name and the end of its value in `buf`; the top bit marks a sensitive value.
+    fields: Box<[(HeaderName, u32)]>,
+}
+
+const SENSITIVE: u32 = 1 << 31;
+
+impl StoredHeaders {
+    /// A copy of `headers` that owns its bytes: hyper parses values as slices of its read
+    /// buffer, which a stored copy must not keep alive.
+    pub fn from_map(headers: &HeaderMap) -> Self {
+        let mut buf = Vec::with_capacity(headers.iter().map(|(_, v)| v.len()).sum());
+        let mut fields = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            buf.extend_from_slice(value.as_bytes());
+            let end = u32::try_from(buf.len())
+                .unwrap_or(SENSITIVE - 1)
+                .min(SENSITIVE - 1);
+            let flag = if value.is_sensitive() { SENSITIVE } else { 0 };
+            fields.push((name.clone(), end | flag));
+        }
+        Self {
+            buf: Bytes::from(buf),
+            fields: fields.into_boxed_slice(),
+        }
+    }
+
+    /// The fields, in order: name, value bytes, sensitive.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8], bool)> {
+        let mut start = 0;
+        self.fields.iter().map(move |(name, end)| {
+            let stop = (end & !SENSITIVE) as usize;
+            let value = &self.buf[start..stop];
+            start = stop;
+            (name, value, end & SENSITIVE != 0)
+        })
+    }
+
+    /// The values of every field named `name`.
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _, _)| *n == name)
+            .map(|(_, value, _)| value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// A `HeaderMap` of the fields, with room for `extra` more; the values are slices of the
+    /// stored buffer, not copies.
+    pub fn to_map_with(&self, extra: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + extra);
+        let mut start = 0;
+        for (name, end) in self.fields.iter() {
+            let stop = (end & !SENSITIVE) as usize;
+            // Stored values were valid header values; a damaged one is left out, not a panic.
+            if let Ok(mut value) = HeaderValue::from_maybe_shared(self.buf.slice(start..stop)) {
+                value.set_sensitive(end & SENSITIVE != 0);
+                map.append(name.clone(), value);
+            }
+            start = stop;
+        }
+        map
+    }
+
+    pub fn to_map(&self) -> HeaderMap {
+        self.to_map_with(0)
+    }
+}
+
+impl std::fmt::Debug for StoredHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(n, v, _)| (n, String::from_utf8_lossy(v))))
+            .finish()
+    }
+}
+
 /// One stored response: what the origin sent (less hop-by-hop fields), when, and for which
 /// request header values.
 #[derive(Debug, Clone)]
 pub struct StoredEntry {
     pub url: String,
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     pub variance: Variance,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
@@ -175,7 +265,7 @@ impl StoredEntry {
         Self {
             url,
             status,
-            headers,
+            headers: StoredHeaders::from_map(&headers),
             variance,
             request_time,
             response_time,
@@ -197,7 +287,7 @@ impl StoredEntry {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .map(|(n, v, _)| n.as_str().len() + v.len() + 32)
             .sum();
         let total = self.body.len() + headers + self.url.len() + 256;
         u32::try_from(total).unwrap_or(u32::MAX)
@@ -232,9 +322,9 @@ impl StoredEntry {
         out.extend_from_slice(&millis(self.response_time).to_be_bytes());
         put_bytes32(&mut out, self.url.as_bytes());
         out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
-        for (name, value) in &self.headers {
+        for (name, value, _) in self.headers.iter() {
             put_bytes16(&mut out, name.as_str().as_bytes());
-            put_bytes32(&mut out, value.as_bytes());
+            put_bytes32(&mut out, value);
         }
         out.extend_from_slice(&(self.variance.fields().len() as u16).to_be_bytes());
         for (name, value) in self.variance.fields() {
@@ -277,8 +367,11 @@ impl StoredEntry {
             let name =
                 HeaderName::from_bytes(r.take(name_len)?).map_err(|_| DecodeError::Invalid)?;
             let value_len = r.u32()? as usize;
-            let value =
-                HeaderValue::from_bytes(r.take(value_len)?).map_err(|_| DecodeError::Invalid)?;
+            // A slice of the record: `StoredEntry::new` copies the values into one buffer.
+            let at = r.pos;
+            r.take(value_len)?;
+            let value = HeaderValue::from_maybe_shared(record.slice(at..at + value_len))
+                .map_err(|_| DecodeError::Invalid)?;
             headers.append(name, value);
         }
         let vary_count = r.u16()? as usize;
@@ -442,6 +535,7 @@ mod tests {
         );
         assert_eq!(decoded.body, entry.body);
         assert_eq!(decoded.headers, entry.headers);
+        assert_eq!(decoded.headers.to_map(), entry.headers.to_map());
         assert_eq!(decoded.variance, entry.variance);
         assert_eq!(decoded.freshness, entry.freshness);
         assert_eq!(decoded.url, entry.url);

@@ -97,6 +97,8 @@ impl MemoryTier {
             self.entries.invalidate(&primary).await;
             return;
         }
+        // Exactly sized: `kept` was grown by pushes (room for 4), and lives as long as the entry.
+        kept.shrink_to_fit();
         let variants = Variants(kept);
         // An item larger than the whole tier would only push out others until moka's next
         // housekeeping; keep it on disk only.

@@ -141,7 +141,7 @@ impl Cache {
     /// Whether `key`, or a tag `entry` carries, was purged after `epoch`.
     fn purged_since(&self, key: &CacheKey, entry: &StoredEntry, epoch: u64) -> bool {
         self.invalidated_since(key, epoch)
-            || crate::headers::surrogate_keys(&entry.headers)
+            || crate::headers::stored_surrogate_keys(&entry.headers)
                 .any(|tag| self.tags_purged.get(tag).is_some_and(|at| at > epoch))
     }
 
@@ -368,9 +368,9 @@ impl Cache {
 
     /// The URLs of stored responses tagged `tag` (by `Surrogate-Key` or `Cache-Tag`).
     pub async fn tagged(&self, tag: &str) -> Vec<String> {
-        let mut urls = self
-            .memory
-            .urls_where(|entry| crate::headers::surrogate_keys(&entry.headers).any(|t| t == tag));
+        let mut urls = self.memory.urls_where(|entry| {
+            crate::headers::stored_surrogate_keys(&entry.headers).any(|t| t == tag)
+        });
         if let Some(disk) = &self.disk {
             match disk.tagged(tag.to_owned()).await {
                 Ok(on_disk) => urls.extend(on_disk),
