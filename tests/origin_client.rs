@@ -5,53 +5,22 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Harness, TestEdge, base_config, start_time};
+use common::{Harness, TestEdge, base_config, raw_origin, start_time};
 use edge::clock::Clock;
 use http::Method;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A raw origin that reads each request head, answers 200 with `Content-Length: 100` and sends
-/// 10 bytes of it, then holds the connection open without sending more. Counts requests.
-async fn stalling_origin() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\
-                             Cache-Control: max-age=60\r\n\r\n0123456789";
-                let _ = socket.write_all(reply.as_bytes()).await;
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
-        }
-    });
-    (url, requests)
-}
 
 #[tokio::test]
 async fn an_origin_that_stops_mid_body_is_cut_off_and_nothing_is_stored() {
-    let (url, requests) = stalling_origin().await;
+    // Content-Length 100, and 10 bytes of it: then nothing, with the connection held open.
+    let stalled =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\n0123456789";
+    let (addr, requests) = raw_origin(stalled).await;
+    let url = format!("http://{addr}");
     let dir = Arc::new(TempDir::new().unwrap());
     let mut config = base_config(&url, dir.path());
     config.origin.timeout = edge::config::Seconds(Duration::from_millis(500));

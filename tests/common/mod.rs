@@ -431,3 +431,45 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// An origin that answers every request with `response`, byte for byte, on keep-alive
+/// connections, counting the requests. `response` must frame its body with Content-Length; one that
+/// sends less than its Content-Length leaves the connection hanging, as a stalled origin does.
+pub async fn raw_origin(
+    response: &'static [u8],
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests here have no body: each ends with its head.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if tokio::io::AsyncWriteExt::write_all(&mut stream, response)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
