@@ -171,11 +171,7 @@ async fn purge_request(
         );
     }
     let Some(url) = settings.origin.url_for(request.uri()) else {
-        return local_response(
-            StatusCode::BAD_REQUEST,
-            "edge: invalid request target\n",
-            status,
-        );
+        return invalid_target();
     };
     let soft = request
         .headers()
