@@ -27,7 +27,6 @@ use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 use tokio::sync::watch;
 use tracing::{debug, warn};
-use url::Url;
 
 use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
@@ -51,7 +50,6 @@ const CLIENT_CONDITIONS: [header::HeaderName; 6] = [
 /// What one fill needs to ask the origin.
 pub struct FillJob {
     pub key: CacheKey,
-    pub url: Url,
     /// The headers of the request that started the fill.
     pub request: HeaderMap,
     pub client: IpAddr,
@@ -472,7 +470,12 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         let request_time = edge.clock.now();
         let asked = Instant::now();
         let sent = edge
-            .send_to_origin(Method::GET, &job.url, outgoing, axum::body::Body::empty())
+            .send_to_origin(
+                Method::GET,
+                job.key.url(),
+                outgoing,
+                axum::body::Body::empty(),
+            )
             .await;
         let upstream = match sent {
             Ok(upstream) => upstream,

@@ -1,27 +1,32 @@
-//! The origin: one pooled HTTP client (hyper-util's, with rustls for `https` origins), the
-//! mapping of request targets to origin URLs, and the header rewriting of a forwarding
-//! intermediary (RFC 9110 §7.6).
+//! The origin: kept-alive HTTP/1.1 connections to it (hyper's connection API, rustls for `https`
+//! origins), the mapping of request targets to origin URLs, and the header rewriting of a
+//! forwarding intermediary (RFC 9110 §7.6).
 //!
-//! The client is hyper-util's pooled client rather than reqwest (which wraps the same client):
-//! reqwest's per-request layers (URL round trips, default headers, its tower stack) cost 7.7 µs of
-//! the 26 µs a minimal proxy spends per pass-through request here (bench/README.md).
+//! Edge speaks HTTP/1.1 to the origin, as nginx and Varnish do to their upstreams. Its pool is a
+//! stack of idle connections: a connection goes back when the response body it carried has been
+//! read to its end, and a request that finds a pooled connection closed before it was sent goes
+//! out on another. hyper-util's pooled client (and reqwest, which wraps it) spawned a task per
+//! request to wait for the connection to be ready again, and hashed a pool key twice: 10k of the
+//! 68k instructions of a pass-through request (bench/callgrind.sh).
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
 use url::{Position, Url};
 
 use crate::cache::key::CacheKey;
@@ -47,14 +52,61 @@ pub enum OriginError {
 pub type Upstream = Response<OriginBody>;
 
 pub struct Origin {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
+    idle: Arc<Idle>,
     base: Url,
     /// `base`'s path without its trailing slash: every forwarded path starts with it.
     prefix: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// `scheme://authority`: what the connector connects to.
+    root: Uri,
+    /// The origin's own `Host`.
+    host: HeaderValue,
     timeout: Duration,
 }
+
+type Sender = http1::SendRequest<Body>;
+
+/// How long an idle connection is kept, and how many are.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+const IDLE_MAX: usize = 1024;
+
+/// Idle connections to the origin, the most recently used at the back.
+#[derive(Default)]
+struct Idle(Mutex<VecDeque<(Sender, Instant)>>);
+
+impl Idle {
+    /// The most recently used connection that is still open.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((sender, _)) = idle.pop_back() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last response was read to its end, and lets go of the oldest
+    /// when it has been idle for [`IDLE_FOR`].
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) > IDLE_FOR)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < IDLE_MAX {
+            idle.push_back((sender, now));
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Origin {
     pub fn new(config: &OriginConfig) -> Self {
@@ -67,26 +119,21 @@ impl Origin {
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
-        // No redirects are followed, no proxies from the environment are used and nothing is
-        // decompressed: the origin's answer passes through as it was sent.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let base = config.url.0.clone();
         let prefix = base.path().trim_end_matches('/').to_owned();
-        let scheme = base.scheme().parse().expect("config admits http and https");
-        let authority = base[Position::BeforeHost..Position::AfterPort]
+        let authority = &base[Position::BeforeHost..Position::AfterPort];
+        let root = base[..Position::AfterPort]
             .parse()
-            .expect("a URL's host and port are an authority");
+            .expect("a URL's scheme, host and port are a URI");
+        let host = HeaderValue::from_str(authority).expect("a URL's host and port are ASCII");
         Self {
-            client,
+            connector,
+            idle: Arc::default(),
             base,
             prefix,
-            scheme,
-            authority,
+            root,
+            host,
             timeout: config.timeout.0,
         }
     }
@@ -145,33 +192,75 @@ impl Origin {
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
-    /// Sends one request to the origin and waits for its response head. `url` is on this origin
-    /// (from [`Origin::url_for`]).
+    /// Sends one request to the origin and waits for its response head. `target` is a path and
+    /// query on this origin: a [`CacheKey::url`].
     pub async fn send(
         &self,
         method: Method,
-        url: &Url,
-        headers: HeaderMap,
+        target: &str,
+        mut headers: HeaderMap,
         body: Body,
     ) -> Result<Upstream, OriginError> {
-        let path = PathAndQuery::try_from(&url[Position::BeforePath..Position::AfterQuery])
-            .map_err(|err| OriginError::Unreachable(format!("invalid origin URL {url}: {err}")))?;
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|err| OriginError::Unreachable(format!("invalid origin URL {url}: {err}")))?;
+        let path = PathAndQuery::try_from(target).map_err(|err| {
+            OriginError::Unreachable(format!("invalid origin target {target}: {err}"))
+        })?;
+        headers.insert(header::HOST, self.host.clone());
         let mut request = Request::new(body);
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::from(path);
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
-            Ok(Err(err)) if timed_out(&err) => Err(OriginError::Timeout(self.timeout)),
-            Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&err))),
-            Ok(Ok(response)) => Ok(response.map(|body| OriginBody::new(body, self.timeout))),
+            Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
+            Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
+            Ok(Ok((response, sender))) => Ok(response.map(|body| OriginBody {
+                inner: body,
+                idle: self.timeout,
+                timer: None,
+                armed: false,
+                home: Some((sender, self.idle.clone())),
+            })),
         }
+    }
+
+    /// One request on an idle connection, or on a new one. A request that a pooled connection
+    /// closed before sending (the origin let it go meanwhile) goes out on the next.
+    async fn exchange(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Sender), BoxError> {
+        loop {
+            let (mut sender, pooled) = match self.idle.take() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            // A pooled connection is ready once its connection task has seen the end of the
+            // response it carried before.
+            if let Err(err) = sender.ready().await {
+                if pooled {
+                    continue;
+                }
+                return Err(err.into());
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if pooled => request = unsent,
+                    _ => return Err(err.into_error().into()),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, BoxError> {
+        let io = self.connector.clone().oneshot(self.root.clone()).await?;
+        let (sender, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "origin connection ended");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -208,22 +297,29 @@ fn has_dot_segment(path: &[u8]) -> bool {
 }
 
 /// An origin response body that fails when the origin sends nothing for `idle` (as a read timeout
-/// does). The timer is armed only while the body waits for the network.
+/// does). The timer is armed only while the body waits for the network. Its connection goes back
+/// to the pool when the body has been read to its end; a body dropped before that closes it.
 pub struct OriginBody {
     inner: Incoming,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+    home: Option<(Sender, Arc<Idle>)>,
 }
 
 impl OriginBody {
-    fn new(inner: Incoming, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            timer: None,
-            armed: false,
+    fn release(&mut self) {
+        if http_body::Body::is_end_stream(&self.inner)
+            && let Some((sender, idle)) = self.home.take()
+        {
+            idle.put(sender);
         }
+    }
+}
+
+impl Drop for OriginBody {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -238,6 +334,7 @@ impl http_body::Body for OriginBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
+            this.release();
             return Poll::Ready(frame.map(|frame| frame.map_err(std::io::Error::other)));
         }
         let deadline = tokio::time::Instant::now() + this.idle;
@@ -265,8 +362,8 @@ impl http_body::Body for OriginBody {
     }
 }
 
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
+fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cause) = source {
         if cause
             .downcast_ref::<std::io::Error>()

@@ -67,13 +67,13 @@ impl Edge {
     pub async fn send_to_origin(
         &self,
         method: Method,
-        url: &Url,
+        target: &str,
         headers: HeaderMap,
         body: Body,
     ) -> Result<Upstream, OriginError> {
         let settings = self.config();
         let started = Instant::now();
-        let result = settings.origin.send(method, url, headers, body).await;
+        let result = settings.origin.send(method, target, headers, body).await;
         let status = result.as_ref().ok().map(Upstream::status);
         self.metrics.origin(status, started.elapsed());
         result
@@ -370,7 +370,7 @@ async fn route(edge: &Arc<Edge>, peer: SocketAddr, request: Request) -> Answer {
     };
     let key = CacheKey::new(&url);
     let status = CacheStatus::forward(Forward::Bypass);
-    Box::pin(forward(edge, peer, request, body, url, key, status)).await
+    Box::pin(forward(edge, peer, request, body, key, status)).await
 }
 
 fn invalid_target() -> Answer {
@@ -386,7 +386,6 @@ async fn serve_cacheable(
     key: CacheKey,
 ) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
-    let origin_url = || edge.config().origin.url_for(&request.uri);
     let now = edge.clock.now();
     let mut stale = None;
     let fwd = match edge.cache.lookup(&key, &request.headers).await {
@@ -404,10 +403,8 @@ async fn serve_cacheable(
                         .may_serve_while_revalidating(&request_cc, now) =>
                 {
                     // RFC 5861 §3: answer now, refresh in the background (one fill per key).
-                    if let Some(url) = origin_url() {
-                        let job = fill_job(&request, peer, &url, &key, Some(entry.clone()));
-                        edge.fills.start(edge, job);
-                    }
+                    let job = fill_job(&request, peer, &key, Some(entry.clone()));
+                    edge.fills.start(edge, job);
                     let mut status = CacheStatus::hit(tier, entry.freshness.ttl(now));
                     status.detail = Some("stale-while-revalidate");
                     return respond_stored(&request, &entry, status, now).await;
@@ -428,9 +425,6 @@ async fn serve_cacheable(
         let body = "edge: not in cache (only-if-cached)\n";
         return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
     }
-    let Some(url) = origin_url() else {
-        return invalid_target();
-    };
     let partial = request.headers.contains_key(header::RANGE);
     if edge.fills.is_pass(&key) {
         // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel, with
@@ -438,37 +432,29 @@ async fn serve_cacheable(
         // response is revalidated through a fill of its own instead.
         if partial || stale.is_none() {
             let status = CacheStatus::forward(fwd);
-            let forwarded = forward(edge, peer, request, Body::empty(), url, key, status);
+            let forwarded = forward(edge, peer, request, Body::empty(), key, status);
             return Box::pin(forwarded).await;
         }
         let role = Role::Leader(
             edge.fills
-                .solo(edge, fill_job(&request, peer, &url, &key, stale.clone())),
+                .solo(edge, fill_job(&request, peer, &key, stale.clone())),
         );
-        return Box::pin(answer_from_fill(
-            edge, peer, request, url, key, fwd, stale, role,
-        ))
-        .await;
+        return Box::pin(answer_from_fill(edge, peer, request, key, fwd, stale, role)).await;
     }
     let role = edge
         .fills
-        .join(edge, fill_job(&request, peer, &url, &key, stale.clone()));
-    Box::pin(answer_from_fill(
-        edge, peer, request, url, key, fwd, stale, role,
-    ))
-    .await
+        .join(edge, fill_job(&request, peer, &key, stale.clone()));
+    Box::pin(answer_from_fill(edge, peer, request, key, fwd, stale, role)).await
 }
 
 fn fill_job(
     request: &Parts,
     peer: SocketAddr,
-    url: &Url,
     key: &CacheKey,
     stale: Option<Arc<StoredEntry>>,
 ) -> FillJob {
     FillJob {
         key: key.clone(),
-        url: url.clone(),
         request: request.headers.clone(),
         client: peer.ip(),
         version: request.version,
@@ -485,7 +471,6 @@ async fn answer_from_fill(
     edge: &Arc<Edge>,
     peer: SocketAddr,
     request: Parts,
-    url: Url,
     key: CacheKey,
     fwd: Forward,
     stale: Option<Arc<StoredEntry>>,
@@ -541,7 +526,7 @@ async fn answer_from_fill(
                 let variant = Variance::select(&names, &request.headers).variant_key(key.hash());
                 let slot = *blake3::hash(&variant).as_bytes();
                 if slot != fill_slot {
-                    let mut job = fill_job(&request, peer, &url, &key, stale.clone());
+                    let mut job = fill_job(&request, peer, &key, stale.clone());
                     job.slot = slot;
                     fill_slot = slot;
                     role = edge.fills.join(edge, job);
@@ -562,8 +547,7 @@ async fn answer_from_fill(
                     if request.headers.contains_key(header::RANGE) {
                         // The representation is not storable; let the origin answer the range.
                         let status = CacheStatus::forward(fwd).not_stored(reason);
-                        let forwarded =
-                            forward(edge, peer, request, Body::empty(), url, key, status);
+                        let forwarded = forward(edge, peer, request, Body::empty(), key, status);
                         return Box::pin(forwarded).await;
                     }
                     let mut status = CacheStatus::forward(fwd).not_stored(reason);
@@ -598,7 +582,7 @@ async fn answer_from_fill(
         }
         role = Role::Leader(
             edge.fills
-                .solo(edge, fill_job(&request, peer, &url, &key, stale.clone())),
+                .solo(edge, fill_job(&request, peer, &key, stale.clone())),
         );
     }
 }
@@ -811,7 +795,6 @@ async fn forward(
     peer: SocketAddr,
     parts: Parts,
     body: Body,
-    url: Url,
     key: CacheKey,
     mut cache_status: CacheStatus,
 ) -> Answer {
@@ -822,7 +805,7 @@ async fn forward(
     let request_time = edge.clock.now();
     let asked = Instant::now();
     let result = edge
-        .send_to_origin(parts.method.clone(), &url, outgoing, body)
+        .send_to_origin(parts.method.clone(), key.url(), outgoing, body)
         .await;
     let origin_time = asked.elapsed();
     let upstream = match result {
@@ -834,7 +817,7 @@ async fn forward(
     };
     let status = upstream.status();
     if !safe && (status.is_success() || status.is_redirection()) {
-        invalidate_after_unsafe(edge, &parts.headers, &url, &key, upstream.headers()).await;
+        invalidate_after_unsafe(edge, &parts, &key, upstream.headers()).await;
     }
     let response_time = edge.clock.now();
     let mut headers =
@@ -867,13 +850,15 @@ async fn forward(
 /// origin. Edge's own host name (from the request) counts as the same origin as the origin's.
 async fn invalidate_after_unsafe(
     edge: &Edge,
-    request: &HeaderMap,
-    url: &Url,
+    request: &Parts,
     key: &CacheKey,
     response: &HeaderMap,
 ) {
     invalidate(edge, key).await;
-    let public_host = request.get(header::HOST).and_then(|h| h.to_str().ok());
+    let Some(url) = edge.config().origin.url_for(&request.uri) else {
+        return;
+    };
+    let public_host = (request.headers.get(header::HOST)).and_then(|h| h.to_str().ok());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
