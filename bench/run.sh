@@ -6,10 +6,13 @@
 #   nginx     nginx proxy_cache in front of the origin
 #   edge      edge, memory tier big enough for everything
 #   edge_disk edge with a 1KiB memory tier: every hit is read from the disk tier
-# then measures with wrk (pinned to GEN_CPU), checks request collapsing and memory per object, and
-# prints ratios. Everything it starts is stopped on exit.
+# then measures with wrk (pinned to GEN_CPU), hit latency at a fixed request rate with oha (built
+# with cargo install if missing), checks request collapsing and memory per object, and prints
+# ratios. Everything it starts is stopped on exit.
 #
-# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit lat1 pass collapse memory" N=5000
+# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass collapse memory" N=5000
+#      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
+#      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
 #      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
 #      EDGE_BIN=path (skip the cargo build and measure that binary)
@@ -18,8 +21,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
-DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}
-SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit lat1 pass collapse memory"}
+DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}; ROUNDS=${ROUNDS:-1}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass collapse memory"}
+RATES=${RATES:-"1k=20000 16k=20000 256k=4000 1m=1000"}
 BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
 SRV_CPU=${SRV_CPU-1}; GEN_CPU=${GEN_CPU-0}
@@ -61,6 +65,13 @@ if [ ${#need[@]} -gt 0 ]; then
     { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } || die "apt-get install ${need[*]} failed"
 fi
 command -v taskset >/dev/null || { [ -z "$SRV_CPU$GEN_CPU" ] || die "taskset not found (util-linux)"; }
+# oha offers a fixed request rate (wrk2 is not in Debian); crates.io has it.
+OHA_VERSION=1.16.0
+if [[ " $TESTS " == *" rate "* ]] && ! command -v oha >/dev/null; then
+  PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
+  command -v oha >/dev/null || { echo "building oha $OHA_VERSION: cargo install --locked oha@$OHA_VERSION (a few minutes, once)";
+    cargo install --locked "oha@$OHA_VERSION" || die "cargo install oha failed"; }
+fi
 
 mkdir -p "$BENCH_DIR" "$OUT/raw" || die "cannot create $BENCH_DIR or $OUT"
 if [ -z "${EDGE_BIN:-}" ]; then
@@ -163,7 +174,7 @@ served_as() { # the cache's own word on a response: Cache-Status (edge) or X-Cac
 
 FAILED=0
 TSV=$OUT/results.tsv
-printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\n" > "$TSV"
+printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\tround\n" > "$TSV"
 
 measure() { # TEST SIZE TARGET
   local test=$1 size=$2 name=$3 path t=2 c=64
@@ -172,11 +183,11 @@ measure() { # TEST SIZE TARGET
     lat1) path=/obj/$size.bin; t=1; c=1 ;;
     pass) path=/nostore/$size.bin ;;
   esac
-  local url="http://127.0.0.1:${PORT[$name]}$path" tag="$test-$size-$name" got
+  local url="http://127.0.0.1:${PORT[$name]}$path" tag="$test-$size-$name-r$ROUND" got
   got=$(curl -s -o "$BENCH_DIR/tmp/body" -w '%{http_code} %{size_download}' --max-time 10 "$url")
   if [ "$got" != "200 $(size_bytes "$size")" ] || ! cmp -s "$BENCH_DIR/tmp/body" "$BENCH_DIR/www/obj/$size.bin"; then
     echo "!!! FAILED CHECK $name $url: got '$got', want '200 $(size_bytes "$size")' and the origin's bytes" >&2
-    printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\n" "$test" "$size" "$name" "$c" "${got// /_}" >> "$TSV"
+    printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\t%s\n" "$test" "$size" "$name" "$c" "${got// /_}" "$ROUND" >> "$TSV"
     FAILED=$((FAILED + 1)); return
   fi
   [ "$WARMUP" = 0 ] || gen wrk -t"$t" -c"$c" -d"$WARMUP" "$url" > /dev/null 2>&1
@@ -193,23 +204,61 @@ measure() { # TEST SIZE TARGET
   for kv in $line; do printf -v "${kv%%=*}" '%s' "${kv#*=}"; done
   [ $((sock_err + status_err)) -gt 0 ] && note="${note:+$note,}errors"
   orig=$((o2 - o1 - 1)); [ "$name" = ceiling ] && orig=-          # the ceiling *is* the origin
-  printf "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$test" "$size" "$name" "$c" \
+  printf "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$test" "$size" "$name" "$c" \
     "$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{print r/(d/1e6)}')" "$p50" "$p99" "$max" \
-    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" >> "$TSV"
+    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" "$ROUND" >> "$TSV"
+  tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $12, ($13=="-") ? "" : $13}'
+}
+
+measure_rate() { # SIZE TARGET: hits at a fixed offered rate (RATES), 64 connections: latency at equal throughput
+  local size=$1 name=$2 rate path=/obj/$1.bin
+  rate=$(tr ' ' '\n' <<< "$RATES" | sed -n "s/^$size=//p"); [ -n "$rate" ] || return
+  local url="http://127.0.0.1:${PORT[$name]}$path" tag="rate-$size-$name-r$ROUND"
+  [ "$WARMUP" = 0 ] || gen wrk -t2 -c64 -d"$WARMUP" "$url" > /dev/null 2>&1
+  curl -s -o /dev/null -D "$OUT/raw/$tag.headers" --max-time 10 "$url"
+  local served note o1 o2
+  served=$(served_as "$OUT/raw/$tag.headers")
+  note=$(wait_quiet)
+  o1=$(origin_count)
+  gen oha -z "$DUR" -c 64 -q "$rate" --latency-correction --no-tui "$url" > "$OUT/raw/$tag.txt" 2>&1
+  o2=$(origin_count)
+  # oha's text report: "Requests/sec: N", "50.00% in X ms", "[200] N responses", "[error] N ..." lines.
+  local line
+  line=$(awk '
+    function us(v, unit) { return (unit ~ /^ms/) ? v * 1000 : (unit ~ /^(us|µs)/) ? v : (unit ~ /^ns/) ? v / 1000 : v * 1e6 }
+    /Requests\/sec:/ { rps = $2 }
+    $1 == "50.00%" && $2 == "in" { p50 = us($3, $4) }
+    $1 == "99.00%" && $2 == "in" { p99 = us($3, $4) }
+    /^  Slowest:/ { max = us($2, $3) }
+    /^  \[[0-9]+\] [0-9]+ responses/ { code = substr($1, 2, length($1) - 2); if (code !~ /^2/) bad += $2 }
+    /^Error distribution/ { errs = 1; next }
+    errs && /^  \[[0-9]+\]/ && !/aborted due to deadline/ { sock += substr($1, 2, length($1) - 2) }
+    END { if (rps == "") exit 1; printf "%.0f %d %d %d %d %d", rps, p50, p99, max, sock, bad }' "$OUT/raw/$tag.txt") ||
+    { echo "!!! oha failed for $name $url, see $OUT/raw/$tag.txt" >&2; FAILED=$((FAILED + 1)); return; }
+  local rps p50 p99 max sock_err status_err orig
+  read -r rps p50 p99 max sock_err status_err <<< "$line"
+  [ $((sock_err + status_err)) -gt 0 ] && note="${note:+$note,}errors"
+  orig=$((o2 - o1 - 1)); [ "$name" = ceiling ] && orig=-
+  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" rate "$size" "$name" 64 "$rps" "$p50" "$p99" "$max" \
+    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" "$ROUND" >> "$TSV"
   tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $12, ($13=="-") ? "" : $13}'
 }
 
 # ---- 4. throughput and latency -------------------------------------------------------------------
 echo "# $(date -Is)  $(nproc) cpus  edge $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo +dirty)  $(nginx -v 2>&1 | sed 's/.*: //')  wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}')"
-echo "# DUR=$DUR WARMUP=$WARMUP SIZES=\"$SIZES\" TESTS=\"$TESTS\" N=$N  servers on cpu ${SRV_CPU:-any}, wrk on cpu ${GEN_CPU:-any}  out: $OUT"
-for test in $TESTS; do
-  case $test in
-    hit)  for s in $SIZES; do for n in $HIT_TARGETS; do measure hit "$s" "$n"; done; done ;;
-    lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
-    pass) for n in $OTHER_TARGETS; do measure pass 1k "$n"; done ;;
-    collapse|memory) ;;
-    *) die "unknown test '$test' (hit lat1 pass collapse memory)" ;;
-  esac
+echo "# DUR=$DUR WARMUP=$WARMUP SIZES=\"$SIZES\" TESTS=\"$TESTS\" N=$N ROUNDS=$ROUNDS  servers on cpu ${SRV_CPU:-any}, wrk on cpu ${GEN_CPU:-any}  out: $OUT"
+for ROUND in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" = 1 ] || echo "# round $ROUND of $ROUNDS"
+  for test in $TESTS; do
+    case $test in
+      hit)  for s in $SIZES; do for n in $HIT_TARGETS; do measure hit "$s" "$n"; done; done ;;
+      rate) for s in $SIZES; do for n in $HIT_TARGETS; do measure_rate "$s" "$n"; done; done ;;
+      lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
+      pass) for n in $OTHER_TARGETS; do measure pass 1k "$n"; done ;;
+      collapse|memory) ;;
+      *) die "unknown test '$test' (hit rate lat1 pass collapse memory)" ;;
+    esac
+  done
 done
 
 # ---- 5. request collapsing under load ------------------------------------------------------------
@@ -268,29 +317,43 @@ if [[ " $TESTS " == *" memory "* ]]; then
 fi
 
 # ---- 7. report -----------------------------------------------------------------------------------
-report() {
-  awk -F'\t' -v dur="$DUR" '
+report() { # medians over the rounds of each row (and, with ROUNDS > 1, the range of req/s and of the ratios)
+  awk -F'\t' -v dur="$DUR" -v rounds="$ROUNDS" '
     NR == 1 { next }
     { cell = $1 " " $2; if (!(cell in seen)) { seen[cell] = 1; cells[++nc] = cell; conns[cell] = $4 }
-      rows[cell] = rows[cell] sprintf("  %-10s %9s %9.3f %9.3f  %11s  %-22s %s\n", $3, $5, $6/1000, $7/1000, $11, $12, ($13 == "-") ? "" : $13)
-      rps[cell, $3] = $5; p99[cell, $3] = $7 }
+      key = cell SUBSEP $3
+      if (!(key in n)) order[cell] = order[cell] " " $3
+      i = ++n[key]; rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7
+      orig[key] = $11; served[key] = $12; if ($13 != "-") note[key] = note[key] " " $13 }
+    function median(arr, key, m,   i, j, t, v) {   # of arr[key, 1..m]
+      for (i = 1; i <= m; i++) v[i] = arr[key, i] + 0
+      for (i = 2; i <= m; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+      return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
     function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
-    function k(x) { return (x == "") ? "-" : (x >= 10000) ? sprintf("%.0fk", x / 1000) : (x >= 1000) ? sprintf("%.1fk", x / 1000) : x }
+    function med(arr, cell, t) { return ((cell SUBSEP t) in n) ? median(arr, cell SUBSEP t, n[cell SUBSEP t]) : 0 }
+    function spread(a, b, cell,   i, lo, hi, r, m) {   # range of the per-round ratios a/b
+      m = n[cell SUBSEP a]; if (n[cell SUBSEP b] < m) m = n[cell SUBSEP b]; if (rounds == 1 || m < 2) return ""
+      for (i = 1; i <= m; i++) { if (rps[cell SUBSEP b, i] <= 0) continue; r = rps[cell SUBSEP a, i] / rps[cell SUBSEP b, i]
+        if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r }
+      return (lo == "") ? "" : sprintf(" (rounds %.2f-%.2f)", lo, hi) }
+    function k(x) { return (x == "" || x == 0) ? "-" : (x >= 10000) ? sprintf("%.0fk", x / 1000) : (x >= 1000) ? sprintf("%.1fk", x / 1000) : x }
     END {
-      print "\n== results (wrk -c64 or -c1 for " dur ", p50/p99 in ms; origin_reqs during the measured run; served = the cache'"'"'s Cache-Status / X-Cache)"
+      print "\n== results (wrk -c64 or -c1, or oha -c64 at a fixed rate for the rate rows, for " dur ", p50/p99 in ms; " ((rounds > 1) ? "medians of " rounds " rounds; " : "") "origin_reqs during the measured run; served = the cache'"'"'s Cache-Status / X-Cache)"
       for (i = 1; i <= nc; i++) { c = cells[i]
         printf "\n%s  (%d connection%s)\n  %-10s %9s %9s %9s  %11s  %-22s %s\n", c, conns[c], (conns[c] > 1) ? "s" : "", "target", "req/s", "p50", "p99", "origin_reqs", "served", "note"
-        printf "%s", rows[c]
-        printf "  -> edge/nginx req/s x%s, p99 x%s", ratio(rps[c, "edge"], rps[c, "nginx"]), ratio(p99[c, "edge"], p99[c, "nginx"])
-        if ((c, "edge_disk") in rps) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(rps[c, "edge_disk"], rps[c, "edge"]), ratio(p99[c, "edge_disk"], p99[c, "edge"])
+        split(substr(order[c], 2), ts, " ")
+        for (j = 1; j in ts; j++) { t = ts[j]; key = c SUBSEP t
+          printf "  %-10s %9.0f %9.3f %9.3f  %11s  %-22s %s\n", t, med(rps, c, t), med(p50, c, t) / 1000, med(p99, c, t) / 1000, orig[key], served[key], note[key] }
+        printf "  -> edge/nginx req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge"), med(rps, c, "nginx")), spread("edge", "nginx", c), ratio(med(p99, c, "edge"), med(p99, c, "nginx"))
+        if ((c SUBSEP "edge_disk") in n) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge"))
         printf "\n" }
-      print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)"
+      print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)" ((rounds > 1) ? ", medians of " rounds " rounds" : "")
       printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
              "edge/nginx", "p99 e/n", "disk/edge", "p99 d/e", "edge/ceil"
       for (i = 1; i <= nc; i++) { c = cells[i]
-        printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", c, k(rps[c, "ceiling"]), k(rps[c, "nginx"]), k(rps[c, "edge"]), k(rps[c, "edge_disk"]),
-          ratio(rps[c, "edge"], rps[c, "nginx"]), ratio(p99[c, "edge"], p99[c, "nginx"]),
-          ratio(rps[c, "edge_disk"], rps[c, "edge"]), ratio(p99[c, "edge_disk"], p99[c, "edge"]), ratio(rps[c, "edge"], rps[c, "ceiling"]) }
+        printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", c, k(med(rps, c, "ceiling")), k(med(rps, c, "nginx")), k(med(rps, c, "edge")), k(med(rps, c, "edge_disk")),
+          ratio(med(rps, c, "edge"), med(rps, c, "nginx")), ratio(med(p99, c, "edge"), med(p99, c, "nginx")),
+          ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge")), ratio(med(rps, c, "edge"), med(rps, c, "ceiling")) }
     }' "$TSV"
 }
 [ "$(wc -l < "$TSV")" -gt 1 ] && report | tee "$OUT/report.txt"
