@@ -34,10 +34,27 @@ struct PurgeLabel {
     mode: &'static str,
 }
 
+/// Every `cache_status` label [`crate::headers::CacheStatus::label`] gives.
+const CACHE_STATUSES: [&str; 8] = [
+    "hit",
+    "stale",
+    "revalidated",
+    "miss",
+    "pass",
+    "bypass",
+    "purge",
+    "error",
+];
+
+/// Origin status classes, by `status / 100`; `error` when no response came.
+const ORIGIN_STATUSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 pub struct Metrics {
     registry: Registry,
-    requests: Family<CacheStatusLabel, Counter>,
-    origin_requests: Family<OriginLabel, Counter>,
+    /// The counters of each label, made up front: a request does not look its label set up in
+    /// the family's map (a SipHash and a lock per counter).
+    requests: [Counter; CACHE_STATUSES.len()],
+    origin_requests: [Counter; ORIGIN_STATUSES.len()],
     origin_seconds: Histogram,
     bytes_served: Counter,
     collapsed: Counter,
@@ -91,6 +108,11 @@ impl Metrics {
             purged_objects.clone(),
         );
         registry.register_collector(Box::new(CacheCollector(cache)));
+        let requests = CACHE_STATUSES.map(|cache_status| {
+            (requests.get_or_create(&CacheStatusLabel { cache_status })).clone()
+        });
+        let origin_requests = ORIGIN_STATUSES
+            .map(|status| (origin_requests.get_or_create(&OriginLabel { status })).clone());
         Self {
             registry,
             requests,
@@ -104,9 +126,11 @@ impl Metrics {
     }
 
     pub fn request(&self, cache_status: &'static str, collapsed: bool) {
-        self.requests
-            .get_or_create(&CacheStatusLabel { cache_status })
-            .inc();
+        let i = CACHE_STATUSES.iter().position(|s| *s == cache_status);
+        debug_assert!(i.is_some(), "{cache_status} is not in CACHE_STATUSES");
+        if let Some(i) = i {
+            self.requests[i].inc();
+        }
         if collapsed {
             self.collapsed.inc();
         }
@@ -114,17 +138,13 @@ impl Metrics {
 
     /// One origin request: its status (`None` when it failed) and the time to its head.
     pub fn origin(&self, status: Option<http::StatusCode>, elapsed: Duration) {
-        let status = match status.map(|s| s.as_u16() / 100) {
-            Some(1) => "1xx",
-            Some(2) => "2xx",
-            Some(3) => "3xx",
-            Some(4) => "4xx",
-            Some(5) => "5xx",
-            _ => "error",
+        let class = status.map_or(0, |s| usize::from(s.as_u16() / 100));
+        let class = if class < ORIGIN_STATUSES.len() {
+            class
+        } else {
+            0
         };
-        self.origin_requests
-            .get_or_create(&OriginLabel { status })
-            .inc();
+        self.origin_requests[class].inc();
         self.origin_seconds.observe(elapsed.as_secs_f64());
     }
 
