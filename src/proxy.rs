@@ -388,7 +388,11 @@ async fn serve_cacheable(
     let request_cc = CacheControl::of(&request.headers);
     let now = edge.clock.now();
     let mut stale = None;
-    let fwd = match edge.cache.lookup(&key, &request.headers).await {
+    // A hit-for-pass key is rarely stored at all: what the memory tier does not hold is not
+    // looked for on disk (a request for it is forwarded, and may find the origin's answer
+    // storable again).
+    let memory_only = || edge.fills.is_pass(&key);
+    let fwd = match edge.cache.lookup(&key, &request.headers, memory_only).await {
         Lookup::Miss => Forward::UriMiss,
         Lookup::VaryMiss => Forward::VaryMiss,
         Lookup::Found(entry, tier) => {
