@@ -9,11 +9,12 @@
 # ORIGIN_URL, sends WARM keep-alive requests, zeroes the counters, sends N more with ab -k -c4,
 # dumps, and prints the count per request; the profile stays in OUT for callgrind_annotate.
 # Env: N=2000 WARM=200 PORT=19300 (admin PORT+1) OUT=bench/results/callgrind-<time>
+#      MEMORY=1GiB (cache.memory.capacity; MEMORY=1KiB makes every hit a disk-tier hit)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ $# -ge 2 ] || { sed -n 5,6p "$0" | sed 's/^# *//'; exit 2; }
 ORIGIN=$1; shift
-N=${N:-2000}; WARM=${WARM:-200}; PORT=${PORT:-19300}; ADMIN=$((PORT + 1))
+N=${N:-2000}; WARM=${WARM:-200}; PORT=${PORT:-19300}; ADMIN=$((PORT + 1)); MEMORY=${MEMORY:-1GiB}
 OUT=${OUT:-$HERE/results/callgrind-$(date +%Y%m%d-%H%M%S)}
 EDGE_BIN=${EDGE_BIN:-$HERE/../target/release/edge}
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
@@ -43,6 +44,8 @@ listen: 127.0.0.1:$PORT
 origin:
   url: $ORIGIN
 cache:
+  memory:
+    capacity: $MEMORY
   disk:
     path: $OUT/disk
 admin:

@@ -106,8 +106,9 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
-    /// Body files verified since start-up, with the length and modification time they had then.
-    verified: moka::sync::Cache<PathBuf, Stamp>,
+    /// Body files verified since start-up, by the sequence number of their record (which names
+    /// the file), with the length and modification time they had then.
+    verified: moka::sync::Cache<u64, Stamp>,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -412,7 +413,7 @@ impl Inner {
             }
             Ok(Decoded::BodyElsewhere(entry, body_ref)) if body_ref.len > self.stream_over => {
                 let path = self.body_path(key, &value[..8]);
-                match verified_file(&path, body_ref, &self.verified) {
+                match verified_file(&path, seq_of(&value), body_ref, &self.verified) {
                     Ok(Some(file)) => {
                         let mut entry = *entry;
                         entry.spilled = Some(Spilled {
@@ -437,7 +438,8 @@ impl Inner {
                     Ok((body, stamp)) => {
                         // A body file read and verified since start-up, unchanged since (same
                         // length and modification time), is not hashed again.
-                        let seen = self.verified.get(&path).is_some_and(|known| known == stamp);
+                        let seq = seq_of(&value);
+                        let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
                         let attached = if seen {
                             entry.attach_verified(Bytes::from(body), body_ref)
                         } else {
@@ -446,7 +448,7 @@ impl Inner {
                         match attached {
                             Ok(entry) => {
                                 if !seen {
-                                    self.verified.insert(path, stamp);
+                                    self.verified.insert(seq, stamp);
                                 }
                                 return Ok(Some(Record::Entry(Arc::new(entry))));
                             }
@@ -600,7 +602,11 @@ impl Inner {
     }
 
     fn body_path(&self, key: &[u8], seq: &[u8]) -> PathBuf {
-        self.bodies.join(format!("{}-{}", hex(key), hex(seq)))
+        let mut name = String::with_capacity(2 * (key.len() + seq.len()) + 1);
+        push_hex(&mut name, key);
+        name.push('-');
+        push_hex(&mut name, seq);
+        self.bodies.join(name)
     }
 
     /// Accounts for the record `value` leaving the index, and deletes its body file and tag rows.
@@ -785,8 +791,9 @@ fn read_body(path: &Path) -> std::io::Result<(Vec<u8>, Stamp)> {
 /// A file verified before and unchanged since (see `Inner::verified`) is not read again here.
 fn verified_file(
     path: &Path,
+    seq: u64,
     expected: BodyRef,
-    verified: &moka::sync::Cache<PathBuf, Stamp>,
+    verified: &moka::sync::Cache<u64, Stamp>,
 ) -> std::io::Result<Option<std::fs::File>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
@@ -795,7 +802,7 @@ fn verified_file(
         return Ok(None);
     }
     let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec());
-    if verified.get(path).is_some_and(|known| known == stamp) {
+    if verified.get(&seq).is_some_and(|known| known == stamp) {
         return Ok(Some(file));
     }
     let mut hasher = blake3::Hasher::new();
@@ -809,7 +816,7 @@ fn verified_file(
     }
     let matches = *hasher.finalize().as_bytes() == expected.checksum;
     if matches {
-        verified.insert(path.to_owned(), stamp);
+        verified.insert(seq, stamp);
     }
     Ok(matches.then_some(file))
 }
@@ -959,14 +966,27 @@ fn aside_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The sequence number a record value starts with.
+fn seq_of(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .and_then(|seq| seq.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
+    push_hex(&mut out, bytes);
     out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        bytes.iter().flat_map(|&b| {
+            [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]].map(char::from)
+        }),
+    );
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
