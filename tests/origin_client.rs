@@ -5,15 +5,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Harness, TestEdge, base_config, raw_origin, start_time};
+use common::{Harness, TestEdge, base_config, raw_origin, raw_origin_closing, start_time};
 use edge::clock::Clock;
 use http::Method;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn an_origin_that_stops_mid_body_is_cut_off_and_nothing_is_stored() {
@@ -83,51 +82,19 @@ async fn an_https_origin_is_spoken_to_with_tls() {
     assert_eq!(h.origin.hits("/x"), 0, "no plain-text request reached it");
 }
 
-/// An origin on raw sockets that answers every request with a 1-byte `no-store` 200 on a kept-alive
-/// connection, and closes a connection once it has been idle for `idle_close`. Counts connections
-/// and requests.
-async fn counting_origin(idle_close: Duration) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, r) = (connections.clone(), requests.clone());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            c.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        r.fetch_add(1, Ordering::SeqCst);
-                        let answer = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match tokio::time::timeout(idle_close, stream.read(&mut chunk)).await {
-                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return, // idle too long, closed or failed: the connection ends
-                    }
-                }
-            });
-        }
-    });
-    (url, connections, requests)
+async fn edge_in_front_of(origin: std::net::SocketAddr) -> TestEdge {
+    let dir = Arc::new(TempDir::new().unwrap());
+    let config = base_config(&format!("http://{origin}"), dir.path());
+    TestEdge::start(config, Clock::manual(start_time()), dir).await
 }
+
+/// A 1-byte `no-store` answer, so that every request goes to the origin.
+const PASS: &[u8] = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx";
 
 #[tokio::test]
 async fn origin_connections_are_kept_alive_and_reused() {
-    let (url, connections, requests) = counting_origin(Duration::from_secs(30)).await;
-    let dir = Arc::new(TempDir::new().unwrap());
-    let edge = TestEdge::start(
-        base_config(&url, dir.path()),
-        Clock::manual(start_time()),
-        dir,
-    )
-    .await;
+    let (addr, requests, connections) = raw_origin_closing(PASS, None).await;
+    let edge = edge_in_front_of(addr).await;
     for _ in 0..5 {
         let response = edge.get("/pass").await;
         assert_eq!(response.status, 200);
@@ -144,14 +111,9 @@ async fn origin_connections_are_kept_alive_and_reused() {
 #[tokio::test]
 async fn a_connection_the_origin_closed_while_idle_is_not_used_again() {
     // The origin lets a connection go after 50 ms idle; requests come 200 ms apart.
-    let (url, connections, requests) = counting_origin(Duration::from_millis(50)).await;
-    let dir = Arc::new(TempDir::new().unwrap());
-    let edge = TestEdge::start(
-        base_config(&url, dir.path()),
-        Clock::manual(start_time()),
-        dir,
-    )
-    .await;
+    let (addr, requests, connections) =
+        raw_origin_closing(PASS, Some(Duration::from_millis(50))).await;
+    let edge = edge_in_front_of(addr).await;
     for _ in 0..3 {
         let response = edge.get("/pass").await;
         assert_eq!(

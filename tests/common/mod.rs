@@ -438,15 +438,31 @@ impl Drop for Running {
 pub async fn raw_origin(
     response: &'static [u8],
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, requests, _) = raw_origin_closing(response, None).await;
+    (addr, requests)
+}
+
+/// A [`raw_origin`] that also counts the connections it accepts, and closes a connection once it
+/// has been idle for `idle_close`, as an origin's keep-alive timeout does.
+pub async fn raw_origin_closing(
+    response: &'static [u8],
+    idle_close: Option<Duration>,
+) -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = requests.clone();
+    let (requests, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counter, accepted) = (requests.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -455,7 +471,7 @@ pub async fn raw_origin(
                     // Requests here have no body: each ends with its head.
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
-                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        counter.fetch_add(1, Ordering::SeqCst);
                         if tokio::io::AsyncWriteExt::write_all(&mut stream, response)
                             .await
                             .is_err()
@@ -463,7 +479,12 @@ pub async fn raw_origin(
                             return;
                         }
                     }
-                    match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                    let read = tokio::io::AsyncReadExt::read(&mut stream, &mut chunk);
+                    let read = match idle_close {
+                        Some(idle) => tokio::time::timeout(idle, read).await.unwrap_or(Ok(0)),
+                        None => read.await,
+                    };
+                    match read {
                         Ok(0) | Err(_) => return,
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
@@ -471,5 +492,5 @@ pub async fn raw_origin(
             });
         }
     });
-    (addr, requests)
+    (addr, requests, connections)
 }
