@@ -391,7 +391,8 @@ async fn serve_cacheable(
     // A hit-for-pass key is rarely stored at all: what the memory tier does not hold is not
     // looked for on disk (a request for it is forwarded, and may find the origin's answer
     // storable again).
-    let memory_only = || edge.fills.is_pass(&key);
+    let mut pass = None;
+    let memory_only = || *pass.insert(edge.fills.is_pass(&key));
     let fwd = match edge.cache.lookup(&key, &request.headers, memory_only).await {
         Lookup::Miss => Forward::UriMiss,
         Lookup::VaryMiss => Forward::VaryMiss,
@@ -430,7 +431,7 @@ async fn serve_cacheable(
         return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
     }
     let partial = request.headers.contains_key(header::RANGE);
-    if edge.fills.is_pass(&key) {
+    if pass.unwrap_or_else(|| edge.fills.is_pass(&key)) {
         // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel, with
         // the request as it is (conditions and ranges for the origin to answer). A stale stored
         // response is revalidated through a fill of its own instead.
