@@ -1,5 +1,5 @@
 //! Disk tier measurements: bytes on disk per stored byte for 16 KiB and 1 MiB objects, and how
-//! long the tier takes to open with 100k stored objects. `cargo bench --bench disk`.
+//! long the tier takes to open with 100k stored objects, inline and in files. `cargo bench --bench disk`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -82,38 +82,50 @@ async fn main() {
         );
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    {
-        let tier = DiskTier::open(&path, 64 << 30, 8 << 20, HeuristicConfig::default()).unwrap();
-        let mut writers = Vec::new();
-        for w in 0..8 {
-            let tier = tier.clone();
-            writers.push(tokio::spawn(async move {
-                for i in (w..100_000).step_by(8) {
-                    tier.put(key(i), entry(i, 1024)).await.unwrap();
-                }
-            }));
+    // Start-up: 1 KiB bodies are inline in sled's records; 16 KiB bodies are files that carry
+    // their own records, found at start-up by their names.
+    for (size, count) in [(1024, 100_000), (16 << 10, 100_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let tier =
+                DiskTier::open(&path, 64 << 30, 8 << 20, HeuristicConfig::default()).unwrap();
+            let mut writers = Vec::new();
+            for w in 0..8 {
+                let tier = tier.clone();
+                writers.push(tokio::spawn(async move {
+                    for i in (w..count).step_by(8) {
+                        tier.put(key(i), entry(i, size)).await.unwrap();
+                    }
+                }));
+            }
+            for writer in writers {
+                writer.await.unwrap();
+            }
+            tier.flush().await.unwrap();
         }
-        for writer in writers {
-            writer.await.unwrap();
+        let started = Instant::now();
+        let opened = path.clone();
+        let tier = tokio::task::spawn_blocking(move || {
+            DiskTier::open(&opened, 64 << 30, 8 << 20, HeuristicConfig::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        println!(
+            "open with {count} stored {} KiB objects: {:?}",
+            size >> 10,
+            started.elapsed()
+        );
+        let started = Instant::now();
+        for i in (0..count).step_by(100) {
+            assert!(tier.get(key(i)).await.unwrap().is_some());
         }
-        tier.flush().await.unwrap();
+        println!(
+            "{} verified disk reads of {} KiB objects: {:?}",
+            count / 100,
+            size >> 10,
+            started.elapsed()
+        );
     }
-    let started = Instant::now();
-    let tier = tokio::task::spawn_blocking(move || {
-        DiskTier::open(&path, 64 << 30, 8 << 20, HeuristicConfig::default())
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    println!("open with 100000 stored objects: {:?}", started.elapsed());
-    let started = Instant::now();
-    for i in (0..100_000).step_by(100) {
-        assert!(tier.get(key(i)).await.unwrap().is_some());
-    }
-    println!(
-        "1000 verified disk reads of 1 KiB objects: {:?}",
-        started.elapsed()
-    );
 }

@@ -477,7 +477,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 axum::body::Body::empty(),
             )
             .await;
-        let upstream = match sent {
+        let mut upstream = match sent {
             Ok(upstream) => upstream,
             Err(err) => {
                 warn!(url = job.key.url(), %err, "origin request failed");
@@ -487,8 +487,12 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         };
         let response_time = edge.clock.now();
         let status = upstream.status();
-        let headers =
-            origin::response_headers(upstream.headers(), response_time, upstream.version());
+        let version = upstream.version();
+        let headers = origin::response_headers(
+            std::mem::take(upstream.headers_mut()),
+            response_time,
+            version,
+        );
         let received = Received {
             epoch,
             request_time,

@@ -13,47 +13,115 @@ pub const CACHE_NAME: &str = "edge";
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// RFC 9110 §7.6.1 fields that apply to one connection only, and so are never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// The place of `name` in [`HOP_BY_HOP`]. A match on the name's text, which looks at its length
+/// first, costs less than comparing it with each of them.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
+    }
+}
+
+/// Whether `name` is one of the fixed hop-by-hop fields (not counting those `Connection` names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// Whether a `Connection` value may name other fields: the usual ones do not, and are answered
+/// without splitting them.
+pub fn names_options(connection: &HeaderValue) -> bool {
+    let bytes = connection.as_bytes();
+    !bytes.eq_ignore_ascii_case(b"keep-alive") && !bytes.eq_ignore_ascii_case(b"close")
+}
+
+/// The other fields that `Connection` names as hop-by-hop (RFC 9110 §7.6.1); usually none.
+pub fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut options = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if !names_options(value) {
+            continue;
+        }
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        let named = text
+            .split(',')
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
+        options.extend(named);
+    }
+    options
+}
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there are none, or only `Connection: keep-alive`: look before removing, and
-    // allocate only for other fields that `Connection` names.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| name.as_str() == *hop) {
-            present[i] = true;
+    let found = HopByHop::find(headers);
+    found.remove_from(headers);
+}
+
+/// The hop-by-hop fields a header section has, found in one pass that compares names rather than
+/// hashing them: usually there are none, or only `Connection: keep-alive`.
+#[derive(Default)]
+pub struct HopByHop {
+    present: [bool; HOP_BY_HOP.len()],
+    /// A `Connection` value names other fields.
+    options: bool,
+}
+
+impl HopByHop {
+    pub fn find(headers: &HeaderMap) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            found.note(name, value);
+        }
+        found
+    }
+
+    /// Takes one field into account.
+    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if let Some(i) = hop_by_hop_index(name) {
+            self.present[i] = true;
+            self.options |= i == 0 && names_options(value);
         }
     }
-    if !present.contains(&true) {
-        return;
+
+    /// Whether `Connection` names fields other than the fixed hop-by-hop ones.
+    pub fn names_others(&self) -> bool {
+        self.options
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop))
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for (hop, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(*hop);
+
+    pub fn remove_from(&self, headers: &mut HeaderMap) {
+        if self.options {
+            for name in connection_options(headers) {
+                headers.remove(name);
+            }
+        }
+        for (hop, present) in HOP_BY_HOP.iter().zip(self.present) {
+            if present {
+                headers.remove(hop);
+            }
         }
     }
 }
@@ -73,19 +141,26 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_11 => HeaderValue::from_static("1.1 edge"),
         _ => HeaderValue::from_str(&format!("{protocol} {CACHE_NAME}")).expect("a token"),
     };
-    if !headers.contains_key(header::VIA) {
-        headers.insert(header::VIA, ours);
-        return;
+    append_member(headers, header::VIA, ours);
+}
+
+/// Puts `ours` after the values `name` has already, as one line (RFC 9110 §5.3: several lines of
+/// a list field are one list, in order).
+pub fn append_member(headers: &mut HeaderMap, name: HeaderName, ours: HeaderValue) {
+    match headers.entry(name) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(ours);
+        }
+        header::Entry::Occupied(mut entry) => {
+            let mut value: Vec<u8> = Vec::new();
+            for earlier in entry.iter() {
+                value.extend_from_slice(earlier.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(ours.as_bytes());
+            entry.insert(HeaderValue::from_bytes(&value).unwrap_or(ours));
+        }
     }
-    // One line, earlier hops first, so `curl -I` shows the whole path at a glance.
-    let mut value: Vec<u8> = Vec::new();
-    for earlier in headers.get_all(header::VIA) {
-        value.extend_from_slice(earlier.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(ours.as_bytes());
-    let value = HeaderValue::from_bytes(&value).expect("Via is built from valid field values");
-    headers.insert(header::VIA, value);
 }
 
 /// `Surrogate-Key` (space-separated, as Fastly) and `Cache-Tag` (comma-separated, as Cloudflare):
@@ -159,21 +234,7 @@ impl CacheStatus {
     /// Adds edge's member after any upstream caches' (RFC 9211 §2: members are in the order the
     /// caches handled the response, and a cache preserves what it received).
     pub fn add_to(&self, headers: &mut HeaderMap) {
-        let ours = self.to_header_value();
-        let upstream: Vec<&[u8]> = headers
-            .get_all(&CACHE_STATUS)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let value = if upstream.is_empty() {
-            ours
-        } else {
-            let mut joined = upstream.join(&b", "[..]);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ours.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or(ours)
-        };
-        headers.insert(CACHE_STATUS.clone(), value);
+        append_member(headers, CACHE_STATUS.clone(), self.to_header_value());
     }
 
     /// What the cache did, in one word, for metrics and the access log: `hit`, `stale` (served

@@ -33,7 +33,9 @@ use crate::cache::key::CacheKey;
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
-use crate::headers::{append_via, remove_hop_by_hop};
+use crate::headers::{
+    HopByHop, append_member, append_via, connection_options, is_hop_by_hop, names_options,
+};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -379,33 +381,54 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 /// The headers to send to the origin for a client request (RFC 9110 §7.6): hop-by-hop fields
 /// removed, `Host` left to the client (the origin's own), `Via` and `X-Forwarded-*` added.
 ///
+/// Built afresh rather than cloned and pruned: each kept field is copied once, and the map has
+/// room for the fields added here.
 pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
-    let mut headers = incoming.clone();
-    remove_hop_by_hop(&mut headers);
-    // Credentials meant for a proxy are consumed here, never passed on (RFC 9110 §11.7.2).
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 4);
+    let mut host = None;
+    let mut options = false;
+    for (name, value) in incoming {
+        if is_hop_by_hop(name) {
+            options |= *name == header::CONNECTION && names_options(value);
+            continue;
+        }
+        // Credentials meant for a proxy are consumed here, never passed on (RFC 9110 §11.7.2).
+        if *name == header::PROXY_AUTHORIZATION {
+            continue;
+        }
+        if *name == header::HOST {
+            host.get_or_insert(value);
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
     }
-    // RFC 9110 §5.3: several lines of a list field are one list, in order.
-    let mut forwarded_for: Vec<u8> = Vec::new();
-    for earlier in headers.get_all(&X_FORWARDED_FOR) {
-        forwarded_for.extend_from_slice(earlier.as_bytes());
-        forwarded_for.extend_from_slice(b", ");
+    // Rarely, `Connection` names other fields: they are taken out again before anything is
+    // derived from them.
+    if options {
+        for name in connection_options(incoming) {
+            if name == header::HOST {
+                host = None;
+            }
+            headers.remove(name);
+        }
     }
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    let mut address: Vec<u8> = Vec::with_capacity(15);
     match client {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    forwarded_for.push(b'.');
+                    address.push(b'.');
                 }
-                forwarded_for.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                address.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
             }
         }
-        IpAddr::V6(_) => forwarded_for.extend_from_slice(client.to_string().as_bytes()),
+        IpAddr::V6(_) => address.extend_from_slice(client.to_string().as_bytes()),
     }
-    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if let Ok(address) = HeaderValue::from_maybe_shared(Bytes::from(address)) {
+        append_member(&mut headers, X_FORWARDED_FOR.clone(), address);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     append_via(&mut headers, version);
@@ -415,10 +438,22 @@ pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -
 /// The origin's response headers as edge stores and forwards them: hop-by-hop fields removed,
 /// a `Date` added when the origin sent none (RFC 9110 §6.6.1), and this hop in `Via`, naming the
 /// protocol the origin answered with (§7.6.3). Hits are served with the same `Via`.
-pub fn response_headers(origin: &HeaderMap, received: SystemTime, version: Version) -> HeaderMap {
-    let mut headers = origin.clone();
-    remove_hop_by_hop(&mut headers);
-    if !headers.contains_key(header::DATE) {
+pub fn response_headers(
+    mut headers: HeaderMap,
+    received: SystemTime,
+    version: Version,
+) -> HeaderMap {
+    let mut hop_by_hop = HopByHop::default();
+    let mut dated = false;
+    for (name, value) in &headers {
+        hop_by_hop.note(name, value);
+        dated |= *name == header::DATE;
+    }
+    hop_by_hop.remove_from(&mut headers);
+    if hop_by_hop.names_others() {
+        dated = headers.contains_key(header::DATE);
+    }
+    if !dated {
         let date = httpdate::fmt_http_date(received);
         headers.insert(
             header::DATE,

@@ -111,12 +111,17 @@ pub async fn handle(edge: Arc<Edge>, peer: SocketAddr, request: Request) -> Resp
     let started = Instant::now();
     let settings = edge.config();
     let method = request.method().clone();
-    let uri = request.uri().clone();
-    let explain = request
-        .headers()
-        .get(&EDGE_DEBUG)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        && config::allowed(&settings.explain.allow, peer.ip());
+    let explain = config::allowed(&settings.explain.allow, peer.ip())
+        && request
+            .headers()
+            .get(&EDGE_DEBUG)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    // Only copied for the explanation and the access log line, which read it.
+    let uri = if explain || settings.log.access {
+        request.uri().clone()
+    } else {
+        http::Uri::default()
+    };
     let (mut response, outcome) = if method.as_str() == "PURGE" {
         Box::pin(purge_request(&edge, &settings, peer, request)).await
     } else {
@@ -133,21 +138,24 @@ pub async fn handle(edge: Arc<Edge>, peer: SocketAddr, request: Request) -> Resp
         status: response.status().as_u16(),
         cache: label,
         // Only copied for a line that will be written.
-        cache_status: response
-            .headers()
-            .get(&CACHE_STATUS)
-            .filter(|_| settings.log.access)
-            .cloned(),
+        cache_status: settings
+            .log
+            .access
+            .then(|| response.headers().get(&CACHE_STATUS).cloned())
+            .flatten(),
         client: peer.ip(),
         started,
         origin_time: outcome.origin_time,
         log: settings.log.access,
     };
     let (parts, body) = response.into_parts();
-    // hyper stops reading a body once it has sent Content-Length bytes.
-    let expected = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
+    // hyper stops reading a body once it has sent Content-Length bytes. Only the access log
+    // asks whether the body was sent whole.
+    let expected = settings
+        .log
+        .access
+        .then(|| parts.headers.get(header::CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let served = Served::new(body, expected, log, edge.clone());
     Response::from_parts(parts, Body::new(served))
@@ -782,9 +790,13 @@ fn no_content() -> Body {
 fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
     // Edge is the surrogate Surrogate-Control speaks to, and the cache its purge tags are for;
     // they stop here.
-    headers.remove(&policy::SURROGATE_CONTROL);
-    headers.remove(&SURROGATE_KEY);
-    headers.remove(&CACHE_TAG);
+    // Usually none is there: look by comparing names before hashing them to remove.
+    let edge_only = [&policy::SURROGATE_CONTROL, &SURROGATE_KEY, &CACHE_TAG];
+    if headers.keys().any(|name| edge_only.contains(&name)) {
+        for name in edge_only {
+            headers.remove(name);
+        }
+    }
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -820,13 +832,13 @@ async fn forward(
             return origin_failure(&err, cache_status);
         }
     };
-    let status = upstream.status();
+    let (upstream, upstream_body) = upstream.into_parts();
+    let status = upstream.status;
     if !safe && (status.is_success() || status.is_redirection()) {
-        invalidate_after_unsafe(edge, &parts, &key, upstream.headers()).await;
+        invalidate_after_unsafe(edge, &parts, &key, &upstream.headers).await;
     }
     let response_time = edge.clock.now();
-    let mut headers =
-        origin::response_headers(upstream.headers(), response_time, upstream.version());
+    let mut headers = origin::response_headers(upstream.headers, response_time, upstream.version);
     if cacheable_method {
         let config = &edge.config().cache;
         let request_cc = CacheControl::of(&parts.headers);
@@ -841,7 +853,7 @@ async fn forward(
     let body = if parts.method == Method::HEAD {
         no_content()
     } else {
-        Body::new(upstream.into_body())
+        Body::new(upstream_body)
     };
     let outcome = Outcome {
         status: cache_status,

@@ -133,26 +133,22 @@ async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
     let hit = edge.get("/a").await;
     assert!(hit.is_hit(), "{}", hit.cache_status());
     assert_eq!(hit.text(), "fine");
-    let aside: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("store.broken-"))
-        .collect();
+    let aside = moved_aside(dir.path());
     assert_eq!(
         aside.len(),
         1,
         "the broken store is kept beside the new one"
     );
-    assert_eq!(
-        std::fs::read(aside[0].path()).unwrap(),
-        b"this is not a database"
-    );
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), b"this is not a database");
 }
 
 #[tokio::test]
 async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
     let h = Harness::new().await;
-    let bodies: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 3000 + i as usize]).collect();
+    // Half inline in the index, half in body files (over 8 KiB).
+    let bodies: Vec<Vec<u8>> = (0..30u8)
+        .map(|i| vec![i; if i % 2 == 0 { 3000 } else { 12_000 } + i as usize])
+        .collect();
     for (i, body) in bodies.iter().enumerate() {
         h.origin.reply(
             &format!("/o{i}"),
@@ -165,9 +161,13 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
     }
     let dir = edge.stop().await;
 
-    // Flip a byte every 97 bytes in every file of the store.
+    // Flip a byte every 97 bytes in every file of the store but the one naming its layout (a
+    // store whose layout is unknown is moved aside whole, which would test nothing here).
     let mut files = vec![dir.path().join("store")];
     while let Some(path) = files.pop() {
+        if path.ends_with("layout") {
+            continue;
+        }
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else {
@@ -191,6 +191,16 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
             response.cache_status()
         );
     }
+}
+
+/// The stores edge moved aside in `dir`.
+fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("store.broken-"))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The bytes allocated to the files under `dir`, as `du` counts them.
@@ -299,7 +309,94 @@ async fn a_fill_of_three_times_the_budget_through_edge_stays_within_it() {
 }
 
 #[tokio::test]
-async fn body_files_no_record_names_are_swept_after_start_up() {
+async fn a_store_written_in_the_previous_layout_is_moved_aside() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("fine").header("cache-control", "max-age=600"),
+    );
+    let dir = Arc::new(TempDir::new().unwrap());
+    // The layout before body files carried their records: an index and bodies, no layout file.
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("index")).unwrap();
+    std::fs::create_dir_all(store.join("bodies")).unwrap();
+    std::fs::write(store.join("bodies/old"), b"a body without its record").unwrap();
+    let config = base_config(&h.origin.url(), dir.path());
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+
+    assert!(edge.get("/a").await.stored());
+    let hit = edge.get("/a").await;
+    assert_eq!(
+        hit.param("detail"),
+        Some("memory"),
+        "{}",
+        hit.cache_status()
+    );
+    let edge = edge.restart().await;
+    let hit = edge.get("/a").await;
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "fine");
+    let aside = moved_aside(dir.path());
+    assert_eq!(aside.len(), 1, "the old store is kept beside the new one");
+    assert!(aside[0].join("bodies/old").exists());
+}
+
+/// A crash between storing a response and deleting the one it replaced leaves both on disk:
+/// start-up keeps the newer, whichever of a body file and an index record each is.
+#[tokio::test]
+async fn after_a_crash_the_newer_of_two_records_for_a_key_is_kept() {
+    let h = Harness::new().await;
+    // /grow: first 100 bytes (in the index), then 20 000 (a body file). /shrink: the reverse.
+    let (small, large) = (vec![b's'; 100], vec![b'L'; 20_000]);
+    let reply = |body: &Vec<u8>| Reply::ok(body.clone()).header("cache-control", "max-age=10");
+    h.origin.reply("/grow", reply(&small));
+    h.origin.reply("/shrink", reply(&large));
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = 1024).await;
+    edge.get("/grow").await;
+    edge.get("/shrink").await;
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let first_files: Vec<_> = std::fs::read_dir(&bodies)
+        .unwrap()
+        .map(|e| {
+            (
+                e.as_ref().unwrap().path(),
+                std::fs::read(e.unwrap().path()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(first_files.len(), 1, "/shrink's first response");
+
+    h.clock.advance(Duration::from_secs(11));
+    h.origin.reply("/grow", reply(&large));
+    h.origin.reply("/shrink", reply(&small));
+    assert_eq!(edge.get("/grow").await.body, large);
+    assert_eq!(edge.get("/shrink").await.body, small);
+    let dir = edge.stop().await;
+    // What the crash left: /shrink's first body file, which the new response replaced.
+    let (old_path, old_bytes) = &first_files[0];
+    std::fs::write(old_path, old_bytes).unwrap();
+    assert_eq!(std::fs::read_dir(&bodies).unwrap().count(), 2);
+
+    let mut config = base_config(&h.origin.url(), dir.path());
+    config.cache.memory.capacity.0 = 1024;
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+    for (path, body) in [("/grow", &large), ("/shrink", &small)] {
+        let hit = edge.get(path).await;
+        assert_eq!(
+            hit.param("detail"),
+            Some("disk"),
+            "{path}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(&hit.body, body, "{path}");
+    }
+    assert!(!old_path.exists(), "the older body file is deleted");
+    assert_eq!(h.origin.hits("/grow"), 2);
+    assert_eq!(h.origin.hits("/shrink"), 2);
+}
+
+#[tokio::test]
+async fn leftover_and_damaged_body_files_are_dropped_after_start_up() {
     let h = Harness::new().await;
     h.origin.reply(
         "/kept",

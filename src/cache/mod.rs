@@ -5,10 +5,10 @@
 //! store  ──▶ memory + disk        invalidate ──▶ memory + disk
 //! ```
 //!
-//! Crash safety: a record reaches the disk tier whole, in one sled transaction together with its
-//! place in the eviction order, and carries checksums over its metadata and its body. After a
-//! crash a reader sees the old record, the new one, or nothing; a record that fails its checks is
-//! removed and fetched again. Any tier error is logged and counts as a miss: the client gets the
+//! Crash safety: a record reaches the disk tier whole (one sled write, or a body file renamed into
+//! place with its record at its end) and carries checksums over its metadata and its body. After
+//! a crash a reader sees the old record, the new one, or nothing; a record that fails its checks
+//! is removed and fetched again. Any tier error is logged and counts as a miss: the client gets the
 //! origin's answer, never a 5xx or a wrong body because of the cache.
 
 pub mod disk;

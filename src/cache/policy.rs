@@ -33,7 +33,12 @@ impl CacheControl {
     /// edge recognises that is present and not empty — `Surrogate-Control`, then
     /// `CDN-Cache-Control` — otherwise `Cache-Control` (RFC 9213 §2.2).
     pub fn governing(response: &HeaderMap) -> Self {
-        for name in [&SURROGATE_CONTROL, &CDN_CACHE_CONTROL] {
+        // Targeted fields are rare: look for them by name before hashing them.
+        let targeted = [&SURROGATE_CONTROL, &CDN_CACHE_CONTROL];
+        if !response.keys().any(|name| targeted.contains(&name)) {
+            return Self::of(response);
+        }
+        for name in targeted {
             let mut targeted = Self::from_field(response, name);
             if !targeted.is_empty() {
                 targeted.targeted = true;
