@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -28,6 +28,7 @@ use http::{Method, StatusCode, Version};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::cache::KeyHasher;
 use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::{CacheKey, Variance};
@@ -64,7 +65,7 @@ pub struct FillJob {
 /// The fills in flight, and the keys that recently turned out not to be storable.
 pub struct Fills {
     inflight: Mutex<HashMap<[u8; 32], Arc<Fill>>>,
-    passes: moka::sync::Cache<[u8; 32], ()>,
+    passes: moka::sync::Cache<[u8; 32], (), KeyHasher>,
 }
 
 /// How a request takes part in a fill.
@@ -80,7 +81,7 @@ impl Fills {
         let passes = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.hit_for_pass.0.max(Duration::from_millis(1)))
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Self {
             inflight: Mutex::new(HashMap::new()),
             passes,
@@ -468,8 +469,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         // Taken before asking: an invalidation from now on may be newer than the answer.
         let epoch = edge.cache.epoch();
         let request_time = edge.clock.now();
-        let asked = Instant::now();
-        let sent = edge
+        let (sent, origin_time) = edge
             .send_to_origin(
                 Method::GET,
                 job.key.url(),
@@ -497,7 +497,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             epoch,
             request_time,
             response_time,
-            origin_time: asked.elapsed(),
+            origin_time,
         };
 
         if status == StatusCode::NOT_MODIFIED

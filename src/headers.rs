@@ -1,6 +1,7 @@
 //! Header rules shared by the request phases: hop-by-hop fields (RFC 9110 §7.6.1), `Via`
 //! (§7.6.3), and `Cache-Status` (RFC 9211).
 
+use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -293,7 +294,7 @@ impl CacheStatus {
             out.push_str("; detail=");
             out.push_str(detail);
         }
-        HeaderValue::from_str(&out).expect("Cache-Status is built from tokens")
+        HeaderValue::from_maybe_shared(Bytes::from(out)).expect("Cache-Status is built from tokens")
     }
 }
 

@@ -63,20 +63,22 @@ impl Edge {
         self.settings.load_full()
     }
 
-    /// Sends a request to the origin of the configuration in force, and counts it.
+    /// Sends a request to the origin of the configuration in force, and counts it. Returns, with
+    /// the answer, how long the origin took to send its response head.
     pub async fn send_to_origin(
         &self,
         method: Method,
         target: &str,
         headers: HeaderMap,
         body: Body,
-    ) -> Result<Upstream, OriginError> {
+    ) -> (Result<Upstream, OriginError>, Duration) {
         let settings = self.config();
         let started = Instant::now();
         let result = settings.origin.send(method, target, headers, body).await;
+        let took = started.elapsed();
         let status = result.as_ref().ok().map(Upstream::status);
-        self.metrics.origin(status, started.elapsed());
-        result
+        self.metrics.origin(status, took);
+        (result, took)
     }
 }
 
@@ -820,11 +822,9 @@ async fn forward(
     let safe = parts.method.is_safe();
     let cacheable_method = matches!(parts.method, Method::GET | Method::HEAD);
     let request_time = edge.clock.now();
-    let asked = Instant::now();
-    let result = edge
+    let (result, origin_time) = edge
         .send_to_origin(parts.method.clone(), key.url(), outgoing, body)
         .await;
-    let origin_time = asked.elapsed();
     let upstream = match result {
         Ok(upstream) => upstream,
         Err(err) => {

@@ -126,7 +126,7 @@ struct Inner {
     integrity_failures: AtomicU64,
     /// Body files verified since start-up, by the sequence number of their record (which names
     /// the file), with the length and modification time they had then.
-    verified: moka::sync::Cache<u64, Stamp>,
+    verified: moka::sync::Cache<u64, Stamp, super::KeyHasher>,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -256,7 +256,9 @@ impl DiskTier {
             in_index: AtomicU64::new(0),
             index_overhead: AtomicU64::new(0),
             integrity_failures: AtomicU64::new(0),
-            verified: moka::sync::Cache::new(1 << 20),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(1 << 20)
+                .build_with_hasher(super::KeyHasher::default()),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,

@@ -13,6 +13,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
+use super::KeyHasher;
 use super::entry::StoredEntry;
 
 /// At most this many variants of one URI are kept in memory; the oldest goes first.
@@ -39,7 +40,7 @@ impl Variants {
 }
 
 pub struct MemoryTier {
-    entries: Cache<[u8; 32], Arc<Variants>>,
+    entries: Cache<[u8; 32], Arc<Variants>, KeyHasher>,
     evictions: Arc<AtomicU64>,
     capacity: u64,
     /// Larger entries live on disk only.
@@ -58,7 +59,7 @@ impl MemoryTier {
                     counted.fetch_add(1, Ordering::Relaxed);
                 }
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Self {
             entries,
             evictions,

@@ -73,6 +73,13 @@ pub struct TierStats {
     pub evictions: u64,
 }
 
+/// The hasher of the maps keyed by a key's blake3 digest (or a record's sequence number), which
+/// every request looks up: foldhash, seeded per process, as hashbrown uses it. std's SipHash cost
+/// ~270 instructions a lookup, two lookups on a pass-through request. The digest is of a URL the
+/// client chose, so a seeded hash, not the digest's bytes as they are: those could be searched
+/// for URLs whose digests share the bits that pick a bucket.
+pub type KeyHasher = foldhash::fast::RandomState;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
     pub memory: Option<TierStats>,
@@ -88,7 +95,7 @@ pub struct Cache {
     /// invalidation must not leave its older response behind.
     epoch: AtomicU64,
     /// The epoch of each key's latest invalidation, kept long enough to outlive any fill.
-    invalidated: moka::sync::Cache<[u8; 32], u64>,
+    invalidated: moka::sync::Cache<[u8; 32], u64, KeyHasher>,
     /// The same for purged tags: a response fetched before its tag was purged is not stored.
     tags_purged: moka::sync::Cache<String, u64>,
 }
@@ -117,7 +124,7 @@ impl Cache {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(1 << 20)
                 .time_to_live(Duration::from_secs(3600))
-                .build(),
+                .build_with_hasher(KeyHasher::default()),
             tags_purged: moka::sync::Cache::builder()
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(1 << 16)
