@@ -57,8 +57,8 @@ EOF
   valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$tag.%p" \
     "$OUT/edge" --config "$OUT/edge.yaml" > "$OUT/valgrind.$tag.log" 2>&1 &
   VG=$!
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.3; done
-  curl -s -o /dev/null "http://127.0.0.1:$ADMIN/healthz" || die "edge did not start (see $OUT/valgrind.$tag.log)"
+  for _ in $(seq 100); do curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.3; done
+  curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN/healthz" || die "edge did not start (see $OUT/valgrind.$tag.log)"
   ab -q -k -n "$WARM" -c 4 "http://127.0.0.1:$PORT$path" > /dev/null
   callgrind_control -z "$VG" > /dev/null 2>&1
   failed=$(ab -q -k -n "$N" -c 4 "http://127.0.0.1:$PORT$path" | awk '/^Failed requests/{print $3}')
