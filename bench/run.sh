@@ -14,7 +14,7 @@
 #      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
-#      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
+#      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  GEN_THREADS=<cores in GEN_CPU> (wrk -t)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
 #      EDGE_BIN=path (skip the cargo build and measure that binary)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +43,10 @@ size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;
 # Prefixes, not functions: "${SRV_PIN[@]}" cmd & gives $! = the pid of cmd itself (taskset execs it).
 SRV_PIN=(); [ -n "$SRV_CPU" ] && SRV_PIN=(taskset -c "$SRV_CPU")
 GEN_PIN=(); [ -n "$GEN_CPU" ] && GEN_PIN=(taskset -c "$GEN_CPU")
+# One wrk thread per load-generator core. Two threads sharing one saturated core take turns in
+# scheduler slices of a few ms, and the connections of the thread that waits see that wait as
+# latency: a p99 of 4-6 ms for whichever server is fast enough to saturate wrk's core.
+GEN_THREADS=${GEN_THREADS:-$("${GEN_PIN[@]}" nproc 2>/dev/null || echo 1)}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other program that got there first)
   local inode f
@@ -177,7 +181,7 @@ TSV=$OUT/results.tsv
 printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\tround\n" > "$TSV"
 
 measure() { # TEST SIZE TARGET
-  local test=$1 size=$2 name=$3 path t=2 c=64
+  local test=$1 size=$2 name=$3 path t=$GEN_THREADS c=64
   case $test in
     hit)  path=/obj/$size.bin ;;
     lat1) path=/obj/$size.bin; t=1; c=1 ;;
@@ -214,7 +218,7 @@ measure_rate() { # SIZE TARGET: hits at a fixed offered rate (RATES), 64 connect
   local size=$1 name=$2 rate path=/obj/$1.bin
   rate=$(tr ' ' '\n' <<< "$RATES" | sed -n "s/^$size=//p"); [ -n "$rate" ] || return
   local url="http://127.0.0.1:${PORT[$name]}$path" tag="rate-$size-$name-r$ROUND"
-  [ "$WARMUP" = 0 ] || gen wrk -t2 -c64 -d"$WARMUP" "$url" > /dev/null 2>&1
+  [ "$WARMUP" = 0 ] || gen wrk -t"$GEN_THREADS" -c64 -d"$WARMUP" "$url" > /dev/null 2>&1
   curl -s -o /dev/null -D "$OUT/raw/$tag.headers" --max-time 10 "$url"
   local served note o1 o2
   served=$(served_as "$OUT/raw/$tag.headers")
@@ -246,7 +250,7 @@ measure_rate() { # SIZE TARGET: hits at a fixed offered rate (RATES), 64 connect
 
 # ---- 4. throughput and latency -------------------------------------------------------------------
 echo "# $(date -Is)  $(nproc) cpus  edge $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo +dirty)  $(nginx -v 2>&1 | sed 's/.*: //')  wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}')"
-echo "# DUR=$DUR WARMUP=$WARMUP SIZES=\"$SIZES\" TESTS=\"$TESTS\" N=$N ROUNDS=$ROUNDS  servers on cpu ${SRV_CPU:-any}, wrk on cpu ${GEN_CPU:-any}  out: $OUT"
+echo "# DUR=$DUR WARMUP=$WARMUP SIZES=\"$SIZES\" TESTS=\"$TESTS\" N=$N ROUNDS=$ROUNDS  servers on cpu ${SRV_CPU:-any}, wrk -t$GEN_THREADS on cpu ${GEN_CPU:-any}  out: $OUT"
 for ROUND in $(seq "$ROUNDS"); do
   [ "$ROUNDS" = 1 ] || echo "# round $ROUND of $ROUNDS"
   for test in $TESTS; do
@@ -270,7 +274,7 @@ collapse() { # TARGET
   key=$name-$RANDOM$RANDOM; url="http://127.0.0.1:${PORT[$name]}/slow/256k.bin?collapse=$key"
   cfg=$BENCH_DIR/tmp/collapse.curl
   for i in $(seq 100); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url"; done > "$cfg"
-  "${GEN_PIN[@]}" wrk -t2 -c64 -d5s "http://127.0.0.1:${PORT[$name]}/obj/1k.bin" > /dev/null 2>&1 &
+  "${GEN_PIN[@]}" wrk -t"$GEN_THREADS" -c64 -d5s "http://127.0.0.1:${PORT[$name]}/obj/1k.bin" > /dev/null 2>&1 &
   wrk_pid=$!; STARTED+=($wrk_pid)
   sleep 1
   [ "$name" = nginx ] || c0=$(metric "$name" edge_collapsed_requests_total)
