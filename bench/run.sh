@@ -6,6 +6,8 @@
 #   nginx     nginx proxy_cache in front of the origin
 #   edge      edge, memory tier big enough for everything
 #   edge_disk edge with a 1KiB memory tier: every hit is read from the disk tier
+#   floor     (pass rows only) bench/bare-proxy: hyper's server and client and nothing else, the
+#             least any pass-through on edge's HTTP stack costs; FLOOR=0 leaves it out
 # then measures with wrk (pinned to GEN_CPU), hit latency at a fixed request rate with oha (built
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
@@ -15,7 +17,7 @@
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
 #      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  GEN_THREADS=<cores in GEN_CPU> (wrk -t)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
-#      EDGE_BIN=path (skip the cargo build and measure that binary)
+#      EDGE_BIN=path (skip the cargo build and measure that binary)  FLOOR=1 (0: no floor row in pass)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
@@ -29,13 +31,15 @@ OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
 SRV_CPU=${SRV_CPU-1}; GEN_CPU=${GEN_CPU-0}
 QUIET_MAX=${QUIET_MAX:-15}; QUIET_WAIT=${QUIET_WAIT:-10}
 PORT_BASE=${PORT_BASE:-19200}                      # uses PORT_BASE .. PORT_BASE+31
+FLOOR=${FLOOR:-1}; [[ " $TESTS " == *" pass "* ]] || FLOOR=0
 
 ORIGIN_PORT=$PORT_BASE; STATUS_PORT=$((PORT_BASE + 1))
-declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge]=$((PORT_BASE + 20)) [edge_disk]=$((PORT_BASE + 30)))
+declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge]=$((PORT_BASE + 20)) [floor]=$((PORT_BASE + 25)) [edge_disk]=$((PORT_BASE + 30)))
 declare -A ADMIN=([edge]=$((PORT_BASE + 21)) [edge_disk]=$((PORT_BASE + 31)))
 declare -A MEMORY=([edge]=1GiB [edge_disk]=1KiB)
 declare -A ROOTPID=()                                  # name -> pid of the process we started
 HIT_TARGETS="ceiling nginx edge edge_disk"; OTHER_TARGETS="ceiling nginx edge"
+PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;; 1m) echo 1048576;;
@@ -86,6 +90,11 @@ if [ -z "${EDGE_BIN:-}" ]; then
 fi
 # A private copy, so that a rebuild of target/release during the run doesn't change what is measured.
 cp "$EDGE_BIN" "$BENCH_DIR/edge" || die "cannot copy $EDGE_BIN"
+if [ "$FLOOR" = 1 ]; then
+  echo "building the hyper floor: cargo build --release --locked --manifest-path bench/bare-proxy/Cargo.toml"
+  (cd "$HERE/bare-proxy" && cargo build --release --locked) || die "cargo build of bench/bare-proxy failed (FLOOR=0 skips it)"
+  cp "$HERE/bare-proxy/target/release/bare-proxy" "$BENCH_DIR/bare-proxy" || die "cannot copy bare-proxy"
+fi
 
 # ---- 2. objects, configs -------------------------------------------------------------------------
 for p in "$ORIGIN_PORT" "$STATUS_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
@@ -143,6 +152,7 @@ NGINX_RUN=(nginx -p "$BENCH_DIR/" -g "daemon off;")
 start ceiling "$ORIGIN_PORT" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/origin.error.log" -c "$BENCH_DIR/conf/origin.conf"
 start nginx "${PORT[nginx]}" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/nginx.error.log" -c "$BENCH_DIR/conf/nginx.conf"
 for n in edge edge_disk; do start "$n" "${PORT[$n]}" "$BENCH_DIR/edge" --config "$BENCH_DIR/conf/$n.yaml"; done
+if [ "$FLOOR" = 1 ]; then start floor "${PORT[floor]}" "$BENCH_DIR/bare-proxy" "127.0.0.1:${PORT[floor]}" "127.0.0.1:$ORIGIN_PORT"; fi
 
 # ---- helpers for measuring -----------------------------------------------------------------------
 gen() { # run a load generator on GEN_CPU as a tracked background job, so a signal stops it at once
@@ -258,7 +268,7 @@ for ROUND in $(seq "$ROUNDS"); do
       hit)  for s in $SIZES; do for n in $HIT_TARGETS; do measure hit "$s" "$n"; done; done ;;
       rate) for s in $SIZES; do for n in $HIT_TARGETS; do measure_rate "$s" "$n"; done; done ;;
       lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
-      pass) for n in $OTHER_TARGETS; do measure pass 1k "$n"; done ;;
+      pass) for n in $PASS_TARGETS; do measure pass 1k "$n"; done ;;
       collapse|memory) ;;
       *) die "unknown test '$test' (hit rate lat1 pass collapse memory)" ;;
     esac
@@ -350,6 +360,7 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
           printf "  %-10s %9.0f %9.3f %9.3f  %11s  %-22s %s\n", t, med(rps, c, t), med(p50, c, t) / 1000, med(p99, c, t) / 1000, orig[key], served[key], note[key] }
         printf "  -> edge/nginx req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge"), med(rps, c, "nginx")), spread("edge", "nginx", c), ratio(med(p99, c, "edge"), med(p99, c, "nginx"))
         if ((c SUBSEP "edge_disk") in n) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge"))
+        if ((c SUBSEP "floor") in n) printf ";  floor/nginx req/s x%s%s, edge/floor x%s%s", ratio(med(rps, c, "floor"), med(rps, c, "nginx")), spread("floor", "nginx", c), ratio(med(rps, c, "edge"), med(rps, c, "floor")), spread("edge", "floor", c)
         printf "\n" }
       print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)" ((rounds > 1) ? ", medians of " rounds " rounds" : "")
       printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
@@ -358,6 +369,9 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
         printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", c, k(med(rps, c, "ceiling")), k(med(rps, c, "nginx")), k(med(rps, c, "edge")), k(med(rps, c, "edge_disk")),
           ratio(med(rps, c, "edge"), med(rps, c, "nginx")), ratio(med(p99, c, "edge"), med(p99, c, "nginx")),
           ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge")), ratio(med(rps, c, "edge"), med(rps, c, "ceiling")) }
+      for (i = 1; i <= nc; i++) { c = cells[i]; if ((c SUBSEP "floor") in n)
+        printf "%-10s floor (hyper alone) %s req/s: floor/nginx %s, edge/floor %s\n", c, k(med(rps, c, "floor")),
+          ratio(med(rps, c, "floor"), med(rps, c, "nginx")), ratio(med(rps, c, "edge"), med(rps, c, "floor")) }
     }' "$TSV"
 }
 [ "$(wc -l < "$TSV")" -gt 1 ] && report | tee "$OUT/report.txt"
