@@ -336,20 +336,24 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
     NR == 1 { next }
     { cell = $1 " " $2; if (!(cell in seen)) { seen[cell] = 1; cells[++nc] = cell; conns[cell] = $4 }
       key = cell SUBSEP $3
-      if (!(key in n)) order[cell] = order[cell] " " $3
-      i = ++n[key]; rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7
-      orig[key] = $11; served[key] = $12; if ($13 != "-") note[key] = note[key] " " $13 }
+      if (!(key in n)) { order[cell] = order[cell] " " $3; n[key] = 0 }
+      if ($13 != "-") note[key] = note[key] " " $13
+      if ($13 ~ /^FAILED/) next                                # no measurement: not in the medians
+      i = ++n[key]; rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7; rnd[key, i] = $14
+      orig[key] = $11; served[key] = $12 }
     function median(arr, key, m,   i, j, t, v) {   # of arr[key, 1..m]
       for (i = 1; i <= m; i++) v[i] = arr[key, i] + 0
       for (i = 2; i <= m; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
       return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
     function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
     function med(arr, cell, t) { return ((cell SUBSEP t) in n) ? median(arr, cell SUBSEP t, n[cell SUBSEP t]) : 0 }
-    function spread(a, b, cell,   i, lo, hi, r, m) {   # range of the per-round ratios a/b
-      m = n[cell SUBSEP a]; if (n[cell SUBSEP b] < m) m = n[cell SUBSEP b]; if (rounds == 1 || m < 2) return ""
-      for (i = 1; i <= m; i++) { if (rps[cell SUBSEP b, i] <= 0) continue; r = rps[cell SUBSEP a, i] / rps[cell SUBSEP b, i]
+    function spread(a, b, cell,   i, j, lo, hi, r, m) {   # range of the ratios a/b of the rounds both measured
+      if (rounds == 1) return ""
+      for (i = 1; i <= n[cell SUBSEP a]; i++) for (j = 1; j <= n[cell SUBSEP b]; j++) {
+        if (rnd[cell SUBSEP a, i] != rnd[cell SUBSEP b, j] || rps[cell SUBSEP b, j] <= 0) continue
+        r = rps[cell SUBSEP a, i] / rps[cell SUBSEP b, j]; m++
         if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r }
-      return (lo == "") ? "" : sprintf(" (rounds %.2f-%.2f)", lo, hi) }
+      return (m < 2) ? "" : sprintf(" (rounds %.2f-%.2f)", lo, hi) }
     function k(x) { return (x == "" || x == 0) ? "-" : (x >= 10000) ? sprintf("%.0fk", x / 1000) : (x >= 1000) ? sprintf("%.1fk", x / 1000) : x }
     END {
       print "\n== results (wrk -c64 or -c1, or oha -c64 at a fixed rate for the rate rows, for " dur ", p50/p99 in ms; " ((rounds > 1) ? "medians of " rounds " rounds; " : "") "origin_reqs during the measured run; served = the cache'"'"'s Cache-Status / X-Cache)"

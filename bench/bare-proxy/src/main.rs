@@ -58,7 +58,9 @@ async fn forward(
     origin: Rc<str>,
     request: Request<Incoming>,
 ) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
-    let idle = pool.borrow_mut().pop();
+    // The last connection put back that the origin has not closed meanwhile (it closes idle
+    // ones after its keepalive_timeout), or a new one.
+    let idle = std::iter::from_fn(|| pool.borrow_mut().pop()).find(|sender| !sender.is_closed());
     let mut sender = match idle {
         Some(sender) => sender,
         None => {
