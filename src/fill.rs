@@ -459,7 +459,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
     };
     let mut validating = loaded.as_deref();
     loop {
-        let mut outgoing = origin::request_headers(&job.request, job.client, job.version);
+        let mut outgoing = origin::request_headers(job.request.clone(), job.client, job.version);
         for name in &CLIENT_CONDITIONS {
             outgoing.remove(name);
         }
@@ -623,7 +623,7 @@ async fn refresh(
     // The 304 may have changed what may be stored (Set-Cookie, private, no-store, §3.2).
     if let Err(reason) = policy::check_storable(
         &Method::GET,
-        &job.request,
+        job.request.contains_key(header::AUTHORIZATION),
         &request_cc,
         status,
         &headers,
@@ -874,7 +874,8 @@ fn admit(
 ) -> Result<StoredEntry, NotStored> {
     let (request_time, response_time) = (received.request_time, received.response_time);
     let at = (request_time, response_time);
-    if let Some(reason) = not_storable(config, &job.request, request_cc, status, headers, at) {
+    let authorized = job.request.contains_key(header::AUTHORIZATION);
+    if let Some(reason) = not_storable(config, authorized, request_cc, status, headers, at) {
         return Err(reason);
     }
     Ok(StoredEntry::new(
@@ -889,11 +890,12 @@ fn admit(
     ))
 }
 
-/// Why a response to a GET with `request`'s headers would not be stored (RFC 9111 §3, and
-/// edge's own limits); `None` when it would. `at`: when it was asked for, and when it arrived.
+/// Why a response to a GET would not be stored (RFC 9111 §3, and edge's own limits); `None` when
+/// it would. `authorized`: the request carried `Authorization`; `request_cc`: its directives.
+/// `at`: when it was asked for, and when it arrived.
 pub fn not_storable(
     config: &CacheConfig,
-    request: &HeaderMap,
+    authorized: bool,
     request_cc: &CacheControl,
     status: StatusCode,
     headers: &HeaderMap,
@@ -902,7 +904,7 @@ pub fn not_storable(
     let response_cc = CacheControl::governing(headers);
     let get = Method::GET;
     if let Err(reason) =
-        policy::check_storable(&get, request, request_cc, status, headers, &response_cc)
+        policy::check_storable(&get, authorized, request_cc, status, headers, &response_cc)
     {
         return Some(reason);
     }

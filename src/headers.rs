@@ -39,20 +39,15 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Whether `name` is one of the fixed hop-by-hop fields (not counting those `Connection` names).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some()
-}
-
 /// Whether a `Connection` value may name other fields: the usual ones do not, and are answered
 /// without splitting them.
-pub fn names_options(connection: &HeaderValue) -> bool {
+fn names_options(connection: &HeaderValue) -> bool {
     let bytes = connection.as_bytes();
     !bytes.eq_ignore_ascii_case(b"keep-alive") && !bytes.eq_ignore_ascii_case(b"close")
 }
 
 /// The other fields that `Connection` names as hop-by-hop (RFC 9110 §7.6.1); usually none.
-pub fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut options = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         if !names_options(value) {

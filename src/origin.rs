@@ -33,9 +33,7 @@ use crate::cache::key::CacheKey;
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
-use crate::headers::{
-    HopByHop, append_member, append_via, connection_options, is_hop_by_hop, names_options,
-};
+use crate::headers::{HopByHop, append_member, append_via};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -379,41 +377,27 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 }
 
 /// The headers to send to the origin for a client request (RFC 9110 §7.6): hop-by-hop fields
-/// removed, `Host` left to the client (the origin's own), `Via` and `X-Forwarded-*` added.
+/// and proxy credentials removed, `Host` copied to `X-Forwarded-Host` (it is replaced by the
+/// origin's own when the request is sent), `Via` and `X-Forwarded-*` added.
 ///
-/// Built afresh rather than cloned and pruned: each kept field is copied once, and the map has
-/// room for the fields added here.
-pub fn request_headers(incoming: &HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(incoming.len() + 4);
-    let mut host = None;
-    let mut options = false;
-    for (name, value) in incoming {
-        if is_hop_by_hop(name) {
-            options |= *name == header::CONNECTION && names_options(value);
-            continue;
-        }
-        // Credentials meant for a proxy are consumed here, never passed on (RFC 9110 §11.7.2).
-        if *name == header::PROXY_AUTHORIZATION {
-            continue;
-        }
-        if *name == header::HOST {
-            host.get_or_insert(value);
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
+/// Edited in place: the fields that stay are neither copied nor hashed again.
+pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
+    let mut hop_by_hop = HopByHop::default();
+    let mut proxy_credentials = false;
+    for (name, value) in &headers {
+        hop_by_hop.note(name, value);
+        proxy_credentials |= *name == header::PROXY_AUTHORIZATION;
     }
-    // Rarely, `Connection` names other fields: they are taken out again before anything is
-    // derived from them.
-    if options {
-        for name in connection_options(incoming) {
-            if name == header::HOST {
-                host = None;
-            }
-            headers.remove(name);
-        }
+    // Rarely, `Connection` names other fields (`Host` among them, even): they go before anything
+    // is derived from them.
+    hop_by_hop.remove_from(&mut headers);
+    // Credentials meant for a proxy are consumed here, never passed on (RFC 9110 §11.7.2).
+    if proxy_credentials {
+        headers.remove(header::PROXY_AUTHORIZATION);
     }
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host.clone();
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     let mut address: Vec<u8> = Vec::with_capacity(15);
     match client {

@@ -812,15 +812,24 @@ fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
 async fn forward(
     edge: &Arc<Edge>,
     peer: SocketAddr,
-    parts: Parts,
+    mut parts: Parts,
     body: Body,
     key: CacheKey,
     mut cache_status: CacheStatus,
 ) -> Answer {
-    let version = parts.version;
-    let outgoing = origin::request_headers(&parts.headers, peer.ip(), version);
     let safe = parts.method.is_safe();
     let cacheable_method = matches!(parts.method, Method::GET | Method::HEAD);
+    // What the storability check and an invalidation need of the request's headers, taken before
+    // they go to the origin.
+    let request_cc = cacheable_method.then(|| CacheControl::of(&parts.headers));
+    let authorized = cacheable_method && parts.headers.contains_key(header::AUTHORIZATION);
+    let public_host = if safe {
+        None
+    } else {
+        parts.headers.get(header::HOST).cloned()
+    };
+    let headers = std::mem::take(&mut parts.headers);
+    let outgoing = origin::request_headers(headers, peer.ip(), parts.version);
     let request_time = edge.clock.now();
     let (result, origin_time) = edge
         .send_to_origin(parts.method.clone(), key.url(), outgoing, body)
@@ -835,15 +844,14 @@ async fn forward(
     let (upstream, upstream_body) = upstream.into_parts();
     let status = upstream.status;
     if !safe && (status.is_success() || status.is_redirection()) {
-        invalidate_after_unsafe(edge, &parts, &key, &upstream.headers).await;
+        invalidate_after_unsafe(edge, &parts.uri, public_host, &key, &upstream.headers).await;
     }
     let response_time = edge.clock.now();
     let mut headers = origin::response_headers(upstream.headers, response_time, upstream.version);
-    if cacheable_method {
+    if let Some(request_cc) = request_cc {
         let config = &edge.config().cache;
-        let request_cc = CacheControl::of(&parts.headers);
         let at = (request_time, response_time);
-        match fill::not_storable(config, &parts.headers, &request_cc, status, &headers, at) {
+        match fill::not_storable(config, authorized, &request_cc, status, &headers, at) {
             Some(reason) => cache_status = cache_status.not_stored(reason),
             None => edge.fills.end_pass(&key),
         }
@@ -867,15 +875,16 @@ async fn forward(
 /// origin. Edge's own host name (from the request) counts as the same origin as the origin's.
 async fn invalidate_after_unsafe(
     edge: &Edge,
-    request: &Parts,
+    target: &http::Uri,
+    public_host: Option<HeaderValue>,
     key: &CacheKey,
     response: &HeaderMap,
 ) {
     invalidate(edge, key).await;
-    let Some(url) = edge.config().origin.url_for(&request.uri) else {
+    let Some(url) = edge.config().origin.url_for(target) else {
         return;
     };
-    let public_host = (request.headers.get(header::HOST)).and_then(|h| h.to_str().ok());
+    let public_host = public_host.as_ref().and_then(|h| h.to_str().ok());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;

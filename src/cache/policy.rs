@@ -235,10 +235,11 @@ fn understood(status: StatusCode) -> bool {
     )
 }
 
-/// RFC 9111 §3: may a shared cache store this response to this request?
+/// RFC 9111 §3: may a shared cache store this response to this request? `authorized`: the request
+/// carried `Authorization`.
 pub fn check_storable(
     method: &Method,
-    request: &HeaderMap,
+    authorized: bool,
     request_cc: &CacheControl,
     status: StatusCode,
     response: &HeaderMap,
@@ -266,7 +267,7 @@ pub fn check_storable(
         return Err(NotStored::Private);
     }
     // §3.5: only these directives let a shared cache store an answer to an authenticated request.
-    if request.contains_key(header::AUTHORIZATION)
+    if authorized
         && !(response_cc.has("public")
             || response_cc.has("s-maxage")
             || response_cc.has("must-revalidate"))
