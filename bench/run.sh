@@ -8,6 +8,8 @@
 #   edge_disk edge with a 1KiB memory tier: every hit is read from the disk tier
 #   floor     (pass rows only) bench/bare-proxy: hyper's server and client and nothing else, the
 #             least any pass-through on edge's HTTP stack costs; FLOOR=0 leaves it out
+#   edge_b    (EDGE_B_BIN=path only) a second edge binary, configured as edge, beside it in the
+#             hit, rate, lat1 and pass rows: two builds compared in one run (e.g. bench/pgo.sh's)
 # then measures with wrk (pinned to GEN_CPU), hit latency at a fixed request rate with oha (built
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
@@ -18,6 +20,7 @@
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
 #      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  GEN_THREADS=<cores in GEN_CPU> (wrk -t)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
 #      EDGE_BIN=path (skip the cargo build and measure that binary)  FLOOR=1 (0: no floor row in pass)
+#      EDGE_B_BIN=path (add the edge_b target)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
@@ -34,12 +37,13 @@ PORT_BASE=${PORT_BASE:-19200}                      # uses PORT_BASE .. PORT_BASE
 FLOOR=${FLOOR:-1}; [[ " $TESTS " == *" pass "* ]] || FLOOR=0
 
 ORIGIN_PORT=$PORT_BASE; STATUS_PORT=$((PORT_BASE + 1))
-declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge]=$((PORT_BASE + 20)) [floor]=$((PORT_BASE + 25)) [edge_disk]=$((PORT_BASE + 30)))
-declare -A ADMIN=([edge]=$((PORT_BASE + 21)) [edge_disk]=$((PORT_BASE + 31)))
-declare -A MEMORY=([edge]=1GiB [edge_disk]=1KiB)
+declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge_b]=$((PORT_BASE + 15)) [edge]=$((PORT_BASE + 20)) [floor]=$((PORT_BASE + 25)) [edge_disk]=$((PORT_BASE + 30)))
+declare -A ADMIN=([edge_b]=$((PORT_BASE + 16)) [edge]=$((PORT_BASE + 21)) [edge_disk]=$((PORT_BASE + 31)))
+declare -A MEMORY=([edge]=1GiB [edge_b]=1GiB [edge_disk]=1KiB)
 declare -A ROOTPID=()                                  # name -> pid of the process we started
-HIT_TARGETS="ceiling nginx edge edge_disk"; OTHER_TARGETS="ceiling nginx edge"
-PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge"
+EDGE_B=""; [ -n "${EDGE_B_BIN:-}" ] && EDGE_B=edge_b
+HIT_TARGETS="ceiling nginx edge $EDGE_B edge_disk"; OTHER_TARGETS="ceiling nginx edge $EDGE_B"
+PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge $EDGE_B"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;; 1m) echo 1048576;;
@@ -90,6 +94,7 @@ if [ -z "${EDGE_BIN:-}" ]; then
 fi
 # A private copy, so that a rebuild of target/release during the run doesn't change what is measured.
 cp "$EDGE_BIN" "$BENCH_DIR/edge" || die "cannot copy $EDGE_BIN"
+if [ -n "$EDGE_B" ]; then cp "$EDGE_B_BIN" "$BENCH_DIR/edge_b" || die "cannot copy $EDGE_B_BIN"; fi
 if [ "$FLOOR" = 1 ]; then
   echo "building the hyper floor: cargo build --release --locked --manifest-path bench/bare-proxy/Cargo.toml"
   (cd "$HERE/bare-proxy" && cargo build --release --locked) || die "cargo build of bench/bare-proxy failed (FLOOR=0 skips it)"
@@ -101,7 +106,7 @@ for p in "$ORIGIN_PORT" "$STATUS_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
   port_open "$p" && die "port $p is already in use (another run? set PORT_BASE)"
 done
 exec > >(tee "$OUT/run.log") 2>&1
-rm -rf "$BENCH_DIR"/{conf,logs,tmp,nginx-cache,edge-disk,edge_disk-disk}
+rm -rf "$BENCH_DIR"/{conf,logs,tmp,nginx-cache,edge-disk,edge_disk-disk,edge_b-disk}
 mkdir -p "$BENCH_DIR"/{conf,logs,tmp,www/obj}
 for s in 1k 16k 256k 1m; do head -c "$(size_bytes $s)" /dev/urandom > "$BENCH_DIR/www/obj/$s.bin"; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
@@ -114,7 +119,7 @@ render() { # TEMPLATE DEST [NAME]
 }
 render "$HERE/nginx-origin.conf.in" "$BENCH_DIR/conf/origin.conf"
 render "$HERE/nginx-cache.conf.in" "$BENCH_DIR/conf/nginx.conf"
-for n in edge edge_disk; do
+for n in edge edge_disk $EDGE_B; do
   render "$HERE/edge.yaml.in" "$BENCH_DIR/conf/$n.yaml" "$n"
   "$BENCH_DIR/edge" check --config "$BENCH_DIR/conf/$n.yaml" >/dev/null || die "edge rejects $BENCH_DIR/conf/$n.yaml"
 done
@@ -133,7 +138,7 @@ stop_all() { # TERM exactly the pids we started (an nginx master takes its worke
   done
   echo "killing ${left[*]}" >&2; kill -9 "${left[@]}" 2>/dev/null
 }
-cleanup() { stop_all; rm -rf "$BENCH_DIR"/{nginx-cache,edge-disk,edge_disk-disk}; }   # the caches hold RAM
+cleanup() { stop_all; rm -rf "$BENCH_DIR"/{nginx-cache,edge-disk,edge_disk-disk,edge_b-disk}; }   # the caches hold RAM
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -152,6 +157,7 @@ NGINX_RUN=(nginx -p "$BENCH_DIR/" -g "daemon off;")
 start ceiling "$ORIGIN_PORT" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/origin.error.log" -c "$BENCH_DIR/conf/origin.conf"
 start nginx "${PORT[nginx]}" "${NGINX_RUN[@]}" -e "$BENCH_DIR/logs/nginx.error.log" -c "$BENCH_DIR/conf/nginx.conf"
 for n in edge edge_disk; do start "$n" "${PORT[$n]}" "$BENCH_DIR/edge" --config "$BENCH_DIR/conf/$n.yaml"; done
+if [ -n "$EDGE_B" ]; then start edge_b "${PORT[edge_b]}" "$BENCH_DIR/edge_b" --config "$BENCH_DIR/conf/edge_b.yaml"; fi
 if [ "$FLOOR" = 1 ]; then start floor "${PORT[floor]}" "$BENCH_DIR/bare-proxy" "127.0.0.1:${PORT[floor]}" "127.0.0.1:$ORIGIN_PORT"; fi
 
 # ---- helpers for measuring -----------------------------------------------------------------------
@@ -365,6 +371,7 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
         printf "  -> edge/nginx req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge"), med(rps, c, "nginx")), spread("edge", "nginx", c), ratio(med(p99, c, "edge"), med(p99, c, "nginx"))
         if ((c SUBSEP "edge_disk") in n) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge"))
         if ((c SUBSEP "floor") in n) printf ";  floor/nginx req/s x%s%s, edge/floor x%s%s", ratio(med(rps, c, "floor"), med(rps, c, "nginx")), spread("floor", "nginx", c), ratio(med(rps, c, "edge"), med(rps, c, "floor")), spread("edge", "floor", c)
+        if ((c SUBSEP "edge_b") in n) printf ";  edge_b/edge req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge_b"), med(rps, c, "edge")), spread("edge_b", "edge", c), ratio(med(p99, c, "edge_b"), med(p99, c, "edge"))
         printf "\n" }
       print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)" ((rounds > 1) ? ", medians of " rounds " rounds" : "")
       printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
@@ -376,6 +383,10 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
       for (i = 1; i <= nc; i++) { c = cells[i]; if ((c SUBSEP "floor") in n)
         printf "%-10s floor (hyper alone) %s req/s: floor/nginx %s, edge/floor %s\n", c, k(med(rps, c, "floor")),
           ratio(med(rps, c, "floor"), med(rps, c, "nginx")), ratio(med(rps, c, "edge"), med(rps, c, "floor")) }
+      for (i = 1; i <= nc; i++) { c = cells[i]; if ((c SUBSEP "edge_b") in n)
+        printf "%-10s edge_b %s req/s: edge_b/edge %s%s, edge_b/nginx %s, p99 edge_b/edge %s\n", c, k(med(rps, c, "edge_b")),
+          ratio(med(rps, c, "edge_b"), med(rps, c, "edge")), spread("edge_b", "edge", c), ratio(med(rps, c, "edge_b"), med(rps, c, "nginx")),
+          ratio(med(p99, c, "edge_b"), med(p99, c, "edge")) }
     }' "$TSV"
 }
 [ "$(wc -l < "$TSV")" -gt 1 ] && report | tee "$OUT/report.txt"
