@@ -19,16 +19,8 @@ OUT=${OUT:-$HERE/results/callgrind-$(date +%Y%m%d-%H%M%S)}
 EDGE_BIN=${EDGE_BIN:-$HERE/../target/release/edge}
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v ab >/dev/null || need+=(apache2-utils)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends "${need[@]}" ||
-    { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } || die "apt-get install failed"
-fi
+. "$HERE/debian.sh"
+debian_install valgrind:valgrind ab:apache2-utils curl:curl || die "apt-get install failed"
 [ -x "$EDGE_BIN" ] || die "$EDGE_BIN not found: cargo build --release first, or set EDGE_BIN"
 mkdir -p "$OUT" || die "cannot create $OUT"
 cp "$EDGE_BIN" "$OUT/edge" || die "cannot copy $EDGE_BIN"

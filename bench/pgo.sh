@@ -17,15 +17,8 @@ DUR=${DUR:-4s}; PORT=${PORT:-19340}; ADMIN=$((PORT + 1))
 WORK=$REPO/target/pgo-work
 die() { echo "pgo.sh: $*" >&2; exit 1; }
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends "${need[@]}" ||
-    { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } || die "apt-get install failed"
-fi
+. "$HERE/debian.sh"
+debian_install wrk:wrk curl:curl || die "apt-get install failed"
 # llvm-profdata must read the profile format of rustc's own LLVM: rustup's llvm-tools has it.
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
 if [ ! -x "$PROFDATA" ]; then

@@ -66,16 +66,8 @@ owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other p
 for s in $SIZES; do size_bytes "$s" >/dev/null; done
 
 # ---- 1. tools and the edge binary ----------------------------------------------------------------
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends "${need[@]}" ||
-    { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } || die "apt-get install ${need[*]} failed"
-fi
+. "$HERE/debian.sh"
+debian_install nginx:nginx wrk:wrk curl:curl || die "apt-get install failed"
 command -v taskset >/dev/null || { [ -z "$SRV_CPU$GEN_CPU" ] || die "taskset not found (util-linux)"; }
 # oha offers a fixed request rate (wrk2 is not in Debian); crates.io has it.
 OHA_VERSION=1.16.0
