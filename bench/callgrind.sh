@@ -19,7 +19,7 @@ OUT=${OUT:-$HERE/results/callgrind-$(date +%Y%m%d-%H%M%S)}
 EDGE_BIN=${EDGE_BIN:-$HERE/../target/release/edge}
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
 
-. "$HERE/debian.sh"
+. "$HERE/common.sh"
 debian_install valgrind:valgrind ab:apache2-utils curl:curl || die "apt-get install failed"
 [ -x "$EDGE_BIN" ] || die "$EDGE_BIN not found: cargo build --release first, or set EDGE_BIN"
 mkdir -p "$OUT" || die "cannot create $OUT"
@@ -31,21 +31,7 @@ trap '[ -n "$VG" ] && kill "$VG" 2>/dev/null; rm -rf "$OUT/disk"' EXIT
 for path in "$@"; do
   tag=$(echo "$path" | tr -c 'A-Za-z0-9.\n' '_')
   rm -rf "$OUT/disk"
-  cat > "$OUT/edge.yaml" <<EOF
-listen: 127.0.0.1:$PORT
-origin:
-  url: $ORIGIN
-cache:
-  memory:
-    capacity: $MEMORY
-  disk:
-    path: $OUT/disk
-admin:
-  listen: 127.0.0.1:$ADMIN
-log:
-  filter: warn
-  access: false
-EOF
+  edge_yaml "$PORT" "$ADMIN" "$ORIGIN" "$MEMORY" "$OUT/disk" > "$OUT/edge.yaml"
   valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$tag.%p" \
     "$OUT/edge" --config "$OUT/edge.yaml" > "$OUT/valgrind.$tag.log" 2>&1 &
   VG=$!

@@ -17,7 +17,7 @@ DUR=${DUR:-4s}; PORT=${PORT:-19340}; ADMIN=$((PORT + 1))
 WORK=$REPO/target/pgo-work
 die() { echo "pgo.sh: $*" >&2; exit 1; }
 
-. "$HERE/debian.sh"
+. "$HERE/common.sh"
 debian_install wrk:wrk curl:curl || die "apt-get install failed"
 # llvm-profdata must read the profile format of rustc's own LLVM: rustup's llvm-tools has it.
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
@@ -38,21 +38,7 @@ trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK/disk"' EXIT
 train() { # MEMORY PATH...: run edge with that memory tier through every PATH, then stop it cleanly
   local memory=$1 path i; shift
   rm -rf "$WORK/disk"
-  cat > "$WORK/edge.yaml" <<EOF
-listen: 127.0.0.1:$PORT
-origin:
-  url: $ORIGIN
-cache:
-  memory:
-    capacity: $memory
-  disk:
-    path: $WORK/disk
-admin:
-  listen: 127.0.0.1:$ADMIN
-log:
-  filter: warn
-  access: false
-EOF
+  edge_yaml "$PORT" "$ADMIN" "$ORIGIN" "$memory" "$WORK/disk" > "$WORK/edge.yaml"
   "$REPO/target/pgo-gen/release/edge" --config "$WORK/edge.yaml" > "$WORK/edge.log" 2>&1 &
   PID=$!
   for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.2; done

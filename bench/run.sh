@@ -66,7 +66,7 @@ owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other p
 for s in $SIZES; do size_bytes "$s" >/dev/null; done
 
 # ---- 1. tools and the edge binary ----------------------------------------------------------------
-. "$HERE/debian.sh"
+. "$HERE/common.sh"
 debian_install nginx:nginx wrk:wrk curl:curl || die "apt-get install failed"
 command -v taskset >/dev/null || { [ -z "$SRV_CPU$GEN_CPU" ] || die "taskset not found (util-linux)"; }
 # oha offers a fixed request rate (wrk2 is not in Debian); crates.io has it.
