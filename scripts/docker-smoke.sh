@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Docker smoke test: edge in a container, in front of the demo origin in another container.
 #
-# It needs a Docker engine, cargo and curl, and nothing from a registry or the internet: it
-# builds edge with cargo and packs target/release/edge with the shared libraries it needs
+# It needs a Docker engine, cargo and curl, and no container registry: it builds edge as the
+# Dockerfile does (scripts/pgo-build.sh, which installs nginx and wrk from Debian and rustup's
+# llvm-tools if missing) and packs target/pgo/release/edge with the shared libraries it needs
 # (from ldd) into a FROM scratch image laid out like the Dockerfile's (non-root 65532:65532,
 # /etc/edge/edge.yaml from docker/edge.yaml, volume /var/cache/edge, EXPOSE, HEALTHCHECK with
 # `edge health`). Then it proves: a miss is stored, the next request is a memory hit, the
@@ -79,9 +80,13 @@ strip_ansi() { sed -e 's/\x1b\[[0-9;]*m//g'; }
 started=$SECONDS
 
 # --- the binary and its libraries -------------------------------------------------------------
-say "cargo build --release --locked"
-cargo build --release --locked --quiet
-binary="${CARGO_TARGET_DIR:-target}/release/edge"
+say "scripts/pgo-build.sh (the Dockerfile's build: instrumented, trained, built again)"
+binary="$(bash scripts/pgo-build.sh 2>"$work/pgo-build.log")" || {
+  tail -n 40 "$work/pgo-build.log" >&2
+  fail "scripts/pgo-build.sh failed"
+}
+grep '^pgo-build.sh: trained:' "$work/pgo-build.log" | sed 's/^pgo-build.sh: /docker-smoke: /' ||
+  fail "scripts/pgo-build.sh trained on nothing"
 [[ -x $binary ]] || fail "$binary was not built"
 "$binary" health --help >/dev/null 2>&1 || fail "$binary has no \`health\` subcommand (the HEALTHCHECK needs it)"
 "$binary" check --config docker/edge.yaml >/dev/null || fail "docker/edge.yaml does not pass edge check"
