@@ -232,7 +232,9 @@ impl Origin {
         loop {
             let (mut sender, pooled) = match self.idle.take() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: the connector's future (TLS included) is most of this one's size,
+                // and every request's future would carry and move it otherwise.
+                None => (Box::pin(self.connect()).await?, false),
             };
             // A pooled connection is ready once its connection task has seen the end of the
             // response it carried before.

@@ -844,7 +844,9 @@ async fn forward(
     let (upstream, upstream_body) = upstream.into_parts();
     let status = upstream.status;
     if !safe && (status.is_success() || status.is_redirection()) {
-        invalidate_after_unsafe(edge, &parts.uri, public_host, &key, &upstream.headers).await;
+        let invalidation =
+            invalidate_after_unsafe(edge, &parts.uri, public_host, &key, &upstream.headers);
+        Box::pin(invalidation).await;
     }
     let response_time = edge.clock.now();
     let mut headers = origin::response_headers(upstream.headers, response_time, upstream.version);
