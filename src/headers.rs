@@ -71,44 +71,43 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
     options
 }
 
-/// Removes hop-by-hop fields, including every field named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let found = HopByHop::find(headers);
+/// Removes hop-by-hop fields, including every field named in `Connection` (RFC 9110 §7.6.1),
+/// and says whether a field `wanted` remains. One pass over the fields finds both, comparing
+/// names rather than hashing them: usually there are no hop-by-hop fields, or only
+/// `Connection: keep-alive`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, wanted: &HeaderName) -> bool {
+    let mut found = HopByHop::default();
+    let mut has_wanted = false;
+    for (name, value) in &*headers {
+        found.note(name, value);
+        has_wanted |= name == wanted;
+    }
     found.remove_from(headers);
+    // Rarely, `Connection` names other fields, `wanted` possibly among them.
+    if found.options && has_wanted {
+        has_wanted = headers.contains_key(wanted);
+    }
+    has_wanted
 }
 
-/// The hop-by-hop fields a header section has, found in one pass that compares names rather than
-/// hashing them: usually there are none, or only `Connection: keep-alive`.
+/// The hop-by-hop fields a header section has.
 #[derive(Default)]
-pub struct HopByHop {
+struct HopByHop {
     present: [bool; HOP_BY_HOP.len()],
     /// A `Connection` value names other fields.
     options: bool,
 }
 
 impl HopByHop {
-    pub fn find(headers: &HeaderMap) -> Self {
-        let mut found = Self::default();
-        for (name, value) in headers {
-            found.note(name, value);
-        }
-        found
-    }
-
     /// Takes one field into account.
-    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if let Some(i) = hop_by_hop_index(name) {
             self.present[i] = true;
             self.options |= i == 0 && names_options(value);
         }
     }
 
-    /// Whether `Connection` names fields other than the fixed hop-by-hop ones.
-    pub fn names_others(&self) -> bool {
-        self.options
-    }
-
-    pub fn remove_from(&self, headers: &mut HeaderMap) {
+    fn remove_from(&self, headers: &mut HeaderMap) {
         if self.options {
             for name in connection_options(headers) {
                 headers.remove(name);
@@ -307,9 +306,15 @@ mod tests {
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers);
+        let secret = HeaderName::from_static("x-secret");
+        assert!(!remove_hop_by_hop(&mut headers, &secret));
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+        assert!(remove_hop_by_hop(
+            &mut headers,
+            &HeaderName::from_static("x-kept")
+        ));
+        assert_eq!(headers.len(), 1);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::cache::key::CacheKey;
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
-use crate::headers::{HopByHop, append_member, append_via};
+use crate::headers::{append_member, append_via, remove_hop_by_hop};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -384,15 +384,9 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 ///
 /// Edited in place: the fields that stay are neither copied nor hashed again.
 pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
-    let mut hop_by_hop = HopByHop::default();
-    let mut proxy_credentials = false;
-    for (name, value) in &headers {
-        hop_by_hop.note(name, value);
-        proxy_credentials |= *name == header::PROXY_AUTHORIZATION;
-    }
     // Rarely, `Connection` names other fields (`Host` among them, even): they go before anything
     // is derived from them.
-    hop_by_hop.remove_from(&mut headers);
+    let proxy_credentials = remove_hop_by_hop(&mut headers, &header::PROXY_AUTHORIZATION);
     // Credentials meant for a proxy are consumed here, never passed on (RFC 9110 §11.7.2).
     if proxy_credentials {
         headers.remove(header::PROXY_AUTHORIZATION);
@@ -429,17 +423,7 @@ pub fn response_headers(
     received: SystemTime,
     version: Version,
 ) -> HeaderMap {
-    let mut hop_by_hop = HopByHop::default();
-    let mut dated = false;
-    for (name, value) in &headers {
-        hop_by_hop.note(name, value);
-        dated |= *name == header::DATE;
-    }
-    hop_by_hop.remove_from(&mut headers);
-    if hop_by_hop.names_others() {
-        dated = headers.contains_key(header::DATE);
-    }
-    if !dated {
+    if !remove_hop_by_hop(&mut headers, &header::DATE) {
         let date = httpdate::fmt_http_date(received);
         headers.insert(
             header::DATE,
