@@ -35,7 +35,15 @@ curl -s -o /dev/null --max-time 2 "$ORIGIN/" || echo "note: $ORIGIN/ does not an
 VALGRIND=(valgrind --tool=callgrind)
 [ "$CACHE" = 1 ] && VALGRIND+=(--cache-sim=yes)
 
-# start TAG: the target under callgrind, in the background ($VG); ready() says when it answers.
+# launch TAG COMMAND...: COMMAND under callgrind on CPU, in the background ($VG).
+launch() {
+  local tag=$1; shift
+  taskset -c "$CPU" "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.$tag.%p" "$@" \
+    > "$OUT/valgrind.$tag.log" 2>&1 &
+  VG=$!
+}
+# start TAG: the target, launched; ready() says when it answers (edge: its admin health check).
+ready() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; }
 case $TARGET in
   edge)
     [ -x "$EDGE_BIN" ] || die "$EDGE_BIN not found: cargo build --release first, or set EDGE_BIN"
@@ -44,9 +52,7 @@ case $TARGET in
       rm -rf "$OUT/disk"
       edge_yaml "$PORT" "$ADMIN" "$ORIGIN" "$MEMORY" "$OUT/disk" > "$OUT/edge.yaml"
       # On one CPU, as bench/run.sh runs it: edge then uses its current-thread runtime.
-      taskset -c "$CPU" "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.$1.%p" \
-        "$OUT/edge" --config "$OUT/edge.yaml" > "$OUT/valgrind.$1.log" 2>&1 &
-      VG=$!
+      launch "$1" "$OUT/edge" --config "$OUT/edge.yaml"
     }
     ready() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN/healthz"; } ;;
   nginx)
@@ -56,22 +62,13 @@ case $TARGET in
       sed -e "s|@RUN@|$OUT/nginx|g" -e "s|@ORIGIN_PORT@|$origin_port|g" -e "s|@NGINX_PORT@|$PORT|g" \
         "$HERE/nginx-cache.conf.in" > "$OUT/nginx/nginx.conf"
       # One process, the worker, so that callgrind counts the one that serves.
-      taskset -c "$CPU" "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.$1.%p" \
-        nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g "daemon off; master_process off;" \
-        > "$OUT/valgrind.$1.log" 2>&1 &
-      VG=$!
-    }
-    ready() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; } ;;
+      launch "$1" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g "daemon off; master_process off;"
+    } ;;
   floor)
     FLOOR_BIN=$HERE/bare-proxy/target/release/bare-proxy
     [ -x "$FLOOR_BIN" ] || cargo build --release --manifest-path "$HERE/bare-proxy/Cargo.toml" ||
       die "cannot build bare-proxy"
-    start() {
-      taskset -c "$CPU" "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.$1.%p" \
-        "$FLOOR_BIN" "127.0.0.1:$PORT" "${ORIGIN#http://}" > "$OUT/valgrind.$1.log" 2>&1 &
-      VG=$!
-    }
-    ready() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; } ;;
+    start() { launch "$1" "$FLOOR_BIN" "127.0.0.1:$PORT" "${ORIGIN#http://}"; } ;;
   *) die "TARGET is edge, nginx or floor, not $TARGET" ;;
 esac
 
