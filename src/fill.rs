@@ -471,6 +471,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         let request_time = edge.clock.now();
         let (sent, origin_time) = edge
             .send_to_origin(
+                &edge.config(),
                 Method::GET,
                 job.key.url(),
                 outgoing,

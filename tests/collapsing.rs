@@ -265,3 +265,61 @@ async fn a_pass_whose_response_becomes_storable_is_stored_on_the_next_request() 
     assert_eq!(hit.text(), "public now");
     assert_eq!(h.origin.hits("/flip"), 3);
 }
+
+// A pass whose key the memory tier holds nothing of goes to the origin without a lookup; these
+// two check what that shortcut must not skip.
+
+#[tokio::test]
+async fn a_pass_for_one_variant_leaves_the_stored_variants_served_from_the_cache() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/page",
+        Reply::ok("for everyone")
+            .header("cache-control", "max-age=600")
+            .header("vary", "Accept-Language"),
+    );
+    let en = [("accept-language", "en")];
+    assert!(edge.get_with("/page", &en).await.stored());
+    h.origin.reply(
+        "/page",
+        Reply::ok("for one reader")
+            .header("cache-control", "private")
+            .header("vary", "Accept-Language"),
+    );
+    let de = [("accept-language", "de")];
+    assert_eq!(
+        edge.get_with("/page", &de).await.param("detail"),
+        Some("private")
+    );
+    // The key is a pass now, but the memory tier holds a variant of it: that one is still a hit.
+    let hit = edge.get_with("/page", &en).await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "for everyone");
+    // The other variant is passed: forwarded at once, as a miss of its Vary values.
+    let passed = edge.get_with("/page", &de).await;
+    assert_eq!(passed.text(), "for one reader");
+    assert_eq!(passed.fwd(), Some("vary-miss"), "{}", passed.cache_status());
+    assert_eq!(passed.param("detail"), Some("private"));
+    assert_eq!(h.origin.hits("/page"), 3);
+}
+
+#[tokio::test]
+async fn only_if_cached_on_a_pass_is_answered_without_the_origin() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/np",
+        Reply::ok("fresh").header("cache-control", "no-store"),
+    );
+    let edge = h.edge().await;
+    assert_eq!(edge.get("/np").await.param("detail"), Some("no-store"));
+    let passed = edge.get("/np").await;
+    assert_eq!(passed.fwd(), Some("uri-miss"), "{}", passed.cache_status());
+    assert_eq!(passed.text(), "fresh");
+    let cached_only = edge
+        .get_with("/np", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(cached_only.status, 504);
+    assert_eq!(cached_only.cache_status(), "edge; detail=only-if-cached");
+    assert_eq!(h.origin.hits("/np"), 2);
+}

@@ -72,6 +72,12 @@ impl MemoryTier {
         self.entries.get(primary).await
     }
 
+    /// Whether any variant of the URI is here. Unlike [`MemoryTier::get`], not a read: it neither
+    /// counts towards the key's popularity nor queues work for moka's housekeeping.
+    pub fn holds(&self, primary: &[u8; 32]) -> bool {
+        self.entries.contains_key(primary)
+    }
+
     /// Keeps `entry` as the variant of the URI it was stored for, replacing the variant with the
     /// same request header values, and every variant selected by other header names (the
     /// origin changed its `Vary`).

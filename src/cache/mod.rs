@@ -158,6 +158,12 @@ impl Cache {
         self.tags_purged.insert(tag.to_owned(), epoch);
     }
 
+    /// Whether the memory tier holds any variant of `key`: a lookup would look no further for a
+    /// hit-for-pass key if it does not (see `proxy::serve_cacheable`).
+    pub fn in_memory(&self, key: &CacheKey) -> bool {
+        self.memory.holds(key.hash())
+    }
+
     /// Finds the stored response that `request` selects for `key`: memory first, then disk
     /// (promoting what it finds) unless `memory_only()` says, after a memory miss, not to look
     /// there.
