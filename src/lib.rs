@@ -189,7 +189,7 @@ pub async fn serve(
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
-    edge.cache.settle().await;
+    edge.cache.settle();
     let mut response = edge.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

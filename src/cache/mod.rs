@@ -175,7 +175,7 @@ impl Cache {
     ) -> Lookup {
         let started = self.epoch();
         let mut vary_miss = false;
-        if let Some(variants) = self.memory.get(key.hash()).await {
+        if let Some(variants) = self.memory.get(key.hash()) {
             match variants.select(request) {
                 Some(entry) if entry.url == key.url() => return Lookup::Found(entry, Tier::Memory),
                 // Other variants are in memory; this one may still be on disk.
@@ -207,10 +207,10 @@ impl Cache {
         };
         match entry {
             Some(entry) if entry.url == key.url() && entry.variance.matches(request) => {
-                self.memory.insert(*key.hash(), entry.clone()).await;
+                self.memory.insert(*key.hash(), entry.clone());
                 // An invalidation during the read must not be undone by the promotion.
                 if self.invalidated_since(key, started) {
-                    self.memory.remove(key.hash()).await;
+                    self.memory.remove(key.hash());
                     return Lookup::Miss;
                 }
                 Lookup::Found(entry, Tier::Disk)
@@ -227,7 +227,7 @@ impl Cache {
         if self.purged_since(key, &entry, fetched) {
             return;
         }
-        self.memory.insert(*key.hash(), entry.clone()).await;
+        self.memory.insert(*key.hash(), entry.clone());
         self.store_on_disk(key, entry.clone()).await;
         if self.purged_since(key, &entry, fetched) {
             self.remove(key).await;
@@ -295,7 +295,7 @@ impl Cache {
             return;
         }
         // An older, smaller copy in memory would otherwise be found first.
-        self.memory.remove(key.hash()).await;
+        self.memory.remove(key.hash());
         let record_key = match self.prepare_disk(disk, key, &entry).await {
             Ok(record_key) => record_key,
             Err(err) => {
@@ -329,7 +329,7 @@ impl Cache {
         // A lookup that read the disk record before it went may promote it to memory meanwhile:
         // a second epoch makes a late promotion undo itself, and an earlier one is removed here.
         self.bump_epoch(key);
-        self.memory.remove(key.hash()).await;
+        self.memory.remove(key.hash());
         removed
     }
 
@@ -351,7 +351,7 @@ impl Cache {
             },
             None => 0,
         };
-        let in_memory = self.memory.remove(key.hash()).await;
+        let in_memory = self.memory.remove(key.hash());
         in_memory.max(on_disk)
     }
 
@@ -374,14 +374,11 @@ impl Cache {
         // As in `invalidate`: disk first, then a second epoch, then memory, so that a promotion
         // of the unmarked record racing this either undoes itself or is marked here.
         self.bump_epoch(key);
-        let in_memory = self
-            .memory
-            .rewrite(key.hash(), |entry| {
-                let mut entry = entry.clone();
-                entry.freshness.expire(at);
-                entry
-            })
-            .await;
+        let in_memory = self.memory.rewrite(key.hash(), |entry| {
+            let mut entry = entry.clone();
+            entry.freshness.expire(at);
+            entry
+        });
         in_memory.max(on_disk)
     }
 
@@ -410,8 +407,8 @@ impl Cache {
         }
     }
 
-    pub async fn settle(&self) {
-        self.memory.settle().await;
+    pub fn settle(&self) {
+        self.memory.settle();
     }
 
     /// Uses `heuristic` for responses read from disk from now on (a reload).
