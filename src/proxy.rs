@@ -672,12 +672,12 @@ async fn serve_stale_on_error(
 }
 
 /// serve stored: a stored response with `Age` (RFC 9111 §4.2.3, §5.1) and `Cache-Status`.
-async fn respond_stored(
+fn respond_stored(
     request: &Parts,
     entry: &StoredEntry,
     status: CacheStatus,
     now: SystemTime,
-) -> Answer {
+) -> impl Future<Output = Answer> {
     let mut headers = entry.headers.to_map_with(4);
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
@@ -695,16 +695,16 @@ async fn respond_stored(
         variance: Some(entry.variance.clone()),
         origin_time: None,
     };
-    respond(request, entry.status, headers, payload, outcome).await
+    respond(request, entry.status, headers, payload, outcome)
 }
 
 /// A response from a shareable fill, streamed as it arrives.
-async fn respond_shared(
+fn respond_shared(
     request: &Parts,
     shared: &SharedHead,
     fill: &Arc<Fill>,
     status: CacheStatus,
-) -> Answer {
+) -> impl Future<Output = Answer> {
     let payload = Payload::Streaming(fill.clone());
     let outcome = Outcome {
         status,
@@ -719,7 +719,6 @@ async fn respond_shared(
         payload,
         outcome,
     )
-    .await
 }
 
 /// The content of a response edge answers from the cache or from a fill.
@@ -728,6 +727,16 @@ enum Payload {
     /// A large stored body, read from its file as it is sent.
     File(Spilled),
     Streaming(Arc<Fill>),
+}
+
+impl Payload {
+    fn into_body(self) -> Body {
+        match self {
+            Payload::Whole(body) => Body::from(body),
+            Payload::File(spilled) => Body::from_stream(file_stream(spilled)),
+            Payload::Streaming(fill) => Body::from_stream(fill.body()),
+        }
+    }
 }
 
 /// A large body from its open file, in blocks, without holding it whole.
@@ -758,73 +767,81 @@ fn file_stream(spilled: Spilled) -> impl futures_util::Stream<Item = std::io::Re
 /// respond: edge answers the client's own conditions (RFC 9110 §13.2.2: If-None-Match /
 /// If-Modified-Since → 304) and ranges (§14: 206 or 416) on a 200, since fills ask the origin for
 /// the whole representation.
-async fn respond(
-    request: &Parts,
-    status: StatusCode,
-    headers: HeaderMap,
-    payload: Payload,
-    outcome: Outcome,
-) -> Answer {
-    let response = respond_to_conditions(request, status, headers, payload, &outcome.status).await;
-    (response, outcome)
-}
-
-async fn respond_to_conditions(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+fn respond(
     request: &Parts,
     status: StatusCode,
     mut headers: HeaderMap,
     payload: Payload,
-    cache_status: &CacheStatus,
-) -> Response {
-    cache_status.add_to(&mut headers);
-    let head = request.method == Method::HEAD;
-    if status == StatusCode::OK {
-        if conditional::not_modified(&request.headers, &headers) {
-            let not_modified = conditional::not_modified_headers(&headers);
-            return build(StatusCode::NOT_MODIFIED, not_modified, no_content());
-        }
-        // RFC 9110 §14.2: range handling is defined for GET only.
-        if request.method == Method::GET && request.headers.contains_key(header::RANGE) {
-            let whole = match &payload {
-                Payload::Whole(body) => Some(body.clone()),
-                // Ranges of a large stored body are cut from it in memory (bounded by
-                // cache.max_object_size).
-                Payload::File(spilled) => {
-                    let spilled = spilled.clone();
-                    let read = tokio::task::spawn_blocking(move || spilled.read_all()).await;
-                    read.ok().and_then(Result::ok)
-                }
-                Payload::Streaming(fill) => fill.whole_body().await,
-            };
-            if let Some(whole) = whole {
-                return match range::apply(&request.headers, &headers, &whole) {
-                    RangeOutcome::Full => build(status, headers, content(head, Body::from(whole))),
-                    RangeOutcome::Partial { headers, body } => build(
-                        StatusCode::PARTIAL_CONTENT,
-                        headers,
-                        content(head, Body::from(body)),
-                    ),
-                    RangeOutcome::Unsatisfiable { headers: range } => {
-                        for name in [
-                            header::CONTENT_LENGTH,
-                            header::CONTENT_TYPE,
-                            header::CONTENT_ENCODING,
-                        ] {
-                            headers.remove(name);
-                        }
-                        headers.extend(range);
-                        build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty())
-                    }
-                };
+    outcome: Outcome,
+) -> impl Future<Output = Answer> {
+    async move {
+        outcome.status.add_to(&mut headers);
+        let head = request.method == Method::HEAD;
+        if status == StatusCode::OK {
+            if conditional::not_modified(&request.headers, &headers) {
+                let not_modified = conditional::not_modified_headers(&headers);
+                return (
+                    build(StatusCode::NOT_MODIFIED, not_modified, no_content()),
+                    outcome,
+                );
+            }
+            // RFC 9110 §14.2: range handling is defined for GET only. Boxed: the only path that
+            // may wait here, rarely taken, and its future would otherwise be part of every hit's.
+            if request.method == Method::GET && request.headers.contains_key(header::RANGE) {
+                let ranged = Box::pin(respond_to_range(request, status, headers, payload)).await;
+                return (ranged, outcome);
             }
         }
+        (
+            build(status, headers, content(head, payload.into_body())),
+            outcome,
+        )
     }
-    let body = match payload {
-        Payload::Whole(body) => Body::from(body),
-        Payload::File(spilled) => Body::from_stream(file_stream(spilled)),
-        Payload::Streaming(fill) => Body::from_stream(fill.body()),
+}
+
+/// A 200 to a GET with `Range`: a 206 or 416 cut from the whole body, or the 200 as it is when
+/// the body cannot be had whole.
+async fn respond_to_range(
+    request: &Parts,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    payload: Payload,
+) -> Response {
+    let whole = match &payload {
+        Payload::Whole(body) => Some(body.clone()),
+        // Ranges of a large stored body are cut from it in memory (bounded by
+        // cache.max_object_size).
+        Payload::File(spilled) => {
+            let spilled = spilled.clone();
+            let read = tokio::task::spawn_blocking(move || spilled.read_all()).await;
+            read.ok().and_then(Result::ok)
+        }
+        Payload::Streaming(fill) => fill.whole_body().await,
     };
-    build(status, headers, content(head, body))
+    let Some(whole) = whole else {
+        return build(status, headers, payload.into_body());
+    };
+    match range::apply(&request.headers, &headers, &whole) {
+        RangeOutcome::Full => build(status, headers, Body::from(whole)),
+        RangeOutcome::Partial { headers, body } => {
+            build(StatusCode::PARTIAL_CONTENT, headers, Body::from(body))
+        }
+        RangeOutcome::Unsatisfiable { headers: range } => {
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+            ] {
+                headers.remove(name);
+            }
+            headers.extend(range);
+            build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty())
+        }
+    }
 }
 
 /// No content for HEAD (RFC 9110 §9.3.2).
