@@ -438,19 +438,15 @@ fn serve_cacheable(
         // storable again). So when the memory tier holds nothing of it, there is nothing to look
         // up: the request goes to the origin as a lookup would have sent it, without the lookup
         // (a read that moka records and later settles): 3–4% of a pass-through's instructions.
-        if edge.fills.is_pass(&key)
-            && !edge.cache.in_memory(&key)
-            && !request_cc.has("only-if-cached")
-        {
+        let pass = edge.fills.is_pass(&key);
+        if pass && !edge.cache.in_memory(&key) && !request_cc.has("only-if-cached") {
             let status = CacheStatus::forward(Forward::UriMiss);
             let forwarded = forward(edge, settings, peer, request, Body::empty(), key, status);
             return Box::pin(forwarded).await;
         }
         let now = edge.clock.now();
         let mut stale = None;
-        let mut pass = None;
-        let memory_only = || *pass.insert(edge.fills.is_pass(&key));
-        let fwd = match edge.cache.lookup(&key, &request.headers, memory_only).await {
+        let fwd = match edge.cache.lookup(&key, &request.headers, pass).await {
             Lookup::Miss => Forward::UriMiss,
             Lookup::VaryMiss => Forward::VaryMiss,
             Lookup::Found(entry, tier) => {
@@ -488,7 +484,7 @@ fn serve_cacheable(
             return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
         }
         let partial = request.headers.contains_key(header::RANGE);
-        if pass.unwrap_or_else(|| edge.fills.is_pass(&key)) {
+        if pass {
             // Hit-for-pass: the key was not storable a moment ago; go to the origin in parallel, with
             // the request as it is (conditions and ranges for the origin to answer). A stale stored
             // response is revalidated through a fill of its own instead.

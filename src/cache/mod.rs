@@ -165,14 +165,8 @@ impl Cache {
     }
 
     /// Finds the stored response that `request` selects for `key`: memory first, then disk
-    /// (promoting what it finds) unless `memory_only()` says, after a memory miss, not to look
-    /// there.
-    pub async fn lookup(
-        &self,
-        key: &CacheKey,
-        request: &HeaderMap,
-        memory_only: impl FnOnce() -> bool,
-    ) -> Lookup {
+    /// (promoting what it finds) unless `memory_only`.
+    pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap, memory_only: bool) -> Lookup {
         let started = self.epoch();
         let mut vary_miss = false;
         if let Some(variants) = self.memory.get(key.hash()) {
@@ -182,7 +176,7 @@ impl Cache {
                 _ => vary_miss = true,
             }
         }
-        let Some(disk) = self.disk.as_ref().filter(|_| !memory_only()) else {
+        let Some(disk) = self.disk.as_ref().filter(|_| !memory_only) else {
             return Lookup::miss(vary_miss);
         };
         let entry = match disk.get(key.hash().to_vec()).await {
