@@ -16,7 +16,9 @@
 #      MEMORY=1GiB (cache.memory.capacity; MEMORY=1KiB makes every hit a disk-tier hit)
 #      CPU=1 (the CPU the target is pinned to, as in bench/run.sh)
 #      CACHE=1 also simulates the CPU's caches and prints first-level data-cache misses (reads +
-#      writes) per request: new or evicted memory touched, which instructions do not show.
+#      writes) and instruction-cache misses per request: new or evicted memory touched, and code
+#      run that did not stay in the first-level instruction cache (64 KiB on the bench host), which
+#      instruction counts do not show.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ $# -ge 2 ] || { sed -n 6,6p "$0" | sed 's/^# *//'; exit 2; }
@@ -98,7 +100,8 @@ for path in "$@"; do
   read -r -a totals < <(callgrind_annotate "$profile" 2>/dev/null |
     awk '/PROGRAM TOTALS/{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9,]+$/) {gsub(",", "", $i); printf "%s ", $i}}')
   misses=""
-  [ "$CACHE" = 1 ] && misses=$(printf "  %5d L1d misses/request" $(((totals[4] + totals[5]) / N)))
+  [ "$CACHE" = 1 ] && misses=$(printf "  %5d L1d  %5d L1i misses/request" \
+    $(((totals[4] + totals[5]) / N)) $((totals[3] / N)))
   printf "%-6s %-20s %8d instructions/request%s  (%d requests, %s succeeded; profile %s)\n" \
     "$TARGET" "$path" $((totals[0] / N)) "$misses" "$N" "${ok:-?}" "$profile"
 done
