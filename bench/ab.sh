@@ -7,8 +7,8 @@
 #
 # Starts an nginx origin (nginx-origin.conf.in) and the two edges (memory tier 1GiB; MEMORY=1KiB
 # for disk-tier hits) pinned to SRV_CPU, and two wrk -t1 -c64 pinned to GEN_CPU. For each PATH:
-# a warm-up, then ROUNDS runs of DUR with both loaded at once; prints each round's req/s and
-# B/A, then the median B/A and its range. Which binary listens on which port alternates between
+# a warm-up, then ROUNDS runs of DUR with both loaded at once; prints how the path was served
+# (Cache-Status), each round's req/s and B/A, then the median B/A and its range. Which binary listens on which port alternates between
 # rounds. Both get an equal share of the CPU while both are runnable, so B/A is the inverse ratio
 # of their own CPU time per request (the origin's is the same for both): a 3% difference in edge's
 # own cost shows as about 1.03. It compares builds of one program; between different servers it
@@ -99,6 +99,9 @@ for path in "${PATHS[@]}"; do
       [ "$code" = 200 ] || die "$path answered $code on port $port"
     done
     both "$path" 2s > /dev/null
+    # What the measured requests are: hits from memory or disk, or forwards.
+    ((round == 1)) && printf "  %-18s served as: %s\n" "$path" "$(curl -s -D - -o /dev/null \
+      "http://127.0.0.1:${PORTS[0]}$path" | tr -d '\r' | sed -n 's/^cache-status: //Ip')"
     read -r r0 r1 < <(both "$path" "$DUR")
     [ -n "${r1:-}" ] || die "wrk gave no result for $path"
     if ((round % 2)); then ra=$r0 rb=$r1; else ra=$r1 rb=$r0; fi
