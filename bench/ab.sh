@@ -9,10 +9,11 @@
 # for disk-tier hits) pinned to SRV_CPU, and two wrk -t1 -c64 pinned to GEN_CPU. For each PATH:
 # a warm-up, then ROUNDS runs of DUR with both loaded at once; prints how the path was served
 # (Cache-Status), each round's req/s and B/A, then the median B/A and its range. Which binary
-# listens on which port alternates between rounds. Both get an equal share of the CPU while both are runnable, so B/A is the inverse ratio
-# of their own CPU time per request (the origin's is the same for both): a 3% difference in edge's
-# own cost shows as about 1.03. It compares builds of one program; between different servers it
-# also measures how each batches its work under contention (nginx beside edge is not a fair race).
+# listens on which port alternates between rounds. Both get an equal share of the CPU while both
+# are runnable, so B/A is the inverse ratio of their own CPU time per request (the origin's is
+# the same for both): a 3% difference in edge's own cost shows as about 1.03. It compares builds
+# of one program; between different servers it also measures how each batches its work under
+# contention (nginx beside edge is not a fair race).
 # Env: ROUNDS=8 DUR=4s MEMORY=1GiB SRV_CPU=1 GEN_CPU=0 PORT_BASE=19600 (uses .. +5)
 #      BENCH_DIR=/dev/shm/edge-ab
 set -uo pipefail
