@@ -21,7 +21,7 @@
 #      SRV_CPU=1 GEN_CPU=0 (empty = no pinning)  GEN_THREADS=<cores in GEN_CPU> (wrk -t)  PORT_BASE=19200  QUIET_MAX=15 QUIET_WAIT=10
 #      EDGE_BIN=path (skip the build and measure that binary)  PGO=1 (0: a plain cargo build --release)
 #      FLOOR=1 (0: no floor row in pass)
-#      EDGE_B_BIN=path (add the edge_b target)
+#      EDGE_B_BIN=path (add the edge_b target; bench/ab.sh compares two builds more precisely)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
