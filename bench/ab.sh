@@ -37,7 +37,9 @@ for p in "$ORIGIN_PORT" "$STATUS_PORT" "${PORTS[@]}" $((PORTS[0] + 1)) $((PORTS[
   port_open "$p" && die "port $p is already in use (set PORT_BASE)"
 done
 
-rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"/{logs,tmp,www/obj} || die "cannot create $BENCH_DIR"
+# Only what this script makes in BENCH_DIR is removed, before and after.
+OURS=("$BENCH_DIR"/{logs,tmp,www,disk0,disk1,origin.conf,origin.pid,edge0.yaml,edge1.yaml,wrk0.txt,wrk1.txt})
+rm -rf "${OURS[@]}" && mkdir -p "$BENCH_DIR"/{logs,tmp,www/obj} || die "cannot create $BENCH_DIR"
 for s in 1k:1024 16k:16384 256k:262144 1m:1048576; do
   head -c "${s#*:}" /dev/urandom > "$BENCH_DIR/www/obj/${s%%:*}.bin"
 done
@@ -52,7 +54,7 @@ stop_edges() {
   for p in "${EDGES[@]}"; do wait "$p" 2>/dev/null; done
   EDGES=()
 }
-trap 'stop_edges; [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null; rm -rf "$BENCH_DIR"' EXIT
+trap 'stop_edges; [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null; rm -rf "${OURS[@]}"; rmdir "$BENCH_DIR" 2>/dev/null' EXIT
 trap 'exit 130' INT TERM
 # daemon off, master_process off: the process started is the one that serves, and the PID to stop.
 taskset -c "$SRV_CPU" nginx -p "$BENCH_DIR" -c "$BENCH_DIR/origin.conf" -g "daemon off; master_process off;" \
