@@ -32,7 +32,6 @@ PORTS=($((PORT_BASE + 2)) $((PORT_BASE + 4)))   # edge ports; admin = port + 1
 . "$HERE/common.sh"
 debian_install nginx:nginx wrk:wrk curl:curl taskset:util-linux || die "apt-get install failed"
 for b in "$BIN_A" "$BIN_B"; do [ -x "$b" ] || die "$b is not an executable"; done
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$ORIGIN_PORT" "$STATUS_PORT" "${PORTS[@]}" $((PORTS[0] + 1)) $((PORTS[1] + 1)); do
   port_open "$p" && die "port $p is already in use (set PORT_BASE)"
 done
@@ -40,9 +39,7 @@ done
 # Only what this script makes in BENCH_DIR is removed, before and after.
 OURS=("$BENCH_DIR"/{logs,tmp,www,disk0,disk1,origin.conf,origin.pid,edge0.yaml,edge1.yaml,wrk0.txt,wrk1.txt})
 rm -rf "${OURS[@]}" && mkdir -p "$BENCH_DIR"/{logs,tmp,www/obj} || die "cannot create $BENCH_DIR"
-for s in 1k:1024 16k:16384 256k:262144 1m:1048576; do
-  head -c "${s#*:}" /dev/urandom > "$BENCH_DIR/www/obj/${s%%:*}.bin"
-done
+origin_objects "$BENCH_DIR/www/obj" || die "cannot write the objects"
 sed -e "s|@RUN@|$BENCH_DIR|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" -e "s|@STATUS_PORT@|$STATUS_PORT|g" \
   "$HERE/nginx-origin.conf.in" > "$BENCH_DIR/origin.conf"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null

@@ -17,7 +17,7 @@
 #      CPU=1 (the CPU the target is pinned to, as in bench/run.sh)
 #      CACHE=1 also simulates the CPU's caches and prints first-level data-cache misses (reads +
 #      writes) and instruction-cache misses per request: new or evicted memory touched, and code
-#      run that did not stay in the first-level instruction cache (64 KiB on the bench host), which
+#      run that did not stay in the first-level instruction cache (sized as the CPU reports it), which
 #      instruction counts do not show.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,4 +1,4 @@
-# Sourced by bench/callgrind.sh, bench/run.sh and scripts/pgo-build.sh.
+# Sourced by bench/ab.sh, bench/callgrind.sh, bench/run.sh and scripts/pgo-build.sh.
 
 # debian_install COMMAND:PACKAGE...: installs from Debian the packages of the commands not on PATH.
 debian_install() {
@@ -29,4 +29,15 @@ log:
   filter: warn
   access: false
 EOF
+}
+
+# port_open PORT: something on 127.0.0.1 accepts connections on PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# origin_objects DIR: the origin's objects, random bytes: DIR/{1k,16k,256k,1m}.bin.
+origin_objects() {
+  local s
+  for s in 1k:1024 16k:16384 256k:262144 1m:1048576; do
+    head -c "${s#*:}" /dev/urandom > "$1/${s%%:*}.bin" || return 1
+  done
 }

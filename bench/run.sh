@@ -56,7 +56,6 @@ GEN_PIN=(); [ -n "$GEN_CPU" ] && GEN_PIN=(taskset -c "$GEN_CPU")
 # scheduler slices of a few ms, and the connections of the thread that waits see that wait as
 # latency: a p99 of 4-6 ms for whichever server is fast enough to saturate wrk's core.
 GEN_THREADS=${GEN_THREADS:-$("${GEN_PIN[@]}" nproc 2>/dev/null || echo 1)}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other program that got there first)
   local inode f
   for inode in $(awk -v p="$(printf ':%04X' "$2")" '$4 == "0A" && substr($2, length($2) - 4) == p {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
@@ -106,7 +105,7 @@ done
 exec > >(tee "$OUT/run.log") 2>&1
 rm -rf "$BENCH_DIR"/{conf,logs,tmp,nginx-cache,edge-disk,edge_disk-disk,edge_b-disk}
 mkdir -p "$BENCH_DIR"/{conf,logs,tmp,www/obj}
-for s in 1k 16k 256k 1m; do head -c "$(size_bytes $s)" /dev/urandom > "$BENCH_DIR/www/obj/$s.bin"; done
+origin_objects "$BENCH_DIR/www/obj" || die "cannot write the objects"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 render() { # TEMPLATE DEST [NAME]
