@@ -5,6 +5,7 @@
 //! 200 whose whole content is in `body`.
 
 use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::RangeInclusive;
 
@@ -42,6 +43,23 @@ impl RangeOutcome {
             RangeOutcome::Unsatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
+}
+
+/// What a `Range` asks of a representation of a known length, before any content is cut: what
+/// [`apply`] answers from a body in memory, and what a body read from its file is answered by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// As [`RangeOutcome::Full`].
+    Full,
+    /// As [`RangeOutcome::Unsatisfiable`].
+    Unsatisfiable { headers: HeaderMap },
+    /// One part: the 206's fields, and the bytes of the representation it carries.
+    One {
+        headers: HeaderMap,
+        range: RangeInclusive<usize>,
+    },
+    /// Several parts, coalesced, in the order they are sent as `multipart/byteranges`.
+    Several(Vec<RangeInclusive<usize>>),
 }
 
 /// What a `Range` field asks of a representation of a given length.
@@ -143,26 +161,66 @@ fn coalesce(ranges: &[RangeInclusive<usize>]) -> Vec<RangeInclusive<usize>> {
 /// How to answer `request` from a complete representation: `response_headers` are the fields of
 /// the 200 edge would send, `body` its whole content (RFC 9110 §14.2, §13.2.2 step 5).
 pub fn apply(request: &HeaderMap, response_headers: &HeaderMap, body: &Bytes) -> RangeOutcome {
+    match select(request, response_headers, body.len()) {
+        Selection::Full => RangeOutcome::Full,
+        Selection::Unsatisfiable { headers } => RangeOutcome::Unsatisfiable { headers },
+        Selection::One { headers, range } => RangeOutcome::Partial {
+            headers,
+            body: body.slice(range),
+        },
+        Selection::Several(parts) => {
+            let cut = |part: RangeInclusive<usize>| Ok::<_, Infallible>(body.slice(part));
+            let Ok((headers, body)) = several(response_headers, &parts, body.len(), cut);
+            RangeOutcome::Partial { headers, body }
+        }
+    }
+}
+
+/// The 206 of several `parts` of a representation of `length` bytes whose 200 would carry
+/// `response_headers`: its fields, and its `multipart/byteranges` content, each part's bytes
+/// got from `bytes`.
+pub fn several<E>(
+    response_headers: &HeaderMap,
+    parts: &[RangeInclusive<usize>],
+    length: usize,
+    bytes: impl FnMut(RangeInclusive<usize>) -> Result<Bytes, E>,
+) -> Result<(HeaderMap, Bytes), E> {
+    let mut headers = response_headers.clone();
+    let boundary = boundary();
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let multipart = multipart(parts, length, content_type, &boundary, bytes)?;
+    headers.remove(header::CONTENT_RANGE);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::try_from(format!("multipart/byteranges; boundary={boundary}"))
+            .expect("the boundary is hexadecimal"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len()));
+    Ok((headers, multipart))
+}
+
+/// What `request` asks of a representation of `length` bytes whose 200 would carry
+/// `response_headers`, without its content.
+pub fn select(request: &HeaderMap, response_headers: &HeaderMap, length: usize) -> Selection {
     let mut lines = request.get_all(header::RANGE).iter();
     let Some(value) = lines.next() else {
-        return RangeOutcome::Full;
+        return Selection::Full;
     };
     // Range holds one ranges-specifier; two lines are not one.
     if lines.next().is_some() {
-        return RangeOutcome::Full;
+        return Selection::Full;
     }
     // §13.1.5: a failed If-Range means the client's partial copy is of another representation, so
     // it needs all of this one, even when its ranges would be unsatisfiable.
     if !if_range_matches(request, response_headers) {
-        return RangeOutcome::Full;
+        return Selection::Full;
     }
-    let length = body.len();
     let ranges = match plan(value, length) {
-        Plan::Ignore => return RangeOutcome::Full,
+        Plan::Ignore => return Selection::Full,
         Plan::Unsatisfiable => {
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_RANGE, content_range(format!("*/{length}")));
-            return RangeOutcome::Unsatisfiable { headers };
+            return Selection::Unsatisfiable { headers };
         }
         Plan::Ranges(ranges) => ranges,
     };
@@ -172,38 +230,27 @@ pub fn apply(request: &HeaderMap, response_headers: &HeaderMap, body: &Bytes) ->
         .iter()
         .fold(0usize, |sum, r| sum.saturating_add(r.end() - r.start() + 1));
     if requested > length.saturating_mul(2) {
-        return RangeOutcome::Full;
+        return Selection::Full;
     }
-    let parts = coalesce(&ranges);
-    let mut headers = response_headers.clone();
+    let mut parts = coalesce(&ranges);
     // §15.3.7.2: one part is sent on its own, even when several ranges were asked for, since
     // every client understands it.
-    if let [only] = parts.as_slice() {
-        headers.insert(
-            header::CONTENT_RANGE,
-            content_range(format!("{}-{}/{length}", only.start(), only.end())),
-        );
-        headers.insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(only.end() - only.start() + 1),
-        );
-        return RangeOutcome::Partial {
-            headers,
-            body: body.slice(only.clone()),
-        };
+    if parts.len() > 1 {
+        return Selection::Several(parts);
     }
-    let boundary = boundary();
-    let multipart = multipart(&parts, body, headers.get(header::CONTENT_TYPE), &boundary);
-    headers.remove(header::CONTENT_RANGE);
+    let only = parts.remove(0);
+    let mut headers = response_headers.clone();
     headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::try_from(format!("multipart/byteranges; boundary={boundary}"))
-            .expect("the boundary is hexadecimal"),
+        header::CONTENT_RANGE,
+        content_range(format!("{}-{}/{length}", only.start(), only.end())),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len()));
-    RangeOutcome::Partial {
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(only.end() - only.start() + 1),
+    );
+    Selection::One {
         headers,
-        body: multipart,
+        range: only,
     }
 }
 
@@ -223,13 +270,13 @@ fn boundary() -> String {
 
 /// The `multipart/byteranges` content of §14.6: each part with the representation's
 /// `Content-Type`, if it has one, and its own `Content-Range`.
-fn multipart(
+fn multipart<E>(
     parts: &[RangeInclusive<usize>],
-    body: &Bytes,
+    length: usize,
     content_type: Option<&HeaderValue>,
     boundary: &str,
-) -> Bytes {
-    let length = body.len();
+    mut bytes: impl FnMut(RangeInclusive<usize>) -> Result<Bytes, E>,
+) -> Result<Bytes, E> {
     let overhead = 128 + boundary.len() + content_type.map_or(0, HeaderValue::len);
     let size: usize = parts
         .iter()
@@ -255,12 +302,12 @@ fn multipart(
             part.end()
         );
         out.put_slice(range.as_bytes());
-        out.put_slice(&body[part.clone()]);
+        out.put_slice(&bytes(part.clone())?);
     }
     out.put_slice(b"\r\n--");
     out.put_slice(boundary.as_bytes());
     out.put_slice(b"--\r\n");
-    out.freeze()
+    Ok(out.freeze())
 }
 
 #[cfg(test)]

@@ -210,6 +210,98 @@ async fn a_large_disk_hit_is_verified_and_streamed_from_its_file() {
 }
 
 #[tokio::test]
+async fn ranges_of_a_large_disk_hit_are_read_from_its_file() {
+    let h = Harness::new().await;
+    let len = (2 << 20) + 12_345;
+    let body = large(len);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"v1\""),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 256 << 10)
+        .await;
+    edge.get("/big").await;
+    // One range, streamed from the file: across block boundaries, open-ended, a suffix, one byte.
+    for (asked, from, to) in [
+        ("bytes=65530-200000", 65_530, 200_000),
+        ("bytes=0-0", 0, 0),
+        ("bytes=2000000-", 2_000_000, len - 1),
+        ("bytes=-70000", len - 70_000, len - 1),
+        ("bytes=1048576-1114111", 1_048_576, 1_114_111),
+        ("bytes=0-", 0, len - 1),
+    ] {
+        let part = edge.get_with("/big", &[("range", asked)]).await;
+        assert_eq!(part.status, 206, "{asked}");
+        assert_eq!(
+            part.param("detail"),
+            Some("disk"),
+            "{}",
+            part.cache_status()
+        );
+        assert_eq!(
+            part.header("content-range"),
+            Some(format!("bytes {from}-{to}/{len}").as_str()),
+            "{asked}"
+        );
+        assert_eq!(
+            part.header("content-length"),
+            Some((to - from + 1).to_string().as_str()),
+            "{asked}"
+        );
+        assert_eq!(part.header("content-type"), Some("video/mp4"), "{asked}");
+        assert!(
+            part.body[..] == body[from..=to],
+            "{asked}: the bytes asked for"
+        );
+    }
+    // Several ranges: one multipart/byteranges body.
+    let parts = edge
+        .get_with("/big", &[("range", "bytes=10-19,1500000-1500009")])
+        .await;
+    assert_eq!(parts.status, 206);
+    assert!(
+        parts
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("multipart/byteranges; boundary=")),
+        "{:?}",
+        parts.header("content-type")
+    );
+    let text = &parts.body[..];
+    let find = |needle: &[u8]| text.windows(needle.len()).position(|w| w == needle);
+    let first = find(format!("Content-Range: bytes 10-19/{len}\r\n\r\n").as_bytes()).unwrap();
+    let second =
+        find(format!("Content-Range: bytes 1500000-1500009/{len}\r\n\r\n").as_bytes()).unwrap();
+    let head = format!("Content-Range: bytes 10-19/{len}\r\n\r\n").len();
+    assert!(text[first + head..first + head + 10] == body[10..20]);
+    let head = format!("Content-Range: bytes 1500000-1500009/{len}\r\n\r\n").len();
+    assert!(text[second + head..second + head + 10] == body[1_500_000..1_500_010]);
+    // Past the end: 416, with the length, and no content.
+    let beyond = edge.get_with("/big", &[("range", "bytes=5000000-")]).await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(
+        beyond.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+    assert_eq!(beyond.header("content-type"), None);
+    assert!(beyond.body.is_empty());
+    // If-Range naming another version: the whole 200.
+    let other = edge
+        .get_with("/big", &[("range", "bytes=0-99"), ("if-range", "\"v0\"")])
+        .await;
+    assert_eq!(other.status, 200);
+    assert!(other.body == body);
+    assert_eq!(
+        h.origin.hits("/big"),
+        1,
+        "all of it from the one stored copy"
+    );
+}
+
+#[tokio::test]
 async fn a_corrupted_large_body_file_is_never_served() {
     let h = Harness::new().await;
     let body = large(1 << 20);

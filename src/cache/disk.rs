@@ -278,7 +278,8 @@ impl DiskTier {
     /// thread, as nginx reads its cache files in its worker: on a warm node both are in the page
     /// cache (sled keeps its own), and a hop to the blocking pool and back cost more than the read
     /// (the blocking-pool hop took 24% of a core in context switches under a pass-through load).
-    /// Larger bodies, whose verification reads the whole file, go to the blocking pool.
+    /// A larger body is streamed from its file as it is sent, not read here; verifying it, which
+    /// reads the whole file and is done once per file, goes to the blocking pool.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
         match self.inner.get(&key, false) {
             Err(DiskError::Large) => {
@@ -575,13 +576,16 @@ impl Inner {
         // time), is not hashed again.
         let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
         if body_ref.len > self.stream_over {
-            if !large {
-                return Err(DiskError::Large);
+            if !seen {
+                // Hashing the whole body is for the blocking pool.
+                if !large {
+                    return Err(DiskError::Large);
+                }
+                if !body_matches(&file, body_ref)? {
+                    return self.drop_failed(key, seq, "its body does not match its record");
+                }
+                self.verified.insert(seq, stamp);
             }
-            if !seen && !body_matches(&file, body_ref)? {
-                return self.drop_failed(key, seq, "its body does not match its record");
-            }
-            self.verified.insert(seq, stamp);
             let mut entry = *entry;
             entry.spilled = Some(Spilled {
                 file: Arc::new(file),

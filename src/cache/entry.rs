@@ -335,12 +335,23 @@ pub struct Spilled {
 }
 
 impl Spilled {
-    /// The whole body, read into memory (for a range or a revalidation). Blocking.
+    /// The whole body, read into memory (for a revalidation).
     pub fn read_all(&self) -> std::io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
-        let mut body = vec![0; usize::try_from(self.len).map_err(std::io::Error::other)?];
-        self.file.read_exact_at(&mut body, 0)?;
-        Ok(Bytes::from(body))
+        self.read_at(0, self.len)
+    }
+
+    /// `len` bytes from `offset`, read into memory that is not zeroed first.
+    pub fn read_at(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let at = offset + out.len() as u64;
+            let spare = rustix::buffer::spare_capacity(&mut out);
+            if rustix::io::pread(&*self.file, spare, at)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(Bytes::from(out))
     }
 }
 
