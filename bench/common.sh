@@ -34,10 +34,10 @@ EOF
 # port_open PORT: something on 127.0.0.1 accepts connections on PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# origin_objects DIR: the origin's objects, random bytes: DIR/{1k,16k,256k,1m}.bin.
+# origin_objects DIR: the origin's objects, random bytes: DIR/{1k,16k,256k,1m,32m}.bin.
 origin_objects() {
   local s
-  for s in 1k:1024 16k:16384 256k:262144 1m:1048576; do
+  for s in 1k:1024 16k:16384 256k:262144 1m:1048576 32m:33554432; do
     head -c "${s#*:}" /dev/urandom > "$1/${s%%:*}.bin" || return 1
   done
 }

@@ -6,6 +6,8 @@
 #   nginx     nginx proxy_cache in front of the origin
 #   edge      edge, memory tier big enough for everything
 #   edge_disk edge with a 1KiB memory tier: every hit is read from the disk tier
+#             (the large and range rows leave edge_disk out: edge itself keeps a 32m object on disk
+#             only, being over cache.memory.max_object_size)
 #   floor     (pass rows only) bench/bare-proxy: hyper's server and client and nothing else, the
 #             least any pass-through on edge's HTTP stack costs; FLOOR=0 leaves it out
 #   edge_b    (EDGE_B_BIN=path only) a second edge binary, configured as edge, beside it in the
@@ -14,7 +16,8 @@
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
 #
-# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass collapse memory" N=5000
+# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass large collapse memory" N=5000
+#      (large: hits of a 32 MiB object, whole and a 64 KiB Range of it)
 #      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
 #      BENCH_DIR=/dev/shm/edge-bench (tmpfs: objects, caches, configs, logs)  OUT=bench/results/<time>
@@ -28,7 +31,7 @@ REPO=$(dirname "$HERE")
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}; ROUNDS=${ROUNDS:-1}
-SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass collapse memory"}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse memory"}
 RATES=${RATES:-"1k=20000 16k=20000 256k=4000 1m=1000"}
 BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -48,7 +51,8 @@ PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge $EDGE_B"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;; 1m) echo 1048576;;
-                            *) die "unknown size '$1' (1k 16k 256k 1m)";; esac; }
+                            32m) echo 33554432;; *) die "unknown size '$1' (1k 16k 256k 1m)";; esac; }
+RANGE=1048576-1114111   # the range rows' Range: 64 KiB from 1 MiB on
 # Prefixes, not functions: "${SRV_PIN[@]}" cmd & gives $! = the pid of cmd itself (taskset execs it).
 SRV_PIN=(); [ -n "$SRV_CPU" ] && SRV_PIN=(taskset -c "$SRV_CPU")
 GEN_PIN=(); [ -n "$GEN_CPU" ] && GEN_PIN=(taskset -c "$GEN_CPU")
@@ -106,6 +110,8 @@ exec > >(tee "$OUT/run.log") 2>&1
 rm -rf "$BENCH_DIR"/{conf,logs,tmp,nginx-cache,edge-disk,edge_disk-disk,edge_b-disk}
 mkdir -p "$BENCH_DIR"/{conf,logs,tmp,www/obj}
 origin_objects "$BENCH_DIR/www/obj" || die "cannot write the objects"
+dd if="$BENCH_DIR/www/obj/32m.bin" of="$BENCH_DIR/tmp/range.bin" iflag=skip_bytes,count_bytes status=none \
+  skip="${RANGE%-*}" count=$((${RANGE#*-} - ${RANGE%-*} + 1)) || die "cannot write the range's bytes"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 render() { # TEMPLATE DEST [NAME]
@@ -194,26 +200,29 @@ TSV=$OUT/results.tsv
 printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\tround\n" > "$TSV"
 
 measure() { # TEST SIZE TARGET
-  local test=$1 size=$2 name=$3 path t=$GEN_THREADS c=64
+  local test=$1 size=$2 name=$3 path t=$GEN_THREADS c=64 hdr=() slow=() code=200 want=$BENCH_DIR/www/obj/$2.bin
   case $test in
-    hit)  path=/obj/$size.bin ;;
+    hit) path=/obj/$size.bin ;;
+    large) path=/obj/$size.bin; slow=(--timeout 30s) ;;   # a 32 MiB response can take wrk's default 2 s
     lat1) path=/obj/$size.bin; t=1; c=1 ;;
     pass) path=/nostore/$size.bin ;;
+    range) path=/obj/$size.bin; hdr=(-H "Range: bytes=$RANGE"); code=206; want=$BENCH_DIR/tmp/range.bin ;;
   esac
-  local url="http://127.0.0.1:${PORT[$name]}$path" tag="$test-$size-$name-r$ROUND" got
-  got=$(curl -s -o "$BENCH_DIR/tmp/body" -w '%{http_code} %{size_download}' --max-time 10 "$url")
-  if [ "$got" != "200 $(size_bytes "$size")" ] || ! cmp -s "$BENCH_DIR/tmp/body" "$BENCH_DIR/www/obj/$size.bin"; then
-    echo "!!! FAILED CHECK $name $url: got '$got', want '200 $(size_bytes "$size")' and the origin's bytes" >&2
+  local url="http://127.0.0.1:${PORT[$name]}$path" tag="$test-$size-$name-r$ROUND" got expect
+  expect="$code $(stat -c %s "$want")"
+  got=$(curl -s "${hdr[@]}" -o "$BENCH_DIR/tmp/body" -w '%{http_code} %{size_download}' --max-time 10 "$url")
+  if [ "$got" != "$expect" ] || ! cmp -s "$BENCH_DIR/tmp/body" "$want"; then
+    echo "!!! FAILED CHECK $name $url ${hdr[*]}: got '$got', want '$expect' and the origin's bytes" >&2
     printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\t%s\n" "$test" "$size" "$name" "$c" "${got// /_}" "$ROUND" >> "$TSV"
     FAILED=$((FAILED + 1)); return
   fi
-  [ "$WARMUP" = 0 ] || gen wrk -t"$t" -c"$c" -d"$WARMUP" "$url" > /dev/null 2>&1
-  curl -s -o /dev/null -D "$OUT/raw/$tag.headers" --max-time 10 "$url"
+  [ "$WARMUP" = 0 ] || gen wrk "${hdr[@]}" "${slow[@]}" -t"$t" -c"$c" -d"$WARMUP" "$url" > /dev/null 2>&1
+  curl -s "${hdr[@]}" -o /dev/null -D "$OUT/raw/$tag.headers" --max-time 10 "$url"
   local served note o1 o2
   served=$(served_as "$OUT/raw/$tag.headers")
   note=$(wait_quiet)
   o1=$(origin_count)
-  gen wrk -t"$t" -c"$c" -d"$DUR" --latency -s "$HERE/report.lua" "$url" > "$OUT/raw/$tag.txt" 2>&1
+  gen wrk "${hdr[@]}" "${slow[@]}" -t"$t" -c"$c" -d"$DUR" --latency -s "$HERE/report.lua" "$url" > "$OUT/raw/$tag.txt" 2>&1
   o2=$(origin_count)
   local line requests=0 duration_us=1 bytes=0 p50=0 p90=0 p99=0 p999=0 max=0 sock_err=0 status_err=0 kv orig
   line=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/$tag.txt")
@@ -272,8 +281,9 @@ for ROUND in $(seq "$ROUNDS"); do
       rate) for s in $SIZES; do for n in $HIT_TARGETS; do measure_rate "$s" "$n"; done; done ;;
       lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
       pass) for n in $PASS_TARGETS; do measure pass 1k "$n"; done ;;
+      large) for t in large range; do for n in $OTHER_TARGETS; do measure "$t" 32m "$n"; done; done ;;
       collapse|memory) ;;
-      *) die "unknown test '$test' (hit rate lat1 pass collapse memory)" ;;
+      *) die "unknown test '$test' (hit rate lat1 pass large collapse memory)" ;;
     esac
   done
 done
