@@ -313,7 +313,7 @@ struct Reader {
 }
 
 /// The most a reader takes from a spool file at once.
-const SPOOL_READ: u64 = 256 * 1024;
+const SPOOL_READ: u64 = 64 * 1024;
 
 impl Drop for Reader {
     fn drop(&mut self) {
@@ -356,7 +356,7 @@ impl Reader {
             };
             match step {
                 Step::Chunk(chunk) => return Some(Ok(chunk)),
-                Step::Spool(spooled) => return Some(self.read_spooled(spooled).await),
+                Step::Spool(spooled) => return Some(self.read_spooled(&spooled)),
                 Step::End => {
                     self.done = true;
                     return None;
@@ -374,21 +374,11 @@ impl Reader {
         }
     }
 
-    async fn read_spooled(&mut self, spooled: Spooled) -> std::io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
-        let (offset, len) = (
-            self.offset,
-            (spooled.readable - self.offset).min(SPOOL_READ),
-        );
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; len as usize];
-            spooled
-                .file
-                .read_exact_at(&mut buf, offset)
-                .map(|()| Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)?;
+    /// The next block of the spooled body, read on the calling thread, as bodies streamed from
+    /// their files are (`proxy::file_stream`): it was written moments ago and is in the page cache.
+    fn read_spooled(&mut self, spooled: &Spooled) -> std::io::Result<Bytes> {
+        let len = (spooled.readable - self.offset).min(SPOOL_READ);
+        let read = crate::cache::entry::read_at(&spooled.file, self.offset, len);
         match &read {
             Ok(chunk) => self.offset += chunk.len() as u64,
             Err(_) => self.done = true,

@@ -340,19 +340,24 @@ impl Spilled {
         self.read_at(0, self.len)
     }
 
-    /// `len` bytes from `offset`, read into memory that is not zeroed first.
+    /// `len` bytes from `offset`.
     pub fn read_at(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
-        let len = usize::try_from(len).map_err(std::io::Error::other)?;
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let at = offset + out.len() as u64;
-            let spare = rustix::buffer::spare_capacity(&mut out);
-            if rustix::io::pread(&*self.file, spare, at)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(Bytes::from(out))
+        read_at(&self.file, offset, len)
     }
+}
+
+/// `len` bytes of `file` from `offset`, read into memory that is not zeroed first.
+pub fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let at = offset + out.len() as u64;
+        let spare = rustix::buffer::spare_capacity(&mut out);
+        if rustix::io::pread(file, spare, at)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Why a record could not be decoded.
