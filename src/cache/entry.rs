@@ -352,9 +352,10 @@ pub fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<B
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let at = offset + out.len() as u64;
-        let spare = rustix::buffer::spare_capacity(&mut out);
-        if rustix::io::pread(file, spare, at)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut out), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
         }
     }
     Ok(Bytes::from(out))
@@ -633,6 +634,20 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_at_reads_exactly_the_bytes_asked_for_and_fails_past_the_end() {
+        use std::io::Write;
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        for (offset, len) in [(0, 0), (0, 1), (65_530, 70_000), (199_999, 1), (0, 200_000)] {
+            let read = read_at(&file, offset, len).unwrap();
+            assert_eq!(read[..], bytes[offset as usize..(offset + len) as usize]);
+        }
+        let past = read_at(&file, 199_990, 11).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     fn sample() -> StoredEntry {
         let mut headers = HeaderMap::new();
