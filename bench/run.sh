@@ -141,7 +141,7 @@ stop_all() { # TERM exactly the pids we started (an nginx master takes its worke
   done
   echo "killing ${left[*]}" >&2; kill -9 "${left[@]}" 2>/dev/null
 }
-cleanup() { stop_all; rm -rf "$BENCH_DIR"/{nginx-cache,edge-disk,edge_disk-disk,edge_b-disk}; }   # the caches hold RAM
+cleanup() { stop_all; rm -rf "$BENCH_DIR"/{nginx-cache,edge-disk,edge_disk-disk,edge_b-disk,www/obj/32m.bin,tmp/range.bin}; }   # the caches and the 32 MiB object hold RAM
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
