@@ -50,8 +50,6 @@ HIT_TARGETS="ceiling nginx edge $EDGE_B edge_disk"; OTHER_TARGETS="ceiling nginx
 PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge $EDGE_B"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
-size_bytes() { case "$1" in 1k) echo 1024;; 16k) echo 16384;; 256k) echo 262144;; 1m) echo 1048576;;
-                            32m) echo 33554432;; *) die "unknown size '$1' (1k 16k 256k 1m)";; esac; }
 RANGE=1048576-1114111   # the range rows' Range: 64 KiB from 1 MiB on
 # Prefixes, not functions: "${SRV_PIN[@]}" cmd & gives $! = the pid of cmd itself (taskset execs it).
 SRV_PIN=(); [ -n "$SRV_CPU" ] && SRV_PIN=(taskset -c "$SRV_CPU")
@@ -67,7 +65,7 @@ owns_port() { # PID PORT: PID holds a listening socket on PORT (not some other p
   done
   return 1
 }
-for s in $SIZES; do size_bytes "$s" >/dev/null; done
+for s in $SIZES; do [[ " 1k 16k 256k 1m " == *" $s "* ]] || die "unknown size '$s' (1k 16k 256k 1m)"; done
 
 # ---- 1. tools and the edge binary ----------------------------------------------------------------
 . "$HERE/common.sh"

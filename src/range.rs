@@ -2,7 +2,8 @@
 //! with a 206 (one part, or `multipart/byteranges`), a 416, or the whole 200.
 //!
 //! The caller applies this only to GET (§14.2: Range is ignored for other methods) and only to a
-//! 200 whose whole content is in `body`.
+//! 200 whose whole content it holds: [`apply`] cuts it from the body in memory; [`select`] and
+//! [`several`] leave reading the bytes to the caller (a body kept in a file).
 
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;

@@ -349,6 +349,8 @@ impl Spilled {
 /// `len` bytes of `file` from `offset`, read into memory that is not zeroed first.
 pub fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    // `pread` fills the whole spare capacity, and `Vec::with_capacity` gives exactly `len`, so no
+    // read goes past the bytes asked for.
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let at = offset + out.len() as u64;
