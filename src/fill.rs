@@ -425,29 +425,12 @@ impl Drop for Closer<'_> {
 }
 
 async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
-    // A 304 refreshes the stored body; one kept in a file is read in for that (bounded by
-    // cache.max_object_size), and without it edge asks for the whole response instead.
-    let loaded = match job
+    // A 304 refreshes the stored response. A body kept in a file stays there: the refreshed
+    // record goes into a copy of that file that the kernel makes (see `DiskTier::put`).
+    let mut validating = job
         .stale
-        .as_ref()
-        .filter(|stale| has_validator(&stale.headers.to_map()))
-    {
-        Some(stale) => match &stale.spilled {
-            Some(spilled) => {
-                let spilled = spilled.clone();
-                let read = tokio::task::spawn_blocking(move || spilled.read_all()).await;
-                read.ok().and_then(Result::ok).map(|body| {
-                    let mut whole = StoredEntry::clone(stale);
-                    whole.body = body;
-                    whole.spilled = None;
-                    Arc::new(whole)
-                })
-            }
-            None => Some(stale.clone()),
-        },
-        None => None,
-    };
-    let mut validating = loaded.as_deref();
+        .as_deref()
+        .filter(|stale| has_validator(&stale.headers.to_map()));
     loop {
         let mut outgoing = origin::request_headers(job.request.clone(), job.client, job.version);
         for name in &CLIENT_CONDITIONS {
@@ -621,7 +604,13 @@ async fn refresh(
         &response_cc,
     ) {
         edge.cache.invalidate(&job.key).await;
-        let body = axum::body::Body::from(stale.body.clone());
+        let body = match &stale.spilled {
+            Some(spilled) => {
+                let whole = 0..spilled.len;
+                axum::body::Body::from_stream(crate::proxy::file_stream(spilled.clone(), whole))
+            }
+            None => axum::body::Body::from(stale.body.clone()),
+        };
         publish_private(
             fill,
             PrivateResponse {
@@ -634,7 +623,7 @@ async fn refresh(
         );
         return;
     }
-    let entry = Arc::new(StoredEntry::new(
+    let mut entry = StoredEntry::new(
         stale.url.clone(),
         status,
         headers.clone(),
@@ -643,7 +632,9 @@ async fn refresh(
         received.response_time,
         stale.body.clone(),
         &edge.config().cache.heuristic,
-    ));
+    );
+    entry.spilled = stale.spilled.clone();
+    let entry = Arc::new(entry);
     let head = SharedHead {
         status,
         headers: entry.headers.to_map(),
@@ -657,7 +648,15 @@ async fn refresh(
     edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
         state.head = Head::Shared(Arc::new(head));
-        state.chunks.push(entry.body.clone());
+        match &entry.spilled {
+            Some(spilled) => {
+                state.spooled = Some(Spooled {
+                    file: spilled.file.clone(),
+                    readable: spilled.len,
+                });
+            }
+            None => state.chunks.push(entry.body.clone()),
+        }
         state.end = Some(End::Complete);
     });
 }

@@ -747,7 +747,7 @@ impl Payload {
 /// the blocking pool and back, and a fresh block handed from a pool thread to this one was
 /// returned to the system and faulted in again on every allocation (a 1 MiB body streamed at
 /// a fifth of the rate of one read whole).
-fn file_stream(
+pub(crate) fn file_stream(
     spilled: Spilled,
     range: std::ops::Range<u64>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {

@@ -209,6 +209,71 @@ async fn a_large_disk_hit_is_verified_and_streamed_from_its_file() {
     assert_eq!(h.origin.hits("/big"), 2);
 }
 
+/// A 304 refreshes a body kept on disk only where it is: the requests that waited on the
+/// revalidation read it from its file, and after a restart the refreshed headers come with the
+/// same bytes, from disk, without the origin sending the body again.
+#[tokio::test]
+async fn a_304_refreshes_a_large_disk_body_in_place() {
+    let h = Harness::new().await;
+    let body = large((3 << 20) + 5);
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=10")
+            .header("etag", "\"v1\"")
+            .header("x-version", "1"),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 256 << 10)
+        .await;
+    edge.get("/big").await;
+    h.clock.advance(Duration::from_secs(20));
+    // Slow enough that the other requests find the revalidation in flight and wait on it.
+    h.origin.reply(
+        "/big",
+        Reply::ok("")
+            .status(304)
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=10")
+            .header("x-version", "2")
+            .delay(Duration::from_millis(300)),
+    );
+    let answers = join_all((0..4).map(|_| edge.get("/big"))).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.param("fwd-status"),
+            Some("304"),
+            "{}",
+            answer.cache_status()
+        );
+        assert_eq!(answer.header("x-version"), Some("2"));
+        assert_eq!(answer.header("content-length"), Some("3145733"));
+        assert!(
+            answer.body == body,
+            "{}: the stored bytes",
+            answer.cache_status()
+        );
+    }
+    let waited = answers
+        .iter()
+        .filter(|a| a.cache_status().contains("; collapsed"))
+        .count();
+    assert_eq!(waited, 3, "one revalidation for the four requests");
+    assert_eq!(h.origin.hits("/big"), 2);
+
+    let edge = edge.restart().await;
+    let hit = edge.get("/big").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+    assert_eq!(hit.header("x-version"), Some("2"));
+    assert!(hit.body == body);
+    let part = edge.get_with("/big", &[("range", "bytes=3145000-")]).await;
+    assert_eq!(part.status, 206);
+    assert!(part.body[..] == body[3_145_000..]);
+    assert_eq!(h.origin.hits("/big"), 2);
+}
+
 #[tokio::test]
 async fn ranges_of_a_large_disk_hit_are_read_from_its_file() {
     let h = Harness::new().await;

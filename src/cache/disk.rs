@@ -590,6 +590,7 @@ impl Inner {
             entry.spilled = Some(Spilled {
                 file: Arc::new(file),
                 len: body_ref.len,
+                checksum: body_ref.checksum,
             });
             return Ok(Some(Record::Entry(Arc::new(entry))));
         }
@@ -634,15 +635,25 @@ impl Inner {
     fn put(&self, key: &[u8], record: &Record) -> Result<(), DiskError> {
         let seq = self.db.generate_id()?;
         match record {
-            Record::Entry(entry) if entry.body.len() > INLINE_MAX => {
-                let encoded = record.encode(false);
-                let total = (entry.body.len() + encoded.len()) as u64 + TRAILER;
+            Record::Entry(entry) if entry.spilled.is_some() || entry.body.len() > INLINE_MAX => {
+                let body = match &entry.spilled {
+                    Some(spilled) => BodyRef {
+                        len: spilled.len,
+                        checksum: spilled.checksum,
+                    },
+                    None => BodyRef {
+                        len: entry.body.len() as u64,
+                        checksum: *blake3::hash(&entry.body).as_bytes(),
+                    },
+                };
+                let encoded = entry.encode_detached(body);
+                let total = body.len + encoded.len() as u64 + TRAILER;
                 let charged = charge(key.len(), rounded(total));
                 if charged > self.capacity {
                     return Ok(());
                 }
                 self.index_tags(key, seq, entry)?;
-                self.write_file(key, seq, &entry.body, &encoded)?;
+                self.write_file(key, seq, entry, &encoded)?;
                 self.commit_file(key, seq, charged)
             }
             _ => {
@@ -661,20 +672,24 @@ impl Inner {
         }
     }
 
-    /// Writes a body file (body, record, trailer) under a temporary name, then renames it into
-    /// place.
+    /// Writes a body file (`entry`'s body, `record`, trailer) under a temporary name, then renames
+    /// it into place. A body still in the file it was served from (a large one, refreshed by a
+    /// 304) is copied from there.
     fn write_file(
         &self,
         key: &[u8],
         seq: u64,
-        body: &[u8],
+        entry: &StoredEntry,
         record: &[u8],
     ) -> Result<(), DiskError> {
         let path = self.body_path(key, seq);
         let partial = path.with_extension("partial");
         let written = std::fs::File::create(&partial)
             .and_then(|mut file| {
-                file.write_all(body)?;
+                match &entry.spilled {
+                    Some(spilled) => copy_body(spilled, &mut file)?,
+                    None => file.write_all(&entry.body)?,
+                }
                 file.write_all(record)?;
                 file.write_all(&trailer(record.len()))
             })
@@ -1115,6 +1130,33 @@ fn read_body(file: &std::fs::File, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(body))
 }
 
+/// Writes the body of `from` at the position of `out`, copied by the kernel where the filesystem
+/// allows (`copy_file_range`: the bytes do not pass through edge's memory, and on filesystems that
+/// share extents they are not copied at all), else block by block.
+fn copy_body(from: &Spilled, out: &mut std::fs::File) -> std::io::Result<()> {
+    let mut offset = 0;
+    while offset < from.len {
+        let left = usize::try_from(from.len - offset).unwrap_or(usize::MAX);
+        // The source offset is given, so the file's own position, shared with every clone of it,
+        // is left alone; `out`'s moves on with each copy, as a write's would.
+        match rustix::fs::copy_file_range(&*from.file, Some(&mut offset), &*out, None, left) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            // Not between these files here (an old kernel, another filesystem): copy the rest.
+            Err(_) => break,
+        }
+    }
+    while offset < from.len {
+        let block = from.read_at(offset, (from.len - offset).min(COPY_BLOCK))?;
+        out.write_all(&block)?;
+        offset += block.len() as u64;
+    }
+    Ok(())
+}
+
+/// The most [`copy_body`] reads at once when the kernel cannot copy for it.
+const COPY_BLOCK: u64 = 1 << 20;
+
 /// Whether the first `expected.len` bytes of `file` hash to `expected.checksum`, reading them in
 /// blocks rather than whole.
 fn body_matches(file: &std::fs::File, expected: BodyRef) -> std::io::Result<bool> {
@@ -1382,6 +1424,96 @@ mod tests {
             assert_eq!(found.body, vec![i as u8; len]);
         }
     }
+
+    /// A large body refreshed by a 304 is not read back: its new record goes into a copy of the
+    /// file it was served from, which holds the same bytes after the old file is replaced and
+    /// after a restart.
+    #[test]
+    fn a_refreshed_record_of_a_large_body_goes_into_a_copy_of_its_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // Bodies over 64 KiB are served from their files.
+        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let tier = open().unwrap();
+        let key = blake3::hash(b"/big").as_bytes().to_vec();
+        let body: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i * 7 % 251) as u8).collect();
+        tier.inner.put(&key, &entry("/big", body.clone())).unwrap();
+        let Some(Record::Entry(stale)) = tier.inner.get(&key, true).unwrap() else {
+            panic!("/big is gone");
+        };
+        assert!(stale.spilled.is_some() && stale.body.is_empty());
+        let mut headers = stale.headers.to_map();
+        headers.insert("x-version", HeaderValue::from_static("2"));
+        let now = SystemTime::now();
+        let mut refreshed = StoredEntry::new(
+            stale.url.clone(),
+            StatusCode::OK,
+            headers,
+            Variance::default(),
+            now,
+            now,
+            Bytes::new(),
+            &HeuristicConfig::default(),
+        );
+        refreshed.spilled = stale.spilled.clone();
+        tier.inner
+            .put(&key, &Record::Entry(Arc::new(refreshed)))
+            .unwrap();
+        drop(stale);
+        assert_eq!(tier.stats().entries, 1);
+        assert_eq!(
+            tier.inner.records.len(),
+            0,
+            "the record is in the file, not in sled"
+        );
+        drop(tier);
+
+        let tier = open().unwrap();
+        let Some(Record::Entry(found)) = tier.inner.get(&key, true).unwrap() else {
+            panic!("the refreshed record is gone");
+        };
+        assert_eq!(found.headers.to_map()["x-version"], "2");
+        let spilled = found.spilled.as_ref().expect("served from its file");
+        assert!(spilled.read_at(0, spilled.len).unwrap() == body);
+        assert_eq!(tier.integrity_failures(), 0);
+        let files = std::fs::read_dir(dir.path().join("bodies"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1, "the old file went when the new one replaced it");
+    }
+
+    /// The kernel copies a body between files where it can; where it cannot (here, for a file
+    /// opened for appending, which `copy_file_range` refuses), the body is read and written in
+    /// blocks. Either way the bytes land at the target file's position, between what was written
+    /// before and after.
+    #[test]
+    fn copy_body_copies_by_the_kernel_or_block_by_block() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let body: Vec<u8> = (0..(5 << 19) + 3).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(dir.path().join("from"), &body).unwrap();
+        let from = Spilled {
+            file: Arc::new(std::fs::File::open(dir.path().join("from")).unwrap()),
+            len: body.len() as u64,
+            checksum: *blake3::hash(&body).as_bytes(),
+        };
+        for (name, append) in [("kernel", false), ("blocks", true)] {
+            let path = dir.path().join(name);
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .open(&path)
+                .unwrap();
+            out.write_all(b"before").unwrap();
+            copy_body(&from, &mut out).unwrap();
+            out.write_all(b"after").unwrap();
+            drop(out);
+            let written = std::fs::read(&path).unwrap();
+            assert_eq!(written.len(), body.len() + 11, "{name}");
+            assert!(written[..6] == *b"before" && written[written.len() - 5..] == *b"after");
+            assert!(written[6..written.len() - 5] == body, "{name}");
+        }
+    }
+
     /// A store closed in this process can hold sled's lock a moment longer: the start-up check
     /// holds the tier while it reads one file, and sled's own threads finish their writes. Opening
     /// it again (a test, or a restart within the process) waits for that instead of running

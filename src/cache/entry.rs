@@ -332,14 +332,11 @@ pub struct StoredEntry {
 pub struct Spilled {
     pub file: Arc<std::fs::File>,
     pub len: u64,
+    /// The body's blake3, as its record has it: a record refreshed by a 304 names the same body.
+    pub checksum: [u8; 32],
 }
 
 impl Spilled {
-    /// The whole body, read into memory (for a revalidation).
-    pub fn read_all(&self) -> std::io::Result<Bytes> {
-        self.read_at(0, self.len)
-    }
-
     /// `len` bytes from `offset`.
     pub fn read_at(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
         read_at(&self.file, offset, len)
