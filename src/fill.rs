@@ -277,12 +277,23 @@ impl Fill {
 
     /// The body from its first byte, as it arrives.
     pub fn body(self: &Arc<Self>) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        self.body_range(0..u64::MAX)
+    }
+
+    /// The bytes `range` of the body, each as soon as it has arrived: a range of a body that is
+    /// still arriving waits for its own bytes only, and one of a spooled body is read from the
+    /// file from its first byte, not from the body's.
+    pub fn body_range(
+        self: &Arc<Self>,
+        range: std::ops::Range<u64>,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         self.readers.fetch_add(1, Ordering::Relaxed);
         let reader = Reader {
             fill: self.clone(),
             changed: self.changed.subscribe(),
             next: 0,
             offset: 0,
+            range,
             done: false,
         };
         futures_util::stream::unfold(reader, |mut reader| async move {
@@ -307,8 +318,10 @@ struct Reader {
     changed: watch::Receiver<()>,
     /// The next chunk to take from memory.
     next: usize,
-    /// Bytes delivered so far (the offset into a spooled body).
+    /// Bytes of the body passed so far, delivered or skipped (the offset into a spooled body).
     offset: u64,
+    /// The bytes to deliver.
+    range: std::ops::Range<u64>,
     done: bool,
 }
 
@@ -332,20 +345,26 @@ enum Step {
 
 impl Reader {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
-        if self.done {
-            return None;
-        }
         loop {
+            if self.done || self.offset >= self.range.end {
+                self.done = true;
+                return None;
+            }
             self.changed.borrow_and_update();
             let step = {
                 let state = lock(&self.fill.state);
                 match &state.spooled {
-                    Some(spooled) if self.offset < spooled.readable => Step::Spool(spooled.clone()),
+                    // A spooled file holds the body from its first byte: skip to the range's.
+                    Some(spooled) if self.offset.max(self.range.start) < spooled.readable => {
+                        self.offset = self.offset.max(self.range.start);
+                        Step::Spool(spooled.clone())
+                    }
                     None if self.next < state.chunks.len() => {
                         let chunk = state.chunks[self.next].clone();
+                        let at = self.offset;
                         self.next += 1;
                         self.offset += chunk.len() as u64;
-                        Step::Chunk(chunk)
+                        Step::Chunk(slice(&chunk, at, &self.range))
                     }
                     _ => match state.end {
                         Some(End::Complete) => Step::End,
@@ -355,6 +374,7 @@ impl Reader {
                 }
             };
             match step {
+                Step::Chunk(chunk) if chunk.is_empty() => {}
                 Step::Chunk(chunk) => return Some(Ok(chunk)),
                 Step::Spool(spooled) => return Some(self.read_spooled(&spooled)),
                 Step::End => {
@@ -377,7 +397,8 @@ impl Reader {
     /// The next block of the spooled body, read on the calling thread, as bodies streamed from
     /// their files are (`proxy::file_stream`): it was written moments ago and is in the page cache.
     fn read_spooled(&mut self, spooled: &Spooled) -> std::io::Result<Bytes> {
-        let len = (spooled.readable - self.offset).min(SPOOL_READ);
+        let until = spooled.readable.min(self.range.end);
+        let len = (until - self.offset).min(SPOOL_READ);
         let read = crate::cache::entry::read_at(&spooled.file, self.offset, len);
         match &read {
             Ok(chunk) => self.offset += chunk.len() as u64,
@@ -385,6 +406,15 @@ impl Reader {
         }
         read
     }
+}
+
+/// What of `chunk`, which starts at byte `at` of the body, lies in `range` (maybe nothing).
+fn slice(chunk: &Bytes, at: u64, range: &std::ops::Range<u64>) -> Bytes {
+    let len = chunk.len() as u64;
+    let from = range.start.saturating_sub(at).min(len);
+    let to = range.end.saturating_sub(at).min(len).max(from);
+    // Both are at most the chunk's length, which is a usize.
+    chunk.slice(from as usize..to as usize)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -943,5 +973,27 @@ fn add_validators(outgoing: &mut HeaderMap, stored: &HeaderMap) {
     }
     if let Some(modified) = stored.get(header::LAST_MODIFIED) {
         outgoing.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_keeps_what_of_a_chunk_lies_in_the_range() {
+        let chunk = Bytes::from_static(b"0123456789");
+        // The chunk holds bytes 100..110 of the body.
+        for (range, want) in [
+            (0..u64::MAX, &b"0123456789"[..]),
+            (103..106, b"345"),
+            (0..102, b"01"),
+            (108..200, b"89"),
+            (0..100, b""),
+            (110..120, b""),
+            (105..105, b""),
+        ] {
+            assert_eq!(slice(&chunk, 100, &range), want, "{range:?}");
+        }
     }
 }

@@ -841,7 +841,25 @@ async fn respond_to_range(
                 }
             }
         }
-        Payload::Streaming(fill) => fill.whole_body().await,
+        // One range of a body still arriving is sent as its bytes arrive. Several, or a range of
+        // a body of unannounced length, are cut from the whole body once it is in.
+        Payload::Streaming(fill) => {
+            let length = crate::fill::content_length(&headers)
+                .and_then(|length| usize::try_from(length).ok());
+            let selection = length.map(|length| range::select(&request.headers, &headers, length));
+            match selection {
+                Some(Selection::Full) => return build(status, headers, payload.into_body()),
+                Some(Selection::Unsatisfiable { headers: range }) => {
+                    return unsatisfiable(headers, range);
+                }
+                Some(Selection::One { headers, range }) => {
+                    let range = *range.start() as u64..*range.end() as u64 + 1;
+                    let part = Body::from_stream(fill.body_range(range));
+                    return build(StatusCode::PARTIAL_CONTENT, headers, part);
+                }
+                Some(Selection::Several(_)) | None => fill.whole_body().await,
+            }
+        }
     };
     let Some(whole) = whole else {
         return build(status, headers, payload.into_body());

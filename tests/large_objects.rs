@@ -162,6 +162,96 @@ async fn the_body_is_on_disk_while_it_is_still_arriving() {
     assert_eq!(hit.body.len(), 2 * half.len());
 }
 
+/// A range of a response that is still arriving is sent as soon as its own bytes are in, not
+/// once the whole body is (a player starting a video that is not cached yet): for a body held in
+/// memory and for one spooled to disk alike.
+#[tokio::test]
+async fn a_range_of_a_body_still_arriving_is_sent_once_its_bytes_are_in() {
+    for memory_max in [8 << 20, 256 << 10] {
+        let h = Harness::new().await;
+        let body = large(2 << 20);
+        let half = body.len() / 2;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let sent = body.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
+                sent.len()
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&sent[..half]).await.unwrap();
+            let _ = released.await;
+            socket.write_all(&sent[half..]).await.unwrap();
+            let _ = socket.read(&mut buf).await;
+        });
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+                c.cache.memory.max_object_size.0 = memory_max;
+            })
+            .await;
+        // The origin holds back the second half: a range in the first is answered meanwhile.
+        let early = edge.get_with("/video", &[("range", "bytes=1000-70999")]);
+        let early = tokio::time::timeout(Duration::from_secs(5), early)
+            .await
+            .expect("the range is sent before the rest of the body arrives");
+        assert_eq!(early.status, 206, "{memory_max}: {}", early.cache_status());
+        assert_eq!(
+            early.header("content-range"),
+            Some("bytes 1000-70999/2097152")
+        );
+        assert!(early.body[..] == body[1000..71_000], "{memory_max}");
+        // A range in the second half waits for its bytes, then gets exactly them.
+        let late = tokio::spawn({
+            let (client, url) = (edge.client.clone(), edge.url("/video"));
+            async move {
+                let response = client
+                    .get(url)
+                    .header("range", "bytes=1500000-1600000")
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status(), response.bytes().await.unwrap())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !late.is_finished(),
+            "{memory_max}: its bytes have not arrived"
+        );
+        release.send(()).unwrap();
+        let (status, bytes) = late.await.unwrap();
+        assert_eq!(status, 206);
+        assert!(bytes[..] == body[1_500_000..=1_600_000], "{memory_max}");
+        // The whole response is stored (a request while that is under way joins the fill): the
+        // origin, which answers one request only, is not asked again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let next = edge.get("/video").await;
+            assert!(next.body == body, "{memory_max}: {}", next.cache_status());
+            if next.is_hit() {
+                break;
+            }
+            assert!(
+                next.cache_status().contains("collapsed"),
+                "{}",
+                next.cache_status()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{memory_max}: never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_large_disk_hit_is_verified_and_streamed_from_its_file() {
     let h = Harness::new().await;
