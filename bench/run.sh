@@ -16,7 +16,7 @@
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
 #
-# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass large collapse memory" N=5000
+# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass large collapse coldrange memory" N=5000
 #      (large: hits of a 32 MiB object, whole and a 64 KiB Range of it)
 #      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
@@ -31,7 +31,7 @@ REPO=$(dirname "$HERE")
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}; ROUNDS=${ROUNDS:-1}
-SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse memory"}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse coldrange memory"}
 RATES=${RATES:-"1k=20000 16k=20000 256k=4000 1m=1000"}
 BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -280,8 +280,8 @@ for ROUND in $(seq "$ROUNDS"); do
       lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
       pass) for n in $PASS_TARGETS; do measure pass 1k "$n"; done ;;
       large) for t in large range; do for n in $OTHER_TARGETS; do measure "$t" 32m "$n"; done; done ;;
-      collapse|memory) ;;
-      *) die "unknown test '$test' (hit rate lat1 pass large collapse memory)" ;;
+      collapse|coldrange|memory) ;;
+      *) die "unknown test '$test' (hit rate lat1 pass large collapse coldrange memory)" ;;
     esac
   done
 done
@@ -312,6 +312,53 @@ collapse() { # TARGET
   [ "$ok" = 100 ] || { echo "!!! FAILED: $name answered $ok/100 collapse requests correctly" >&2; FAILED=$((FAILED + 1)); }
 }
 
+# 20 concurrent requests for the first MiB of one new 32 MiB key of /paced/ (the origin sends it
+# at 8 MB/s, ~4 s): how soon each range starts and ends, whether it holds exactly those bytes, how
+# many origin requests it took (the origin's log of /paced/), and how much the server's resident
+# memory grew meanwhile (sampled every 50 ms): a player starting a video that is not cached yet.
+coldrange() { # TARGET
+  local name=$1 key url i t0 ms ok orig r0 peak r part p running curls=()
+  key=$name-$RANDOM$RANDOM; url="http://127.0.0.1:${PORT[$name]}/paced/32m.bin?coldrange=$key"
+  r0=$(tree_rss_kib "${ROOTPID[$name]}"); peak=$r0
+  t0=$(date +%s%N)
+  for i in $(seq 20); do
+    "${GEN_PIN[@]}" curl -s --max-time 60 -r 0-1048575 -o "$BENCH_DIR/tmp/coldrange.$i" \
+      -w '%{http_code} %{time_starttransfer} %{time_total}\n' "$url" &
+    curls+=($!)
+  done > "$BENCH_DIR/tmp/coldrange.times"
+  STARTED+=("${curls[@]}")
+  running=1
+  while [ "$running" = 1 ]; do
+    r=$(tree_rss_kib "${ROOTPID[$name]}"); [ "$r" -gt "$peak" ] && peak=$r
+    running=0; for p in "${curls[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
+    sleep 0.05
+  done
+  wait "${curls[@]}"; STARTED=("${STARTED[@]:0:${#STARTED[@]}-20}")
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  head -c 1048576 "$BENCH_DIR/www/obj/32m.bin" > "$BENCH_DIR/tmp/coldrange.want"
+  ok=0
+  for i in $(seq 20); do
+    part=$BENCH_DIR/tmp/coldrange.$i
+    cmp -s "$part" "$BENCH_DIR/tmp/coldrange.want" && ok=$((ok + 1)); rm -f "$part"
+  done
+  ok=$((ok - 20 + $(grep -c '^206 ' "$BENCH_DIR/tmp/coldrange.times")))
+  # The origin logs a request when it has sent the whole object, seconds after the ranges: wait
+  # for the count to settle (1.5 s without a new line), so that the next target starts on a
+  # quiet origin too.
+  orig=0
+  for i in $(seq 300); do
+    r=$(grep -c "coldrange=$key" "$BENCH_DIR/logs/origin-paced.log")
+    [ "$r" != "$orig" ] && { orig=$r; p=$i; }
+    [ "$orig" -gt 0 ] && [ $((i - p)) -ge 15 ] && break
+    sleep 0.1
+  done
+  rm -f "$BENCH_DIR/tmp/coldrange.want"
+  sort -k2 -n "$BENCH_DIR/tmp/coldrange.times" | awk -v n="$name" -v ok="$ok" -v o="$orig" -v ms="$ms" -v grew="$(( (peak - r0) / 1024 ))" '
+    {first[NR] = $2} END {printf "  %-10s %2d/20 206 with the right bytes; first byte median %6.0f ms, max %6.0f; all done in %5d ms; %3d origin request(s); RSS +%d MiB\n",
+      n, ok, 1000 * first[int(NR / 2) + 1], 1000 * first[NR], ms, o, grew}' | tee -a "$OUT/collapse.txt"
+  [ "$ok" = 20 ] || { echo "!!! FAILED: $name answered $ok/20 cold ranges correctly" >&2; FAILED=$((FAILED + 1)); }
+}
+
 # ---- 6. memory per cached object -----------------------------------------------------------------
 fill() { # TARGET DIR: N distinct 16k keys, twice (stored, then hit); growth of RSS and of the cache dir on tmpfs
   local name=$1 dir=$2 cfg r0 r1 d0 d1 i
@@ -329,6 +376,10 @@ fill() { # TARGET DIR: N distinct 16k keys, twice (stored, then hit); growth of 
 if [[ " $TESTS " == *" collapse "* ]]; then
   { echo; echo "== collapse: 100 concurrent requests for one new key (origin ~1 s per response), under a 64-connection hit load"; } | tee -a "$OUT/collapse.txt"
   for n in nginx edge; do collapse "$n"; done
+fi
+if [[ " $TESTS " == *" coldrange "* ]]; then
+  { echo; echo "== coldrange: 20 concurrent requests for the first MiB (Range) of one new 32 MiB key (origin at 8 MB/s)"; } | tee -a "$OUT/collapse.txt"
+  for n in nginx edge; do coldrange "$n"; done
 fi
 if [[ " $TESTS " == *" memory "* ]]; then
   { echo; echo "== memory: $N distinct 16k objects, each requested twice; RSS growth of the serving processes"; } | tee -a "$OUT/memory.txt"
