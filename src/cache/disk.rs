@@ -53,6 +53,8 @@ use crate::config::HeuristicConfig;
 
 /// What `layout` holds for the layout this code reads and writes.
 const LAYOUT: &str = "edge disk 3\n";
+/// Stripes of [`Inner::verifying`].
+const VERIFY_STRIPES: usize = 64;
 /// Bodies larger than this live in files.
 const INLINE_MAX: usize = 8 * 1024;
 /// Files are charged in whole blocks of this size, as `du` counts them.
@@ -127,6 +129,12 @@ struct Inner {
     /// Body files verified since start-up, by the sequence number of their record (which names
     /// the file), with the length and modification time they had then.
     verified: moka::sync::Cache<u64, Stamp, super::KeyHasher>,
+    /// Held while a large body file is hashed, one lock per stripe of sequence numbers: the
+    /// concurrent first reads of one file (after a restart, of a popular object) hash it once.
+    verifying: [Mutex<()>; VERIFY_STRIPES],
+    /// How many times a large body file was hashed.
+    #[cfg(test)]
+    hashed: AtomicU64,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -259,6 +267,9 @@ impl DiskTier {
             verified: moka::sync::Cache::builder()
                 .max_capacity(1 << 20)
                 .build_with_hasher(super::KeyHasher::default()),
+            verifying: std::array::from_fn(|_| Mutex::new(())),
+            #[cfg(test)]
+            hashed: AtomicU64::new(0),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
@@ -581,10 +592,17 @@ impl Inner {
                 if !large {
                     return Err(DiskError::Large);
                 }
-                if !body_matches(&file, body_ref)? {
-                    return self.drop_failed(key, seq, "its body does not match its record");
+                let stripe = &self.verifying[(seq % VERIFY_STRIPES as u64) as usize];
+                let _hashing = stripe.lock().unwrap_or_else(|p| p.into_inner());
+                // Another read may have verified it while this one waited.
+                if self.verified.get(&seq) != Some(stamp) {
+                    #[cfg(test)]
+                    self.hashed.fetch_add(1, Ordering::Relaxed);
+                    if !body_matches(&file, body_ref)? {
+                        return self.drop_failed(key, seq, "its body does not match its record");
+                    }
+                    self.verified.insert(seq, stamp);
                 }
-                self.verified.insert(seq, stamp);
             }
             let mut entry = *entry;
             entry.spilled = Some(Spilled {
@@ -1479,6 +1497,33 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(files, 1, "the old file went when the new one replaced it");
+    }
+
+    /// After a restart, the first reads of a large body file hash it once, however many of them
+    /// arrive at once (a popular object): the others wait for that and find it verified.
+    #[test]
+    fn concurrent_first_reads_of_a_large_body_hash_it_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let key = blake3::hash(b"/big").as_bytes().to_vec();
+        let body = vec![7; 4 << 20];
+        let tier = open().unwrap();
+        tier.inner.put(&key, &entry("/big", body.clone())).unwrap();
+        drop(tier);
+        let tier = open().unwrap();
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (inner, key) = (tier.inner.clone(), key.clone());
+                std::thread::spawn(move || match inner.get(&key, true).unwrap() {
+                    Some(Record::Entry(found)) => found.content_length(),
+                    _ => panic!("/big is gone"),
+                })
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap(), body.len() as u64);
+        }
+        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file
