@@ -841,23 +841,42 @@ async fn respond_to_range(
                 }
             }
         }
-        // One range of a body still arriving is sent as its bytes arrive. Several, or a range of
-        // a body of unannounced length, are cut from the whole body once it is in.
+        // One range of a body still arriving is sent as its bytes arrive; several are gathered
+        // part by part, and sent once the last is in; a range of a body of unannounced length is
+        // cut from the whole body once it is in.
         Payload::Streaming(fill) => {
             let length = crate::fill::content_length(&headers)
                 .and_then(|length| usize::try_from(length).ok());
-            let selection = length.map(|length| range::select(&request.headers, &headers, length));
+            let selection =
+                length.map(|length| (length, range::select(&request.headers, &headers, length)));
             match selection {
-                Some(Selection::Full) => return build(status, headers, payload.into_body()),
-                Some(Selection::Unsatisfiable { headers: range }) => {
+                Some((_, Selection::Full)) => return build(status, headers, payload.into_body()),
+                Some((_, Selection::Unsatisfiable { headers: range })) => {
                     return unsatisfiable(headers, range);
                 }
-                Some(Selection::One { headers, range }) => {
+                Some((_, Selection::One { headers, range })) => {
                     let range = *range.start() as u64..*range.end() as u64 + 1;
                     let part = Body::from_stream(fill.body_range(range));
                     return build(StatusCode::PARTIAL_CONTENT, headers, part);
                 }
-                Some(Selection::Several(_)) | None => fill.whole_body().await,
+                Some((length, Selection::Several(parts))) => {
+                    let mut gathered = Vec::with_capacity(parts.len());
+                    for part in &parts {
+                        let part = *part.start() as u64..*part.end() as u64 + 1;
+                        match fill.gather(part).await {
+                            Some(bytes) => gathered.push(bytes),
+                            None => return build(status, headers, payload.into_body()),
+                        }
+                    }
+                    let mut gathered = gathered.into_iter();
+                    let multipart =
+                        range::several(&headers, &parts, length, |_| gathered.next().ok_or(()));
+                    if let Ok((headers, body)) = multipart {
+                        return build(StatusCode::PARTIAL_CONTENT, headers, Body::from(body));
+                    }
+                    None
+                }
+                None => fill.whole_body().await,
             }
         }
     };

@@ -28,6 +28,10 @@ async fn bytes_on_disk_reaching(bodies: &std::path::Path, at_least: u64) -> u64 
     }
 }
 
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn large(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -207,6 +211,24 @@ async fn a_range_of_a_body_still_arriving_is_sent_once_its_bytes_are_in() {
             Some("bytes 1000-70999/2097152")
         );
         assert!(early.body[..] == body[1000..71_000], "{memory_max}");
+        // Several ranges in the first half: gathered part by part, also before the rest arrives.
+        let several = edge.get_with("/video", &[("range", "bytes=10-19,300000-300099")]);
+        let several = tokio::time::timeout(Duration::from_secs(5), several)
+            .await
+            .expect("the parts are sent before the rest of the body arrives");
+        assert_eq!(
+            several.status,
+            206,
+            "{memory_max}: {}",
+            several.cache_status()
+        );
+        let content_type = several.header("content-type").unwrap_or_default();
+        assert!(content_type.starts_with("multipart/byteranges; boundary="));
+        for (first, last) in [(10, 19), (300_000, 300_099)] {
+            let part = format!("Content-Range: bytes {first}-{last}/2097152\r\n\r\n");
+            let at = find(&several.body, part.as_bytes()).expect("the part's header") + part.len();
+            assert!(several.body[at..=at + last - first] == body[first..=last]);
+        }
         // A range in the second half waits for its bytes, then gets exactly them.
         let late = tokio::spawn({
             let (client, url) = (edge.client.clone(), edge.url("/video"));
