@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -293,7 +293,8 @@ impl Fill {
             changed: self.changed.subscribe(),
             next: 0,
             offset: 0,
-            range,
+            // An empty range is delivered as nothing, whichever way round its ends are.
+            range: range.start.min(range.end)..range.end,
             done: false,
         };
         futures_util::stream::unfold(reader, |mut reader| async move {
@@ -461,7 +462,7 @@ impl Drop for Closer<'_> {
 
 async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
     // A 304 refreshes the stored response. A body kept in a file stays there: the refreshed
-    // record goes into a copy of that file that the kernel makes (see `DiskTier::put`).
+    // record goes into a copy of that file that the kernel makes (`disk::Inner::write_file`).
     let mut validating = job
         .stale
         .as_deref()
@@ -670,9 +671,15 @@ async fn refresh(
     );
     entry.spilled = stale.spilled.clone();
     let entry = Arc::new(entry);
+    // The body's length is known, as on a hit, even when the origin sent it without one.
+    let mut stored_headers = entry.headers.to_map();
+    stored_headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(entry.content_length()),
+    );
     let head = SharedHead {
         status,
-        headers: entry.headers.to_map(),
+        headers: stored_headers,
         variance: entry.variance.clone(),
         fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
         ttl: entry.freshness.ttl(received.response_time),

@@ -802,8 +802,8 @@ fn respond(
     }
 }
 
-/// A 200 to a GET with `Range`: a 206 or 416 cut from the whole body, or the 200 as it is when
-/// the body cannot be had whole.
+/// A 200 to a GET with `Range`: a 206 or 416, its bytes read from the body in memory, from its
+/// file, or from the fill as they arrive; or the 200 as it is when the body cannot be had.
 async fn respond_to_range(
     request: &Parts,
     status: StatusCode,

@@ -1,9 +1,10 @@
-//! Range requests (RFC 9110 §14): answering a `Range` from a complete representation edge holds,
-//! with a 206 (one part, or `multipart/byteranges`), a 416, or the whole 200.
+//! Range requests (RFC 9110 §14): answering a `Range` of a complete representation, with a 206
+//! (one part, or `multipart/byteranges`), a 416, or the whole 200.
 //!
 //! The caller applies this only to GET (§14.2: Range is ignored for other methods) and only to a
-//! 200 whose whole content it holds: [`apply`] cuts it from the body in memory; [`select`] and
-//! [`several`] leave reading the bytes to the caller (a body kept in a file).
+//! 200 of known length: [`apply`] cuts the answer from a body in memory; [`select`] and
+//! [`several`] leave reading the bytes to the caller (a body kept in a file, or one still
+//! arriving from the origin).
 
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;

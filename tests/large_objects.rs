@@ -386,6 +386,94 @@ async fn a_304_refreshes_a_large_disk_body_in_place() {
     assert_eq!(h.origin.hits("/big"), 2);
 }
 
+/// An origin on loopback that answers its requests, on whatever connections they come, with
+/// `replies` in turn (each after its delay, as raw HTTP/1.1 bytes).
+async fn scripted_origin(replies: Vec<(Duration, Vec<u8>)>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(replies.into_iter()));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n @ 1..) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    head.clear();
+                    let Some((delay, reply)) = replies.lock().unwrap().next() else {
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                    socket.write_all(&reply).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A large body the origin sent without a length, refreshed by a 304: the requests that waited
+/// on the revalidation get its length, as a hit does, and a range of it is read from the file.
+#[tokio::test]
+async fn a_refreshed_large_body_of_unannounced_length_is_served_with_its_length() {
+    let h = Harness::new().await;
+    let body = large(3 << 20);
+    let mut chunked = b"HTTP/1.1 200 OK\r\ncache-control: max-age=10\r\netag: \"c1\"\r\n\
+        transfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    for part in body.chunks(64 << 10) {
+        chunked.extend(format!("{:x}\r\n", part.len()).into_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let not_modified =
+        b"HTTP/1.1 304 Not Modified\r\ncache-control: max-age=10\r\netag: \"c1\"\r\n\r\n".to_vec();
+    let addr = scripted_origin(vec![
+        (Duration::ZERO, chunked),
+        (Duration::from_millis(300), not_modified),
+    ])
+    .await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+        })
+        .await;
+    let first = edge.get("/chunked").await;
+    assert!(
+        first.body == body && first.stored(),
+        "{}",
+        first.cache_status()
+    );
+    h.clock.advance(Duration::from_secs(20));
+    let (whole, part) = tokio::join!(
+        edge.get("/chunked"),
+        edge.get_with("/chunked", &[("range", "bytes=100-199")])
+    );
+    for answer in [&whole, &part] {
+        assert_eq!(
+            answer.param("fwd-status"),
+            Some("304"),
+            "{}",
+            answer.cache_status()
+        );
+    }
+    assert_eq!(whole.header("content-length"), Some("3145728"));
+    assert!(whole.body == body);
+    assert_eq!(part.status, 206, "{}", part.cache_status());
+    assert_eq!(part.header("content-range"), Some("bytes 100-199/3145728"));
+    assert!(part.body[..] == body[100..200]);
+}
+
 #[tokio::test]
 async fn ranges_of_a_large_disk_hit_are_read_from_its_file() {
     let h = Harness::new().await;

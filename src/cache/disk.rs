@@ -594,7 +594,11 @@ impl Inner {
                 }
                 let stripe = &self.verifying[(seq % VERIFY_STRIPES as u64) as usize];
                 let _hashing = stripe.lock().unwrap_or_else(|p| p.into_inner());
-                // Another read may have verified it while this one waited.
+                // Another read may have verified it while this one waited, or dropped it (it
+                // failed, or was replaced).
+                if self.file_seq(key) != Some(seq) {
+                    return Ok(None);
+                }
                 if self.verified.get(&seq) != Some(stamp) {
                     #[cfg(test)]
                     self.hashed.fetch_add(1, Ordering::Relaxed);
@@ -1524,6 +1528,31 @@ mod tests {
             assert_eq!(reader.join().unwrap(), body.len() as u64);
         }
         assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
+
+        // A file that fails is dropped by the read that hashed it; those that waited find it gone.
+        drop(tier);
+        let bodies = dir.path().join("bodies");
+        let file = std::fs::read_dir(&bodies)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[1 << 20] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        let tier = open().unwrap();
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (inner, key) = (tier.inner.clone(), key.clone());
+                std::thread::spawn(move || inner.get(&key, true).unwrap().is_none())
+            })
+            .collect();
+        for reader in readers {
+            assert!(reader.join().unwrap(), "a corrupt body is never read");
+        }
+        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.integrity_failures(), 1);
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file
