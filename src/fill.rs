@@ -303,11 +303,6 @@ impl Fill {
         })
     }
 
-    /// The whole body, once it has arrived (`None` if the fill failed).
-    pub async fn whole_body(self: &Arc<Self>) -> Option<Bytes> {
-        self.gather(0..u64::MAX).await
-    }
-
     /// The bytes `range` of the body, once they have arrived (`None` if the fill failed first).
     pub async fn gather(self: &Arc<Self>, range: std::ops::Range<u64>) -> Option<Bytes> {
         let mut body = BytesMut::new();

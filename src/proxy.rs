@@ -842,15 +842,19 @@ async fn respond_to_range(
             }
         }
         // One range of a body still arriving is sent as its bytes arrive; several are gathered
-        // part by part, and sent once the last is in; a range of a body of unannounced length is
-        // cut from the whole body once it is in.
+        // part by part, and sent once the last is in. A body of unannounced length is sent whole,
+        // as it arrives, as nginx does (§14.2 lets a server ignore Range): waiting for all of it
+        // would hold a copy of up to cache.max_object_size per request. Once it is stored, its
+        // length is known and its ranges are answered.
         Payload::Streaming(fill) => {
             let length = crate::fill::content_length(&headers)
                 .and_then(|length| usize::try_from(length).ok());
             let selection =
                 length.map(|length| (length, range::select(&request.headers, &headers, length)));
             match selection {
-                Some((_, Selection::Full)) => return build(status, headers, payload.into_body()),
+                Some((_, Selection::Full)) | None => {
+                    return build(status, headers, payload.into_body());
+                }
                 Some((_, Selection::Unsatisfiable { headers: range })) => {
                     return unsatisfiable(headers, range);
                 }
@@ -876,7 +880,6 @@ async fn respond_to_range(
                     }
                     None
                 }
-                None => fill.whole_body().await,
             }
         }
     };

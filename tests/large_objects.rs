@@ -645,10 +645,28 @@ async fn a_large_body_of_unannounced_length_moves_to_disk_once_it_outgrows_memor
         1 << 20,
         "the first MiB is on disk while the rest is held back"
     );
+    // A range of it, its length unknown yet, is answered with the whole 200 as it arrives (as
+    // nginx does), not held until the whole body is in.
+    let ranged = edge
+        .client
+        .get(edge.url("/chunked"))
+        .header("range", "bytes=0-99")
+        .send();
+    let ranged = tokio::time::timeout(Duration::from_secs(5), ranged)
+        .await
+        .expect("answered while the body is still arriving")
+        .unwrap();
+    assert_eq!(ranged.status(), 200);
+    assert_eq!(ranged.headers().get("content-range"), None);
     release.send(()).unwrap();
     let expected: Vec<u8> = (0..32u8).flat_map(|n| vec![n; 64 * 1024]).collect();
     assert!(request.await.unwrap() == expected);
+    assert!(ranged.bytes().await.unwrap() == expected);
     let hit = edge.get("/chunked").await;
     assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
     assert!(hit.body == expected);
+    // Stored, its length is known: its ranges are answered.
+    let part = edge.get_with("/chunked", &[("range", "bytes=0-99")]).await;
+    assert_eq!(part.status, 206);
+    assert!(part.body[..] == expected[..100]);
 }
