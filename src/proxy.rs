@@ -822,8 +822,7 @@ async fn respond_to_range(
                     return unsatisfiable(headers, range);
                 }
                 Selection::One { headers, range } => {
-                    let range = *range.start() as u64..*range.end() as u64 + 1;
-                    let part = Body::from_stream(file_stream(spilled.clone(), range));
+                    let part = Body::from_stream(file_stream(spilled.clone(), offsets(&range)));
                     return build(StatusCode::PARTIAL_CONTENT, headers, part);
                 }
                 Selection::Several(parts) => {
@@ -859,15 +858,13 @@ async fn respond_to_range(
                     return unsatisfiable(headers, range);
                 }
                 Some((_, Selection::One { headers, range })) => {
-                    let range = *range.start() as u64..*range.end() as u64 + 1;
-                    let part = Body::from_stream(fill.body_range(range));
+                    let part = Body::from_stream(fill.body_range(offsets(&range)));
                     return build(StatusCode::PARTIAL_CONTENT, headers, part);
                 }
                 Some((length, Selection::Several(parts))) => {
                     let mut gathered = Vec::with_capacity(parts.len());
                     for part in &parts {
-                        let part = *part.start() as u64..*part.end() as u64 + 1;
-                        match fill.gather(part).await {
+                        match fill.gather(offsets(part)).await {
                             Some(bytes) => gathered.push(bytes),
                             None => return build(status, headers, payload.into_body()),
                         }
@@ -893,6 +890,12 @@ async fn respond_to_range(
         }
         RangeOutcome::Unsatisfiable { headers: range } => unsatisfiable(headers, range),
     }
+}
+
+/// The byte offsets of a range as the body's readers take them: from its first byte to past its
+/// last.
+fn offsets(range: &std::ops::RangeInclusive<usize>) -> std::ops::Range<u64> {
+    *range.start() as u64..*range.end() as u64 + 1
 }
 
 /// A 416 with the 200's `headers`, less those that describe its content, and `range`'s

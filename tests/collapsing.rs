@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Reply};
+use common::{Harness, Reply, holding_back_origin};
 use futures_util::future::join_all;
 
 #[tokio::test]
@@ -48,21 +48,8 @@ async fn a_hundred_concurrent_misses_make_one_origin_request() {
 async fn waiters_receive_the_body_as_it_arrives() {
     let h = Harness::new().await;
     // A raw origin that sends the head and half the body, then waits before the rest.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = [0u8; 4096];
-        let _ = socket.read(&mut buf).await.unwrap();
-        let head =
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 10\r\n\r\nfirst";
-        socket.write_all(head.as_bytes()).await.unwrap();
-        let _ = released.await;
-        socket.write_all(b"-last").await.unwrap();
-        let _ = socket.read(&mut buf).await;
-    });
+    let head = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 10\r\n\r\nfirst";
+    let (addr, release) = holding_back_origin(head.into(), b"-last".to_vec()).await;
     let edge = h
         .edge_with(|c| {
             c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap())

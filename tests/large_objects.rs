@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Reply};
+use common::{Harness, Reply, holding_back_origin};
 use futures_util::future::join_all;
 
 /// Waits (up to 10 s) until the body files under `bodies` hold `at_least` bytes; returns how
@@ -120,25 +120,13 @@ async fn a_large_body_cut_short_is_an_error_and_is_not_stored() {
 async fn the_body_is_on_disk_while_it_is_still_arriving() {
     let h = Harness::new().await;
     let half = vec![5u8; 1 << 20];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let sent = half.clone();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = socket.read(&mut buf).await;
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
-            2 * sent.len()
-        );
-        socket.write_all(head.as_bytes()).await.unwrap();
-        socket.write_all(&sent).await.unwrap();
-        let _ = released.await;
-        socket.write_all(&sent).await.unwrap();
-        let _ = socket.read(&mut buf).await;
-    });
+    let mut first = format!(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
+        2 * half.len()
+    )
+    .into_bytes();
+    first.extend_from_slice(&half);
+    let (addr, release) = holding_back_origin(first, half.clone()).await;
     let edge = h
         .edge_with(|c| {
             c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
@@ -175,25 +163,13 @@ async fn a_range_of_a_body_still_arriving_is_sent_once_its_bytes_are_in() {
         let h = Harness::new().await;
         let body = large(2 << 20);
         let half = body.len() / 2;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let sent = body.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
-                sent.len()
-            );
-            socket.write_all(head.as_bytes()).await.unwrap();
-            socket.write_all(&sent[..half]).await.unwrap();
-            let _ = released.await;
-            socket.write_all(&sent[half..]).await.unwrap();
-            let _ = socket.read(&mut buf).await;
-        });
+        let mut first = format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        first.extend_from_slice(&body[..half]);
+        let (addr, release) = holding_back_origin(first, body[half..].to_vec()).await;
         let edge = h
             .edge_with(|c| {
                 c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
@@ -601,33 +577,19 @@ async fn a_corrupted_large_body_file_is_never_served() {
 #[tokio::test]
 async fn a_large_body_of_unannounced_length_moves_to_disk_once_it_outgrows_memory() {
     let h = Harness::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = socket.read(&mut buf).await;
-        let head =
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n";
-        socket.write_all(head.as_bytes()).await.unwrap();
-        let chunk = |n: u8| {
-            let mut out = format!("{:x}\r\n", 64 * 1024).into_bytes();
-            out.extend(vec![n; 64 * 1024]);
-            out.extend_from_slice(b"\r\n");
-            out
-        };
-        for i in 0..16 {
-            socket.write_all(&chunk(i)).await.unwrap();
-        }
-        let _ = released.await;
-        for i in 16..32 {
-            socket.write_all(&chunk(i)).await.unwrap();
-        }
-        socket.write_all(b"0\r\n\r\n").await.unwrap();
-        let _ = socket.read(&mut buf).await;
-    });
+    let chunk = |n: u8| {
+        let mut out = format!("{:x}\r\n", 64 * 1024).into_bytes();
+        out.extend(vec![n; 64 * 1024]);
+        out.extend_from_slice(b"\r\n");
+        out
+    };
+    let mut first =
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    first.extend((0..16).flat_map(chunk));
+    let mut rest: Vec<u8> = (16..32).flat_map(chunk).collect();
+    rest.extend_from_slice(b"0\r\n\r\n");
+    let (addr, release) = holding_back_origin(first, rest).await;
     let edge = h
         .edge_with(|c| {
             c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());

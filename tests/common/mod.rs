@@ -494,3 +494,25 @@ pub async fn raw_origin_closing(
     });
     (addr, requests, connections)
 }
+
+/// An origin on loopback that answers one request with `first` (head and the start of the body,
+/// as raw HTTP/1.1 bytes), then holds back `rest` until the sender it returns is used or dropped.
+pub async fn holding_back_origin(
+    first: Vec<u8>,
+    rest: Vec<u8>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        socket.write_all(&first).await.unwrap();
+        let _ = released.await;
+        socket.write_all(&rest).await.unwrap();
+        let _ = socket.read(&mut buf).await;
+    });
+    (addr, release)
+}
