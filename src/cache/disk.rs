@@ -459,62 +459,101 @@ impl Inner {
     /// Builds the in-memory index from sled's records and the body files' names, keeping the
     /// newer of two records for one key and deleting temporary files. Returns the body files
     /// found, for [`check_files`].
+    ///
+    /// Both lists are walked once in key order (sled iterates in key order; the names are sorted)
+    /// and the maps are built whole from sorted lists, rather than each file looked up in sled
+    /// and inserted one by one: start-up with 100k objects took 0.25–0.30 s that way.
     fn rebuild(&self) -> Result<Vec<FileName>, DiskError> {
-        let mut index = self.index();
-        for item in self.records.iter() {
-            let (key, value) = item?;
-            let charged = charge(key.len(), value.len() as u64);
-            index.order.insert(
-                seq_of(&value),
-                Slot {
-                    key: key.as_ref().into(),
-                    charged,
-                    in_file: false,
-                },
-            );
-            self.account(charged, false);
-        }
+        let mut found: Vec<(Box<[u8]>, u64, u64)> = Vec::new();
         for entry in std::fs::read_dir(&self.bodies)?.flatten() {
             let name = entry.file_name();
-            let name = name.to_string_lossy();
+            let Some(name) = name.to_str() else { continue };
             if name.ends_with(".partial") {
                 // Written by an earlier run (this one has not started writing) and never finished.
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             }
-            let Some((key, seq)) = parse_name(&name) else {
+            let Some((key, seq)) = parse_name(name) else {
                 continue;
             };
             let Ok(meta) = entry.metadata() else { continue };
-            let current = match self.file_seq(&key) {
-                Some(seq) => Some(seq),
-                None => self.records.get(&key)?.map(|value| seq_of(&value)),
-            };
-            if current.is_some_and(|current| current > seq) {
-                // Replaced before a crash, and not deleted yet.
-                let _ = std::fs::remove_file(entry.path());
-                continue;
+            found.push((key, seq, meta.len()));
+        }
+        // By key, the newest last: older files of a key were replaced before a crash.
+        found.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut newest: Vec<(Box<[u8]>, u64, u64)> = Vec::with_capacity(found.len());
+        for file in found {
+            if let Some(last) = newest.last_mut()
+                && last.0 == file.0
+            {
+                let _ = std::fs::remove_file(self.body_path(&last.0, last.1));
+                *last = file;
+            } else {
+                newest.push(file);
             }
-            if let Some(gone) = self.take(&mut index, &key, None)? {
-                self.forget(gone);
-            }
-            let charged = charge(key.len(), rounded(meta.len()));
-            self.files().insert(key.clone(), seq);
-            index.order.insert(
+        }
+        let mut order: Vec<(u64, Slot)> = Vec::with_capacity(newest.len());
+        let mut files: Vec<(Box<[u8]>, u64)> = Vec::with_capacity(newest.len());
+        let mut superseded = Vec::new();
+        let mut pending = newest.into_iter().peekable();
+        let mut file_slot = |(key, seq, len): (Box<[u8]>, u64, u64), order: &mut Vec<_>| {
+            let charged = charge(key.len(), rounded(len));
+            files.push((key.clone(), seq));
+            order.push((
                 seq,
                 Slot {
                     key,
                     charged,
                     in_file: true,
                 },
-            );
-            self.account(charged, true);
+            ));
+        };
+        for item in self.records.iter() {
+            let (key, value) = item?;
+            while let Some(file) = pending.next_if(|file| *file.0 < *key) {
+                file_slot(file, &mut order);
+            }
+            let seq = seq_of(&value);
+            let charged = charge(key.len(), value.len() as u64);
+            match pending.next_if(|file| *file.0 == *key) {
+                Some(file) if file.1 > seq => {
+                    // The record a file replaced before a crash, and not deleted yet.
+                    file_slot(file, &mut order);
+                    superseded.push(Gone {
+                        key: key.as_ref().into(),
+                        seq,
+                        charged,
+                        value: Some(value),
+                    });
+                    continue;
+                }
+                Some(file) => {
+                    let _ = std::fs::remove_file(self.body_path(&file.0, file.1));
+                }
+                None => {}
+            }
+            order.push((
+                seq,
+                Slot {
+                    key: key.as_ref().into(),
+                    charged,
+                    in_file: false,
+                },
+            ));
         }
-        Ok(self
-            .files()
-            .iter()
-            .map(|(key, &seq)| (key.clone(), seq))
-            .collect())
+        pending.for_each(|file| file_slot(file, &mut order));
+        for (_, slot) in &order {
+            self.account(slot.charged, slot.in_file);
+        }
+        self.index().order = order.into_iter().collect();
+        let found = files.clone();
+        *self.files() = files.into_iter().collect();
+        for gone in superseded {
+            self.records.remove(&gone.key)?;
+            self.account(gone.charged, false);
+            self.forget(gone);
+        }
+        Ok(found)
     }
 
     /// Counts a record in.
@@ -1444,6 +1483,75 @@ mod tests {
             };
             let len = if i % 2 == 0 { 16 << 10 } else { 1000 };
             assert_eq!(found.body, vec![i as u8; len]);
+        }
+    }
+
+    /// What a crash can leave behind, sorted out at start-up: two body files for one key, a body
+    /// file older than the inline record that replaced it, and an inline record older than the
+    /// body file that replaced it. The newer of each pair is kept and the older deleted.
+    #[test]
+    fn start_up_keeps_the_newer_of_two_records_for_a_key() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let open = || DiskTier::open(dir.path(), 1 << 30, 8 << 20, HeuristicConfig::default());
+        let tier = open().unwrap();
+        let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
+        let put = |name: &str, body: Vec<u8>| {
+            tier.inner.put(&key(name), &entry(name, body)).unwrap();
+        };
+        let file_of = |name: &str| {
+            let seq = tier.inner.file_seq(&key(name)).expect("a body file");
+            let path = tier.inner.body_path(&key(name), seq);
+            (path.clone(), std::fs::read(path).unwrap())
+        };
+        for i in 0..50 {
+            put(
+                &format!("/plain{i}"),
+                vec![i; if i % 2 == 0 { 16 << 10 } else { 900 }],
+            );
+        }
+        put("/two-files", vec![1; 16 << 10]);
+        let older_file = file_of("/two-files");
+        put("/two-files", vec![2; 20 << 10]);
+        put("/file-then-inline", vec![3; 16 << 10]);
+        let replaced_file = file_of("/file-then-inline");
+        put("/file-then-inline", vec![4; 900]);
+        put("/inline-then-file", vec![5; 900]);
+        let replaced_record = tier.inner.records.get(key("/inline-then-file")).unwrap();
+        put("/inline-then-file", vec![6; 16 << 10]);
+        let charged = tier.inner.charged.load(Ordering::Relaxed);
+        drop(tier);
+
+        // What a crash between storing a record and deleting the one it replaced leaves.
+        std::fs::write(&older_file.0, &older_file.1).unwrap();
+        std::fs::write(&replaced_file.0, &replaced_file.1).unwrap();
+        {
+            let db = sled::open(dir.path().join("index")).unwrap();
+            db.open_tree("records")
+                .unwrap()
+                .insert(key("/inline-then-file"), replaced_record.unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+
+        let tier = open().unwrap();
+        assert_eq!(tier.stats().entries, 53);
+        assert_eq!(tier.inner.charged.load(Ordering::Relaxed), charged);
+        assert!(!older_file.0.exists() && !replaced_file.0.exists());
+        assert!(tier.inner.file_seq(&key("/inline-then-file")).is_some());
+        assert_eq!(
+            tier.inner.records.get(key("/inline-then-file")).unwrap(),
+            None
+        );
+        let body = |name: &str| match tier.inner.get(&key(name), false).unwrap() {
+            Some(Record::Entry(found)) => found.body.clone(),
+            _ => panic!("{name} is gone"),
+        };
+        assert_eq!(body("/two-files"), vec![2; 20 << 10]);
+        assert_eq!(body("/file-then-inline"), vec![4; 900]);
+        assert_eq!(body("/inline-then-file"), vec![6; 16 << 10]);
+        for i in 0..50 {
+            let len = if i % 2 == 0 { 16 << 10 } else { 900 };
+            assert_eq!(body(&format!("/plain{i}")), vec![i; len]);
         }
     }
 
