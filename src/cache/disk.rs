@@ -126,8 +126,10 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
-    /// Body files verified since start-up, by the sequence number of their record (which names
-    /// the file), with the length and modification time they had then.
+    /// Body files verified since start-up, or written since (their record's checksum was taken
+    /// of the bytes written), by the sequence number of their record (which names the file), with
+    /// the length and modification time they had then. A file that no longer has them is
+    /// verified again.
     verified: moka::sync::Cache<u64, Stamp, super::KeyHasher>,
     /// Held while a large body file is hashed, one lock per stripe of sequence numbers: the
     /// concurrent first reads of one file (after a restart, of a popular object) hash it once.
@@ -290,7 +292,7 @@ impl DiskTier {
     /// cache (sled keeps its own), and a hop to the blocking pool and back cost more than the read
     /// (the blocking-pool hop took 24% of a core in context switches under a pass-through load).
     /// A larger body is streamed from its file as it is sent, not read here; verifying it, which
-    /// reads the whole file and is done once per file, goes to the blocking pool.
+    /// reads the whole file and is done once per file found at start-up, goes to the blocking pool.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
         match self.inner.get(&key, false) {
             Err(DiskError::Large) => {
@@ -616,9 +618,8 @@ impl Inner {
             }
             Err(err) => return Err(err.into()),
         };
-        let meta = file.metadata()?;
-        let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec());
-        let (entry, body_ref) = match read_record(&file, meta.len(), &self.heuristic())? {
+        let stamp = stamp(&file)?;
+        let (entry, body_ref) = match read_record(&file, stamp.0, &self.heuristic())? {
             Ok(found) => found,
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
         };
@@ -752,13 +753,20 @@ impl Inner {
                     None => file.write_all(&entry.body)?,
                 }
                 file.write_all(record)?;
-                file.write_all(&trailer(record.len()))
+                file.write_all(&trailer(record.len()))?;
+                stamp(&file)
             })
-            .and_then(|()| std::fs::rename(&partial, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&partial);
+            .and_then(|stamp| std::fs::rename(&partial, &path).map(|()| stamp));
+        match written {
+            Ok(stamp) => {
+                self.verified.insert(seq, stamp);
+                Ok(())
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(err.into())
+            }
         }
-        Ok(written?)
     }
 
     /// Makes the body file of record `seq`, already in place, the record at `key`.
@@ -1102,9 +1110,11 @@ impl Spool {
         }
         self.file.write_all(&encoded)?;
         self.file.write_all(&trailer(encoded.len()))?;
+        let stamp = stamp(&self.file)?;
         inner.index_tags(&key, self.seq, entry)?;
         std::fs::rename(&self.partial, inner.body_path(&key, self.seq))?;
         let seq = self.seq;
+        inner.verified.insert(seq, stamp);
         drop(self);
         inner.commit_file(&key, seq, charged)
     }
@@ -1120,6 +1130,11 @@ impl Drop for Spool {
 
 /// What identifies one version of a file: its length and modification time.
 type Stamp = (u64, i64, i64);
+
+fn stamp(file: &std::fs::File) -> std::io::Result<Stamp> {
+    let meta = file.metadata()?;
+    Ok((meta.len(), meta.mtime(), meta.mtime_nsec()))
+}
 
 /// What a record of `bytes` bytes (in sled, or a body file's rounded size) at a key of `key_len`
 /// bytes is charged.
@@ -1661,6 +1676,60 @@ mod tests {
         }
         assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
         assert_eq!(tier.integrity_failures(), 1);
+    }
+
+    /// A body file written by this process is not hashed when it is first read: its record's
+    /// checksum was taken of the bytes written, whether they came from memory, from a spool or
+    /// from the file a refreshed record was copied out of. One found at start-up is, once.
+    #[test]
+    fn a_body_file_written_since_start_up_is_read_without_hashing_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // Bodies over 64 KiB are served from their files, and hashed on the blocking pool.
+        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let body: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i % 251) as u8).collect();
+        let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
+        let read = |tier: &DiskTier, name: &str| match tier.inner.get(&key(name), false) {
+            Ok(Some(Record::Entry(found))) => {
+                let spilled = found.spilled.clone().expect("served from its file");
+                assert_eq!(spilled.read_at(0, spilled.len).unwrap(), body);
+                found
+            }
+            Err(DiskError::Large) => panic!("{name} needs hashing first"),
+            _ => panic!("{name} is gone"),
+        };
+        let tier = open().unwrap();
+        tier.inner
+            .put(&key("/put"), &entry("/put", body.clone()))
+            .unwrap();
+        let found = read(&tier, "/put");
+        // A 304's refresh: the new record goes into a copy of the file.
+        tier.inner
+            .put(&key("/put"), &Record::Entry(found.clone()))
+            .unwrap();
+        assert_ne!(tier.inner.file_seq(&key("/put")), None);
+        read(&tier, "/put");
+        let mut spool = tier.spool(key("/spooled")).unwrap();
+        for chunk in body.chunks(100_000) {
+            spool.write(chunk).unwrap();
+        }
+        let Record::Entry(head) = entry("/spooled", Vec::new()) else {
+            unreachable!()
+        };
+        spool.commit(key("/spooled"), &head).unwrap();
+        read(&tier, "/spooled");
+        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 0);
+        drop(tier);
+
+        let tier = open().unwrap();
+        for name in ["/put", "/spooled"] {
+            assert!(matches!(
+                tier.inner.get(&key(name), false),
+                Err(DiskError::Large)
+            ));
+            assert!(tier.inner.get(&key(name), true).unwrap().is_some());
+            read(&tier, name);
+        }
+        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 2);
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file
