@@ -178,6 +178,18 @@ tree_rss_kib() { # RSS of a pid plus its children (nginx master + worker)
   done
   echo $t
 }
+tree_cpu_ticks() { # user + system CPU ticks of a pid plus its children
+  local root=$1 p t=0
+  for p in $root $(awk -v r="$root" '{sub(/^.*\) /, ""); if ($2 == r) {f=FILENAME; gsub(/[^0-9]/, "", f); print f}}' /proc/[0-9]*/stat 2>/dev/null); do
+    t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $t
+}
+gen_cpu_ticks() { # "busy total" ticks of the load generator's core (of all cores if it is not pinned to one)
+  local line=cpu; [[ "$GEN_CPU" =~ ^[0-9]+$ ]] && line=cpu$GEN_CPU
+  awk -v l="$line" '$1 == l {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+CLK_TCK=$(getconf CLK_TCK)
 busy_pct() { # whole-box CPU busy % over 0.5 s
   local a b; a=$(head -1 /proc/stat); sleep 0.5; b=$(head -1 /proc/stat)
   echo "$a $b" | awk '{n=NF/2; for (i=2;i<=n;i++) {d=$(i+n)-$i; t+=d; if (i!=5 && i!=6) u+=d}; print (t>0) ? int(100*u/t) : 0}'
@@ -195,7 +207,9 @@ served_as() { # the cache's own word on a response: Cache-Status (edge) or X-Cac
 
 FAILED=0
 TSV=$OUT/results.tsv
-printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\tround\n" > "$TSV"
+# srv_cpu_us: CPU time (user + system) of the server's processes per request during the measured run;
+# gen_busy: how busy the load generator's core was meanwhile (near 100: wrk, not the server, was the limit).
+printf "test\tsize\ttarget\tconns\trps\tp50_us\tp99_us\tmax_us\tsock_err\tstatus_err\torig_req\tserved\tnote\tround\tsrv_cpu_us\tgen_busy\n" > "$TSV"
 
 measure() { # TEST SIZE TARGET
   local test=$1 size=$2 name=$3 path t=$GEN_THREADS c=64 hdr=() slow=() code=200 want=$BENCH_DIR/www/obj/$2.bin
@@ -211,7 +225,7 @@ measure() { # TEST SIZE TARGET
   got=$(curl -s "${hdr[@]}" -o "$BENCH_DIR/tmp/body" -w '%{http_code} %{size_download}' --max-time 10 "$url")
   if [ "$got" != "$expect" ] || ! cmp -s "$BENCH_DIR/tmp/body" "$want"; then
     echo "!!! FAILED CHECK $name $url ${hdr[*]}: got '$got', want '$expect' and the origin's bytes" >&2
-    printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\t%s\n" "$test" "$size" "$name" "$c" "${got// /_}" "$ROUND" >> "$TSV"
+    printf "%s\t%s\t%s\t%s\t0\t0\t0\t0\t0\t0\t0\t-\tFAILED:%s\t%s\t-\t-\n" "$test" "$size" "$name" "$c" "${got// /_}" "$ROUND" >> "$TSV"
     FAILED=$((FAILED + 1)); return
   fi
   [ "$WARMUP" = 0 ] || gen wrk "${hdr[@]}" "${slow[@]}" -t"$t" -c"$c" -d"$WARMUP" "$url" > /dev/null 2>&1
@@ -220,7 +234,10 @@ measure() { # TEST SIZE TARGET
   served=$(served_as "$OUT/raw/$tag.headers")
   note=$(wait_quiet)
   o1=$(origin_count)
+  local cpu0 cpu1 gen0 gen1
+  cpu0=$(tree_cpu_ticks "${ROOTPID[$name]}"); gen0=$(gen_cpu_ticks)
   gen wrk "${hdr[@]}" "${slow[@]}" -t"$t" -c"$c" -d"$DUR" --latency -s "$HERE/report.lua" "$url" > "$OUT/raw/$tag.txt" 2>&1
+  cpu1=$(tree_cpu_ticks "${ROOTPID[$name]}"); gen1=$(gen_cpu_ticks)
   o2=$(origin_count)
   local line requests=0 duration_us=1 bytes=0 p50=0 p90=0 p99=0 p999=0 max=0 sock_err=0 status_err=0 kv orig
   line=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/$tag.txt")
@@ -228,10 +245,12 @@ measure() { # TEST SIZE TARGET
   for kv in $line; do printf -v "${kv%%=*}" '%s' "${kv#*=}"; done
   [ $((sock_err + status_err)) -gt 0 ] && note="${note:+$note,}errors"
   orig=$((o2 - o1 - 1)); [ "$name" = ceiling ] && orig=-          # the ceiling *is* the origin
-  printf "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$test" "$size" "$name" "$c" \
+  printf "%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$test" "$size" "$name" "$c" \
     "$(awk -v r="$requests" -v d="$duration_us" 'BEGIN{print r/(d/1e6)}')" "$p50" "$p99" "$max" \
-    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" "$ROUND" >> "$TSV"
-  tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $12, ($13=="-") ? "" : $13}'
+    "$sock_err" "$status_err" "$orig" "$served" "${note:--}" "$ROUND" \
+    "$(awk -v c=$((cpu1 - cpu0)) -v r="$requests" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", (r > 0) ? c / hz * 1e6 / r : 0}')" \
+    "$(echo "$gen0 $gen1" | awk '{printf "%.0f", ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0}')" >> "$TSV"
+  tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s cpu %6.1f us/req  wrk core %3d%%  %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $15, $16, $12, ($13=="-") ? "" : $13}'
 }
 
 measure_rate() { # SIZE TARGET: hits at a fixed offered rate (RATES), 64 connections: latency at equal throughput
@@ -263,7 +282,7 @@ measure_rate() { # SIZE TARGET: hits at a fixed offered rate (RATES), 64 connect
   read -r rps p50 p99 max sock_err status_err <<< "$line"
   [ $((sock_err + status_err)) -gt 0 ] && note="${note:+$note,}errors"
   orig=$((o2 - o1 - 1)); [ "$name" = ceiling ] && orig=-
-  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" rate "$size" "$name" 64 "$rps" "$p50" "$p99" "$max" \
+  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\n" rate "$size" "$name" 64 "$rps" "$p50" "$p99" "$max" \
     "$sock_err" "$status_err" "$orig" "$served" "${note:--}" "$ROUND" >> "$TSV"
   tail -1 "$TSV" | awk -F'\t' '{printf "  %-5s %-5s %-10s %9d req/s  p50 %7.3f ms  p99 %8.3f ms  origin_reqs %-7s %s %s\n", $1, $2, $3, $5, $6/1000, $7/1000, $11, $12, ($13=="-") ? "" : $13}'
 }
@@ -402,7 +421,7 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
       if (!(key in n)) { order[cell] = order[cell] " " $3; n[key] = 0 }
       if ($13 != "-") note[key] = note[key] " " $13
       if ($13 ~ /^FAILED/) next                                # no measurement: not in the medians
-      i = ++n[key]; rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7; rnd[key, i] = $14
+      i = ++n[key]; rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7; rnd[key, i] = $14; cpu[key, i] = $15; gen[key, i] = $16
       orig[key] = $11; served[key] = $12 }
     function median(arr, key, m,   i, j, t, v) {   # of arr[key, 1..m]
       for (i = 1; i <= m; i++) v[i] = arr[key, i] + 0
@@ -417,26 +436,28 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
         r = rps[cell SUBSEP a, i] / rps[cell SUBSEP b, j]; m++
         if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r }
       return (m < 2) ? "" : sprintf(" (rounds %.2f-%.2f)", lo, hi) }
+    function us(x) { return (x > 0) ? sprintf("%.1f", x) : "-" }
+    function pct(x) { return (x > 0) ? sprintf("%d%%", x) : "-" }
     function k(x) { return (x == "" || x == 0) ? "-" : (x >= 10000) ? sprintf("%.0fk", x / 1000) : (x >= 1000) ? sprintf("%.1fk", x / 1000) : x }
     END {
       print "\n== results (wrk -c64 or -c1, or oha -c64 at a fixed rate for the rate rows, for " dur ", p50/p99 in ms; " ((rounds > 1) ? "medians of " rounds " rounds; " : "") "origin_reqs during the measured run; served = the cache'"'"'s Cache-Status / X-Cache)"
       for (i = 1; i <= nc; i++) { c = cells[i]
-        printf "\n%s  (%d connection%s)\n  %-10s %9s %9s %9s  %11s  %-22s %s\n", c, conns[c], (conns[c] > 1) ? "s" : "", "target", "req/s", "p50", "p99", "origin_reqs", "served", "note"
+        printf "\n%s  (%d connection%s)\n  %-10s %9s %9s %9s  %11s  %10s %8s  %-22s %s\n", c, conns[c], (conns[c] > 1) ? "s" : "", "target", "req/s", "p50", "p99", "origin_reqs", "cpu_us/req", "wrk_core", "served", "note"
         split(substr(order[c], 2), ts, " ")
         for (j = 1; j in ts; j++) { t = ts[j]; key = c SUBSEP t
-          printf "  %-10s %9.0f %9.3f %9.3f  %11s  %-22s %s\n", t, med(rps, c, t), med(p50, c, t) / 1000, med(p99, c, t) / 1000, orig[key], served[key], note[key] }
-        printf "  -> edge/nginx req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge"), med(rps, c, "nginx")), spread("edge", "nginx", c), ratio(med(p99, c, "edge"), med(p99, c, "nginx"))
+          printf "  %-10s %9.0f %9.3f %9.3f  %11s  %10s %8s  %-22s %s\n", t, med(rps, c, t), med(p50, c, t) / 1000, med(p99, c, t) / 1000, orig[key], us(med(cpu, c, t)), pct(med(gen, c, t)), served[key], note[key] }
+        printf "  -> edge/nginx req/s x%s%s, p99 x%s, server CPU per request x%s", ratio(med(rps, c, "edge"), med(rps, c, "nginx")), spread("edge", "nginx", c), ratio(med(p99, c, "edge"), med(p99, c, "nginx")), ratio(med(cpu, c, "edge"), med(cpu, c, "nginx"))
         if ((c SUBSEP "edge_disk") in n) printf ";  edge_disk/edge req/s x%s, p99 x%s", ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge"))
         if ((c SUBSEP "floor") in n) printf ";  floor/nginx req/s x%s%s, edge/floor x%s%s", ratio(med(rps, c, "floor"), med(rps, c, "nginx")), spread("floor", "nginx", c), ratio(med(rps, c, "edge"), med(rps, c, "floor")), spread("edge", "floor", c)
         if ((c SUBSEP "edge_b") in n) printf ";  edge_b/edge req/s x%s%s, p99 x%s", ratio(med(rps, c, "edge_b"), med(rps, c, "edge")), spread("edge_b", "edge", c), ratio(med(p99, c, "edge_b"), med(p99, c, "edge"))
         printf "\n" }
       print "\n== summary: req/s; ratios of req/s (higher = first is faster) and of p99 (higher = first is slower)" ((rounds > 1) ? ", medians of " rounds " rounds" : "")
-      printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
-             "edge/nginx", "p99 e/n", "disk/edge", "p99 d/e", "edge/ceil"
+      printf "%-10s %8s %8s %8s %9s | %10s %10s %10s | %10s %10s | %10s %8s\n", "test", "ceiling", "nginx", "edge", "edge_disk",
+             "edge/nginx", "p99 e/n", "cpu/req e/n", "disk/edge", "p99 d/e", "edge/ceil", "wrk_core"
       for (i = 1; i <= nc; i++) { c = cells[i]
-        printf "%-10s %8s %8s %8s %9s | %10s %10s | %10s %10s | %10s\n", c, k(med(rps, c, "ceiling")), k(med(rps, c, "nginx")), k(med(rps, c, "edge")), k(med(rps, c, "edge_disk")),
-          ratio(med(rps, c, "edge"), med(rps, c, "nginx")), ratio(med(p99, c, "edge"), med(p99, c, "nginx")),
-          ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge")), ratio(med(rps, c, "edge"), med(rps, c, "ceiling")) }
+        printf "%-10s %8s %8s %8s %9s | %10s %10s %10s | %10s %10s | %10s %8s\n", c, k(med(rps, c, "ceiling")), k(med(rps, c, "nginx")), k(med(rps, c, "edge")), k(med(rps, c, "edge_disk")),
+          ratio(med(rps, c, "edge"), med(rps, c, "nginx")), ratio(med(p99, c, "edge"), med(p99, c, "nginx")), ratio(med(cpu, c, "edge"), med(cpu, c, "nginx")),
+          ratio(med(rps, c, "edge_disk"), med(rps, c, "edge")), ratio(med(p99, c, "edge_disk"), med(p99, c, "edge")), ratio(med(rps, c, "edge"), med(rps, c, "ceiling")), pct(med(gen, c, "edge")) }
       for (i = 1; i <= nc; i++) { c = cells[i]; if ((c SUBSEP "floor") in n)
         printf "%-10s floor (hyper alone) %s req/s: floor/nginx %s, edge/floor %s\n", c, k(med(rps, c, "floor")),
           ratio(med(rps, c, "floor"), med(rps, c, "nginx")), ratio(med(rps, c, "edge"), med(rps, c, "floor")) }
