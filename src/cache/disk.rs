@@ -553,10 +553,12 @@ impl Inner {
         self.index().order = order.into_iter().collect();
         let found = files.clone();
         *self.files() = files.into_iter().collect();
+        // Never counted in, so only their sled rows and tag rows go.
         for gone in superseded {
             self.records.remove(&gone.key)?;
-            self.account(gone.charged, false);
-            self.forget(gone);
+            if !self.tags.is_empty() {
+                self.unindex_tags(&gone);
+            }
         }
         Ok(found)
     }
