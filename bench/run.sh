@@ -16,7 +16,8 @@
 # with cargo install if missing), checks request collapsing and memory per object, and prints
 # ratios. Everything it starts is stopped on exit.
 #
-# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" TESTS="hit rate lat1 pass large collapse coldrange memory" N=5000
+# Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" N=5000
+#      TESTS="hit rate lat1 pass large collapse coldrange memory firsthit refresh restart"
 #      (large: hits of a 32 MiB object, whole and a 64 KiB Range of it)
 #      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
@@ -31,7 +32,7 @@ REPO=$(dirname "$HERE")
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}; ROUNDS=${ROUNDS:-1}
-SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse coldrange memory"}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse coldrange memory firsthit refresh restart"}
 RATES=${RATES:-"1k=20000 16k=20000 256k=4000 1m=1000"}
 BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -45,6 +46,7 @@ declare -A PORT=([ceiling]=$ORIGIN_PORT [nginx]=$((PORT_BASE + 10)) [edge_b]=$((
 declare -A ADMIN=([edge_b]=$((PORT_BASE + 16)) [edge]=$((PORT_BASE + 21)) [edge_disk]=$((PORT_BASE + 31)))
 declare -A MEMORY=([edge]=1GiB [edge_b]=1GiB [edge_disk]=1KiB)
 declare -A ROOTPID=()                                  # name -> pid of the process we started
+declare -A COMMAND=()                                  # name -> its port and command, for restart
 EDGE_B=""; [ -n "${EDGE_B_BIN:-}" ] && EDGE_B=edge_b
 HIT_TARGETS="ceiling nginx edge $EDGE_B edge_disk"; OTHER_TARGETS="ceiling nginx edge $EDGE_B"
 PASS_TARGETS="ceiling nginx $([ "$FLOOR" = 1 ] && echo floor) edge $EDGE_B"
@@ -145,8 +147,8 @@ trap 'exit 130' INT TERM
 
 start() { # NAME PORT CMD... : run CMD in the foreground of a background job, wait for PORT
   local name=$1 port=$2 i; shift 2
-  "${SRV_PIN[@]}" "$@" > "$BENCH_DIR/logs/$name.out" 2>&1 &
-  STARTED+=($!); ROOTPID[$name]=$!
+  "${SRV_PIN[@]}" "$@" >> "$BENCH_DIR/logs/$name.out" 2>&1 &
+  STARTED+=($!); ROOTPID[$name]=$!; COMMAND[$name]=$(printf '%q ' "$port" "$@")
   for i in $(seq 100); do
     owns_port "$!" "$port" && { echo "started $name: pid $!, port $port${SRV_CPU:+, cpu $SRV_CPU}"; return 0; }
     kill -0 "$!" 2>/dev/null || break
@@ -299,8 +301,8 @@ for ROUND in $(seq "$ROUNDS"); do
       lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
       pass) for n in $PASS_TARGETS; do measure pass 1k "$n"; done ;;
       large) for t in large range; do for n in $OTHER_TARGETS; do measure "$t" 32m "$n"; done; done ;;
-      collapse|coldrange|memory) ;;
-      *) die "unknown test '$test' (hit rate lat1 pass large collapse coldrange memory)" ;;
+      collapse|coldrange|memory|firsthit|refresh|restart) ;;
+      *) die "unknown test '$test' (hit rate lat1 pass large collapse coldrange memory firsthit refresh restart)" ;;
     esac
   done
 done
@@ -412,7 +414,110 @@ if [[ " $TESTS " == *" coldrange "* ]]; then
   for n in nginx edge; do coldrange "$n"; done
 fi
 
-# ---- 7. report -----------------------------------------------------------------------------------
+# ---- 7. one object at a time: a first hit, revalidations, a restart --------------------------------
+# Each on a new key of the 32 MiB object, which edge keeps on disk only (over
+# cache.memory.max_object_size): the path of video and download objects.
+restart() { # NAME: TERM the target, wait for it to end, start it again with the same command
+  local name=$1 pid=${ROOTPID[$1]} i p keep=()
+  kill "$pid" 2>/dev/null
+  for i in $(seq 100); do running "$pid" || break; sleep 0.1; done
+  running "$pid" && die "$name did not stop within 10 s"
+  wait "$pid" 2>/dev/null
+  for p in "${STARTED[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done; STARTED=("${keep[@]}")
+  eval "start $name ${COMMAND[$name]}" > /dev/null
+}
+fetch() { # URL: one GET; prints "code size first_byte_ms total_ms ok", ok = 1 if the body is the 32 MiB object
+  local line
+  line=$(curl -s --max-time 60 -o "$BENCH_DIR/tmp/probe.body" -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' "$1")
+  echo "$line $(cmp -s "$BENCH_DIR/tmp/probe.body" "$BENCH_DIR/www/obj/32m.bin" && echo 1 || echo 0)" |
+    awk '{printf "%s %s %.1f %.1f %s\n", $1, $2, $3 * 1000, $4 * 1000, $5}'
+  rm -f "$BENCH_DIR/tmp/probe.body"
+}
+probe_failed() { echo "!!! FAILED: $*" >&2; FAILED=$((FAILED + 1)); }
+
+# A new key fetched three times: the miss, its first hit (1 s later, so that the stored copy has
+# landed) and a later one. edge's first read of a body file it wrote itself skips the hash it
+# gives a file found at start-up.
+firsthit() { # TARGET
+  local name=$1 url o1 miss first later
+  url="http://127.0.0.1:${PORT[$name]}/obj/32m.bin?firsthit=$name-$RANDOM$RANDOM"
+  o1=$(origin_count)
+  miss=$(fetch "$url"); sleep 1; first=$(fetch "$url"); later=$(fetch "$url")
+  echo "$miss $first $later $(( $(origin_count) - o1 - 1 ))" | awk -v n="$name" '{
+    printf "  %-10s miss %6.1f ms first byte, %7.1f ms all; first hit %6.1f / %7.1f ms; later hit %6.1f / %7.1f ms; %d origin request(s)\n",
+      n, $3, $4, $8, $9, $13, $14, $16 }' | tee -a "$OUT/probes.txt"
+  for r in "$miss" "$first" "$later"; do
+    case $r in "200 33554432 "*" 1") ;; *) probe_failed "$name firsthit got '$r' from $url" ;; esac
+  done
+}
+
+# A key with max-age=1 stored, then fetched 8 times, each once it has gone stale: 8 revalidations
+# the origin answers with 304. Time per revalidating request (which also sends the 32 MiB), the
+# origin's answers for that key (from its log) and the peak growth of the server's resident memory.
+refresh() { # TARGET
+  local name=$1 key url r0 peak r i c p line times=() ok=0
+  key=$name-$RANDOM$RANDOM; url="http://127.0.0.1:${PORT[$name]}/short/32m.bin?refresh=$key"
+  fetch "$url" > /dev/null
+  r0=$(tree_rss_kib "${ROOTPID[$name]}"); peak=$r0
+  for i in $(seq 8); do
+    sleep 1.2
+    fetch "$url" > "$BENCH_DIR/tmp/refresh.line" & p=$!; STARTED+=("$p")
+    while kill -0 "$p" 2>/dev/null; do
+      r=$(tree_rss_kib "${ROOTPID[$name]}"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.02
+    done
+    wait "$p"; unset 'STARTED[-1]'
+    line=$(cat "$BENCH_DIR/tmp/refresh.line"); times+=("$line")
+    case $line in "200 33554432 "*" 1") ok=$((ok + 1)) ;; esac
+  done
+  sleep 0.2
+  c=$(grep "refresh=$key" "$BENCH_DIR/logs/origin-short.log" | awk '{print $9}' | sort | uniq -c | awk '{printf "%s%d x %s", sep, $1, $2; sep=", "}')
+  printf '%s\n' "${times[@]}" | awk '{print $4}' | sort -n | awk -v n="$name" -v ok="$ok" -v c="$c" -v grew="$(( (peak - r0) / 1024 ))" '
+    {t[NR] = $1} END {printf "  %-10s %d/8 200 with the right bytes; each revalidating request median %6.1f ms, max %6.1f; origin answered %s; RSS peak +%d MiB\n",
+      n, ok, t[int(NR / 2) + 1], t[NR], c, grew}' | tee -a "$OUT/probes.txt"
+  [ "$ok" = 8 ] || probe_failed "$name answered $ok/8 refresh requests correctly"
+}
+
+# A key stored, the server restarted (edge flushes its disk tier and opens it again; nginx finds
+# its cache files), then 50 concurrent requests for it: how soon each starts and ends, whether
+# each is the whole object, the origin requests (none wanted) and the server's CPU time meanwhile.
+restart_herd() { # TARGET
+  local name=$1 url i t0 ms cpu0 cpu1 o1 ok jobs=()
+  url="http://127.0.0.1:${PORT[$name]}/obj/32m.bin?restart=$name-$RANDOM$RANDOM"
+  fetch "$url" > /dev/null; sleep 1
+  restart "$name"
+  : > "$BENCH_DIR/tmp/herd.times"; : > "$BENCH_DIR/tmp/herd.ok"
+  o1=$(origin_count); cpu0=$(tree_cpu_ticks "${ROOTPID[$name]}")
+  t0=$(date +%s%N)
+  for i in $(seq 50); do
+    ( "${GEN_PIN[@]}" curl -s --max-time 60 -w '%{stderr}%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' "$url" |
+        cmp -s - "$BENCH_DIR/www/obj/32m.bin" && echo 1 >> "$BENCH_DIR/tmp/herd.ok" ) 2>> "$BENCH_DIR/tmp/herd.times" &
+    jobs+=($!)
+  done
+  STARTED+=("${jobs[@]}")
+  wait "${jobs[@]}"; STARTED=("${STARTED[@]:0:${#STARTED[@]}-50}")
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  cpu1=$(tree_cpu_ticks "${ROOTPID[$name]}")
+  ok=$(wc -l < "$BENCH_DIR/tmp/herd.ok")   # each one's body was the object's bytes
+  sort -k3 -n "$BENCH_DIR/tmp/herd.times" | awk -v n="$name" -v ok="$ok" -v ms="$ms" -v o="$(( $(origin_count) - o1 - 1 ))" \
+      -v cpu="$(( (cpu1 - cpu0) * 1000 / CLK_TCK ))" '
+    {first[NR] = $3} END {printf "  %-10s %2d/50 200 with the right bytes; first byte median %6.0f ms, max %6.0f; all done in %5d ms; %d origin request(s); server CPU %d ms\n",
+      n, ok, 1000 * first[int(NR / 2) + 1], 1000 * first[NR], ms, o, cpu}' | tee -a "$OUT/probes.txt"
+  [ "$ok" = 50 ] || probe_failed "$name answered $ok/50 requests after its restart correctly"
+}
+
+for test in firsthit refresh restart; do
+  [[ " $TESTS " == *" $test "* ]] || continue
+  case $test in
+    firsthit) { echo; echo "== firsthit: a new 32 MiB key: the miss, its first hit 1 s later, a later hit (first byte / all)"; } | tee -a "$OUT/probes.txt"
+              for n in nginx edge; do firsthit "$n"; done ;;
+    refresh)  { echo; echo "== refresh: a 32 MiB key with max-age=1, fetched 8 times, each after it went stale (origin: 304)"; } | tee -a "$OUT/probes.txt"
+              for n in nginx edge; do refresh "$n"; done ;;
+    restart)  { echo; echo "== restart: a 32 MiB key stored, the server restarted, then 50 concurrent requests for it"; } | tee -a "$OUT/probes.txt"
+              for n in nginx edge; do restart_herd "$n"; done ;;
+  esac
+done
+
+# ---- 8. report -----------------------------------------------------------------------------------
 report() { # medians over the rounds of each row (and, with ROUNDS > 1, the range of req/s and of the ratios)
   awk -F'\t' -v dur="$DUR" -v rounds="$ROUNDS" '
     NR == 1 { next }
@@ -468,7 +573,7 @@ report() { # medians over the rounds of each row (and, with ROUNDS > 1, the rang
     }' "$TSV"
 }
 [ "$(wc -l < "$TSV")" -gt 1 ] && report | tee "$OUT/report.txt"
-cat "$OUT/collapse.txt" "$OUT/memory.txt" "$OUT/coldrange.txt" >> "$OUT/report.txt" 2>/dev/null
+cat "$OUT/collapse.txt" "$OUT/memory.txt" "$OUT/coldrange.txt" "$OUT/probes.txt" >> "$OUT/report.txt" 2>/dev/null
 echo
 echo "results: $OUT (report.txt, results.tsv, run.log, raw/ wrk output and response headers, the configs used)"
 [ "$FAILED" = 0 ] || die "$FAILED check(s) FAILED: see the !!! lines above"
