@@ -246,6 +246,24 @@ async fn a_response_older_than_its_lifetime_is_stale_on_arrival() {
     assert_eq!(h.origin.hits("/a"), 2);
 }
 
+/// RFC 9111 §5.1: of a list-valued `Age`, the first member counts.
+#[tokio::test]
+async fn the_first_member_of_a_list_valued_age_counts() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "max-age=3600")
+            .header("age", "7200, 0")
+            .header("etag", "\"x\""),
+    );
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    let second = edge.get("/a").await;
+    assert_eq!(second.fwd(), Some("stale"), "{}", second.cache_status());
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
 #[tokio::test]
 async fn response_no_cache_is_never_served_without_going_to_the_origin() {
     let h = Harness::new().await;

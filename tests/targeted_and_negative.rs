@@ -76,6 +76,55 @@ async fn an_empty_targeted_field_is_ignored() {
     assert_eq!(edge.get("/a").await.param("ttl"), Some("60"));
 }
 
+/// RFC 9213 §2.1: a targeted field that is not a valid Structured Field Dictionary, or whose
+/// `max-age` is not an Integer, is ignored; here that leaves the origin's `no-store` in force.
+#[tokio::test]
+async fn a_malformed_targeted_field_is_ignored_for_cache_control() {
+    for (path, value) in [
+        ("/garbage", "max-age=10000, &&&&&"),
+        ("/string", "max-age=\"10000\""),
+        ("/decimal", "max-age=10000.5"),
+        ("/space", "max-age =10000"),
+        ("/negative", "max-age=-1"),
+    ] {
+        let h = Harness::new().await;
+        h.origin.reply(
+            path,
+            Reply::ok("a")
+                .header("cache-control", "no-store")
+                .header("cdn-cache-control", value),
+        );
+        let edge = h.edge().await;
+        let first = edge.get(path).await;
+        assert_eq!(
+            first.param("detail"),
+            Some("no-store"),
+            "{value}: {}",
+            first.cache_status()
+        );
+        let second = edge.get(path).await;
+        assert!(!second.is_hit(), "{value}: {}", second.cache_status());
+        assert_eq!(h.origin.hits(path), 2, "{value}");
+    }
+}
+
+/// The same field, valid, spread over two lines: one dictionary.
+#[tokio::test]
+async fn a_targeted_field_over_two_lines_is_one_dictionary() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("a")
+            .header("cache-control", "no-store")
+            .header("cdn-cache-control", "public")
+            .header("cdn-cache-control", "max-age=90"),
+    );
+    let edge = h.edge().await;
+    assert_eq!(edge.get("/a").await.param("ttl"), Some("90"));
+    assert!(edge.get("/a").await.is_hit());
+    assert_eq!(h.origin.hits("/a"), 1);
+}
+
 #[tokio::test]
 async fn surrogate_control_wins_and_is_not_forwarded() {
     let h = Harness::new().await;

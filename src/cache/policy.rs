@@ -30,7 +30,7 @@ pub struct CacheControl {
 
 impl CacheControl {
     /// The directives that govern how edge caches a response: those of the first targeted field
-    /// edge recognises that is present and not empty — `Surrogate-Control`, then
+    /// edge recognises that is present, valid and not empty — `Surrogate-Control`, then
     /// `CDN-Cache-Control` — otherwise `Cache-Control` (RFC 9213 §2.2).
     pub fn governing(response: &HeaderMap) -> Self {
         // Targeted fields are rare: look for them by name before hashing them.
@@ -38,14 +38,55 @@ impl CacheControl {
         if !response.keys().any(|name| targeted.contains(&name)) {
             return Self::of(response);
         }
-        for name in targeted {
-            let mut targeted = Self::from_field(response, name);
-            if !targeted.is_empty() {
+        // Surrogate-Control predates structured fields and has Cache-Control's syntax.
+        let surrogate = Some(Self::from_field(response, &SURROGATE_CONTROL));
+        for field in [surrogate, Self::from_targeted(response, &CDN_CACHE_CONTROL)] {
+            if let Some(mut targeted) = field.filter(|field| !field.is_empty()) {
                 targeted.targeted = true;
                 return targeted;
             }
         }
         Self::of(response)
+    }
+
+    /// Parses a targeted field (RFC 9213 §2.1): a Structured Field Dictionary (RFC 9651), all its
+    /// lines as one. `None` if it does not parse, or if a directive that takes delta-seconds has
+    /// anything but a non-negative Integer (`max-age="60"`, `max-age=1.5`): such a field is
+    /// ignored rather than half understood, as §2.1 asks, and the next field governs.
+    fn from_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut text = String::new();
+        for value in headers.get_all(name) {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            text.push_str(value.to_str().ok()?);
+        }
+        let dictionary: sfv::Dictionary = sfv::Parser::new(&text).parse().ok()?;
+        let mut directives = Vec::with_capacity(dictionary.len());
+        for (key, member) in &dictionary {
+            let key = key.as_str();
+            let value = match member {
+                sfv::ListEntry::Item(item) => match &item.bare_item {
+                    sfv::BareItem::Integer(n) if i64::from(*n) >= 0 => Some(n.to_string()),
+                    _ if DELTA_SECONDS_DIRECTIVES.contains(&key) => return None,
+                    sfv::BareItem::Boolean(true) => None,
+                    sfv::BareItem::Boolean(false) => continue,
+                    sfv::BareItem::String(text) => Some(text.as_str().to_owned()),
+                    sfv::BareItem::Token(token) => Some(token.as_str().to_owned()),
+                    // No directive edge knows takes any other type.
+                    _ => Some(String::new()),
+                },
+                sfv::ListEntry::InnerList(_) if DELTA_SECONDS_DIRECTIVES.contains(&key) => {
+                    return None;
+                }
+                sfv::ListEntry::InnerList(_) => Some(String::new()),
+            };
+            directives.push((key.to_owned(), value));
+        }
+        Some(Self {
+            directives,
+            targeted: false,
+        })
     }
 
     /// Parses every `Cache-Control` line of `headers`.
@@ -92,6 +133,14 @@ impl CacheControl {
             .map(|arg| arg.and_then(parse_delta_seconds))
     }
 }
+
+/// The response directives whose argument is delta-seconds (RFC 9111 §5.2.2, RFC 5861).
+const DELTA_SECONDS_DIRECTIVES: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
 
 /// Splits a Cache-Control field value into directives, honouring quoted strings (which may hold
 /// commas and `\` escapes, RFC 9110 §5.6.4).
@@ -502,10 +551,11 @@ fn initial_age(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
+    // §5.1: of a list (`Age: 7200, 0`), the first member.
     let age_value = response
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_delta_seconds(v.trim()))
+        .and_then(|v| parse_delta_seconds(v.split(',').next()?.trim()))
         .map(Duration::from_secs)
         .unwrap_or_default();
     let apparent_age = response_time.duration_since(date).unwrap_or_default();
