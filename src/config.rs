@@ -449,18 +449,28 @@ fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(1 << shift)
 }
 
-/// A duration written with its unit: `500ms`, `5s`, `10m`, `1h`, `1d`.
+/// A duration written with its unit: `500ms`, `5s`, `10m`, `1h`, `1d`; at most 100 years.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
+
+/// The longest [`Seconds`]: longer is surely a typo, and some uses cannot hold it (moka refuses
+/// a time-to-live over 1000 years; a deadline that far off overflows a clock reading).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map(Seconds).map_err(|_| {
+        let duration = humantime::parse_duration(text.trim()).map_err(|_| {
             de::Error::custom(format!(
                 "invalid duration {text:?}: expected a number with a unit (e.g. 500ms, 5s, 10m, 1h, 1d)"
             ))
-        })
+        })?;
+        if duration > MAX_DURATION {
+            return Err(de::Error::custom(format!(
+                "invalid duration {text:?}: at most 100 years"
+            )));
+        }
+        Ok(Seconds(duration))
     }
 }
 
@@ -512,6 +522,15 @@ impl<'de> Deserialize<'de> for OriginUrl {
         if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
             return Err(de::Error::custom(format!(
                 "invalid URL {text:?}: expected scheme://host[:port][/prefix] without query or fragment"
+            )));
+        }
+        // The URL parser takes some characters in a host name (`{`, `}`, `` ` ``) that an HTTP
+        // request's target and Host field cannot carry; edge builds both from it.
+        let root = &url[..url::Position::AfterPort];
+        let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+        if root.parse::<http::Uri>().is_err() || http::HeaderValue::from_str(authority).is_err() {
+            return Err(de::Error::custom(format!(
+                "invalid URL {text:?}: the host {authority:?} cannot be sent in an HTTP request"
             )));
         }
         Ok(OriginUrl(url))

@@ -91,6 +91,48 @@ fn a_bad_duration_a_bad_address_and_a_bad_fraction_are_named() {
     }
 }
 
+/// Values the parsers take but edge could not run with (found by fuzzing `Config::parse`): they
+/// made it panic at start-up, or kill the reload task on SIGHUP.
+#[test]
+fn an_unusable_origin_host_and_an_endless_duration_are_named() {
+    let cases = [
+        (
+            "origin:\n  url: \"http://a{b\"\n",
+            "origin.url",
+            ":2:",
+            "cannot be sent",
+        ),
+        (
+            "origin:\n  url: http://`x\n",
+            "origin.url",
+            ":2:",
+            "cannot be sent",
+        ),
+        (
+            "origin:\n  url: http://127.0.0.1:9000\ncache:\n  hit_for_pass: 1001y\n",
+            "cache.hit_for_pass",
+            ":4:",
+            "at most 100 years",
+        ),
+        (
+            "origin:\n  url: http://127.0.0.1:9000\n  timeout: 300000000000y\n",
+            "origin.timeout",
+            ":3:",
+            "at most 100 years",
+        ),
+    ];
+    for (yaml, key, line, why) in cases {
+        let output = check(yaml);
+        assert_eq!(output.status.code(), Some(2), "{yaml}: {}", stderr(&output));
+        let err = stderr(&output);
+        assert!(
+            err.contains(key) && err.contains(line) && err.contains(why),
+            "expected {key} at {line} ({why}): {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn malformed_yaml_names_the_line() {
     let output = check("origin:\n  url: http://127.0.0.1:9000\ncache: [\n  memory\n");

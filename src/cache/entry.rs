@@ -87,6 +87,10 @@ impl Record {
     }
 }
 
+/// The most header fields (and `Vary` fields) a stored record may have. Edge stores what hyper
+/// parsed from an origin, at most 100 fields plus the few edge adds.
+const MAX_FIELDS: usize = 1024;
+
 /// A decoded record.
 #[derive(Debug)]
 pub enum Decoded {
@@ -493,8 +497,13 @@ impl StoredEntry {
         let url = std::str::from_utf8(r.take(url_len)?)
             .map_err(|_| DecodeError::Invalid)?
             .to_owned();
+        // Checked before the checksum, which comes after them: a crafted record must not make
+        // a header map grow past what `http` allows (it panics), nor allocate much.
         let header_count = r.u32()? as usize;
-        let mut headers = HeaderMap::with_capacity(header_count.min(256));
+        if header_count > MAX_FIELDS {
+            return Err(DecodeError::Invalid);
+        }
+        let mut headers = HeaderMap::with_capacity(header_count);
         for _ in 0..header_count {
             let name_len = r.u16()? as usize;
             let name =
@@ -508,6 +517,9 @@ impl StoredEntry {
             headers.append(name, value);
         }
         let vary_count = r.u16()? as usize;
+        if vary_count > MAX_FIELDS {
+            return Err(DecodeError::Invalid);
+        }
         let mut vary = Vec::with_capacity(vary_count);
         for _ in 0..vary_count {
             let name_len = r.u16()? as usize;
@@ -750,5 +762,26 @@ mod tests {
             StoredEntry::decode(truncated.into(), &HeuristicConfig::default()).unwrap_err(),
             DecodeError::Length
         );
+    }
+
+    /// A crafted record (found by fuzzing) naming more distinct fields than a header map can hold
+    /// made `HeaderMap::append` panic before the checksum, which follows them, was compared.
+    #[test]
+    fn a_record_with_too_many_fields_is_rejected_not_a_panic() {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[VERSION, BODY_INLINE]);
+        out.extend_from_slice(&200u16.to_be_bytes());
+        out.extend_from_slice(&[0; 16]);
+        put_bytes32(&mut out, b"/a");
+        out.extend_from_slice(&33_000u32.to_be_bytes());
+        for i in 0..33_000 {
+            put_bytes16(&mut out, format!("h{i}").as_bytes());
+            put_bytes32(&mut out, b"");
+        }
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&0u64.to_be_bytes());
+        out.extend_from_slice(&[0; 64]);
+        let decoded = Record::decode(out.into(), &HeuristicConfig::default());
+        assert_eq!(decoded.unwrap_err(), DecodeError::Invalid);
     }
 }
