@@ -17,7 +17,7 @@
 # ratios. Everything it starts is stopped on exit.
 #
 # Env: DUR=10s WARMUP=2s SIZES="1k 16k 256k 1m" N=5000
-#      TESTS="hit rate lat1 pass large collapse coldrange memory firsthit refresh restart"
+#      TESTS="hit rate lat1 pass large collapse coldrange memory firsthit refresh restart mixed"
 #      (large: hits of a 32 MiB object, whole and a 64 KiB Range of it)
 #      RATES="1k=20000 16k=20000 256k=4000 1m=1000" (requests/s offered per size in the rate test)
 #      ROUNDS=1 (each row measured ROUNDS times, interleaved; the report gives medians and ranges)
@@ -32,7 +32,7 @@ REPO=$(dirname "$HERE")
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 DUR=${DUR:-10s}; WARMUP=${WARMUP:-2s}; N=${N:-5000}; ROUNDS=${ROUNDS:-1}
-SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse coldrange memory firsthit refresh restart"}
+SIZES=${SIZES:-"1k 16k 256k 1m"}; TESTS=${TESTS:-"hit rate lat1 pass large collapse coldrange memory firsthit refresh restart mixed"}
 RATES=${RATES:-"1k=20000 16k=20000 256k=4000 1m=1000"}
 BENCH_DIR=${BENCH_DIR:-/dev/shm/edge-bench}; BENCH_DIR=${BENCH_DIR%/}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -301,8 +301,8 @@ for ROUND in $(seq "$ROUNDS"); do
       lat1) for n in $OTHER_TARGETS; do measure lat1 1k "$n"; done ;;
       pass) for n in $PASS_TARGETS; do measure pass 1k "$n"; done ;;
       large) for t in large range; do for n in $OTHER_TARGETS; do measure "$t" 32m "$n"; done; done ;;
-      collapse|coldrange|memory|firsthit|refresh|restart) ;;
-      *) die "unknown test '$test' (hit rate lat1 pass large collapse coldrange memory firsthit refresh restart)" ;;
+      collapse|coldrange|memory|firsthit|refresh|restart|mixed) ;;
+      *) die "unknown test '$test' (hit rate lat1 pass large collapse coldrange memory firsthit refresh restart mixed)" ;;
     esac
   done
 done
@@ -505,7 +505,29 @@ restart_herd() { # TARGET
   [ "$ok" = 50 ] || probe_failed "$name answered $ok/50 requests after its restart correctly"
 }
 
-for test in firsthit refresh restart; do
+# While 20 connections download the 32 MiB object flat out, one connection's 1 KiB hits: the
+# latency of small objects beside large ones. A server that sends one download until its socket
+# buffers fill makes every other request wait that long.
+mixed() { # TARGET
+  local name=$1 big small line p50 p99 max rps kv
+  big="http://127.0.0.1:${PORT[$name]}/obj/32m.bin"; small="http://127.0.0.1:${PORT[$name]}/obj/1k.bin"
+  curl -s -o /dev/null "$big"; curl -s -o /dev/null "$small"
+  "${GEN_PIN[@]}" wrk -t1 -c20 -d6s --timeout 30s -s "$HERE/report.lua" "$big" > "$OUT/raw/mixed-big-$name.txt" 2>&1 &
+  local p=$!; STARTED+=("$p")
+  sleep 1
+  gen wrk -t1 -c1 -d4s --latency -s "$HERE/report.lua" "$small" > "$OUT/raw/mixed-small-$name.txt" 2>&1
+  wait "$p"; unset 'STARTED[-1]'
+  line=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/mixed-small-$name.txt")
+  for kv in $line; do case ${kv%%=*} in p50|p99|max) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;; esac; done
+  rps=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/mixed-big-$name.txt" | tr ' ' '\n' |
+        awk -F= '$1=="requests"{r=$2} $1=="duration_us"{d=$2} END{if (d > 0) printf "%.1f", r / (d / 1e6)}')
+  [ -n "$line" ] && [ -n "$rps" ] || { probe_failed "$name: wrk failed in mixed, see $OUT/raw/mixed-*-$name.txt"; return; }
+  printf "  %-10s 1 KiB hits p50 %7.3f ms, p99 %7.3f ms, max %7.3f ms; beside them %5.1f downloads/s of 32 MiB\n" \
+    "$name" "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
+    "$(awk -v v="$max" 'BEGIN{print v/1000}')" "$rps" | tee -a "$OUT/probes.txt"
+}
+
+for test in firsthit refresh restart mixed; do
   [[ " $TESTS " == *" $test "* ]] || continue
   case $test in
     firsthit) { echo; echo "== firsthit: a new 32 MiB key: the miss, its first hit 1 s later, a later hit (first byte / all)"; } | tee -a "$OUT/probes.txt"
@@ -514,6 +536,8 @@ for test in firsthit refresh restart; do
               for n in nginx edge; do refresh "$n"; done ;;
     restart)  { echo; echo "== restart: a 32 MiB key stored, the server restarted, then 50 concurrent requests for it"; } | tee -a "$OUT/probes.txt"
               for n in nginx edge; do restart_herd "$n"; done ;;
+    mixed)    { echo; echo "== mixed: 1 KiB hits on one connection while 20 others download the 32 MiB object"; } | tee -a "$OUT/probes.txt"
+              for n in nginx edge; do mixed "$n"; done ;;
   esac
 done
 
