@@ -208,6 +208,7 @@ served_as() { # the cache's own word on a response: Cache-Status (edge) or X-Cac
 }
 
 FAILED=0
+failed() { echo "!!! FAILED: $*" >&2; FAILED=$((FAILED + 1)); }   # a check that did not hold
 TSV=$OUT/results.tsv
 # srv_cpu_us: CPU time (user + system) of the server's processes per request during the measured run;
 # gen_busy: how busy the load generator's core was meanwhile (near 100: wrk, not the server, was the limit).
@@ -330,7 +331,7 @@ collapse() { # TARGET
     "$name" "$orig" "$ok" "$ms" "$([ "$name" = nginx ] && echo "  (proxy_cache_lock off)" ||
                                    echo "  (edge_collapsed_requests_total +$(( $(metric "$name" edge_collapsed_requests_total) - c0 )))")" |
     tee -a "$OUT/collapse.txt"
-  [ "$ok" = 100 ] || { echo "!!! FAILED: $name answered $ok/100 collapse requests correctly" >&2; FAILED=$((FAILED + 1)); }
+  [ "$ok" = 100 ] || failed "$name answered $ok/100 collapse requests correctly"
 }
 
 # 20 concurrent requests for the first MiB of one new 32 MiB key of /paced/ (the origin sends it
@@ -377,7 +378,7 @@ coldrange() { # TARGET
   sort -k2 -n "$BENCH_DIR/tmp/coldrange.times" | awk -v n="$name" -v ok="$ok" -v o="$orig" -v ms="$ms" -v grew="$(( (peak - r0) / 1024 ))" '
     {first[NR] = $2} END {printf "  %-10s %2d/20 206 with the right bytes; first byte median %6.0f ms, max %6.0f; all done in %5d ms; %3d origin request(s); RSS +%d MiB\n",
       n, ok, 1000 * first[int(NR / 2) + 1], 1000 * first[NR], ms, o, grew}' | tee -a "$OUT/coldrange.txt"
-  [ "$ok" = 20 ] || { echo "!!! FAILED: $name answered $ok/20 cold ranges correctly" >&2; FAILED=$((FAILED + 1)); }
+  [ "$ok" = 20 ] || failed "$name answered $ok/20 cold ranges correctly"
 }
 
 # ---- 6. memory per cached object -----------------------------------------------------------------
@@ -433,7 +434,6 @@ fetch() { # URL: one GET; prints "code size first_byte_ms total_ms ok", ok = 1 i
     awk '{printf "%s %s %.1f %.1f %s\n", $1, $2, $3 * 1000, $4 * 1000, $5}'
   rm -f "$BENCH_DIR/tmp/probe.body"
 }
-probe_failed() { echo "!!! FAILED: $*" >&2; FAILED=$((FAILED + 1)); }
 
 # A new key fetched three times: the miss, its first hit (1 s later, so that the stored copy has
 # landed) and a later one. edge's first read of a body file it wrote itself skips the hash it
@@ -447,7 +447,7 @@ firsthit() { # TARGET
     printf "  %-10s miss %6.1f ms first byte, %7.1f ms all; first hit %6.1f / %7.1f ms; later hit %6.1f / %7.1f ms; %d origin request(s)\n",
       n, $3, $4, $8, $9, $13, $14, $16 }' | tee -a "$OUT/probes.txt"
   for r in "$miss" "$first" "$later"; do
-    case $r in "200 33554432 "*" 1") ;; *) probe_failed "$name firsthit got '$r' from $url" ;; esac
+    case $r in "200 33554432 "*" 1") ;; *) failed "$name firsthit got '$r' from $url" ;; esac
   done
 }
 
@@ -474,7 +474,7 @@ refresh() { # TARGET
   printf '%s\n' "${times[@]}" | awk '{print $4}' | sort -n | awk -v n="$name" -v ok="$ok" -v c="$c" -v grew="$(( (peak - r0) / 1024 ))" '
     {t[NR] = $1} END {printf "  %-10s %d/8 200 with the right bytes; each revalidating request median %6.1f ms, max %6.1f; origin answered %s; RSS peak +%d MiB\n",
       n, ok, t[int(NR / 2) + 1], t[NR], c, grew}' | tee -a "$OUT/probes.txt"
-  [ "$ok" = 8 ] || probe_failed "$name answered $ok/8 refresh requests correctly"
+  [ "$ok" = 8 ] || failed "$name answered $ok/8 refresh requests correctly"
 }
 
 # A key stored, the server restarted (edge flushes its disk tier and opens it again; nginx finds
@@ -502,7 +502,7 @@ restart_herd() { # TARGET
       -v cpu="$(( (cpu1 - cpu0) * 1000 / CLK_TCK ))" '
     {first[NR] = $3} END {printf "  %-10s %2d/50 200 with the right bytes; first byte median %6.0f ms, max %6.0f; all done in %5d ms; %d origin request(s); server CPU %d ms\n",
       n, ok, 1000 * first[int(NR / 2) + 1], 1000 * first[NR], ms, o, cpu}' | tee -a "$OUT/probes.txt"
-  [ "$ok" = 50 ] || probe_failed "$name answered $ok/50 requests after its restart correctly"
+  [ "$ok" = 50 ] || failed "$name answered $ok/50 requests after its restart correctly"
 }
 
 # While 20 connections download the 32 MiB object flat out, one connection's 1 KiB hits: the
@@ -521,10 +521,10 @@ mixed() { # TARGET
   for kv in $line; do case ${kv%%=*} in p50|p99|max) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;; esac; done
   rps=$(sed -n 's/^WRKRESULT //p' "$OUT/raw/mixed-big-$name.txt" | tr ' ' '\n' |
         awk -F= '$1=="requests"{r=$2} $1=="duration_us"{d=$2} END{if (d > 0) printf "%.1f", r / (d / 1e6)}')
-  [ -n "$line" ] && [ -n "$rps" ] || { probe_failed "$name: wrk failed in mixed, see $OUT/raw/mixed-*-$name.txt"; return; }
-  printf "  %-10s 1 KiB hits p50 %7.3f ms, p99 %7.3f ms, max %7.3f ms; beside them %5.1f downloads/s of 32 MiB\n" \
-    "$name" "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
-    "$(awk -v v="$max" 'BEGIN{print v/1000}')" "$rps" | tee -a "$OUT/probes.txt"
+  [ -n "$line" ] && [ -n "$rps" ] || { failed "$name: wrk failed in mixed, see $OUT/raw/mixed-*-$name.txt"; return; }
+  awk -v n="$name" -v p50="$p50" -v p99="$p99" -v max="$max" -v rps="$rps" 'BEGIN {
+    printf "  %-10s 1 KiB hits p50 %7.3f ms, p99 %7.3f ms, max %7.3f ms; beside them %5.1f downloads/s of 32 MiB\n",
+      n, p50 / 1000, p99 / 1000, max / 1000, rps }' | tee -a "$OUT/probes.txt"
 }
 
 for test in firsthit refresh restart mixed; do

@@ -65,10 +65,14 @@ impl CacheControl {
         let mut directives = Vec::with_capacity(dictionary.len());
         for (key, member) in &dictionary {
             let key = key.as_str();
+            let delta_seconds = matches!(member, sfv::ListEntry::Item(item)
+                if matches!(item.bare_item, sfv::BareItem::Integer(n) if i64::from(n) >= 0));
+            if DELTA_SECONDS_DIRECTIVES.contains(&key) && !delta_seconds {
+                return None;
+            }
             let value = match member {
                 sfv::ListEntry::Item(item) => match &item.bare_item {
-                    sfv::BareItem::Integer(n) if i64::from(*n) >= 0 => Some(n.to_string()),
-                    _ if DELTA_SECONDS_DIRECTIVES.contains(&key) => return None,
+                    sfv::BareItem::Integer(n) => Some(n.to_string()),
                     sfv::BareItem::Boolean(true) => None,
                     sfv::BareItem::Boolean(false) => continue,
                     sfv::BareItem::String(text) => Some(text.as_str().to_owned()),
@@ -76,9 +80,6 @@ impl CacheControl {
                     // No directive edge knows takes any other type.
                     _ => Some(String::new()),
                 },
-                sfv::ListEntry::InnerList(_) if DELTA_SECONDS_DIRECTIVES.contains(&key) => {
-                    return None;
-                }
                 sfv::ListEntry::InnerList(_) => Some(String::new()),
             };
             directives.push((key.to_owned(), value));
