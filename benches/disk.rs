@@ -65,7 +65,7 @@ async fn main() {
     for (size, count) in [(16 << 10, 4000), (1 << 20, 200)] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
-        let tier = DiskTier::open(&path, 64 << 30, 8 << 20, HeuristicConfig::default()).unwrap();
+        let tier = DiskTier::open(&path, 64 << 30, 0, 8 << 20, HeuristicConfig::default()).unwrap();
         let started = Instant::now();
         for i in 0..count {
             tier.put(key(i), entry(i, size)).await.unwrap();
@@ -89,7 +89,7 @@ async fn main() {
         let path = dir.path().join("store");
         {
             let tier =
-                DiskTier::open(&path, 64 << 30, 8 << 20, HeuristicConfig::default()).unwrap();
+                DiskTier::open(&path, 64 << 30, 0, 8 << 20, HeuristicConfig::default()).unwrap();
             let mut writers = Vec::new();
             for w in 0..8 {
                 let tier = tier.clone();
@@ -107,7 +107,7 @@ async fn main() {
         let started = Instant::now();
         let opened = path.clone();
         let tier = tokio::task::spawn_blocking(move || {
-            DiskTier::open(&opened, 64 << 30, 8 << 20, HeuristicConfig::default())
+            DiskTier::open(&opened, 64 << 30, 0, 8 << 20, HeuristicConfig::default())
         })
         .await
         .unwrap()

@@ -132,6 +132,10 @@ pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default = "defaults::disk_capacity")]
     pub capacity: ByteSize,
+    /// Free space the disk tier leaves on its file system: when there is less, it holds less
+    /// than `capacity` (the oldest stores are evicted), as nginx's `min_free` does.
+    #[serde(default = "defaults::disk_min_free")]
+    pub min_free: ByteSize,
 }
 
 /// RFC 9111 §4.2.2 heuristic freshness for responses without explicit expiration.
@@ -198,6 +202,9 @@ mod defaults {
     pub fn disk_capacity() -> ByteSize {
         ByteSize(4 << 30)
     }
+    pub fn disk_min_free() -> ByteSize {
+        ByteSize(1 << 30)
+    }
     pub fn max_object_size() -> ByteSize {
         ByteSize(64 << 20)
     }
@@ -246,6 +253,7 @@ impl Default for DiskConfig {
         Self {
             path: defaults::disk_path(),
             capacity: defaults::disk_capacity(),
+            min_free: defaults::disk_min_free(),
         }
     }
 }

@@ -203,7 +203,8 @@ pub struct Fill {
 struct State {
     head: Head,
     chunks: Vec<Bytes>,
-    /// A body too large for memory is read back from its spool file instead of `chunks`.
+    /// A body too large for memory is read back from its spool file instead of `chunks` (or, if
+    /// writing the file stopped, from it up to where it stopped and from `chunks` after that).
     spooled: Option<Spooled>,
     end: Option<End>,
     private: Option<PrivateResponse>,
@@ -214,6 +215,8 @@ struct State {
 struct Spooled {
     file: Arc<std::fs::File>,
     readable: u64,
+    /// Writing the file failed (a full disk): the rest of the body is in `chunks`.
+    stopped: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,6 +296,7 @@ impl Fill {
             changed: self.changed.subscribe(),
             next: 0,
             offset: 0,
+            past_spool: false,
             // An empty range is delivered as nothing, whichever way round its ends are.
             range: range.start.min(range.end)..range.end,
             done: false,
@@ -321,6 +325,8 @@ struct Reader {
     next: usize,
     /// Bytes of the body passed so far, delivered or skipped (the offset into a spooled body).
     offset: u64,
+    /// Reading `chunks` that follow a spool file that stopped short.
+    past_spool: bool,
     /// The bytes to deliver.
     range: std::ops::Range<u64>,
     done: bool,
@@ -360,7 +366,18 @@ impl Reader {
                         self.offset = self.offset.max(self.range.start);
                         Step::Spool(spooled.clone())
                     }
-                    None if self.next < state.chunks.len() => {
+                    // The file stopped short: `chunks` hold the body from where it stopped (any
+                    // taken before the body went to the file are gone from them).
+                    Some(spooled) if spooled.stopped && !self.past_spool => {
+                        self.past_spool = true;
+                        self.next = 0;
+                        self.offset = spooled.readable;
+                        continue;
+                    }
+                    spooled
+                        if spooled.as_ref().is_none_or(|spooled| spooled.stopped)
+                            && self.next < state.chunks.len() =>
+                    {
                         let chunk = state.chunks[self.next].clone();
                         let at = self.offset;
                         self.next += 1;
@@ -544,7 +561,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 let spool =
                     match content_length(&headers).filter(|_| status != StatusCode::NO_CONTENT) {
                         Some(len) if len > edge.config().cache.memory.max_object_size.0 => {
-                            edge.cache.spool(&job.key).await
+                            edge.cache.spool(&job.key, Some(len)).await
                         }
                         _ => None,
                     };
@@ -561,6 +578,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 let spooled = spool.as_ref().map(|spool| Spooled {
                     file: spool.reader(),
                     readable: 0,
+                    stopped: false,
                 });
                 fill.update(|state| {
                     state.head = Head::Shared(Arc::new(head));
@@ -690,6 +708,7 @@ async fn refresh(
                 state.spooled = Some(Spooled {
                     file: spilled.file.clone(),
                     readable: spilled.len,
+                    stopped: false,
                 });
             }
             None => state.chunks.push(entry.body.clone()),
@@ -734,6 +753,8 @@ async fn stream_and_store(
     let limit = edge.config().cache.max_object_size.0;
     let mut received: u64 = 0;
     let mut held = None;
+    // Writing the body to its file failed: it is served on from memory, and not stored.
+    let mut spool_failed = false;
     let mut body = http_body_util::BodyExt::into_data_stream(upstream.into_body());
     while received < expected.unwrap_or(u64::MAX) {
         let chunk = match body.next().await {
@@ -768,31 +789,42 @@ async fn stream_and_store(
             edge.fills.passes.insert(*job.key.hash(), ());
         }
         if let Some(writing) = spool.take() {
+            let data = chunk.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let mut writing = writing;
-                writing.write(&chunk).map(|()| writing)
+                writing.write(&data).map(|()| writing)
             })
             .await;
-            match written {
-                Ok(Ok(writing)) => spool = Some(writing),
-                Ok(Err(err)) => {
-                    warn!(url = job.key.url(), %err, "writing a body to disk failed");
-                    fill.update(|state| state.end = Some(End::Failed));
-                    return;
-                }
-                Err(_) => {
-                    fill.update(|state| state.end = Some(End::Failed));
-                    return;
-                }
-            }
-            if !last {
-                fill.update(|state| {
-                    if let Some(spooled) = &mut state.spooled {
-                        spooled.readable = received;
+            let err = match written {
+                Ok(Ok(writing)) => {
+                    spool = Some(writing);
+                    if !last {
+                        fill.update(|state| {
+                            if let Some(spooled) = &mut state.spooled {
+                                spooled.readable = received;
+                            }
+                        });
                     }
-                });
-            }
-            continue;
+                    continue;
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(err) => err.to_string(),
+            };
+            warn!(
+                url = job.key.url(),
+                %err,
+                "writing a body to disk failed; serving the rest from memory, not storing it"
+            );
+            // Readers go on from memory where the file stops (its last write may have been
+            // partial: this chunk is in memory whole). New requests do not join a body that
+            // will not be stored.
+            spool_failed = true;
+            edge.fills.retire(&job.slot, fill);
+            fill.update(|state| {
+                if let Some(spooled) = &mut state.spooled {
+                    spooled.stopped = true;
+                }
+            });
         }
         if last {
             held = Some(chunk);
@@ -803,6 +835,7 @@ async fn stream_and_store(
         // be stored) moves to its disk file now; readers go on from there at their own offset.
         let memory_limit = edge.config().cache.memory.max_object_size.0;
         if expected.is_none()
+            && !spool_failed
             && before <= memory_limit
             && received > memory_limit
             && received <= limit
@@ -828,7 +861,7 @@ async fn stream_and_store(
                 );
             }
         }
-    } else if complete && received <= limit {
+    } else if complete && received <= limit && !spool_failed {
         let mut chunks = lock(&fill.state).chunks.clone();
         chunks.extend(held.clone());
         entry.body = concat(chunks, received);
@@ -838,7 +871,9 @@ async fn stream_and_store(
     edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
         state.chunks.extend(held);
-        if let Some(spooled) = &mut state.spooled {
+        if let Some(spooled) = &mut state.spooled
+            && !spooled.stopped
+        {
             spooled.readable = received;
         }
         // A body cut short of its Content-Length is an error to every reader, not a short body.
@@ -849,7 +884,7 @@ async fn stream_and_store(
 /// Writes what a fill holds in memory to a new spool and has its readers read from there.
 /// `None` (the body stays in memory) when that cannot be done.
 async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Option<Spool> {
-    let spool = edge.cache.spool(&job.key).await?;
+    let spool = edge.cache.spool(&job.key, None).await?;
     let chunks = lock(&fill.state).chunks.clone();
     let received: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
     let written = tokio::task::spawn_blocking(move || {
@@ -872,6 +907,7 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
         state.spooled = Some(Spooled {
             file,
             readable: received,
+            stopped: false,
         });
         state.chunks = Vec::new();
     });

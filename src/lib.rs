@@ -95,6 +95,7 @@ impl Node {
         keep!(cache.memory.max_object_size, "cache.memory.max_object_size");
         keep!(cache.disk.path, "cache.disk.path");
         keep!(cache.disk.capacity, "cache.disk.capacity");
+        keep!(cache.disk.min_free, "cache.disk.min_free");
         keep!(cache.hit_for_pass, "cache.hit_for_pass");
         let origin = Origin::new(&config.origin);
         self.edge.cache.set_heuristic(config.cache.heuristic);

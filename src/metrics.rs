@@ -211,6 +211,12 @@ impl Collector for CacheCollector {
             "Bytes held per tier (disk: its whole footprint as the budget counts it)",
             &|s| s.bytes,
         )?;
+        gauge(
+            &mut encoder,
+            "cache_capacity_bytes",
+            "Bytes a tier may hold now (disk: cache.disk.capacity, or less when its file system has less room than that beyond cache.disk.min_free)",
+            &|s| s.capacity,
+        )?;
         let mut family = encoder.encode_descriptor(
             "cache_evictions",
             "Objects evicted to keep a tier within its capacity",

@@ -230,7 +230,7 @@ async fn concurrent_stores_keep_the_disk_tier_within_its_budget() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("store");
     let capacity: u64 = 8 << 20;
-    let tier = DiskTier::open(&path, capacity, 8 << 20, HeuristicConfig::default()).unwrap();
+    let tier = DiskTier::open(&path, capacity, 0, 8 << 20, HeuristicConfig::default()).unwrap();
     let mut writers = Vec::new();
     // 32 writers × 40 objects of 5 KiB (inline) and 40 KiB (files): about 3× the budget.
     for t in 0..32u32 {

@@ -88,6 +88,8 @@ pub enum DiskError {
     /// The record's body is large: read it off the runtime.
     #[error("large body")]
     Large,
+    #[error("no room: the body is larger than the disk tier may hold now")]
+    NoRoom,
 }
 
 #[derive(Clone)]
@@ -142,6 +144,12 @@ struct Inner {
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
+    /// Free space to leave on the file system (`cache.disk.min_free`).
+    min_free: u64,
+    /// The footprint at which the file system would have only `min_free` free, as last measured:
+    /// the footprint then plus the space then available beyond `min_free`. Space others take
+    /// lowers it at the next measurement; what this tier writes meanwhile is in the footprint.
+    room: AtomicU64,
     /// Bodies longer than this are served from their file rather than read into memory.
     stream_over: u64,
     heuristic: Mutex<HeuristicConfig>,
@@ -181,6 +189,7 @@ impl DiskTier {
     pub fn open(
         path: &Path,
         capacity: u64,
+        min_free: u64,
         stream_over: u64,
         heuristic: HeuristicConfig,
     ) -> Option<Self> {
@@ -189,7 +198,7 @@ impl DiskTier {
         // held lock is retried for a while before it counts as another process's.
         let mut attempts = 0;
         let first = loop {
-            match Self::try_open(path, capacity, stream_over, heuristic) {
+            match Self::try_open(path, capacity, min_free, stream_over, heuristic) {
                 Err(err) if is_locked(&err) && attempts < LOCK_ATTEMPTS => {
                     attempts += 1;
                     std::thread::sleep(LOCK_RETRY);
@@ -212,7 +221,7 @@ impl DiskTier {
                 }
             }
         }
-        match Self::try_open(path, capacity, stream_over, heuristic) {
+        match Self::try_open(path, capacity, min_free, stream_over, heuristic) {
             Ok(tier) => Some(tier),
             Err(err) => {
                 error!(path = %path.display(), %err, "cannot create a disk tier; running with the memory tier only");
@@ -224,6 +233,7 @@ impl DiskTier {
     fn try_open(
         path: &Path,
         capacity: u64,
+        min_free: u64,
         stream_over: u64,
         heuristic: HeuristicConfig,
     ) -> Result<Self, DiskError> {
@@ -277,6 +287,8 @@ impl DiskTier {
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity,
+            min_free,
+            room: AtomicU64::new(u64::MAX),
             stream_over,
             heuristic: Mutex::new(heuristic),
         });
@@ -324,7 +336,7 @@ impl DiskTier {
         tokio::task::spawn_blocking(move || {
             inner.db.flush()?;
             inner.measure_index(true);
-            inner.evict_to_budget()
+            inner.evict_to_budget(0)
         })
         .await?
     }
@@ -335,8 +347,13 @@ impl DiskTier {
     }
 
     /// Starts a body file for `key` that a response streams into while it is served; see
-    /// [`Spool`]. Blocking: call it off the runtime.
-    pub fn spool(&self, key: Vec<u8>) -> Result<Spool, DiskError> {
+    /// [`Spool`]; `len`, when known, is the body's length. Blocking: call it off the runtime.
+    pub fn spool(&self, key: Vec<u8>, len: Option<u64>) -> Result<Spool, DiskError> {
+        // A body that cannot fit is not begun: it would evict everything else first.
+        self.inner.measure_index(false);
+        if len.is_some_and(|len| len > self.inner.budget()) {
+            return Err(DiskError::NoRoom);
+        }
         let seq = self.inner.db.generate_id()?;
         let partial = self.inner.body_path(&key, seq).with_extension("partial");
         let file = std::fs::File::create(&partial)?;
@@ -363,6 +380,7 @@ impl DiskTier {
         super::TierStats {
             entries: self.inner.entries.load(Ordering::Relaxed),
             bytes: self.inner.footprint(),
+            capacity: self.inner.budget(),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
         }
     }
@@ -441,6 +459,12 @@ impl Inner {
         self.charged.load(Ordering::Relaxed)
             + self.index_overhead.load(Ordering::Relaxed)
             + self.spooling.load(Ordering::Relaxed)
+    }
+
+    /// What the tier may hold now: its capacity, or less when the file system has less room
+    /// than that beyond `min_free`.
+    fn budget(&self) -> u64 {
+        self.capacity.min(self.room.load(Ordering::Relaxed))
     }
 
     fn heuristic(&self) -> HeuristicConfig {
@@ -716,7 +740,7 @@ impl Inner {
                 let encoded = entry.encode_detached(body);
                 let total = body.len + encoded.len() as u64 + TRAILER;
                 let charged = charge(key.len(), rounded(total));
-                if charged > self.capacity {
+                if !self.make_room(charged)? {
                     return Ok(());
                 }
                 self.index_tags(key, seq, entry)?;
@@ -728,7 +752,7 @@ impl Inner {
                 value.extend_from_slice(&seq.to_be_bytes());
                 value.extend_from_slice(&record.encode(true));
                 let charged = charge(key.len(), value.len() as u64);
-                if charged > self.capacity {
+                if !self.make_room(charged)? {
                     return Ok(());
                 }
                 if let Record::Entry(entry) = record {
@@ -853,7 +877,7 @@ impl Inner {
             self.unmark(&gone.key)?;
             self.forget(gone);
         }
-        self.evict_to_budget()
+        self.evict_to_budget(0)
     }
 
     /// Takes the record at `key` out of the index (only if its sequence number is `only`, when
@@ -992,14 +1016,28 @@ impl Inner {
         }
     }
 
-    fn evict_to_budget(&self) -> Result<(), DiskError> {
+    /// Evicts the oldest records, if need be, so that `charged` more bytes fit in the budget;
+    /// `false` when they cannot, even with the tier empty.
+    fn make_room(&self, charged: u64) -> Result<bool, DiskError> {
         self.measure_index(false);
-        if self.footprint() <= self.capacity {
+        if charged > self.budget() {
+            return Ok(false);
+        }
+        self.evict_to_budget(charged)?;
+        Ok(true)
+    }
+
+    /// Evicts the oldest records while the footprint, with `incoming` bytes about to be written,
+    /// is over the budget.
+    fn evict_to_budget(&self, incoming: u64) -> Result<(), DiskError> {
+        self.measure_index(false);
+        let budget = self.budget();
+        if self.footprint() + incoming <= budget {
             return Ok(());
         }
         // Down to a low-water mark, so that sled's own growth (its log, a flush) stays inside the
         // budget and eviction does not run on every store.
-        let low_water = self.capacity / 100 * LOW_WATER_PERCENT;
+        let low_water = (budget / 100 * LOW_WATER_PERCENT).saturating_sub(incoming);
         // sled gives space back lazily: measure again as records go, and stop when what is over
         // is sled's own overhead (or spools in flight), which evicting more records cannot cure.
         while self.footprint() > low_water && self.charged.load(Ordering::Relaxed) > 0 {
@@ -1038,7 +1076,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Measures sled's own overhead again: at most once per [`MEASURE_EVERY`] unless `now`.
+    /// Measures sled's own overhead, and the room left on the file system, again: at most once
+    /// per [`MEASURE_EVERY`] unless `now`.
     fn measure_index(&self, now: bool) {
         {
             let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
@@ -1050,6 +1089,13 @@ impl Inner {
         let allocated = allocated_size(&self.index_dir);
         let overhead = allocated.saturating_sub(self.in_index.load(Ordering::Relaxed));
         self.index_overhead.store(overhead, Ordering::Relaxed);
+        // Space for unprivileged users (f_bavail), as `df` shows it: edge may run as root in a
+        // container, but the blocks kept for root are not the cache's to fill.
+        if let Ok(fs) = rustix::fs::statvfs(&self.bodies) {
+            let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let room = (self.footprint() + available).saturating_sub(self.min_free);
+            self.room.store(room, Ordering::Relaxed);
+        }
     }
 
     fn body_path(&self, key: &[u8], seq: u64) -> PathBuf {
@@ -1078,17 +1124,22 @@ pub struct Spool {
 impl Spool {
     /// Appends a chunk, keeping the tier within its budget meanwhile. Blocking.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), DiskError> {
+        let inner = &self.tier.inner;
+        let len = self.len + chunk.len() as u64;
+        if self.len == 0 || self.len / SPOOL_EVICT_EVERY != len / SPOOL_EVICT_EVERY {
+            // Room for the next stretch, made before it is written.
+            inner.evict_to_budget(SPOOL_EVICT_EVERY)?;
+        }
+        // Larger than all the tier may hold: stop before it fills the disk.
+        if len > inner.budget() {
+            return Err(DiskError::NoRoom);
+        }
         self.file.write_all(chunk)?;
         self.hasher.update(chunk);
-        let before = self.len;
-        self.len += chunk.len() as u64;
-        let inner = &self.tier.inner;
+        self.len = len;
         inner
             .spooling
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if before / SPOOL_EVICT_EVERY != self.len / SPOOL_EVICT_EVERY {
-            inner.evict_to_budget()?;
-        }
         Ok(())
     }
 
@@ -1112,7 +1163,7 @@ impl Spool {
         let encoded = entry.encode_detached(self.body_ref());
         let total = self.len + encoded.len() as u64 + TRAILER;
         let charged = charge(key.len(), rounded(total));
-        if charged > inner.capacity {
+        if charged > inner.budget() {
             return Ok(());
         }
         self.file.write_all(&encoded)?;
@@ -1431,7 +1482,7 @@ mod tests {
     fn tag_rows_go_with_evicted_records() {
         let dir = tempfile::TempDir::new().unwrap();
         let tier =
-            DiskTier::open(dir.path(), 32 << 20, 8 << 20, HeuristicConfig::default()).unwrap();
+            DiskTier::open(dir.path(), 32 << 20, 0, 8 << 20, HeuristicConfig::default()).unwrap();
         let now = SystemTime::now();
         for i in 0..3000u32 {
             let mut headers = HeaderMap::new();
@@ -1484,7 +1535,7 @@ mod tests {
     #[test]
     fn records_in_body_files_are_not_in_sled_and_are_found_after_a_restart() {
         let dir = tempfile::TempDir::new().unwrap();
-        let open = || DiskTier::open(dir.path(), 1 << 30, 8 << 20, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
         let key = |i: u32| blake3::hash(format!("/{i}").as_bytes()).as_bytes().to_vec();
         for i in 0..200u32 {
@@ -1516,7 +1567,7 @@ mod tests {
     #[test]
     fn start_up_keeps_the_newer_of_two_records_for_a_key() {
         let dir = tempfile::TempDir::new().unwrap();
-        let open = || DiskTier::open(dir.path(), 1 << 30, 8 << 20, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
         let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
         let put = |name: &str, body: Vec<u8>| {
@@ -1586,7 +1637,7 @@ mod tests {
     fn a_refreshed_record_of_a_large_body_goes_into_a_copy_of_its_file() {
         let dir = tempfile::TempDir::new().unwrap();
         // Bodies over 64 KiB are served from their files.
-        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 64 << 10, HeuristicConfig::default());
         let tier = open().unwrap();
         let key = blake3::hash(b"/big").as_bytes().to_vec();
         let body: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i * 7 % 251) as u8).collect();
@@ -1640,7 +1691,7 @@ mod tests {
     #[test]
     fn concurrent_first_reads_of_a_large_body_hash_it_once() {
         let dir = tempfile::TempDir::new().unwrap();
-        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 64 << 10, HeuristicConfig::default());
         let key = blake3::hash(b"/big").as_bytes().to_vec();
         let body = vec![7; 4 << 20];
         let tier = open().unwrap();
@@ -1694,7 +1745,7 @@ mod tests {
     fn a_body_file_written_since_start_up_is_read_without_hashing_it() {
         let dir = tempfile::TempDir::new().unwrap();
         // Bodies over 64 KiB are served from their files, and hashed on the blocking pool.
-        let open = || DiskTier::open(dir.path(), 1 << 30, 64 << 10, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 64 << 10, HeuristicConfig::default());
         let body: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i % 251) as u8).collect();
         let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
         let read = |tier: &DiskTier, name: &str| match tier.inner.get(&key(name), false) {
@@ -1717,7 +1768,7 @@ mod tests {
             .unwrap();
         assert_ne!(tier.inner.file_seq(&key("/put")), None);
         read(&tier, "/put");
-        let mut spool = tier.spool(key("/spooled")).unwrap();
+        let mut spool = tier.spool(key("/spooled"), None).unwrap();
         for chunk in body.chunks(100_000) {
             spool.write(chunk).unwrap();
         }
@@ -1781,7 +1832,7 @@ mod tests {
     #[test]
     fn a_store_released_a_moment_after_it_is_closed_opens_again() {
         let dir = tempfile::TempDir::new().unwrap();
-        let open = || DiskTier::open(dir.path(), 1 << 30, 8 << 20, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
         let key = blake3::hash(b"/a").as_bytes().to_vec();
         tier.inner
@@ -1803,7 +1854,7 @@ mod tests {
     #[test]
     fn a_store_held_by_another_handle_is_not_opened_twice() {
         let dir = tempfile::TempDir::new().unwrap();
-        let open = || DiskTier::open(dir.path(), 1 << 30, 8 << 20, HeuristicConfig::default());
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
         assert!(open().is_none());
         let key = blake3::hash(b"/a").as_bytes().to_vec();

@@ -175,6 +175,7 @@ impl MemoryTier {
         super::TierStats {
             entries: self.entries.entry_count(),
             bytes: self.entries.weighted_size(),
+            capacity: self.capacity,
             evictions: self.evictions.load(Ordering::Relaxed),
         }
     }

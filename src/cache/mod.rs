@@ -70,6 +70,9 @@ impl Tier {
 pub struct TierStats {
     pub entries: u64,
     pub bytes: u64,
+    /// What the tier may hold now (disk: less than its capacity when its file system is short of
+    /// room).
+    pub capacity: u64,
     pub evictions: u64,
 }
 
@@ -105,10 +108,11 @@ impl Cache {
     pub async fn open(config: &CacheConfig) -> Self {
         let path = config.disk.path.clone();
         let capacity = config.disk.capacity.0;
+        let min_free = config.disk.min_free.0;
         let heuristic = config.heuristic;
         let stream_over = config.memory.max_object_size.0;
         let disk = tokio::task::spawn_blocking(move || {
-            DiskTier::open(&path, capacity, stream_over, heuristic)
+            DiskTier::open(&path, capacity, min_free, stream_over, heuristic)
         })
         .await
         .unwrap_or_else(|err| {
@@ -262,10 +266,10 @@ impl Cache {
 
     /// Starts writing a response body for `key` to the disk tier as it arrives, for a response
     /// too large for the memory tier. `None` without a disk tier, or when the file cannot be made.
-    pub async fn spool(&self, key: &CacheKey) -> Option<Spool> {
+    pub async fn spool(&self, key: &CacheKey, len: Option<u64>) -> Option<Spool> {
         let disk = self.disk.clone()?;
         let spool_key = key.hash().to_vec();
-        match tokio::task::spawn_blocking(move || disk.spool(spool_key)).await {
+        match tokio::task::spawn_blocking(move || disk.spool(spool_key, len)).await {
             Ok(Ok(spool)) => Some(spool),
             Ok(Err(err)) => {
                 warn!(url = key.url(), %err, "cannot spool a body to disk; it stays in memory");

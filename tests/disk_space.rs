@@ -1,0 +1,182 @@
+//! The disk tier and the space it has: it leaves `cache.disk.min_free` free on its file system
+//! whatever its capacity says, and a body it has no room for is served whole from memory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{Harness, Reply, TestEdge, raw_origin};
+use futures_util::future::join_all;
+
+/// A tmpfs of `size` mounted at `at` for as long as this lives: a file system that fills up.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// `None` where mounting is not allowed (not root), except in CI, which runs as root.
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and must be able to mount a tmpfs"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Self(at.to_owned()))
+    }
+
+    /// Bytes free for unprivileged users, as `df` shows them.
+    fn available(&self) -> u64 {
+        let fs = rustix::fs::statvfs(&self.0).unwrap();
+        fs.f_bavail * fs.f_frsize
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn body(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| ((i * 7 + j) % 251) as u8).collect()
+}
+
+/// A disk tier whose capacity is far larger than its file system keeps `min_free` free by
+/// evicting its oldest objects, and goes on storing: nothing fails for want of space, and sled
+/// (which stops writing for good after one failed write) never sees a full disk.
+#[tokio::test]
+async fn a_disk_tier_larger_than_its_file_system_leaves_min_free_and_keeps_storing() {
+    let h = Harness::new().await;
+    let dir = Arc::new(tempfile::TempDir::new().unwrap());
+    let store = dir.path().join("store");
+    let Some(fs) = SmallFs::mount(&store, "24m") else {
+        return;
+    };
+    let min_free: u64 = 4 << 20;
+    let mut config = common::base_config(&h.origin.url(), dir.path());
+    config.cache.memory.capacity.0 = 1 << 20;
+    config.cache.disk.capacity.0 = 1 << 30;
+    config.cache.disk.min_free.0 = min_free;
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+    // 36 MB of bodies in files and 1.5 MB of small ones in sled, through a 24 MiB file system.
+    let (large, small) = (180, 1500);
+    for i in 0..large {
+        let path = format!("/large/{i}");
+        h.origin.reply(
+            &path,
+            Reply::ok(body(i, 200_000)).header("cache-control", "max-age=600"),
+        );
+        let got = edge.get(&path).await;
+        assert!(got.body == body(i, 200_000), "/large/{i}: wrong body");
+        assert!(got.stored(), "/large/{i}: {}", got.cache_status());
+    }
+    for i in 0..small {
+        let path = format!("/small/{i}");
+        h.origin.reply(
+            &path,
+            Reply::ok(body(i, 1000)).header("cache-control", "max-age=600"),
+        );
+        assert!(edge.get(&path).await.body == body(i, 1000), "/small/{i}");
+    }
+    // sled flushes every 500 ms: let it write what it holds before the file system is measured.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let available = fs.available();
+    // The tier measures the room left every 20 ms, and sled's log grows in steps: allow 1 MiB.
+    assert!(
+        available + (1 << 20) >= min_free,
+        "{available} bytes free, min_free is {min_free}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{tier=\"disk\"}}")))
+            .unwrap_or_else(|| panic!("no {name} for the disk tier in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        gauge("edge_cache_capacity_bytes") < 24 << 20,
+        "the disk tier's capacity should be what the file system has room for"
+    );
+    assert!(gauge("edge_cache_evictions_total") > 0);
+    // After a restart (an empty memory tier) the latest objects of both kinds are disk hits.
+    let edge = edge.restart().await;
+    for (path, want) in [
+        (format!("/large/{}", large - 1), body(large - 1, 200_000)),
+        (format!("/small/{}", small - 1), body(small - 1, 1000)),
+    ] {
+        let got = edge.get(&path).await;
+        assert!(got.is_hit(), "{path}: {}", got.cache_status());
+        assert!(got.body == want, "{path}: wrong body");
+    }
+    let origin_requests = h.origin.hits(&format!("/small/{}", small - 1));
+    assert_eq!(origin_requests, 1);
+    edge.stop().await;
+}
+
+/// A body of unannounced length that outgrows what the disk tier may hold stops being written to
+/// its file there; every reader, joined to the one fetch, still gets the whole body (from the
+/// file up to where it stopped, from memory after), and it is not stored.
+#[tokio::test]
+async fn a_body_with_no_room_on_disk_is_served_whole_from_memory() {
+    let h = Harness::new().await;
+    let whole = body(3, 12 << 20);
+    let mut response = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n\
+        transfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    for part in whole.chunks(64 << 10) {
+        response.extend(format!("{:x}\r\n", part.len()).into_bytes());
+        response.extend_from_slice(part);
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"0\r\n\r\n");
+    let (addr, requests) = raw_origin(Vec::leak(response)).await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+            c.cache.disk.capacity.0 = 4 << 20;
+            c.cache.disk.min_free.0 = 0;
+        })
+        .await;
+    let gets = (0..4).map(|_| edge.get("/unannounced"));
+    let ranged = edge.get_with("/unannounced", &[("range", "bytes=10000000-10000099")]);
+    let (answers, part) = tokio::join!(join_all(gets), ranged);
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), whole.len(), "{}", answer.cache_status());
+        assert!(answer.body == whole, "wrong bytes");
+    }
+    // A range asked for before the length is known is answered with the whole body (200).
+    assert!(
+        part.body == whole
+            || (part.status == 206 && part.body[..] == whole[10_000_000..10_000_100]),
+        "range: {} {}",
+        part.status,
+        part.cache_status()
+    );
+    let fetches = requests.load(std::sync::atomic::Ordering::SeqCst);
+    // Not stored: the next request goes to the origin again, and is served whole.
+    let again = edge.get("/unannounced").await;
+    assert!(again.body == whole);
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        fetches + 1
+    );
+    edge.stop().await;
+}
