@@ -31,6 +31,11 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests before cutting them off.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: Seconds,
+    /// How long a client may take to send a request's head, counted from when the connection
+    /// opened or its previous response was sent: so also how long an idle keep-alive connection
+    /// stays open (nginx's `client_header_timeout`).
+    #[serde(default = "defaults::client_header_timeout")]
+    pub client_header_timeout: Seconds,
 }
 
 /// Client addresses allowed to send `PURGE` on the main listener.
@@ -177,6 +182,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn client_header_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
     }
     pub fn shutdown_timeout() -> Seconds {
         Seconds(Duration::from_secs(30))

@@ -28,13 +28,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
-use axum::serve::ListenerExt;
 use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::service_fn;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
@@ -90,6 +91,7 @@ impl Node {
             };
         }
         keep!(listen, "listen");
+        keep!(client_header_timeout, "client_header_timeout");
         keep!(admin.listen, "admin.listen");
         keep!(cache.memory.capacity, "cache.memory.capacity");
         keep!(cache.memory.max_object_size, "cache.memory.max_object_size");
@@ -129,23 +131,10 @@ impl Node {
             .with_state(edge.clone());
         // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
         // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // Every path and method goes to proxy::handle: a service of its own rather than a Router
-        // fallback, which would add route matching and two extension inserts to every request.
-        let proxy = edge.clone();
-        let accept = service_fn(move |incoming: IncomingStream<'_, _>| {
-            let (edge, peer) = (proxy.clone(), *incoming.remote_addr());
-            let serve =
-                service_fn(move |request| proxy::handle(edge.clone(), peer, request).map(Ok));
-            std::future::ready(Ok::<_, Infallible>(serve))
-        });
-        let main =
-            axum::serve(listener, accept).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let main = serve_clients(listener, edge.clone(), stop.clone());
         let admin =
             axum::serve(admin, admin_app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let main = tokio::spawn(main.into_future());
+        let main = tokio::spawn(main);
         let admin = tokio::spawn(admin.into_future());
         stop.cancelled().await;
         let limit = edge.config().shutdown_timeout.0;
@@ -189,6 +178,73 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: Prometheus text format.
+/// The main listener: HTTP/1.1 and HTTP/2 (prior knowledge) connections, every request to
+/// [`proxy::handle`] (a service of its own rather than a Router fallback, which would add route
+/// matching and two extension inserts to every request), until `stop`; then no new connections,
+/// and the open ones close as their requests end.
+///
+/// A client that takes longer than `client_header_timeout` to send a request head (or leaves a
+/// keep-alive connection idle that long) is disconnected, as nginx does. hyper has no such limit
+/// unless it is given a timer, which axum's `serve` does not give it: slow clients (slowloris)
+/// could hold connections open forever.
+async fn serve_clients(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let header_timeout = edge.config().client_header_timeout.0;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout((!header_timeout.is_zero()).then_some(header_timeout));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let edge = edge.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let request = request.map(axum::body::Body::new);
+            proxy::handle(edge.clone(), peer, request).map(Ok::<_, Infallible>)
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "client connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// An accept that failed: a connection reset before it was accepted is nothing; anything else
+/// (out of file descriptors, most often) is logged and waited out for a second, as axum does.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%err, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     edge.cache.settle();
     let mut response = edge.metrics.render().into_response();

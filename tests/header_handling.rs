@@ -730,3 +730,55 @@ async fn repeated_and_non_ascii_origin_headers_survive_memory_and_disk_hits() {
     check("disk hit", &disk);
     assert_eq!(h.origin.hits("/a"), 1);
 }
+
+/// A client that does not finish its request head within `client_header_timeout` is
+/// disconnected (slowloris), and so is a keep-alive connection left idle that long; one that keeps
+/// sending requests within it is served on the same connection.
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_head_is_disconnected() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/slow-client",
+        Reply::ok("fine").header("cache-control", "max-age=60"),
+    );
+    let edge = h
+        .edge_with(|c| c.client_header_timeout.0 = Duration::from_millis(800))
+        .await;
+    // Closed (read returns 0) within a few timeouts, with nothing sent.
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        matches!(
+            tokio::time::timeout(limit, stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    let mut slow = TcpStream::connect(edge.addr).await.unwrap();
+    slow.write_all(b"GET /slow-client HTTP/1.1\r\nHost: edge\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(5)).await);
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    let mut kept = TcpStream::connect(edge.addr).await.unwrap();
+    let request = b"GET /slow-client HTTP/1.1\r\nHost: edge\r\n\r\n";
+    for _ in 0..3 {
+        kept.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        let response = loop {
+            if let Some(response) = parse_response(&buf) {
+                break response;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = kept.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed while a request was answered");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"fine");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Idle past the timeout: closed.
+    assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
+    edge.stop().await;
+}
