@@ -36,6 +36,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
@@ -131,11 +132,25 @@ impl Node {
             .with_state(edge.clone());
         // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
         // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
-        let main = serve_clients(listener, edge.clone(), stop.clone());
-        let admin =
-            axum::serve(admin, admin_app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let header_timeout = edge.config().client_header_timeout.0;
+        let proxy = edge.clone();
+        let main = serve_clients(
+            listener,
+            header_timeout,
+            stop.clone(),
+            move |peer, request| proxy::handle(proxy.clone(), peer, request),
+        );
+        let admin = serve_clients(admin, header_timeout, stop.clone(), move |_, request| {
+            admin_app
+                .clone()
+                .oneshot(request)
+                .map(|answer| match answer {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                })
+        });
         let main = tokio::spawn(main);
-        let admin = tokio::spawn(admin.into_future());
+        let admin = tokio::spawn(admin);
         stop.cancelled().await;
         let limit = edge.config().shutdown_timeout.0;
         info!(timeout = ?limit, "shutting down: no new connections; finishing in-flight requests");
@@ -178,21 +193,24 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: Prometheus text format.
-/// The main listener: HTTP/1.1 and HTTP/2 (prior knowledge) connections, every request to
-/// [`proxy::handle`] (a service of its own rather than a Router fallback, which would add route
-/// matching and two extension inserts to every request), until `stop`; then no new connections,
-/// and the open ones close as their requests end.
+/// A listener (the main one or the admin one): HTTP/1.1 and HTTP/2 (prior knowledge)
+/// connections, every request to `handle` with the client's address, until `stop`; then no new
+/// connections, and the open ones close as their requests end.
 ///
-/// A client that takes longer than `client_header_timeout` to send a request head (or leaves a
-/// keep-alive connection idle that long) is disconnected, as nginx does. hyper has no such limit
-/// unless it is given a timer, which axum's `serve` does not give it: slow clients (slowloris)
-/// could hold connections open forever.
-async fn serve_clients(
+/// A client that takes longer than `header_timeout` to send a request head (or leaves a keep-alive
+/// connection idle that long) is disconnected, as nginx does. hyper has no such limit unless it is
+/// given a timer, which axum's `serve` does not give it: slow clients (slowloris) could hold
+/// connections open forever.
+async fn serve_clients<H, F>(
     listener: TcpListener,
-    edge: Arc<Edge>,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
-) -> std::io::Result<()> {
-    let header_timeout = edge.config().client_header_timeout.0;
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -211,10 +229,9 @@ async fn serve_clients(
             () = stop.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let edge = edge.clone();
+        let handle = handle.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let request = request.map(axum::body::Body::new);
-            proxy::handle(edge.clone(), peer, request).map(Ok::<_, Infallible>)
+            handle(peer, request.map(axum::body::Body::new)).map(Ok::<_, Infallible>)
         });
         let connection = builder
             .serve_connection(TokioIo::new(tcp), service)
