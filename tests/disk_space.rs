@@ -135,15 +135,8 @@ async fn a_disk_tier_larger_than_its_file_system_leaves_min_free_and_keeps_stori
 async fn a_body_with_no_room_on_disk_is_served_whole_from_memory() {
     let h = Harness::new().await;
     let whole = body(3, 12 << 20);
-    let mut response = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n\
-        transfer-encoding: chunked\r\n\r\n"
-        .to_vec();
-    for part in whole.chunks(64 << 10) {
-        response.extend(format!("{:x}\r\n", part.len()).into_bytes());
-        response.extend_from_slice(part);
-        response.extend_from_slice(b"\r\n");
-    }
-    response.extend_from_slice(b"0\r\n\r\n");
+    let response =
+        common::chunked_response("HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n", &whole);
     let (addr, requests) = raw_origin(Vec::leak(response)).await;
     let edge = h
         .edge_with(|c| {

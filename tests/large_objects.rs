@@ -402,15 +402,10 @@ async fn scripted_origin(replies: Vec<(Duration, Vec<u8>)>) -> std::net::SocketA
 async fn a_refreshed_large_body_of_unannounced_length_is_served_with_its_length() {
     let h = Harness::new().await;
     let body = large(3 << 20);
-    let mut chunked = b"HTTP/1.1 200 OK\r\ncache-control: max-age=10\r\netag: \"c1\"\r\n\
-        transfer-encoding: chunked\r\n\r\n"
-        .to_vec();
-    for part in body.chunks(64 << 10) {
-        chunked.extend(format!("{:x}\r\n", part.len()).into_bytes());
-        chunked.extend_from_slice(part);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
+    let chunked = common::chunked_response(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=10\r\netag: \"c1\"\r\n",
+        &body,
+    );
     let not_modified =
         b"HTTP/1.1 304 Not Modified\r\ncache-control: max-age=10\r\netag: \"c1\"\r\n\r\n".to_vec();
     let addr = scripted_origin(vec![

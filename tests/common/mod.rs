@@ -414,6 +414,19 @@ impl Resp {
 }
 
 /// A free port on 127.0.0.1, for a process that binds it itself.
+/// A raw HTTP/1.1 response: `head` (the status line and fields, each line ending in CRLF) with
+/// `Transfer-Encoding: chunked` added, then `body` in chunks of 64 KiB: a body of unannounced length.
+pub fn chunked_response(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut response = format!("{head}transfer-encoding: chunked\r\n\r\n").into_bytes();
+    for part in body.chunks(64 << 10) {
+        response.extend(format!("{:x}\r\n", part.len()).into_bytes());
+        response.extend_from_slice(part);
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"0\r\n\r\n");
+    response
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
