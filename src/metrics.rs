@@ -236,6 +236,22 @@ impl Collector for CacheCollector {
             None,
             failures.metric_type(),
         )?)?;
+        if let Some(on) = stats.disk_on {
+            let up = ConstGauge::new(i64::from(on));
+            up.encode(encoder.encode_descriptor(
+                "disk_up",
+                "1 while the disk tier is on; 0 while its store, which failed a write (a full file system), is off and being reopened",
+                None,
+                up.metric_type(),
+            )?)?;
+            let failures = ConstCounter::new(stats.disk_failures);
+            failures.encode(encoder.encode_descriptor(
+                "disk_failures",
+                "Times the disk tier went off because its store failed a write",
+                None,
+                failures.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

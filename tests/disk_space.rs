@@ -40,6 +40,18 @@ impl SmallFs {
     }
 }
 
+impl SmallFs {
+    /// Gives the file system `size` in all.
+    fn grow(&self, size: &str) {
+        let grown = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(grown.success());
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -52,7 +64,8 @@ fn body(i: usize, len: usize) -> Vec<u8> {
 
 /// A disk tier whose capacity is far larger than its file system keeps `min_free` free by
 /// evicting its oldest objects, and goes on storing: nothing fails for want of space, and sled
-/// (which stops writing for good after one failed write) never sees a full disk.
+/// (which takes no more writes after one failed, until it is opened again) never sees a full
+/// disk.
 #[tokio::test]
 async fn a_disk_tier_larger_than_its_file_system_leaves_min_free_and_keeps_storing() {
     let h = Harness::new().await;
@@ -171,5 +184,163 @@ async fn a_body_with_no_room_on_disk_is_served_whole_from_memory() {
         requests.load(std::sync::atomic::Ordering::SeqCst),
         fetches + 1
     );
+    edge.stop().await;
+}
+
+/// The disk gauges and counters: `edge_disk_up` and `edge_disk_failures_total`.
+async fn disk_metric(edge: &TestEdge, name: &str) -> u64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn cached(body: Vec<u8>) -> Reply {
+    Reply::ok(body).header("cache-control", "max-age=600")
+}
+
+/// An edge whose disk tier has sled's directory on a 3 MiB file system of its own, which the
+/// tier's measure of room does not see, holding `/kept` (in a body file), `/kept-small` and
+/// `/purged` (both in sled), durably; then small responses are stored until a write fails and
+/// the tier goes off. `None` where mounting is not allowed.
+async fn edge_whose_disk_tier_failed(
+    h: &Harness,
+) -> Option<(TestEdge, SmallFs, Arc<tempfile::TempDir>)> {
+    let dir = Arc::new(tempfile::TempDir::new().unwrap());
+    let store = dir.path().join("store");
+    let index_fs = SmallFs::mount(&store.join("index"), "3m")?;
+    // The store's layout, as edge writes it beside a new index.
+    std::fs::write(store.join("layout"), "edge disk 3\n").unwrap();
+    let mut config = common::base_config(&h.origin.url(), dir.path());
+    // Every hit is read from the disk tier.
+    config.cache.memory.capacity.0 = 1024;
+    config.cache.disk.capacity.0 = 1 << 30;
+    config.cache.disk.min_free.0 = 0;
+    let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
+    for (path, want) in [
+        ("/kept", body(1, 20_000)),
+        ("/kept-small", body(4, 2000)),
+        ("/purged", body(2, 2000)),
+    ] {
+        h.origin.reply(path, cached(want.clone()));
+        assert!(edge.get(path).await.stored());
+        let hit = edge.get(path).await;
+        assert!(hit.is_hit() && hit.body == want, "{path}");
+    }
+    // A purge flushes sled: what it holds so far is on disk.
+    let purge = edge
+        .client
+        .post(format!("http://{}/purge?url=/elsewhere", edge.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
+    let mut stores = 0;
+    while disk_metric(&edge, "edge_disk_up").await == 1 {
+        for _ in 0..50 {
+            let path = format!("/small/{stores}");
+            h.origin.reply(&path, cached(body(stores, 2000)));
+            assert!(edge.get(&path).await.body == body(stores, 2000));
+            stores += 1;
+        }
+        assert!(stores < 20_000, "the disk tier never failed a write");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(disk_metric(&edge, "edge_disk_failures_total").await, 1);
+    Some((edge, index_fs, dir))
+}
+
+/// Purges `/purged` while the tier is off, and changes it at the origin: the purged body is
+/// not served from disk.
+async fn purge_while_off(h: &Harness, edge: &TestEdge) {
+    let purge = edge
+        .client
+        .post(format!("http://{}/purge?url=/purged", edge.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    h.origin.reply("/purged", cached(body(3, 2000)));
+    let got = edge.get("/purged").await;
+    assert!(got.body == body(3, 2000), "the purged body was served");
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    assert_eq!(h.origin.hits("/purged"), 2);
+}
+
+/// When sled's file system fills anyway, sled fails a write and takes no more until it is
+/// opened again. The tier then goes off: what it holds is not served (a purge made meanwhile
+/// cannot reach it) and nothing is stored. Once the file system has room, it is opened again by
+/// itself, with what it held, less what was purged while it was off.
+#[tokio::test]
+async fn a_disk_tier_whose_file_system_filled_comes_back_without_what_was_purged_meanwhile() {
+    let h = Harness::new().await;
+    let Some((edge, index_fs, _dir)) = edge_whose_disk_tier_failed(&h).await else {
+        return;
+    };
+    purge_while_off(&h, &edge).await;
+    // No room yet: it stays off (it tries after 1 s, and 2 s after that).
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert_eq!(disk_metric(&edge, "edge_disk_up").await, 0);
+    // Room again: the tier comes back by itself.
+    index_fs.grow("64m");
+    let waited = std::time::Instant::now();
+    while disk_metric(&edge, "edge_disk_up").await == 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(30),
+            "the disk tier did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // With what it held, in body files and in sled...
+    for (path, want) in [("/kept", body(1, 20_000)), ("/kept-small", body(4, 2000))] {
+        let got = edge.get(path).await;
+        assert!(got.is_hit(), "{path}: {}", got.cache_status());
+        assert!(got.body == want, "{path}");
+        assert_eq!(h.origin.hits(path), 1);
+    }
+    // ...but not what was purged while it was off; and it stores in sled again.
+    let got = edge.get("/purged").await;
+    assert!(got.body == body(3, 2000), "the purged body came back");
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    let got = edge.get("/purged").await;
+    assert!(
+        got.is_hit() && got.body == body(3, 2000),
+        "{}",
+        got.cache_status()
+    );
+    assert_eq!(h.origin.hits("/purged"), 3);
+    assert_eq!(disk_metric(&edge, "edge_disk_failures_total").await, 1);
+    edge.stop().await;
+}
+
+/// Edge stopped while its disk tier is off, with a purge the store has not made: started again,
+/// the store starts empty rather than serve the purged response.
+#[tokio::test]
+async fn a_disk_tier_stopped_while_off_with_a_purge_missed_starts_empty() {
+    let h = Harness::new().await;
+    let Some((edge, index_fs, _dir)) = edge_whose_disk_tier_failed(&h).await else {
+        return;
+    };
+    purge_while_off(&h, &edge).await;
+    index_fs.grow("64m");
+    let edge = edge.restart().await;
+    assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
+    let got = edge.get("/purged").await;
+    assert!(got.body == body(3, 2000), "the purged body came back");
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    let got = edge.get("/kept").await;
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    assert!(got.body == body(1, 20_000));
+    // The new store works.
+    let got = edge.get("/purged").await;
+    assert!(got.is_hit(), "{}", got.cache_status());
     edge.stop().await;
 }

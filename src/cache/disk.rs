@@ -35,13 +35,13 @@
 //! size minus the record bytes it holds. When the sum goes over `cache.disk.capacity`, the oldest
 //! stores are evicted until it is under 95% of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
 use std::ops::Bound;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -74,6 +74,22 @@ const SPOOL_EVICT_EVERY: u64 = 4 << 20;
 const LOW_WATER_PERCENT: u64 = 95;
 /// How often sled's own overhead is measured again.
 const MEASURE_EVERY: Duration = Duration::from_millis(20);
+/// Removals noted for a store that may have missed them; past this, a reopened store starts
+/// empty.
+const JOURNAL_MAX: usize = 10_000;
+/// How often the store is flushed while removals are noted.
+const JOURNAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long after a failed store it is first opened again, and at most between attempts.
+const REOPEN_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// Free space that a failed store is reopened with (its budget then evicts down to
+/// `min_free`, which it cannot while it is closed).
+const REOPEN_ROOM: u64 = 16 << 20;
+/// A store that fails again this soon after it was reopened waits longer to be reopened.
+const REOPEN_STABLE: Duration = Duration::from_secs(60);
+/// What `layout` is renamed to while the tier is off and the store misses removals: a store
+/// found so at start-up starts empty.
+const OFF_MARK: &str = "layout.off";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -90,11 +106,76 @@ pub enum DiskError {
     Large,
     #[error("no room: the body is larger than the disk tier may hold now")]
     NoRoom,
+    #[error("the disk tier is off until its store can be opened again")]
+    Off,
 }
 
 #[derive(Clone)]
 pub struct DiskTier {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+}
+
+/// The tier across reopenings of its store.
+///
+/// sled takes no write at all once one has failed (a full file system, a failing disk), until
+/// it is opened again. The tier is then off: every lookup is a miss and nothing is stored,
+/// because a purge made meanwhile cannot reach the store, and a response it still holds must not
+/// be served after its purge. A thread opens the store again once its file system has room, and
+/// makes there every removal the store may have missed (the [`Journal`]) before it is used.
+struct Shared {
+    /// The open store, or `None` while the tier is off.
+    store: RwLock<Option<Arc<Inner>>>,
+    settings: Settings,
+    heuristic: Mutex<HeuristicConfig>,
+    journal: Mutex<Journal>,
+    counters: Arc<Counters>,
+    /// How many times the tier went off.
+    failures: AtomicU64,
+    /// When the store was last reopened, and how long the last reopening waited at first: a
+    /// store that fails again soon after is tried again less often.
+    backoff: Mutex<(Option<Instant>, Duration)>,
+}
+
+/// What a store is opened with.
+#[derive(Clone)]
+struct Settings {
+    path: PathBuf,
+    capacity: u64,
+    min_free: u64,
+    stream_over: u64,
+}
+
+/// Counters that go on across reopenings.
+#[derive(Default)]
+struct Counters {
+    /// Records evicted to keep the budget.
+    evictions: AtomicU64,
+    /// Records dropped because they failed verification.
+    integrity_failures: AtomicU64,
+}
+
+/// The removals (purges, invalidations) that the store may not hold durably: each is noted once
+/// it has been made (or has failed), and forgotten once a flush that began after it succeeds.
+/// While the tier is off, they are all it has of each one.
+#[derive(Default)]
+struct Journal {
+    /// Each removal, with the number of its latest noting.
+    removals: HashMap<Removal, u64>,
+    next: u64,
+    /// More removals were noted than are kept, every one dropped numbered below this: unless a
+    /// flush begun after it succeeds, the reopened store starts empty.
+    overflowed: Option<u64>,
+    /// The store is marked as missing removals ([`OFF_MARK`]), so that edge, started again
+    /// before the store is reopened, starts it empty.
+    marked: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Removal {
+    /// Every record whose key starts with these bytes.
+    Prefix(Vec<u8>),
+    /// Every record tagged so.
+    Tag(String),
 }
 
 struct Inner {
@@ -115,8 +196,9 @@ struct Inner {
     files: Mutex<BTreeMap<Box<[u8]>, u64>>,
     /// Records held (responses and Vary markers).
     entries: AtomicU64,
-    /// Records evicted to keep the budget.
-    evictions: AtomicU64,
+    counters: Arc<Counters>,
+    /// Set when this store failed: a spool still writing into it stops.
+    off: std::sync::atomic::AtomicBool,
     index_dir: PathBuf,
     bodies: PathBuf,
     /// Σ charged bytes of every record (record, key, bookkeeping, rounded body file).
@@ -126,8 +208,6 @@ struct Inner {
     /// sled's allocated size beyond the record bytes it holds, as last measured.
     index_overhead: AtomicU64,
     measured: Mutex<Instant>,
-    /// Records dropped because they failed verification.
-    integrity_failures: AtomicU64,
     /// Body files verified since start-up, and large ones (over `stream_over`) written since, by
     /// the sequence number of their record (which names the file), with the length and
     /// modification time they had then; a file that no longer has them is verified again. A large
@@ -193,21 +273,15 @@ impl DiskTier {
         stream_over: u64,
         heuristic: HeuristicConfig,
     ) -> Option<Self> {
-        // The lock is also held, for a moment, by the start-up check of a tier that has just
-        // been closed in this process (the check holds the tier while it reads one file), so a
-        // held lock is retried for a while before it counts as another process's.
-        let mut attempts = 0;
-        let first = loop {
-            match Self::try_open(path, capacity, min_free, stream_over, heuristic) {
-                Err(err) if is_locked(&err) && attempts < LOCK_ATTEMPTS => {
-                    attempts += 1;
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                other => break other,
-            }
+        let settings = Settings {
+            path: path.to_owned(),
+            capacity,
+            min_free,
+            stream_over,
         };
-        match first {
-            Ok(tier) => return Some(tier),
+        let counters = Arc::new(Counters::default());
+        let inner = match Inner::open_waiting(&settings, heuristic, &counters, false) {
+            Ok(inner) => inner,
             Err(err) if is_locked(&err) => {
                 error!(path = %path.display(), "disk tier is in use by another process; running with the memory tier only");
                 return None;
@@ -219,28 +293,631 @@ impl DiskTier {
                     error!(%err, "cannot move the broken disk tier aside; running with the memory tier only");
                     return None;
                 }
+                match Inner::open(&settings, heuristic, &counters, false) {
+                    Ok(inner) => inner,
+                    Err(err) => {
+                        error!(path = %path.display(), %err, "cannot create a disk tier; running with the memory tier only");
+                        return None;
+                    }
+                }
+            }
+        };
+        let shared = Arc::new(Shared {
+            store: RwLock::new(Some(inner)),
+            settings,
+            heuristic: Mutex::new(heuristic),
+            journal: Mutex::new(Journal::default()),
+            counters,
+            failures: AtomicU64::new(0),
+            backoff: Mutex::new((None, REOPEN_FIRST)),
+        });
+        keep_flushing(Arc::downgrade(&shared));
+        Some(Self { shared })
+    }
+
+    /// Reads and verifies the record at `key`, and its body file if it has one. A record that
+    /// fails verification is removed and reported as absent.
+    ///
+    /// A record, and a body file up to `cache.memory.max_object_size`, is read on the calling
+    /// thread, as nginx reads its cache files in its worker: on a warm node both are in the page
+    /// cache (sled keeps its own), and a hop to the blocking pool and back cost more than the read
+    /// (the blocking-pool hop took 24% of a core in context switches under a pass-through load).
+    /// A larger body is streamed from its file as it is sent, not read here; verifying it, which
+    /// reads the whole file and is done once per file found at start-up, goes to the blocking pool.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
+        let Some(inner) = self.shared.current() else {
+            return Ok(None);
+        };
+        let result = match inner.get(&key, false) {
+            Err(DiskError::Large) => {
+                let task = inner.clone();
+                flatten(tokio::task::spawn_blocking(move || task.get(&key, true)).await)
+            }
+            other => other,
+        };
+        self.check(&inner, result)
+    }
+
+    /// Stores `record` at `key`, replacing any older record, then evicts the oldest records until
+    /// the tier is within its byte budget.
+    pub async fn put(&self, key: Vec<u8>, record: Record) -> Result<(), DiskError> {
+        let Some(inner) = self.shared.current() else {
+            return Ok(());
+        };
+        let task = inner.clone();
+        let result = flatten(tokio::task::spawn_blocking(move || task.put(&key, &record)).await);
+        self.check(&inner, result)
+    }
+
+    /// Removes every record whose key starts with `prefix` (a URI and all its variants), as part
+    /// of a store: unlike a purge, it is not made again should the store have missed it.
+    pub async fn remove_prefix(&self, prefix: Vec<u8>) -> Result<(), DiskError> {
+        let Some(inner) = self.shared.current() else {
+            return Ok(());
+        };
+        self.remove_under(&inner, prefix).await.map(drop)
+    }
+
+    /// Writes everything stored so far to disk, then holds the budget again: a flush is when
+    /// sled's files grow.
+    pub async fn flush(&self) -> Result<(), DiskError> {
+        let Some((inner, mark)) = self.shared.current_and_mark() else {
+            return Ok(());
+        };
+        let task = inner.clone();
+        let result = flatten(
+            tokio::task::spawn_blocking(move || {
+                task.db.flush()?;
+                task.measure_index(true);
+                task.evict_to_budget(0)
+            })
+            .await,
+        );
+        if result.is_ok() {
+            self.shared.flushed(&inner, mark);
+        }
+        self.check(&inner, result)
+    }
+
+    /// The tier's footprint as the budget counts it.
+    pub fn footprint(&self) -> u64 {
+        self.shared.current().map_or(0, |inner| inner.footprint())
+    }
+
+    /// Starts a body file for `key` that a response streams into while it is served; see
+    /// [`Spool`]; `len`, when known, is the body's length. Blocking: call it off the runtime.
+    pub fn spool(&self, key: Vec<u8>, len: Option<u64>) -> Result<Spool, DiskError> {
+        let Some(inner) = self.shared.current() else {
+            return Err(DiskError::Off);
+        };
+        let started = (|| {
+            // A body that cannot fit is not begun: it would evict everything else first.
+            inner.measure_index(false);
+            if len.is_some_and(|len| len > inner.budget()) {
+                return Err(DiskError::NoRoom);
+            }
+            let seq = inner.db.generate_id()?;
+            let partial = inner.body_path(&key, seq).with_extension("partial");
+            let file = std::fs::File::create(&partial)?;
+            let reader = Arc::new(std::fs::File::open(&partial)?);
+            Ok(Spool {
+                tier: self.clone(),
+                inner: inner.clone(),
+                seq,
+                partial,
+                file,
+                reader,
+                hasher: blake3::Hasher::new(),
+                len: 0,
+            })
+        })();
+        self.check(&inner, started)
+    }
+
+    /// How many records were dropped because they failed verification.
+    pub fn integrity_failures(&self) -> u64 {
+        self.shared
+            .counters
+            .integrity_failures
+            .load(Ordering::Relaxed)
+    }
+
+    /// Whether the tier is on: `false` while its store, which failed a write, is being reopened.
+    pub fn is_on(&self) -> bool {
+        self.shared.current().is_some()
+    }
+
+    /// How many times the tier went off since start-up.
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records held, footprint, and evictions since start-up (nothing held while the tier is
+    /// off).
+    pub fn stats(&self) -> super::TierStats {
+        let current = self.shared.current();
+        super::TierStats {
+            entries: current
+                .as_ref()
+                .map_or(0, |inner| inner.entries.load(Ordering::Relaxed)),
+            bytes: current.as_ref().map_or(0, |inner| inner.footprint()),
+            capacity: current.as_ref().map_or(0, |inner| inner.budget()),
+            evictions: self.shared.counters.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every record whose key starts with `prefix` (a URI and all its variants); returns
+    /// how many responses (not Vary markers) went.
+    pub async fn purge(&self, prefix: Vec<u8>) -> Result<usize, DiskError> {
+        let Some(inner) = self.current_or_note(|| Removal::Prefix(prefix.clone())) else {
+            return Ok(0);
+        };
+        let result = self.remove_under(&inner, prefix.clone()).await;
+        // Noted with the store still held: it cannot be reopened (and its journal replayed)
+        // before this removal is in the journal.
+        self.note(Removal::Prefix(prefix));
+        drop(inner);
+        result
+    }
+
+    /// Removes every record under `prefix` from `inner`; returns how many responses went.
+    async fn remove_under(&self, inner: &Arc<Inner>, prefix: Vec<u8>) -> Result<usize, DiskError> {
+        let task = inner.clone();
+        let result = flatten(
+            tokio::task::spawn_blocking(move || {
+                let mut responses = 0;
+                for (key, is_response) in task.keys_under(&prefix)? {
+                    if task.remove(&key, None)? && is_response {
+                        responses += 1;
+                    }
+                }
+                Ok(responses)
+            })
+            .await,
+        );
+        self.check(inner, result)
+    }
+
+    /// Marks every response stored under `prefix` stale as of `at`, until it is replaced: its
+    /// next use revalidates it (a soft purge). Returns how many were marked. Should the mark be
+    /// lost with a failed write, the reopened store removes them instead.
+    pub async fn mark_stale(&self, prefix: Vec<u8>, at: SystemTime) -> Result<usize, DiskError> {
+        let Some(inner) = self.current_or_note(|| Removal::Prefix(prefix.clone())) else {
+            return Ok(0);
+        };
+        let (task, under) = (inner.clone(), prefix.clone());
+        let at = millis(at).to_be_bytes();
+        let result = flatten(
+            tokio::task::spawn_blocking(move || {
+                let mut marked = 0;
+                for (key, is_response) in task.keys_under(&under)? {
+                    if is_response {
+                        task.soft.insert(key, &at)?;
+                        marked += 1;
+                    }
+                }
+                Ok(marked)
+            })
+            .await,
+        );
+        self.note(Removal::Prefix(prefix));
+        self.check(&inner, result)
+    }
+
+    /// The keys (as [`super::key::CacheKey::url`]) of stored responses that carry the surrogate
+    /// key `tag`, for a purge of the tag, which is noted: should the store miss one of the
+    /// removals that follow (or a record's replacement that took the tag away), it is made again
+    /// when the store is reopened.
+    pub async fn tagged(&self, tag: String) -> Result<Vec<String>, DiskError> {
+        let Some(inner) = self.current_or_note(|| Removal::Tag(tag.clone())) else {
+            return Ok(Vec::new());
+        };
+        let (task, wanted) = (inner.clone(), tag.clone());
+        let result = flatten(
+            tokio::task::spawn_blocking(move || {
+                let mut keys = Vec::new();
+                for (record_key, seq, url) in task.tag_rows(&wanted)? {
+                    if task.current_seq(&record_key)? == Some(seq) {
+                        keys.push(String::from_utf8_lossy(&url).into_owned());
+                    } else {
+                        // The record it was made for is gone (a crash between the two writes).
+                        task.tags.remove(tag_row(&wanted, &record_key, seq))?;
+                    }
+                }
+                Ok(keys)
+            })
+            .await,
+        );
+        self.note(Removal::Tag(tag));
+        self.check(&inner, result)
+    }
+
+    /// Applies a new heuristic configuration to records read from now on.
+    pub fn set_heuristic(&self, heuristic: HeuristicConfig) {
+        // Under the store's lock, which a reopened store is put in under, with this copied in.
+        let store = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
+        *lock(&self.shared.heuristic) = heuristic;
+        if let Some(inner) = &*store {
+            *lock(&inner.heuristic) = heuristic;
+        }
+    }
+
+    /// The open store, or `None` (with `removal` noted for when it is reopened) while the tier
+    /// is off. Checked under the journal's lock, which a reopening holds until the reopened store
+    /// is in use, so that no removal falls between the two.
+    fn current_or_note(&self, removal: impl FnOnce() -> Removal) -> Option<Arc<Inner>> {
+        let mut journal = self.shared.journal();
+        let current = self.shared.current();
+        if current.is_none() {
+            journal.note(removal());
+            self.shared.mark_off(&mut journal);
+        }
+        current
+    }
+
+    /// Notes a removal that was made (or failed): it is forgotten once a flush begun after it
+    /// succeeds.
+    fn note(&self, removal: Removal) {
+        let mut journal = self.shared.journal();
+        journal.note(removal);
+        if self.shared.current().is_none() {
+            self.shared.mark_off(&mut journal);
+        }
+    }
+
+    /// Passes `result` on; a sled error turns the tier off (sled will take no more writes).
+    fn check<T>(&self, inner: &Arc<Inner>, result: Result<T, DiskError>) -> Result<T, DiskError> {
+        if let Err(err @ DiskError::Sled(_)) = &result {
+            self.fail(inner, err);
+        }
+        result
+    }
+
+    /// Turns the tier off, if `inner` is still its store, and starts reopening it.
+    fn fail(&self, inner: &Arc<Inner>, err: &DiskError) {
+        let failed = {
+            let mut store = self.shared.store.write().unwrap_or_else(|p| p.into_inner());
+            match &*store {
+                Some(current) if Arc::ptr_eq(current, inner) => store.take(),
+                _ => None,
+            }
+        };
+        let Some(failed) = failed else { return };
+        failed.off.store(true, Ordering::Relaxed);
+        self.shared.failures.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut journal = self.shared.journal();
+            if !journal.removals.is_empty() || journal.overflowed.is_some() {
+                self.shared.mark_off(&mut journal);
             }
         }
-        match Self::try_open(path, capacity, min_free, stream_over, heuristic) {
-            Ok(tier) => Some(tier),
+        let wait = {
+            let mut backoff = lock(&self.shared.backoff);
+            let (reopened, last) = *backoff;
+            let wait = match reopened {
+                Some(at) if at.elapsed() < REOPEN_STABLE => (last * 2).min(REOPEN_MAX),
+                _ => REOPEN_FIRST,
+            };
+            backoff.1 = wait;
+            wait
+        };
+        error!(%err, retry_in = ?wait, "the disk tier failed a write: it is off (lookups miss, nothing is stored on disk) until its store can be opened again");
+        let shared = Arc::downgrade(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("edge-disk-reopen".into())
+            .spawn(move || reopen(shared, failed, wait));
+        if let Err(err) = spawned {
+            error!(%err, "cannot start reopening the disk tier; it stays off");
+        }
+    }
+}
+
+impl DiskTier {
+    /// The open store.
+    #[cfg(test)]
+    fn inner(&self) -> Arc<Inner> {
+        self.shared.current().expect("the tier is on")
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<Arc<Inner>> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
+    }
+
+    /// The open store and the journal's mark, taken together: every removal noted below the
+    /// mark was made in this store (or noted while off, which it cannot be then).
+    fn current_and_mark(&self) -> Option<(Arc<Inner>, u64)> {
+        let journal = self.journal();
+        self.current().map(|inner| (inner, journal.next))
+    }
+
+    /// A flush of `inner` begun at `mark` succeeded: the removals noted before it are durable,
+    /// if `inner` is still the store.
+    fn flushed(&self, inner: &Arc<Inner>, mark: u64) {
+        let mut journal = self.journal();
+        if self
+            .current()
+            .is_some_and(|current| Arc::ptr_eq(&current, inner))
+        {
+            journal.forget(mark);
+        }
+    }
+
+    /// Marks the store as missing removals, once.
+    fn mark_off(&self, journal: &mut Journal) {
+        if journal.marked {
+            return;
+        }
+        let path = &self.settings.path;
+        match std::fs::rename(path.join("layout"), path.join(OFF_MARK)) {
+            Ok(()) => journal.marked = true,
             Err(err) => {
-                error!(path = %path.display(), %err, "cannot create a disk tier; running with the memory tier only");
-                None
+                warn!(%err, "cannot mark the disk tier as missing purges; should edge stop before it is reopened, it could serve them again");
             }
         }
     }
 
-    fn try_open(
-        path: &Path,
-        capacity: u64,
-        min_free: u64,
-        stream_over: u64,
+    /// Whether sled's file system and the body files' have room to reopen the store in.
+    fn has_room(&self) -> std::io::Result<bool> {
+        let settings = &self.settings;
+        for dir in [settings.path.join("index"), settings.path.join("bodies")] {
+            let dir = if dir.exists() {
+                dir
+            } else {
+                settings.path.clone()
+            };
+            let fs = rustix::fs::statvfs(&dir).map_err(std::io::Error::from)?;
+            if fs.f_bavail.saturating_mul(fs.f_frsize) < REOPEN_ROOM {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Opens the store again and makes in it every removal it may have missed; the tier is on
+    /// again when this succeeds.
+    fn reopen(&self) -> Result<(), DiskError> {
+        let settings = &self.settings;
+        // A store opened onto a full file system would fail again at once.
+        if !self.has_room()? {
+            return Err(DiskError::NoRoom);
+        }
+        // sled leaves a snapshot it failed to write, and would read it as the newest one.
+        if let Ok(entries) = std::fs::read_dir(settings.path.join("index")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("snap.") && name.ends_with(".generating") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let (overflowed, removals, from) = {
+            let journal = self.journal();
+            let removals: Vec<Removal> = journal.removals.keys().cloned().collect();
+            (journal.overflowed, removals, journal.next)
+        };
+        if overflowed.is_some() {
+            warn!(
+                "more purges and invalidations were missed while the disk tier was off than are kept: it starts empty"
+            );
+            empty(&settings.path)?;
+        }
+        let heuristic = *lock(&self.heuristic);
+        let inner = match Inner::open_waiting(settings, heuristic, &self.counters, true) {
+            Ok(inner) => inner,
+            Err(err) if is_locked(&err) || is_io(&err) => return Err(err),
+            Err(err) => {
+                warn!(%err, "the disk tier's store does not open again: it starts empty");
+                empty(&settings.path)?;
+                Inner::open(settings, heuristic, &self.counters, true)?
+            }
+        };
+        // Made without the journal's lock, which purges on the runtime's threads take; then
+        // those noted meanwhile, under it.
+        for removal in &removals {
+            inner.apply(removal)?;
+        }
+        inner.db.flush()?;
+        let mut journal = self.journal();
+        if journal.overflowed != overflowed {
+            // Overflowed since: the next attempt starts empty.
+            return Err(DiskError::Off);
+        }
+        let since: Vec<Removal> = journal
+            .removals
+            .iter()
+            .filter(|&(_, &seq)| seq >= from)
+            .map(|(removal, _)| removal.clone())
+            .collect();
+        for removal in &since {
+            inner.apply(removal)?;
+        }
+        inner.db.flush()?;
+        // The store holds every removal again.
+        if journal.marked {
+            std::fs::rename(settings.path.join(OFF_MARK), settings.path.join("layout"))?;
+            journal.marked = false;
+        }
+        journal.removals.clear();
+        journal.overflowed = None;
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        *lock(&inner.heuristic) = *lock(&self.heuristic);
+        *store = Some(inner);
+        lock(&self.backoff).0 = Some(Instant::now());
+        Ok(())
+    }
+}
+
+impl Journal {
+    fn note(&mut self, removal: Removal) {
+        if self.removals.len() >= JOURNAL_MAX && !self.removals.contains_key(&removal) {
+            self.removals.clear();
+            self.overflowed = Some(self.next);
+        }
+        self.removals.insert(removal, self.next);
+        self.next += 1;
+    }
+
+    /// Forgets the removals noted before `mark`: a flush that began after them succeeded.
+    fn forget(&mut self, mark: u64) {
+        self.removals.retain(|_, &mut seq| seq >= mark);
+        if self.overflowed.is_some_and(|at| at <= mark) {
+            self.overflowed = None;
+        }
+    }
+}
+
+/// Waits for the last user of a failed store to let go of it, which closes it, then opens it
+/// again once there is room: first after `wait`, then less and less often.
+fn reopen(shared: Weak<Shared>, failed: Arc<Inner>, mut wait: Duration) {
+    let mut failed = Some(failed);
+    while let Some(inner) = failed.take() {
+        match Arc::try_unwrap(inner) {
+            Ok(inner) => drop(inner),
+            Err(inner) if shared.strong_count() > 0 => {
+                failed = Some(inner);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(_) => return,
+        }
+    }
+    loop {
+        std::thread::sleep(wait);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match shared.reopen() {
+            Ok(()) => {
+                tracing::info!("the disk tier is on again");
+                return;
+            }
+            Err(DiskError::NoRoom) => {
+                debug!("the disk tier's file system has no room yet");
+            }
+            Err(err) => warn!(%err, "the disk tier cannot be opened again yet"),
+        }
+        wait = (wait * 2).min(REOPEN_MAX);
+    }
+}
+
+/// Flushes the store every [`JOURNAL_FLUSH_EVERY`] while removals are noted, so that they are
+/// forgotten once durable, and a store that can no longer write is found out.
+fn keep_flushing(shared: Weak<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("edge-disk-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(JOURNAL_FLUSH_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let Some((inner, mark)) = shared.current_and_mark() else {
+                    continue;
+                };
+                {
+                    let journal = shared.journal();
+                    if journal.removals.is_empty() && journal.overflowed.is_none() {
+                        continue;
+                    }
+                }
+                match inner.db.flush() {
+                    Ok(_) => shared.flushed(&inner, mark),
+                    Err(err) => DiskTier { shared }.fail(&inner, &err.into()),
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        warn!(%err, "cannot start the disk tier's flush thread");
+    }
+}
+
+/// Deletes what a store holds (its index and body files), keeping the directories, which may
+/// be mount points.
+fn empty(path: &Path) -> std::io::Result<()> {
+    for dir in ["index", "bodies"] {
+        let entries = match std::fs::read_dir(path.join(dir)) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A blocking task's result.
+fn flatten<T>(
+    joined: Result<Result<T, DiskError>, tokio::task::JoinError>,
+) -> Result<T, DiskError> {
+    joined.map_err(DiskError::from).and_then(|result| result)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the store failed to open for want of space or another I/O error (worth trying again
+/// later), rather than because what it holds does not make sense.
+fn is_io(err: &DiskError) -> bool {
+    matches!(err, DiskError::Io(_) | DiskError::Sled(sled::Error::Io(_)))
+}
+
+impl Inner {
+    /// [`Inner::open`], waiting a while for a lock held by a store just closed in this process:
+    /// the start-up check of a closed tier holds it while it reads one file, and sled's own
+    /// threads finish their writes.
+    fn open_waiting(
+        settings: &Settings,
         heuristic: HeuristicConfig,
-    ) -> Result<Self, DiskError> {
+        counters: &Arc<Counters>,
+        reopening: bool,
+    ) -> Result<Arc<Self>, DiskError> {
+        let mut attempts = 0;
+        loop {
+            match Self::open(settings, heuristic, counters, reopening) {
+                Err(err) if is_locked(&err) && attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the store; `reopening` a store that failed in this process, which is read as it is
+    /// even if marked as missing removals (they are made next).
+    fn open(
+        settings: &Settings,
+        heuristic: HeuristicConfig,
+        counters: &Arc<Counters>,
+        reopening: bool,
+    ) -> Result<Arc<Self>, DiskError> {
+        let path = &settings.path;
         let index_dir = path.join("index");
         let bodies = path.join("bodies");
         let layout = path.join("layout");
+        let off = path.join(OFF_MARK);
+        let marked = off.exists();
+        if marked && !reopening {
+            warn!(path = %path.display(), "the disk tier was off when edge stopped, and missed purges: it starts empty");
+            empty(path)?;
+            std::fs::rename(&off, &layout)?;
+        }
         match std::fs::read_to_string(&layout) {
+            _ if marked && reopening => {}
             Ok(text) if text == LAYOUT => {}
             Ok(_) => return Err(DiskError::OldLayout),
             // sled's files directly under the path, or an index without a layout file: a store
@@ -271,13 +948,13 @@ impl DiskTier {
             index: Mutex::new(Index::default()),
             files: Mutex::new(BTreeMap::new()),
             entries: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            counters: counters.clone(),
+            off: std::sync::atomic::AtomicBool::new(false),
             index_dir,
             bodies,
             charged: AtomicU64::new(0),
             in_index: AtomicU64::new(0),
             index_overhead: AtomicU64::new(0),
-            integrity_failures: AtomicU64::new(0),
             verified: moka::sync::Cache::builder()
                 .max_capacity(1 << 20)
                 .build_with_hasher(super::KeyHasher::default()),
@@ -286,175 +963,56 @@ impl DiskTier {
             hashed: AtomicU64::new(0),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
-            capacity,
-            min_free,
+            capacity: settings.capacity,
+            min_free: settings.min_free,
             room: AtomicU64::new(u64::MAX),
-            stream_over,
+            stream_over: settings.stream_over,
             heuristic: Mutex::new(heuristic),
         });
         let files = inner.rebuild()?;
         inner.measure_index(true);
         check_files(Arc::downgrade(&inner), files);
-        Ok(Self { inner })
+        Ok(inner)
     }
 
-    /// Reads and verifies the record at `key`, and its body file if it has one. A record that
-    /// fails verification is removed and reported as absent.
-    ///
-    /// A record, and a body file up to `cache.memory.max_object_size`, is read on the calling
-    /// thread, as nginx reads its cache files in its worker: on a warm node both are in the page
-    /// cache (sled keeps its own), and a hop to the blocking pool and back cost more than the read
-    /// (the blocking-pool hop took 24% of a core in context switches under a pass-through load).
-    /// A larger body is streamed from its file as it is sent, not read here; verifying it, which
-    /// reads the whole file and is done once per file found at start-up, goes to the blocking pool.
-    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
-        match self.inner.get(&key, false) {
-            Err(DiskError::Large) => {
-                let inner = self.inner.clone();
-                tokio::task::spawn_blocking(move || inner.get(&key, true)).await?
+    /// Makes a removal that a failed store may have missed.
+    fn apply(&self, removal: &Removal) -> Result<(), DiskError> {
+        let prefixes = match removal {
+            Removal::Prefix(prefix) => vec![prefix.clone()],
+            // The whole URI of every record tagged so, as a tag purge removes it.
+            Removal::Tag(tag) => self
+                .tag_rows(tag)?
+                .into_iter()
+                .filter_map(|(key, _, _)| key.get(..32).map(<[u8]>::to_vec))
+                .collect(),
+        };
+        for prefix in prefixes {
+            for (key, _) in self.keys_under(&prefix)? {
+                self.remove(&key, None)?;
             }
-            other => other,
         }
+        Ok(())
     }
 
-    /// Stores `record` at `key`, replacing any older record, then evicts the oldest records until
-    /// the tier is within its byte budget.
-    pub async fn put(&self, key: Vec<u8>, record: Record) -> Result<(), DiskError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.put(&key, &record)).await?
-    }
-
-    /// Removes every record whose key starts with `prefix` (a URI and all its variants).
-    pub async fn remove_prefix(&self, prefix: Vec<u8>) -> Result<(), DiskError> {
-        self.purge(prefix).await.map(drop)
-    }
-
-    /// Writes everything stored so far to disk, then holds the budget again: a flush is when
-    /// sled's files grow.
-    pub async fn flush(&self) -> Result<(), DiskError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            inner.db.flush()?;
-            inner.measure_index(true);
-            inner.evict_to_budget(0)
-        })
-        .await?
-    }
-
-    /// The tier's footprint as the budget counts it.
-    pub fn footprint(&self) -> u64 {
-        self.inner.footprint()
-    }
-
-    /// Starts a body file for `key` that a response streams into while it is served; see
-    /// [`Spool`]; `len`, when known, is the body's length. Blocking: call it off the runtime.
-    pub fn spool(&self, key: Vec<u8>, len: Option<u64>) -> Result<Spool, DiskError> {
-        // A body that cannot fit is not begun: it would evict everything else first.
-        self.inner.measure_index(false);
-        if len.is_some_and(|len| len > self.inner.budget()) {
-            return Err(DiskError::NoRoom);
+    /// The rows of the tag index for `tag`: record key, sequence number and URL.
+    #[allow(clippy::type_complexity)]
+    fn tag_rows(&self, tag: &str) -> Result<Vec<(Vec<u8>, u64, IVec)>, DiskError> {
+        let prefix = tag_prefix(tag);
+        let mut rows = Vec::new();
+        for item in self.tags.scan_prefix(&prefix) {
+            let (row, url) = item?;
+            let Some(split) = row.len().checked_sub(8).filter(|&at| at >= prefix.len()) else {
+                continue;
+            };
+            rows.push((
+                row[prefix.len()..split].to_vec(),
+                seq_of(&row[split..]),
+                url,
+            ));
         }
-        let seq = self.inner.db.generate_id()?;
-        let partial = self.inner.body_path(&key, seq).with_extension("partial");
-        let file = std::fs::File::create(&partial)?;
-        let reader = Arc::new(std::fs::File::open(&partial)?);
-        let tier = self.clone();
-        Ok(Spool {
-            tier,
-            seq,
-            partial,
-            file,
-            reader,
-            hasher: blake3::Hasher::new(),
-            len: 0,
-        })
+        Ok(rows)
     }
 
-    /// How many records were dropped because they failed verification.
-    pub fn integrity_failures(&self) -> u64 {
-        self.inner.integrity_failures.load(Ordering::Relaxed)
-    }
-
-    /// Records held, footprint, and evictions since start-up.
-    pub fn stats(&self) -> super::TierStats {
-        super::TierStats {
-            entries: self.inner.entries.load(Ordering::Relaxed),
-            bytes: self.inner.footprint(),
-            capacity: self.inner.budget(),
-            evictions: self.inner.evictions.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Removes every record whose key starts with `prefix` (a URI and all its variants); returns
-    /// how many responses (not Vary markers) went.
-    pub async fn purge(&self, prefix: Vec<u8>) -> Result<usize, DiskError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut responses = 0;
-            for (key, is_response) in inner.keys_under(&prefix)? {
-                if inner.remove(&key, None)? && is_response {
-                    responses += 1;
-                }
-            }
-            Ok(responses)
-        })
-        .await?
-    }
-
-    /// Marks every response stored under `prefix` stale as of `at`, until it is replaced: its
-    /// next use revalidates it (a soft purge). Returns how many were marked.
-    pub async fn mark_stale(&self, prefix: Vec<u8>, at: SystemTime) -> Result<usize, DiskError> {
-        let inner = self.inner.clone();
-        let at = millis(at).to_be_bytes();
-        tokio::task::spawn_blocking(move || {
-            let mut marked = 0;
-            for (key, is_response) in inner.keys_under(&prefix)? {
-                if is_response {
-                    inner.soft.insert(key, &at)?;
-                    marked += 1;
-                }
-            }
-            Ok(marked)
-        })
-        .await?
-    }
-
-    /// The keys (as [`super::key::CacheKey::url`]) of stored responses that carry the surrogate
-    /// key `tag`.
-    pub async fn tagged(&self, tag: String) -> Result<Vec<String>, DiskError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut keys = Vec::new();
-            let prefix = tag_prefix(&tag);
-            for item in inner.tags.scan_prefix(&prefix) {
-                let (row, url) = item?;
-                let Some(split) = row.len().checked_sub(8).filter(|&at| at >= prefix.len()) else {
-                    continue;
-                };
-                let (record_key, seq) = (&row[prefix.len()..split], seq_of(&row[split..]));
-                if inner.current_seq(record_key)? == Some(seq) {
-                    keys.push(String::from_utf8_lossy(&url).into_owned());
-                } else {
-                    // The record it was made for is gone (a crash between the two writes).
-                    inner.tags.remove(&row)?;
-                }
-            }
-            Ok(keys)
-        })
-        .await?
-    }
-
-    /// Applies a new heuristic configuration to records read from now on.
-    pub fn set_heuristic(&self, heuristic: HeuristicConfig) {
-        *self
-            .inner
-            .heuristic
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = heuristic;
-    }
-}
-
-impl Inner {
     fn footprint(&self) -> u64 {
         self.charged.load(Ordering::Relaxed)
             + self.index_overhead.load(Ordering::Relaxed)
@@ -710,7 +1268,9 @@ impl Inner {
         failure: &str,
     ) -> Result<Option<Record>, DiskError> {
         warn!(key = %hex(key), %failure, "dropping a disk record that fails verification");
-        self.integrity_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .integrity_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.remove(key, Some(seq))?;
         Ok(None)
     }
@@ -1070,7 +1630,7 @@ impl Inner {
                 }
             };
             self.unmark(&gone.key)?;
-            self.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
             self.forget(gone);
         }
         Ok(())
@@ -1113,6 +1673,9 @@ impl Inner {
 /// the file.
 pub struct Spool {
     tier: DiskTier,
+    /// The store it was begun in: it is committed there, and only while that is still the
+    /// tier's store.
+    inner: Arc<Inner>,
     seq: u64,
     partial: PathBuf,
     file: std::fs::File,
@@ -1124,20 +1687,24 @@ pub struct Spool {
 impl Spool {
     /// Appends a chunk, keeping the tier within its budget meanwhile. Blocking.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), DiskError> {
-        let inner = &self.tier.inner;
+        // Its store failed: it would hold the store open, and could never be committed.
+        if self.inner.off.load(Ordering::Relaxed) {
+            return Err(DiskError::Off);
+        }
         let len = self.len + chunk.len() as u64;
         if self.len == 0 || self.len / SPOOL_EVICT_EVERY != len / SPOOL_EVICT_EVERY {
             // Room for the next stretch, made before it is written.
-            inner.evict_to_budget(SPOOL_EVICT_EVERY)?;
+            let evicted = self.inner.evict_to_budget(SPOOL_EVICT_EVERY);
+            self.tier.check(&self.inner, evicted)?;
         }
         // Larger than all the tier may hold: stop before it fills the disk.
-        if len > inner.budget() {
+        if len > self.inner.budget() {
             return Err(DiskError::NoRoom);
         }
         self.file.write_all(chunk)?;
         self.hasher.update(chunk);
         self.len = len;
-        inner
+        self.inner
             .spooling
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -1159,30 +1726,40 @@ impl Spool {
 
     /// Stores `entry` at `key`, its body being what was written here. Blocking.
     pub fn commit(mut self, key: Vec<u8>, entry: &StoredEntry) -> Result<(), DiskError> {
-        let inner = self.tier.inner.clone();
-        let encoded = entry.encode_detached(self.body_ref());
-        let total = self.len + encoded.len() as u64 + TRAILER;
-        let charged = charge(key.len(), rounded(total));
-        if charged > inner.budget() {
-            return Ok(());
+        let (tier, inner) = (self.tier.clone(), self.inner.clone());
+        if !tier
+            .shared
+            .current()
+            .is_some_and(|current| Arc::ptr_eq(&current, &inner))
+        {
+            return Err(DiskError::Off);
         }
-        self.file.write_all(&encoded)?;
-        self.file.write_all(&trailer(encoded.len()))?;
-        let stamp = stamp(&self.file)?;
-        inner.index_tags(&key, self.seq, entry)?;
-        std::fs::rename(&self.partial, inner.body_path(&key, self.seq))?;
-        let seq = self.seq;
-        if self.len > inner.stream_over {
-            inner.verified.insert(seq, stamp);
-        }
-        drop(self);
-        inner.commit_file(&key, seq, charged)
+        let committed = (|| {
+            let encoded = entry.encode_detached(self.body_ref());
+            let total = self.len + encoded.len() as u64 + TRAILER;
+            let charged = charge(key.len(), rounded(total));
+            if charged > inner.budget() {
+                return Ok(());
+            }
+            self.file.write_all(&encoded)?;
+            self.file.write_all(&trailer(encoded.len()))?;
+            let stamp = stamp(&self.file)?;
+            inner.index_tags(&key, self.seq, entry)?;
+            std::fs::rename(&self.partial, inner.body_path(&key, self.seq))?;
+            let seq = self.seq;
+            if self.len > inner.stream_over {
+                inner.verified.insert(seq, stamp);
+            }
+            drop(self);
+            inner.commit_file(&key, seq, charged)
+        })();
+        tier.check(&inner, committed)
     }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        release(&self.tier.inner.spooling, self.len);
+        release(&self.inner.spooling, self.len);
         // Committed spools were renamed away; anything else is abandoned.
         let _ = std::fs::remove_file(&self.partial);
     }
@@ -1504,13 +2081,13 @@ mod tests {
             let key = blake3::hash(format!("http://o/{i}").as_bytes())
                 .as_bytes()
                 .to_vec();
-            tier.inner
+            tier.inner()
                 .put(&key, &Record::Entry(Arc::new(entry)))
                 .unwrap();
         }
-        let records = tier.inner.entries.load(Ordering::Relaxed) as usize;
-        let tags = tier.inner.tags.len();
-        assert!(tier.inner.evictions.load(Ordering::Relaxed) > 1000);
+        let records = tier.inner().entries.load(Ordering::Relaxed) as usize;
+        let tags = tier.inner().tags.len();
+        assert!(tier.inner().counters.evictions.load(Ordering::Relaxed) > 1000);
         assert_eq!(tags, 2 * records, "tag rows {tags} for {records} records");
     }
 
@@ -1540,20 +2117,20 @@ mod tests {
         let key = |i: u32| blake3::hash(format!("/{i}").as_bytes()).as_bytes().to_vec();
         for i in 0..200u32 {
             let body = vec![i as u8; if i % 2 == 0 { 16 << 10 } else { 1000 }];
-            tier.inner
+            tier.inner()
                 .put(&key(i), &entry(&format!("/{i}"), body))
                 .unwrap();
         }
-        assert_eq!(tier.inner.records.len(), 100, "only the inline ones");
+        assert_eq!(tier.inner().records.len(), 100, "only the inline ones");
         assert_eq!(tier.stats().entries, 200);
-        let charged = tier.inner.charged.load(Ordering::Relaxed);
+        let charged = tier.inner().charged.load(Ordering::Relaxed);
         drop(tier);
 
         let tier = open().unwrap();
         assert_eq!(tier.stats().entries, 200);
-        assert_eq!(tier.inner.charged.load(Ordering::Relaxed), charged);
+        assert_eq!(tier.inner().charged.load(Ordering::Relaxed), charged);
         for i in 0..200u32 {
-            let Some(Record::Entry(found)) = tier.inner.get(&key(i), false).unwrap() else {
+            let Some(Record::Entry(found)) = tier.inner().get(&key(i), false).unwrap() else {
                 panic!("/{i} is gone");
             };
             let len = if i % 2 == 0 { 16 << 10 } else { 1000 };
@@ -1571,11 +2148,11 @@ mod tests {
         let tier = open().unwrap();
         let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
         let put = |name: &str, body: Vec<u8>| {
-            tier.inner.put(&key(name), &entry(name, body)).unwrap();
+            tier.inner().put(&key(name), &entry(name, body)).unwrap();
         };
         let file_of = |name: &str| {
-            let seq = tier.inner.file_seq(&key(name)).expect("a body file");
-            let path = tier.inner.body_path(&key(name), seq);
+            let seq = tier.inner().file_seq(&key(name)).expect("a body file");
+            let path = tier.inner().body_path(&key(name), seq);
             (path.clone(), std::fs::read(path).unwrap())
         };
         for i in 0..50 {
@@ -1591,9 +2168,9 @@ mod tests {
         let replaced_file = file_of("/file-then-inline");
         put("/file-then-inline", vec![4; 900]);
         put("/inline-then-file", vec![5; 900]);
-        let replaced_record = tier.inner.records.get(key("/inline-then-file")).unwrap();
+        let replaced_record = tier.inner().records.get(key("/inline-then-file")).unwrap();
         put("/inline-then-file", vec![6; 16 << 10]);
-        let charged = tier.inner.charged.load(Ordering::Relaxed);
+        let charged = tier.inner().charged.load(Ordering::Relaxed);
         drop(tier);
 
         // What a crash between storing a record and deleting the one it replaced leaves.
@@ -1610,14 +2187,14 @@ mod tests {
 
         let tier = open().unwrap();
         assert_eq!(tier.stats().entries, 53);
-        assert_eq!(tier.inner.charged.load(Ordering::Relaxed), charged);
+        assert_eq!(tier.inner().charged.load(Ordering::Relaxed), charged);
         assert!(!older_file.0.exists() && !replaced_file.0.exists());
-        assert!(tier.inner.file_seq(&key("/inline-then-file")).is_some());
+        assert!(tier.inner().file_seq(&key("/inline-then-file")).is_some());
         assert_eq!(
-            tier.inner.records.get(key("/inline-then-file")).unwrap(),
+            tier.inner().records.get(key("/inline-then-file")).unwrap(),
             None
         );
-        let body = |name: &str| match tier.inner.get(&key(name), false).unwrap() {
+        let body = |name: &str| match tier.inner().get(&key(name), false).unwrap() {
             Some(Record::Entry(found)) => found.body.clone(),
             _ => panic!("{name} is gone"),
         };
@@ -1641,8 +2218,10 @@ mod tests {
         let tier = open().unwrap();
         let key = blake3::hash(b"/big").as_bytes().to_vec();
         let body: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i * 7 % 251) as u8).collect();
-        tier.inner.put(&key, &entry("/big", body.clone())).unwrap();
-        let Some(Record::Entry(stale)) = tier.inner.get(&key, true).unwrap() else {
+        tier.inner()
+            .put(&key, &entry("/big", body.clone()))
+            .unwrap();
+        let Some(Record::Entry(stale)) = tier.inner().get(&key, true).unwrap() else {
             panic!("/big is gone");
         };
         assert!(stale.spilled.is_some() && stale.body.is_empty());
@@ -1660,20 +2239,20 @@ mod tests {
             &HeuristicConfig::default(),
         );
         refreshed.spilled = stale.spilled.clone();
-        tier.inner
+        tier.inner()
             .put(&key, &Record::Entry(Arc::new(refreshed)))
             .unwrap();
         drop(stale);
         assert_eq!(tier.stats().entries, 1);
         assert_eq!(
-            tier.inner.records.len(),
+            tier.inner().records.len(),
             0,
             "the record is in the file, not in sled"
         );
         drop(tier);
 
         let tier = open().unwrap();
-        let Some(Record::Entry(found)) = tier.inner.get(&key, true).unwrap() else {
+        let Some(Record::Entry(found)) = tier.inner().get(&key, true).unwrap() else {
             panic!("the refreshed record is gone");
         };
         assert_eq!(found.headers.to_map()["x-version"], "2");
@@ -1695,12 +2274,14 @@ mod tests {
         let key = blake3::hash(b"/big").as_bytes().to_vec();
         let body = vec![7; 4 << 20];
         let tier = open().unwrap();
-        tier.inner.put(&key, &entry("/big", body.clone())).unwrap();
+        tier.inner()
+            .put(&key, &entry("/big", body.clone()))
+            .unwrap();
         drop(tier);
         let tier = open().unwrap();
         let readers: Vec<_> = (0..8)
             .map(|_| {
-                let (inner, key) = (tier.inner.clone(), key.clone());
+                let (inner, key) = (tier.inner().clone(), key.clone());
                 std::thread::spawn(move || match inner.get(&key, true).unwrap() {
                     Some(Record::Entry(found)) => found.content_length(),
                     _ => panic!("/big is gone"),
@@ -1710,7 +2291,7 @@ mod tests {
         for reader in readers {
             assert_eq!(reader.join().unwrap(), body.len() as u64);
         }
-        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.inner().hashed.load(Ordering::Relaxed), 1);
 
         // A file that fails is dropped by the read that hashed it; those that waited find it gone.
         drop(tier);
@@ -1727,14 +2308,14 @@ mod tests {
         let tier = open().unwrap();
         let readers: Vec<_> = (0..8)
             .map(|_| {
-                let (inner, key) = (tier.inner.clone(), key.clone());
+                let (inner, key) = (tier.inner().clone(), key.clone());
                 std::thread::spawn(move || inner.get(&key, true).unwrap().is_none())
             })
             .collect();
         for reader in readers {
             assert!(reader.join().unwrap(), "a corrupt body is never read");
         }
-        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.inner().hashed.load(Ordering::Relaxed), 1);
         assert_eq!(tier.integrity_failures(), 1);
     }
 
@@ -1748,7 +2329,7 @@ mod tests {
         let open = || DiskTier::open(dir.path(), 1 << 30, 0, 64 << 10, HeuristicConfig::default());
         let body: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i % 251) as u8).collect();
         let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
-        let read = |tier: &DiskTier, name: &str| match tier.inner.get(&key(name), false) {
+        let read = |tier: &DiskTier, name: &str| match tier.inner().get(&key(name), false) {
             Ok(Some(Record::Entry(found))) => {
                 let spilled = found.spilled.clone().expect("served from its file");
                 assert_eq!(spilled.read_at(0, spilled.len).unwrap(), body);
@@ -1758,15 +2339,15 @@ mod tests {
             _ => panic!("{name} is gone"),
         };
         let tier = open().unwrap();
-        tier.inner
+        tier.inner()
             .put(&key("/put"), &entry("/put", body.clone()))
             .unwrap();
         let found = read(&tier, "/put");
         // A 304's refresh: the new record goes into a copy of the file.
-        tier.inner
+        tier.inner()
             .put(&key("/put"), &Record::Entry(found.clone()))
             .unwrap();
-        assert_ne!(tier.inner.file_seq(&key("/put")), None);
+        assert_ne!(tier.inner().file_seq(&key("/put")), None);
         read(&tier, "/put");
         let mut spool = tier.spool(key("/spooled"), None).unwrap();
         for chunk in body.chunks(100_000) {
@@ -1777,19 +2358,19 @@ mod tests {
         };
         spool.commit(key("/spooled"), &head).unwrap();
         read(&tier, "/spooled");
-        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 0);
+        assert_eq!(tier.inner().hashed.load(Ordering::Relaxed), 0);
         drop(tier);
 
         let tier = open().unwrap();
         for name in ["/put", "/spooled"] {
             assert!(matches!(
-                tier.inner.get(&key(name), false),
+                tier.inner().get(&key(name), false),
                 Err(DiskError::Large)
             ));
-            assert!(tier.inner.get(&key(name), true).unwrap().is_some());
+            assert!(tier.inner().get(&key(name), true).unwrap().is_some());
             read(&tier, name);
         }
-        assert_eq!(tier.inner.hashed.load(Ordering::Relaxed), 2);
+        assert_eq!(tier.inner().hashed.load(Ordering::Relaxed), 2);
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file
@@ -1835,10 +2416,10 @@ mod tests {
         let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
         let key = blake3::hash(b"/a").as_bytes().to_vec();
-        tier.inner
+        tier.inner()
             .put(&key, &entry("/a", vec![1; 16 << 10]))
             .unwrap();
-        let held = tier.inner.clone();
+        let held = tier.inner().clone();
         drop(tier);
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -1858,9 +2439,9 @@ mod tests {
         let tier = open().unwrap();
         assert!(open().is_none());
         let key = blake3::hash(b"/a").as_bytes().to_vec();
-        tier.inner.put(&key, &entry("/a", vec![2; 100])).unwrap();
+        tier.inner().put(&key, &entry("/a", vec![2; 100])).unwrap();
         assert!(matches!(
-            tier.inner.get(&key, false),
+            tier.inner().get(&key, false),
             Ok(Some(Record::Entry(_)))
         ));
     }

@@ -89,6 +89,11 @@ pub struct CacheStats {
     /// `None` when edge runs without a disk tier.
     pub disk: Option<TierStats>,
     pub integrity_failures: u64,
+    /// Whether the disk tier is on (`None` without one): off while its store, which failed a
+    /// write, is being reopened.
+    pub disk_on: Option<bool>,
+    /// How many times the disk tier went off.
+    pub disk_failures: u64,
 }
 
 pub struct Cache {
@@ -271,6 +276,8 @@ impl Cache {
         let spool_key = key.hash().to_vec();
         match tokio::task::spawn_blocking(move || disk.spool(spool_key, len)).await {
             Ok(Ok(spool)) => Some(spool),
+            // Off: said once, when it went off.
+            Ok(Err(disk::DiskError::Off)) => None,
             Ok(Err(err)) => {
                 warn!(url = key.url(), %err, "cannot spool a body to disk; it stays in memory");
                 None
@@ -307,6 +314,7 @@ impl Cache {
         })
         .await;
         let entry = match committed {
+            Ok((Err(disk::DiskError::Off), _)) => return,
             Ok((Err(err), _)) => {
                 warn!(url = key.url(), %err, "disk tier store failed");
                 return;
@@ -402,6 +410,8 @@ impl Cache {
             memory: Some(self.memory.stats()),
             disk: self.disk.as_ref().map(DiskTier::stats),
             integrity_failures: self.disk.as_ref().map_or(0, DiskTier::integrity_failures),
+            disk_on: self.disk.as_ref().map(DiskTier::is_on),
+            disk_failures: self.disk.as_ref().map_or(0, DiskTier::failures),
         }
     }
 
