@@ -330,8 +330,10 @@ async fn a_disk_tier_stopped_while_off_with_a_purge_missed_starts_empty() {
         return;
     };
     purge_while_off(&h, &edge).await;
+    let config = edge.config.clone();
+    let dir = edge.stop().await;
     index_fs.grow("64m");
-    let edge = edge.restart().await;
+    let edge = TestEdge::start(config, h.clock.clone(), dir).await;
     assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
     let got = edge.get("/purged").await;
     assert!(got.body == body(3, 2000), "the purged body came back");

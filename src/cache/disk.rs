@@ -325,17 +325,16 @@ impl DiskTier {
     /// A larger body is streamed from its file as it is sent, not read here; verifying it, which
     /// reads the whole file and is done once per file found at start-up, goes to the blocking pool.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Record>, DiskError> {
+        // A failed read leaves sled able to write: it does not turn the tier off.
         let Some(inner) = self.shared.current() else {
             return Ok(None);
         };
-        let result = match inner.get(&key, false) {
+        match inner.get(&key, false) {
             Err(DiskError::Large) => {
-                let task = inner.clone();
-                flatten(tokio::task::spawn_blocking(move || task.get(&key, true)).await)
+                flatten(tokio::task::spawn_blocking(move || inner.get(&key, true)).await)
             }
             other => other,
-        };
-        self.check(&inner, result)
+        }
     }
 
     /// Stores `record` at `key`, replacing any older record, then evicts the oldest records until
@@ -344,9 +343,8 @@ impl DiskTier {
         let Some(inner) = self.shared.current() else {
             return Ok(());
         };
-        let task = inner.clone();
-        let result = flatten(tokio::task::spawn_blocking(move || task.put(&key, &record)).await);
-        self.check(&inner, result)
+        self.blocking(inner, None, move |inner| inner.put(&key, &record))
+            .await
     }
 
     /// Removes every record whose key starts with `prefix` (a URI and all its variants), as part
@@ -355,7 +353,9 @@ impl DiskTier {
         let Some(inner) = self.shared.current() else {
             return Ok(());
         };
-        self.remove_under(&inner, prefix).await.map(drop)
+        self.blocking(inner, None, move |inner| inner.remove_under(&prefix))
+            .await
+            .map(drop)
     }
 
     /// Writes everything stored so far to disk, then holds the budget again: a flush is when
@@ -364,19 +364,14 @@ impl DiskTier {
         let Some((inner, mark)) = self.shared.current_and_mark() else {
             return Ok(());
         };
-        let task = inner.clone();
-        let result = flatten(
-            tokio::task::spawn_blocking(move || {
-                task.db.flush()?;
-                task.measure_index(true);
-                task.evict_to_budget(0)
-            })
-            .await,
-        );
-        if result.is_ok() {
-            self.shared.flushed(&inner, mark);
-        }
-        self.check(&inner, result)
+        let shared = self.shared.clone();
+        self.blocking(inner, None, move |inner| {
+            inner.db.flush()?;
+            shared.flushed(inner, mark);
+            inner.measure_index(true);
+            inner.evict_to_budget(0)
+        })
+        .await
     }
 
     /// The tier's footprint as the budget counts it.
@@ -452,30 +447,9 @@ impl DiskTier {
         let Some(inner) = self.current_or_note(|| Removal::Prefix(prefix.clone())) else {
             return Ok(0);
         };
-        let result = self.remove_under(&inner, prefix.clone()).await;
-        // Noted with the store still held: it cannot be reopened (and its journal replayed)
-        // before this removal is in the journal.
-        self.note(Removal::Prefix(prefix));
-        drop(inner);
-        result
-    }
-
-    /// Removes every record under `prefix` from `inner`; returns how many responses went.
-    async fn remove_under(&self, inner: &Arc<Inner>, prefix: Vec<u8>) -> Result<usize, DiskError> {
-        let task = inner.clone();
-        let result = flatten(
-            tokio::task::spawn_blocking(move || {
-                let mut responses = 0;
-                for (key, is_response) in task.keys_under(&prefix)? {
-                    if task.remove(&key, None)? && is_response {
-                        responses += 1;
-                    }
-                }
-                Ok(responses)
-            })
-            .await,
-        );
-        self.check(inner, result)
+        let noted = Removal::Prefix(prefix.clone());
+        self.blocking(inner, Some(noted), move |inner| inner.remove_under(&prefix))
+            .await
     }
 
     /// Marks every response stored under `prefix` stale as of `at`, until it is replaced: its
@@ -485,23 +459,19 @@ impl DiskTier {
         let Some(inner) = self.current_or_note(|| Removal::Prefix(prefix.clone())) else {
             return Ok(0);
         };
-        let (task, under) = (inner.clone(), prefix.clone());
         let at = millis(at).to_be_bytes();
-        let result = flatten(
-            tokio::task::spawn_blocking(move || {
-                let mut marked = 0;
-                for (key, is_response) in task.keys_under(&under)? {
-                    if is_response {
-                        task.soft.insert(key, &at)?;
-                        marked += 1;
-                    }
+        let noted = Removal::Prefix(prefix.clone());
+        self.blocking(inner, Some(noted), move |inner| {
+            let mut marked = 0;
+            for (key, is_response) in inner.keys_under(&prefix)? {
+                if is_response {
+                    inner.soft.insert(key, &at)?;
+                    marked += 1;
                 }
-                Ok(marked)
-            })
-            .await,
-        );
-        self.note(Removal::Prefix(prefix));
-        self.check(&inner, result)
+            }
+            Ok(marked)
+        })
+        .await
     }
 
     /// The keys (as [`super::key::CacheKey::url`]) of stored responses that carry the surrogate
@@ -512,24 +482,40 @@ impl DiskTier {
         let Some(inner) = self.current_or_note(|| Removal::Tag(tag.clone())) else {
             return Ok(Vec::new());
         };
-        let (task, wanted) = (inner.clone(), tag.clone());
-        let result = flatten(
-            tokio::task::spawn_blocking(move || {
-                let mut keys = Vec::new();
-                for (record_key, seq, url) in task.tag_rows(&wanted)? {
-                    if task.current_seq(&record_key)? == Some(seq) {
-                        keys.push(String::from_utf8_lossy(&url).into_owned());
-                    } else {
-                        // The record it was made for is gone (a crash between the two writes).
-                        task.tags.remove(tag_row(&wanted, &record_key, seq))?;
-                    }
+        let noted = Removal::Tag(tag.clone());
+        self.blocking(inner, Some(noted), move |inner| {
+            let mut keys = Vec::new();
+            for (record_key, seq, url) in inner.tag_rows(&tag)? {
+                if inner.current_seq(&record_key)? == Some(seq) {
+                    keys.push(String::from_utf8_lossy(&url).into_owned());
+                } else {
+                    // The record it was made for is gone (a crash between the two writes).
+                    inner.tags.remove(tag_row(&tag, &record_key, seq))?;
                 }
-                Ok(keys)
-            })
-            .await,
-        );
-        self.note(Removal::Tag(tag));
-        self.check(&inner, result)
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// Runs `work` on `inner` off the runtime, to its end even if the caller goes away; then
+    /// turns the tier off if sled failed, and notes `noted` (a removal) with the store still
+    /// held, so that it cannot be reopened, its journal replayed, before the removal is noted.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        inner: Arc<Inner>,
+        noted: Option<Removal>,
+        work: impl FnOnce(&Arc<Inner>) -> Result<T, DiskError> + Send + 'static,
+    ) -> Result<T, DiskError> {
+        let tier = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let result = tier.check(&inner, work(&inner));
+            if let Some(removal) = noted {
+                tier.note(removal);
+            }
+            result
+        });
+        flatten(done.await)
     }
 
     /// Applies a new heuristic configuration to records read from now on.
@@ -645,6 +631,23 @@ impl Shared {
             .is_some_and(|current| Arc::ptr_eq(&current, inner))
         {
             journal.forget(mark);
+            self.unmark_if_whole(&mut journal);
+        }
+    }
+
+    /// Renames `layout.off` back once the store misses no removal (it is on, and every one
+    /// noted was flushed).
+    fn unmark_if_whole(&self, journal: &mut Journal) {
+        if !journal.marked || !journal.removals.is_empty() || journal.overflowed.is_some() {
+            return;
+        }
+        let path = &self.settings.path;
+        match std::fs::rename(path.join(OFF_MARK), path.join("layout")) {
+            Ok(()) => journal.marked = false,
+            Err(err) if err.kind() == ErrorKind::NotFound && path.join("layout").exists() => {
+                journal.marked = false;
+            }
+            Err(err) => warn!(%err, "cannot rename the disk tier's layout.off back to layout"),
         }
     }
 
@@ -683,20 +686,6 @@ impl Shared {
     /// again when this succeeds.
     fn reopen(&self) -> Result<(), DiskError> {
         let settings = &self.settings;
-        // A store opened onto a full file system would fail again at once.
-        if !self.has_room()? {
-            return Err(DiskError::NoRoom);
-        }
-        // sled leaves a snapshot it failed to write, and would read it as the newest one.
-        if let Ok(entries) = std::fs::read_dir(settings.path.join("index")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("snap.") && name.ends_with(".generating") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
         let (overflowed, removals, from) = {
             let journal = self.journal();
             let removals: Vec<Removal> = journal.removals.keys().cloned().collect();
@@ -708,6 +697,14 @@ impl Shared {
             );
             empty(&settings.path)?;
         }
+        // A store opened onto a full file system would fail again at once. While it is closed,
+        // what it may hold is kept down by deleting its oldest body files, as its budget would.
+        if !self.has_room()? {
+            delete_oldest_bodies(&settings.path.join("bodies"))?;
+            if !self.has_room()? {
+                return Err(DiskError::NoRoom);
+            }
+        }
         let heuristic = *lock(&self.heuristic);
         let inner = match Inner::open_waiting(settings, heuristic, &self.counters, true) {
             Ok(inner) => inner,
@@ -718,8 +715,8 @@ impl Shared {
                 Inner::open(settings, heuristic, &self.counters, true)?
             }
         };
-        // Made without the journal's lock, which purges on the runtime's threads take; then
-        // those noted meanwhile, under it.
+        // Made and flushed without the journal's lock, which purges take; then those noted
+        // meanwhile are made under it (they stay noted until the next flush).
         for removal in &removals {
             inner.apply(removal)?;
         }
@@ -729,29 +726,47 @@ impl Shared {
             // Overflowed since: the next attempt starts empty.
             return Err(DiskError::Off);
         }
-        let since: Vec<Removal> = journal
-            .removals
-            .iter()
-            .filter(|&(_, &seq)| seq >= from)
-            .map(|(removal, _)| removal.clone())
-            .collect();
-        for removal in &since {
+        for (removal, _) in journal.removals.iter().filter(|&(_, &seq)| seq >= from) {
             inner.apply(removal)?;
         }
-        inner.db.flush()?;
-        // The store holds every removal again.
-        if journal.marked {
-            std::fs::rename(settings.path.join(OFF_MARK), settings.path.join("layout"))?;
-            journal.marked = false;
-        }
-        journal.removals.clear();
+        journal.forget(from);
         journal.overflowed = None;
+        self.unmark_if_whole(&mut journal);
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         *lock(&inner.heuristic) = *lock(&self.heuristic);
         *store = Some(inner);
         lock(&self.backoff).0 = Some(Instant::now());
         Ok(())
     }
+}
+
+/// Deletes the oldest body files (by their records' sequence numbers) until the file system
+/// has [`REOPEN_ROOM`] free, or none is left: what a closed store's budget can still do.
+fn delete_oldest_bodies(bodies: &Path) -> std::io::Result<()> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(bodies)?
+        .flatten()
+        .filter_map(|entry| {
+            let (_, seq) = parse_name(entry.file_name().to_str()?)?;
+            Some((seq, entry.path()))
+        })
+        .collect();
+    files.sort_unstable_by_key(|&(seq, _)| seq);
+    let mut deleted = 0;
+    for (_, path) in files {
+        let fs = rustix::fs::statvfs(bodies).map_err(std::io::Error::from)?;
+        if fs.f_bavail.saturating_mul(fs.f_frsize) >= REOPEN_ROOM {
+            break;
+        }
+        std::fs::remove_file(path)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        warn!(
+            deleted,
+            "deleted the oldest body files of the closed disk tier to make room for it"
+        );
+    }
+    Ok(())
 }
 
 impl Journal {
@@ -837,6 +852,25 @@ fn keep_flushing(shared: Weak<Shared>) {
     }
 }
 
+/// Deletes the snapshots sled began and did not finish; whether there were any.
+fn drop_unfinished_snapshots(index_dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(index_dir) else {
+        return false;
+    };
+    let mut dropped = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.")
+            && name.ends_with(".generating")
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            dropped = true;
+        }
+    }
+    dropped
+}
+
 /// Deletes what a store holds (its index and body files), keeping the directories, which may
 /// be mount points.
 fn empty(path: &Path) -> std::io::Result<()> {
@@ -848,6 +882,9 @@ fn empty(path: &Path) -> std::io::Result<()> {
         };
         for entry in entries {
             let entry = entry?;
+            if entry.file_name() == "lost+found" {
+                continue;
+            }
             if entry.file_type()?.is_dir() {
                 std::fs::remove_dir_all(entry.path())?;
             } else {
@@ -912,6 +949,13 @@ impl Inner {
         let off = path.join(OFF_MARK);
         let marked = off.exists();
         if marked && !reopening {
+            // Not while another process has it open: sled's lock says so.
+            if let Err(err) = sled::Config::new().path(&index_dir).open() {
+                let err = DiskError::from(err);
+                if is_locked(&err) {
+                    return Err(err);
+                }
+            }
             warn!(path = %path.display(), "the disk tier was off when edge stopped, and missed purges: it starts empty");
             empty(path)?;
             std::fs::rename(&off, &layout)?;
@@ -932,11 +976,21 @@ impl Inner {
             Err(err) => return Err(err.into()),
         }
         std::fs::create_dir_all(&bodies)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&index_dir)
             .cache_capacity(32 << 20)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        let db = match config.open() {
+            // sled leaves a snapshot it failed to finish (a full disk, a crash), then reads it
+            // as the newest one.
+            Err(err)
+                if !is_locked(&DiskError::Sled(err.clone()))
+                    && drop_unfinished_snapshots(&index_dir) =>
+            {
+                config.open()?
+            }
+            opened => opened?,
+        };
         let records = db.open_tree("records")?;
         let tags = db.open_tree("tags")?;
         let soft = db.open_tree("soft")?;
@@ -973,6 +1027,17 @@ impl Inner {
         inner.measure_index(true);
         check_files(Arc::downgrade(&inner), files);
         Ok(inner)
+    }
+
+    /// Removes every record under `prefix`; returns how many responses (not Vary markers) went.
+    fn remove_under(&self, prefix: &[u8]) -> Result<usize, DiskError> {
+        let mut responses = 0;
+        for (key, is_response) in self.keys_under(prefix)? {
+            if self.remove(&key, None)? && is_response {
+                responses += 1;
+            }
+        }
+        Ok(responses)
     }
 
     /// Makes a removal that a failed store may have missed.
@@ -1516,6 +1581,19 @@ impl Inner {
         Ok(())
     }
 
+    /// Puts back the tag rows of a record in a body file that sled lost: they are written before
+    /// the file is put in place, but sled writes them out up to 500 ms later (and not at all
+    /// after a failed write).
+    fn restore_tags(&self, key: &[u8], seq: u64, entry: &StoredEntry) -> Result<(), DiskError> {
+        for tag in crate::headers::stored_surrogate_keys(&entry.headers) {
+            let row = tag_row(tag, key, seq);
+            if self.tags.get(&row)?.is_none() {
+                self.tags.insert(row, entry.url.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops a soft-purge mark left for a record that is gone. Soft purges are rare: the mark
     /// tree is empty almost always, and stores do not write to it then.
     fn unmark(&self, key: &[u8]) -> Result<(), DiskError> {
@@ -1910,6 +1988,9 @@ fn check_files(tier: Weak<Inner>, files: Vec<FileName>) {
                         if key.get(..32)
                             == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..]) =>
                     {
+                        if let Err(err) = inner.restore_tags(&key, seq, &entry) {
+                            debug!(key = %hex(&key), %err, "cannot restore a body file's tag rows");
+                        }
                         continue;
                     }
                     Ok(Ok(_)) => "its record is for another key".to_owned(),
@@ -2089,6 +2170,47 @@ mod tests {
         let tags = tier.inner().tags.len();
         assert!(tier.inner().counters.evictions.load(Ordering::Relaxed) > 1000);
         assert_eq!(tags, 2 * records, "tag rows {tags} for {records} records");
+    }
+
+    /// A body file whose tag rows sled lost (written before the file, out to disk up to 500 ms
+    /// later, and not at all after a failed write) gets them back at start-up, so a tag purge
+    /// finds it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tag_rows_sled_lost_are_restored_from_body_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
+        let tier = open().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+        headers.insert("surrogate-key", HeaderValue::from_static("red"));
+        let now = SystemTime::now();
+        let url = "http://o/tagged";
+        let entry = StoredEntry::new(
+            url.to_owned(),
+            StatusCode::OK,
+            headers,
+            Variance::default(),
+            now,
+            now,
+            Bytes::from(vec![b'x'; 64 * 1024]),
+            &HeuristicConfig::default(),
+        );
+        let key = blake3::hash(url.as_bytes()).as_bytes().to_vec();
+        tier.inner()
+            .put(&key, &Record::Entry(Arc::new(entry)))
+            .unwrap();
+        assert_eq!(tier.tagged("red".into()).await.unwrap(), vec![url]);
+        tier.inner().tags.clear().unwrap();
+        assert!(tier.tagged("red".into()).await.unwrap().is_empty());
+        drop(tier);
+
+        let tier = open().unwrap();
+        let waited = Instant::now();
+        while tier.tagged("red".into()).await.unwrap().is_empty() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "not restored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(tier.tagged("red".into()).await.unwrap(), vec![url]);
     }
 
     fn entry(url: &str, body: Vec<u8>) -> Record {
