@@ -137,7 +137,6 @@ struct Shared {
 }
 
 /// What a store is opened with.
-#[derive(Clone)]
 struct Settings {
     path: PathBuf,
     capacity: u64,
