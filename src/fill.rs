@@ -435,7 +435,8 @@ fn slice(chunk: &Bytes, at: u64, range: &std::ops::Range<u64>) -> Bytes {
     chunk.slice(from as usize..to as usize)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `mutex`, whether or not a thread panicked holding it (what it guards stays usable).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

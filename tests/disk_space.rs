@@ -235,13 +235,7 @@ async fn edge_whose_disk_tier_failed(
         assert!(hit.is_hit() && hit.body == want, "{path}");
     }
     // A purge flushes sled: what it holds so far is on disk.
-    let purge = edge
-        .client
-        .post(format!("http://{}/purge?url=/elsewhere", edge.admin_addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(purge.status(), 200);
+    purge(&edge, "/elsewhere").await;
     assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
     let mut stores = 0;
     while disk_metric(&edge, "edge_disk_up").await == 1 {
@@ -258,16 +252,21 @@ async fn edge_whose_disk_tier_failed(
     Some((edge, index_fs, dir))
 }
 
-/// Purges `/purged` while the tier is off, and changes it at the origin: the purged body is
-/// not served from disk.
-async fn purge_while_off(h: &Harness, edge: &TestEdge) {
-    let purge = edge
+/// Purges `path` through the admin listener.
+async fn purge(edge: &TestEdge, path: &str) {
+    let purged = edge
         .client
-        .post(format!("http://{}/purge?url=/purged", edge.admin_addr))
+        .post(format!("http://{}/purge?url={path}", edge.admin_addr))
         .send()
         .await
         .unwrap();
-    assert_eq!(purge.status(), 200);
+    assert_eq!(purged.status(), 200);
+}
+
+/// Purges `/purged` while the tier is off, and changes it at the origin: the purged body is
+/// not served from disk.
+async fn purge_while_off(h: &Harness, edge: &TestEdge) {
+    purge(edge, "/purged").await;
     h.origin.reply("/purged", cached(body(3, 2000)));
     let got = edge.get("/purged").await;
     assert!(got.body == body(3, 2000), "the purged body was served");

@@ -50,6 +50,7 @@ use tracing::{debug, error, warn};
 
 use super::entry::{BodyRef, DecodeError, Decoded, Record, Spilled, StoredEntry};
 use crate::config::HeuristicConfig;
+use crate::fill::lock;
 
 /// What `layout` holds for the layout this code reads and writes.
 const LAYOUT: &str = "edge disk 3\n";
@@ -673,8 +674,7 @@ impl Shared {
             } else {
                 settings.path.clone()
             };
-            let fs = rustix::fs::statvfs(&dir).map_err(std::io::Error::from)?;
-            if fs.f_bavail.saturating_mul(fs.f_frsize) < REOPEN_ROOM {
+            if available(&dir)? < REOPEN_ROOM {
                 return Ok(false);
             }
         }
@@ -752,8 +752,7 @@ fn delete_oldest_bodies(bodies: &Path) -> std::io::Result<()> {
     files.sort_unstable_by_key(|&(seq, _)| seq);
     let mut deleted = 0;
     for (_, path) in files {
-        let fs = rustix::fs::statvfs(bodies).map_err(std::io::Error::from)?;
-        if fs.f_bavail.saturating_mul(fs.f_frsize) >= REOPEN_ROOM {
+        if available(bodies)? >= REOPEN_ROOM {
             break;
         }
         std::fs::remove_file(path)?;
@@ -894,15 +893,19 @@ fn empty(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes free for unprivileged users on the file system of `path` (`f_bavail`), as `df` shows
+/// them: edge may run as root in a container, but the blocks kept for root are not the cache's
+/// to fill.
+fn available(path: &Path) -> std::io::Result<u64> {
+    let fs = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 /// A blocking task's result.
 fn flatten<T>(
     joined: Result<Result<T, DiskError>, tokio::task::JoinError>,
 ) -> Result<T, DiskError> {
     joined.map_err(DiskError::from).and_then(|result| result)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether the store failed to open for want of space or another I/O error (worth trying again
@@ -1051,9 +1054,7 @@ impl Inner {
                 .collect(),
         };
         for prefix in prefixes {
-            for (key, _) in self.keys_under(&prefix)? {
-                self.remove(&key, None)?;
-            }
+            self.remove_under(&prefix)?;
         }
         Ok(())
     }
@@ -1090,15 +1091,15 @@ impl Inner {
     }
 
     fn heuristic(&self) -> HeuristicConfig {
-        *self.heuristic.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.heuristic)
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.index)
     }
 
     fn files(&self) -> MutexGuard<'_, BTreeMap<Box<[u8]>, u64>> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.files)
     }
 
     /// The sequence number of the body file at `key`, if its record is in one.
@@ -1284,7 +1285,7 @@ impl Inner {
                     return Err(DiskError::Large);
                 }
                 let stripe = &self.verifying[(seq % VERIFY_STRIPES as u64) as usize];
-                let _hashing = stripe.lock().unwrap_or_else(|p| p.into_inner());
+                let _hashing = lock(stripe);
                 // Another read may have verified it while this one waited, or dropped it (it
                 // failed, or was replaced).
                 if self.file_seq(key) != Some(seq) {
@@ -1717,7 +1718,7 @@ impl Inner {
     /// per [`MEASURE_EVERY`] unless `now`.
     fn measure_index(&self, now: bool) {
         {
-            let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+            let mut measured = lock(&self.measured);
             if !now && measured.elapsed() < MEASURE_EVERY {
                 return;
             }
@@ -1726,10 +1727,7 @@ impl Inner {
         let allocated = allocated_size(&self.index_dir);
         let overhead = allocated.saturating_sub(self.in_index.load(Ordering::Relaxed));
         self.index_overhead.store(overhead, Ordering::Relaxed);
-        // Space for unprivileged users (f_bavail), as `df` shows it: edge may run as root in a
-        // container, but the blocks kept for root are not the cache's to fill.
-        if let Ok(fs) = rustix::fs::statvfs(&self.bodies) {
-            let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if let Ok(available) = available(&self.bodies) {
             let room = (self.footprint() + available).saturating_sub(self.min_free);
             self.room.store(room, Ordering::Relaxed);
         }
@@ -2140,30 +2138,12 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let tier =
             DiskTier::open(dir.path(), 32 << 20, 0, 8 << 20, HeuristicConfig::default()).unwrap();
-        let now = SystemTime::now();
         for i in 0..3000u32 {
-            let mut headers = HeaderMap::new();
-            headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
-            headers.insert(
-                "surrogate-key",
-                HeaderValue::from_str(&format!("product-{i} all")).unwrap(),
-            );
-            let entry = StoredEntry::new(
-                format!("http://o/{i}"),
-                StatusCode::OK,
-                headers,
-                Variance::default(),
-                now,
-                now,
-                Bytes::from(vec![b'x'; 64 * 1024]),
-                &HeuristicConfig::default(),
-            );
-            let key = blake3::hash(format!("http://o/{i}").as_bytes())
-                .as_bytes()
-                .to_vec();
-            tier.inner()
-                .put(&key, &Record::Entry(Arc::new(entry)))
-                .unwrap();
+            let url = format!("http://o/{i}");
+            let tags = format!("product-{i} all");
+            let entry = tagged_entry(&url, Some(&tags), vec![b'x'; 64 * 1024]);
+            let key = blake3::hash(url.as_bytes()).as_bytes().to_vec();
+            tier.inner().put(&key, &entry).unwrap();
         }
         let records = tier.inner().entries.load(Ordering::Relaxed) as usize;
         let tags = tier.inner().tags.len();
@@ -2179,25 +2159,10 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let open = || DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default());
         let tier = open().unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
-        headers.insert("surrogate-key", HeaderValue::from_static("red"));
-        let now = SystemTime::now();
         let url = "http://o/tagged";
-        let entry = StoredEntry::new(
-            url.to_owned(),
-            StatusCode::OK,
-            headers,
-            Variance::default(),
-            now,
-            now,
-            Bytes::from(vec![b'x'; 64 * 1024]),
-            &HeuristicConfig::default(),
-        );
+        let entry = tagged_entry(url, Some("red"), vec![b'x'; 64 * 1024]);
         let key = blake3::hash(url.as_bytes()).as_bytes().to_vec();
-        tier.inner()
-            .put(&key, &Record::Entry(Arc::new(entry)))
-            .unwrap();
+        tier.inner().put(&key, &entry).unwrap();
         assert_eq!(tier.tagged("red".into()).await.unwrap(), vec![url]);
         tier.inner().tags.clear().unwrap();
         assert!(tier.tagged("red".into()).await.unwrap().is_empty());
@@ -2213,9 +2178,17 @@ mod tests {
     }
 
     fn entry(url: &str, body: Vec<u8>) -> Record {
+        tagged_entry(url, None, body)
+    }
+
+    /// A response fresh for 600 s, with `Surrogate-Key: tags` when given.
+    fn tagged_entry(url: &str, tags: Option<&str>, body: Vec<u8>) -> Record {
         let now = SystemTime::now();
         let mut headers = HeaderMap::new();
         headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+        if let Some(tags) = tags {
+            headers.insert("surrogate-key", HeaderValue::from_str(tags).unwrap());
+        }
         Record::Entry(Arc::new(StoredEntry::new(
             url.to_owned(),
             StatusCode::OK,
