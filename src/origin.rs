@@ -392,8 +392,14 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 }
 
 /// The headers to send to the origin for a client request (RFC 9110 §7.6): hop-by-hop fields
-/// and proxy credentials removed, `Host` copied to `X-Forwarded-Host` (it is replaced by the
-/// origin's own when the request is sent), `Via` and `X-Forwarded-*` added.
+/// and proxy credentials removed, `Via`, `X-Forwarded-For` and `-Proto` added. The client's
+/// `Host` is replaced by the origin's own when the request is sent.
+///
+/// No `X-Forwarded-Host`, and a client's is removed: the cache key does not hold the client's
+/// `Host`, so an origin that built links or redirects from it would let one client's `Host`
+/// (or `X-Forwarded-Host`) into what every other client of that URL is served (web cache
+/// poisoning). nginx does not pass the client's `Host` on either (`$proxy_host`); Varnish does,
+/// and keys by it.
 ///
 /// Edited in place: the fields that stay are neither copied nor hashed again.
 pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
@@ -404,10 +410,7 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     if proxy_credentials {
         headers.remove(header::PROXY_AUTHORIZATION);
     }
-    if let Some(host) = headers.get(header::HOST) {
-        let host = host.clone();
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
+    headers.remove(&X_FORWARDED_HOST);
     let mut address: Vec<u8> = Vec::with_capacity(15);
     match client {
         IpAddr::V4(v4) => {

@@ -399,7 +399,13 @@ fn route(
             // A hit needs only the key; the origin URL is built if the request goes there.
             let key = (settings.origin.simple_key(&request.uri))
                 .or_else(|| Some(CacheKey::new(&settings.origin.url_for(&request.uri)?)));
-            // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped.
+            // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped,
+            // and so is its `Content-Length`: the origin would otherwise wait for a body that is
+            // never sent, and every request joining that fill with it. (`Transfer-Encoding` is
+            // hop-by-hop, removed on the way.)
+            if !body.is_end_stream() {
+                request.headers.remove(header::CONTENT_LENGTH);
+            }
             return match key {
                 Some(key) => serve_cacheable(edge, settings, peer, request, key).await,
                 None => invalid_target(),

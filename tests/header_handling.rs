@@ -444,21 +444,101 @@ async fn x_forwarded_for_keeps_every_earlier_line() {
 }
 
 #[tokio::test]
-async fn x_forwarded_proto_and_host_describe_the_client_request() {
+async fn x_forwarded_proto_describes_the_client_request() {
     let h = Harness::new().await;
     h.origin.reply("/a", Reply::ok("a"));
     let edge = h.edge().await;
     edge.get("/a").await;
     let seen = h.origin.last("/a").unwrap().headers;
     assert_eq!(seen.get("x-forwarded-proto").unwrap(), "http");
-    assert_eq!(
-        seen.get("x-forwarded-host").unwrap(),
-        edge.addr.to_string().as_str()
-    );
+}
 
-    edge.get_with("/a", &[("host", "cdn.example")]).await;
-    let seen = h.origin.last("/a").unwrap().headers;
-    assert_eq!(seen.get("x-forwarded-host").unwrap(), "cdn.example");
+/// The cache key does not hold the client's `Host`, so nothing of it may reach the origin: an
+/// origin that builds links or redirects from `X-Forwarded-Host` would otherwise store one
+/// client's host name in what every client of the URL is served (web cache poisoning).
+#[tokio::test]
+async fn the_client_host_does_not_reach_the_origin() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    h.origin.reply("/b", Reply::ok("b"));
+    let edge = h.edge().await;
+    let origin_authority = h.origin.addr.to_string();
+    let seen_by_origin = |path: &str| {
+        let seen = h.origin.last(path).unwrap().headers;
+        assert_eq!(
+            seen.get("host").unwrap(),
+            origin_authority.as_str(),
+            "{path}"
+        );
+        assert!(
+            seen.get("x-forwarded-host").is_none(),
+            "{path}: the origin was told the client's host: {:?}",
+            seen.get_all("x-forwarded-host").iter().collect::<Vec<_>>()
+        );
+    };
+
+    edge.get_with("/a", &[("host", "evil.example")]).await;
+    seen_by_origin("/a");
+    edge.get_with("/a?x", &[("x-forwarded-host", "evil.example")])
+        .await;
+    seen_by_origin("/a?x");
+
+    // HTTP/2 carries the host in `:authority`; a field the client adds is not passed on either.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(edge.url("/b"))
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "b");
+    seen_by_origin("/b");
+}
+
+/// Content in a GET has no meaning (RFC 9110 §9.3.1) and edge drops it; its `Content-Length`
+/// must go too, or the origin waits for a body that never comes, and the fill with it.
+#[tokio::test]
+async fn a_get_body_is_dropped_with_its_content_length() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    h.origin
+        .reply("/p", Reply::ok("p").header("cache-control", "no-store"));
+    let edge = h.edge().await;
+    let body = || Bytes::from_static(b"hello");
+    let sent_bodiless = |path: &str| {
+        let seen = h.origin.last(path).unwrap();
+        assert!(
+            seen.headers.get("content-length").is_none(),
+            "{path}: {:?}",
+            seen.headers
+        );
+        assert!(seen.body.is_empty(), "{path}");
+    };
+
+    // A miss: the fill.
+    let r = edge.send_body(http::Method::GET, "/a", &[], body()).await;
+    assert_eq!((r.status, r.text()), (200, "a"), "{}", r.cache_status());
+    assert!(r.stored(), "{}", r.cache_status());
+    sent_bodiless("/a");
+    assert!(edge.get("/a").await.is_hit());
+
+    // A hit-for-pass key: the request forwarded as it is, but for its body.
+    assert_eq!(edge.get("/p").await.text(), "p");
+    let r = edge.send_body(http::Method::GET, "/p", &[], body()).await;
+    assert_eq!((r.status, r.text()), (200, "p"), "{}", r.cache_status());
+    sent_bodiless("/p");
+    assert_eq!(h.origin.hits("/p"), 2);
+
+    // HEAD alike.
+    let r = edge.send_body(http::Method::HEAD, "/p", &[], body()).await;
+    assert_eq!(r.status, 200, "{}", r.cache_status());
+    sent_bodiless("/p");
 }
 
 #[tokio::test]
