@@ -137,7 +137,7 @@ fn key(c: &mut Criterion) {
     group.bench_function("vary_names", |b| {
         b.iter(|| Variance::names(black_box(&response)))
     });
-    let names = Variance::names(&response);
+    let names = Variance::names(&response).expect("a list of field names");
     group.bench_function("vary_select", |b| {
         b.iter(|| Variance::select(black_box(&names), black_box(&request)))
     });
@@ -260,7 +260,8 @@ fn headers(c: &mut Criterion) {
 fn record(c: &mut Criterion) {
     let mut group = c.benchmark_group("record");
     let heuristic = HeuristicConfig::default();
-    let variance = Variance::capture(&varying_response_headers(), &request_headers());
+    let variance = Variance::capture(&varying_response_headers(), &request_headers())
+        .expect("a list of field names");
 
     // Building an entry from a fetched response (the headers and URL are moved in, as on a store).
     let body = Bytes::from(vec![7u8; 16 << 10]);

@@ -942,11 +942,12 @@ fn admit(
     if let Some(reason) = not_storable(config, authorized, request_cc, status, headers, at) {
         return Err(reason);
     }
+    let variance = Variance::capture(headers, &job.request).ok_or(NotStored::VaryStar)?;
     Ok(StoredEntry::new(
         job.key.url().to_owned(),
         status,
         headers.clone(),
-        Variance::capture(headers, &job.request),
+        variance,
         request_time,
         response_time,
         Bytes::new(),

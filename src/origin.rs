@@ -46,6 +46,8 @@ pub enum OriginError {
     Unreachable(String),
     #[error("origin did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("origin sent an invalid response: {0}")]
+    Invalid(&'static str),
 }
 
 /// An origin response, its body read with `origin.timeout` as the limit between two reads.
@@ -219,6 +221,10 @@ impl Origin {
                 Err(_) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
+                Ok(Ok((response, _))) if let Some(problem) = bad_framing(response.headers()) => {
+                    // Not read on: the connection closes with `response` and its sender.
+                    Err(OriginError::Invalid(problem))
+                }
                 Ok(Ok((response, sender))) => Ok(response.map(|body| OriginBody {
                     inner: body,
                     idle: self.timeout,
@@ -375,6 +381,29 @@ impl http_body::Body for OriginBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// What is wrong with how a response head frames its body, if anything. hyper reads a body
+/// by its last transfer coding when it is `chunked` and ignores `Content-Length` then, but edge
+/// forwards and stores by the fields as sent, so it takes only what nginx takes: no
+/// `Transfer-Encoding`, or `chunked` alone without `Content-Length`. RFC 9112 §6.3 calls both
+/// together a possible response-splitting attempt that "ought to be handled as an error"; a coding
+/// other than `chunked` would reach the cache still encoded, and no longer labelled.
+fn bad_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let first = codings.next()?;
+    if codings.next().is_some()
+        || !first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+    {
+        return Some("a transfer coding other than chunked");
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    None
 }
 
 fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {

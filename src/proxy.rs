@@ -1112,6 +1112,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             "edge: origin timed out\n",
             "origin-timeout",
         ),
+        OriginError::Invalid(_) => (
+            StatusCode::BAD_GATEWAY,
+            "edge: origin sent an invalid response\n",
+            "origin-invalid",
+        ),
     };
     cache_status.detail = Some(detail);
     local_response(status, body, cache_status)

@@ -868,3 +868,47 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
     edge.stop().await;
 }
+
+/// RFC 9112 §6.3: a response with both `Transfer-Encoding` and `Content-Length` "ought to be
+/// handled as an error" (nginx answers 502), and so is a transfer coding other than `chunked`,
+/// which would reach the cache still applied and no longer labelled. Such responses were stored
+/// cut to their Content-Length, or empty.
+#[tokio::test]
+async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502() {
+    let h = Harness::new().await;
+    let responses: [&'static [u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\na\r\nAAAAABBBBB\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ];
+    for response in responses {
+        let (origin, requests) = raw_origin(response).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+            })
+            .await;
+        let shown = String::from_utf8_lossy(response);
+        for _ in 0..2 {
+            let r = edge.get("/a").await;
+            assert_eq!(r.status, 502, "{shown}");
+            assert_eq!(r.param("detail"), Some("origin-invalid"), "{shown}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 2, "{shown}");
+    }
+
+    // `chunked` alone, in any case, is how a body of unannounced length comes.
+    let (origin, _) = raw_origin(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+        })
+        .await;
+    let r = edge.get("/a").await;
+    assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
+    assert!(edge.get("/a").await.is_hit());
+}

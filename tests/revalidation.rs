@@ -488,6 +488,65 @@ async fn a_304_for_another_etag_makes_one_unconditional_refetch() {
     assert_eq!(origin.heads().len(), 3);
 }
 
+/// RFC 9111 §4.1: a 304 that adds a `Vary` would leave the stored response chosen by fields it
+/// no longer varies on, as edge holds only the values of the old ones: it is asked for again,
+/// unconditionally. It was refreshed in place, and served to every `Accept-Encoding`.
+#[tokio::test]
+async fn a_304_that_changes_vary_makes_one_unconditional_refetch() {
+    let h = Harness::new().await;
+    let clock = h.clock.clone();
+    let origin = RawOrigin::start(move |index, head| {
+        let date = http_date(clock.now());
+        let headers = |etag| {
+            vec![
+                ("date", date.clone()),
+                ("cache-control", "max-age=10".to_owned()),
+                ("etag", etag),
+                ("content-length", "4".to_owned()),
+            ]
+        };
+        let render = |status, headers: Vec<(&str, String)>, body| {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            raw_response(status, &headers, body)
+        };
+        if index == 0 {
+            render("200 OK", headers("\"v1\"".to_owned()), "gzip")
+        } else if raw_header(head, "if-none-match").is_some() {
+            render(
+                "304 Not Modified",
+                vec![
+                    ("date", date.clone()),
+                    ("etag", "\"v1\"".to_owned()),
+                    ("vary", "Accept-Encoding".to_owned()),
+                ],
+                "",
+            )
+        } else {
+            let mut headers = headers("\"v2\"".to_owned());
+            headers.push(("vary", "Accept-Encoding".to_owned()));
+            render("200 OK", headers, "GZIP")
+        }
+    })
+    .await;
+    let edge = h.edge_with(|c| c.origin.url = origin.url()).await;
+    let gzip = [("accept-encoding", "gzip")];
+    assert_eq!(edge.get_with("/a", &gzip).await.text(), "gzip");
+    h.clock.advance(Duration::from_secs(15));
+
+    let refetched = edge.get_with("/a", &gzip).await;
+    assert_eq!(refetched.text(), "GZIP", "{}", refetched.cache_status());
+    let heads = origin.heads();
+    assert_eq!(heads.len(), 3, "one conditional request, then one more");
+    assert_eq!(raw_header(&heads[2], "if-none-match"), None);
+
+    // The response now varies: another Accept-Encoding is not served the gzip one.
+    let other = edge.get_with("/a", &[("accept-encoding", "br")]).await;
+    assert!(!other.is_hit(), "{}", other.cache_status());
+    assert_eq!(origin.heads().len(), 4);
+    assert!(edge.get_with("/a", &gzip).await.is_hit());
+}
+
 #[tokio::test]
 async fn a_hundred_concurrent_requests_for_a_stale_key_make_one_revalidation() {
     let h = Harness::new().await;

@@ -598,3 +598,141 @@ async fn no_content_204_with_max_age_is_stored() {
     assert!(hit.body.is_empty());
     assert_eq!(h.origin.hits("/none"), 1);
 }
+
+/// An edge in front of an origin that answers every request with `response`, byte for byte.
+async fn edge_before_raw(h: &Harness, response: &[u8]) -> (common::TestEdge, RequestCount) {
+    let (origin, requests) = common::raw_origin(Vec::leak(response.to_vec())).await;
+    let url = format!("http://{origin}").parse().unwrap();
+    let edge = h
+        .edge_with(|c| c.origin.url = edge::config::OriginUrl(url))
+        .await;
+    (edge, requests)
+}
+
+type RequestCount = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+fn count(requests: &RequestCount) -> usize {
+    requests.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A quoted argument may hold bytes outside ASCII (obs-text, RFC 9110 §5.6.4): the directives
+/// beside it still count. `private` and `no-store` were skipped with such a line, and one
+/// client's response was served to the next.
+#[tokio::test]
+async fn a_cache_control_line_with_bytes_outside_ascii_is_still_obeyed() {
+    let h = Harness::new().await;
+    let responses: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nCache-Control: private, ext=\"caf\xe9\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 12\r\n\r\nsecret-alice",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nCache-Control: no-store, x=\"\xe9\"\r\nContent-Length: 12\r\n\r\nsecret-alice",
+        // Surrogate-Control, which replaces Cache-Control for edge, alike.
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nSurrogate-Control: no-store, x=\"\xe9\"\r\nContent-Length: 12\r\n\r\nsecret-alice",
+    ];
+    for response in responses {
+        let (edge, requests) = edge_before_raw(&h, response).await;
+        let first = edge.get("/a").await;
+        assert_eq!(first.text(), "secret-alice");
+        assert!(!first.stored(), "{}", first.cache_status());
+        let second = edge.get("/a").await;
+        assert!(!second.is_hit(), "{}", second.cache_status());
+        assert_eq!(count(&requests), 2);
+    }
+}
+
+/// RFC 9111 §4.1: a `Vary` edge cannot match a request against (a member that is not a field
+/// name, or a line that is not ASCII) is taken as `Vary: *`: the response is not stored. It was
+/// stored as if it did not vary, and served to requests with other values.
+#[tokio::test]
+async fn a_vary_that_does_not_parse_is_not_stored() {
+    let h = Harness::new().await;
+    let varies: [&[u8]; 4] = [
+        b"\"Accept-Encoding\"",
+        b"Accept-Encoding, X-\xe9",
+        b"*, X-\xe9",
+        b"Accept-Encoding, a b",
+    ];
+    for vary in varies {
+        let mut response = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: ".to_vec();
+        response.extend_from_slice(vary);
+        response.extend_from_slice(b"\r\nContent-Length: 4\r\n\r\ngzip");
+        let (edge, requests) = edge_before_raw(&h, &response).await;
+        let vary = String::from_utf8_lossy(vary);
+        let first = edge.get_with("/a", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(first.status, 200, "{vary}");
+        assert_eq!(
+            first.param("detail"),
+            Some("vary-star"),
+            "{vary}: {}",
+            first.cache_status()
+        );
+        let other = edge.get_with("/a", &[("accept-encoding", "br")]).await;
+        assert!(!other.is_hit(), "{vary}: {}", other.cache_status());
+        assert_eq!(count(&requests), 2, "{vary}");
+    }
+
+    // Empty list members are allowed (RFC 9110 §5.6.1), and such a response is stored.
+    let (edge, requests) = edge_before_raw(
+        &h,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: , Accept-Encoding ,\r\nContent-Length: 4\r\n\r\ngzip",
+    )
+    .await;
+    assert!(
+        edge.get_with("/a", &[("accept-encoding", "gzip")])
+            .await
+            .stored()
+    );
+    assert!(
+        edge.get_with("/a", &[("accept-encoding", "gzip")])
+            .await
+            .is_hit()
+    );
+    assert!(
+        !edge
+            .get_with("/a", &[("accept-encoding", "br")])
+            .await
+            .is_hit()
+    );
+    assert_eq!(count(&requests), 2);
+}
+
+/// Status codes above 599 are not defined (RFC 9110 §15); hyper lets them through.
+#[tokio::test]
+async fn a_status_above_599_is_not_stored() {
+    let h = Harness::new().await;
+    let (edge, requests) = edge_before_raw(
+        &h,
+        b"HTTP/1.1 600 Odd\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 600);
+    assert!(!first.stored(), "{}", first.cache_status());
+    assert!(!edge.get("/a").await.is_hit());
+    assert_eq!(count(&requests), 2);
+}
+
+/// Request header values that are not UTF-8 are told apart when a response varies on them: two
+/// different ones read alike once each was made UTF-8 with U+FFFD.
+#[tokio::test]
+async fn vary_tells_apart_values_that_are_not_utf8() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("v")
+            .header("cache-control", "max-age=60")
+            .header("vary", "x-name"),
+    );
+    let edge = h.edge().await;
+    let get = |value: &'static [u8]| {
+        let request = edge
+            .client
+            .get(edge.url("/a"))
+            .header("x-name", http::HeaderValue::from_bytes(value).unwrap());
+        async move { request.send().await.unwrap().headers().clone() }
+    };
+    let status = |headers: &http::HeaderMap| headers["cache-status"].to_str().unwrap().to_owned();
+    assert!(status(&get(b"caf\xe9").await).contains("stored"));
+    assert!(status(&get(b"caf\xe9").await).contains("hit"));
+    let other = get(b"caf\xfc").await;
+    assert!(!status(&other).contains("hit"), "{}", status(&other));
+    assert_eq!(h.origin.hits("/a"), 2);
+}

@@ -1,6 +1,8 @@
 //! Cache keys: the normalised origin URL of a request, hashed with blake3, plus the request header
 //! values a stored response varies on (RFC 9111 §4.1).
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
@@ -61,19 +63,28 @@ const UNORDERED: [HeaderName; 4] = [
 ];
 
 impl Variance {
-    /// The header names `response` varies on, lowercase, each once, sorted (`*` excluded: a
-    /// `Vary: *` response is never stored).
-    pub fn names(response: &HeaderMap) -> Vec<HeaderName> {
-        let mut names: Vec<HeaderName> = response
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|text| text.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
+    /// The header names `response` varies on, lowercase, each once, sorted. `None` when it can
+    /// match no request: `Vary: *` (RFC 9111 §4.1), or a `Vary` that is not a list of field
+    /// names (a member quoted, or not a token), which edge cannot match either. Such a response
+    /// is not stored; Varnish does not store one either.
+    pub fn names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+        let mut names = Vec::new();
+        for value in response.get_all(header::VARY) {
+            for member in value.to_str().ok()?.split(',') {
+                let member = member.trim_matches([' ', '\t']);
+                // Empty list members are ignored (RFC 9110 §5.6.1).
+                if member.is_empty() {
+                    continue;
+                }
+                if member == "*" {
+                    return None;
+                }
+                names.push(HeaderName::from_bytes(member.as_bytes()).ok()?);
+            }
+        }
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         names.dedup();
-        names
+        Some(names)
     }
 
     /// Captures, from `request`, the values of the headers named in `names`.
@@ -86,9 +97,10 @@ impl Variance {
         )
     }
 
-    /// Captures, from `request`, the values of the headers that `response` varies on.
-    pub fn capture(response: &HeaderMap, request: &HeaderMap) -> Self {
-        Self::select(&Self::names(response), request)
+    /// Captures, from `request`, the values of the headers that `response` varies on; `None`
+    /// when it can match no request ([`Variance::names`]).
+    pub fn capture(response: &HeaderMap, request: &HeaderMap) -> Option<Self> {
+        Some(Self::select(&Self::names(response)?, request))
     }
 
     /// Rebuilds a variance from stored parts.
@@ -140,7 +152,20 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut present = false;
     for value in request.get_all(name) {
         present = true;
-        let text = String::from_utf8_lossy(value.as_bytes());
+        let text = match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => Cow::Borrowed(text),
+            // Each byte past ASCII spelled out after a NUL, which no field value holds: two
+            // different values must not read alike (as both would with U+FFFD), or one client's
+            // variant would be served to another.
+            Err(_) => Cow::Owned(value.as_bytes().iter().fold(String::new(), |mut text, &b| {
+                if b.is_ascii() {
+                    text.push(char::from(b));
+                } else {
+                    text.push_str(&format!("\0{b:02x}"));
+                }
+                text
+            })),
+        };
         members.extend(
             text.split(',')
                 .map(|member| member.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -187,13 +212,13 @@ mod tests {
             headers.insert("x-theme", HeaderValue::from_static(theme));
             headers
         };
-        let variance = Variance::capture(&response, &request("gzip, br", "Dark"));
+        let variance = Variance::capture(&response, &request("gzip, br", "Dark")).unwrap();
         assert!(variance.matches(&request("BR,gzip", "Dark")));
         assert!(
             !variance.matches(&request("gzip, br", "dark")),
             "X-Theme is case-sensitive"
         );
-        let same = Variance::capture(&response, &request("br, GZIP", "Dark"));
+        let same = Variance::capture(&response, &request("br, GZIP", "Dark")).unwrap();
         assert_eq!(variance.variant_key(&[1; 32]), same.variant_key(&[1; 32]));
         assert_ne!(
             variance.variant_key(&[1; 32]),
@@ -212,7 +237,7 @@ mod tests {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("gzip,  br"),
         );
-        let variance = Variance::capture(&response, &first);
+        let variance = Variance::capture(&response, &first).unwrap();
         assert!(variance.matches(&second));
         assert!(!variance.matches(&HeaderMap::new()));
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
+use crate::cache::key::Variance;
 use crate::config::HeuristicConfig;
 
 /// RFC 9111 §1.2.2: a delta-seconds value too large to represent is taken as 2^31.
@@ -99,10 +100,10 @@ impl CacheControl {
     pub fn from_field(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut directives = Vec::new();
         for value in headers.get_all(name) {
-            // Directive values are ASCII; a line that is not is not a valid field value.
-            if let Ok(text) = value.to_str() {
-                parse_directives(text, &mut directives);
-            }
+            // A quoted argument may hold bytes outside ASCII (obs-text, RFC 9110 §5.6.4): the
+            // line is read whole all the same, or a `private` or `no-store` beside such an
+            // argument would go unseen.
+            parse_directives(&String::from_utf8_lossy(value.as_bytes()), &mut directives);
         }
         Self {
             directives,
@@ -298,8 +299,9 @@ pub fn check_storable(
     if method != Method::GET {
         return Err(NotStored::Method);
     }
-    // The status must be final; 206 and 304 are not understood as whole representations here.
-    if status.is_informational() || matches!(status.as_u16(), 206 | 304) {
+    // The status must be final; 206 and 304 are not understood as whole representations here, and
+    // codes above 599 are not defined (RFC 9110 §15).
+    if status.is_informational() || matches!(status.as_u16(), 206 | 304 | 600..) {
         return Err(NotStored::Status);
     }
     // §5.2.2.3: a cache that understands the status code ignores no-store under must-understand.
@@ -327,13 +329,7 @@ pub fn check_storable(
     if response.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    if response
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| name.trim() == "*")
-    {
+    if Variance::names(response).is_none() {
         return Err(NotStored::VaryStar);
     }
     let explicit = (response.contains_key(header::EXPIRES) && !response_cc.targeted)
@@ -644,20 +640,25 @@ pub fn decide(
 
 /// RFC 9111 §4.3.4: does a 304 select the stored response? A validator the 304 carries must be
 /// the stored one (entity-tags compared weakly, §8.8.3.2 of RFC 9110); a 304 that carries no
-/// validator is taken to answer the conditional request edge sent.
+/// validator is taken to answer the conditional request edge sent. A 304 whose `Vary` names other
+/// fields does not: the stored response would be chosen by fields it no longer varies on (§4.1),
+/// and edge holds only the values of the old ones.
 pub fn not_modified_matches(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
     let tag = |h: &HeaderMap| {
         h.get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(|t| t.trim().trim_start_matches("W/").to_owned())
     };
-    match (tag(stored), tag(not_modified)) {
+    let validator = match (tag(stored), tag(not_modified)) {
         (_, Some(new)) => tag(stored).is_some_and(|old| old == new),
         (_, None) => match not_modified.get(header::LAST_MODIFIED) {
             Some(new) => stored.get(header::LAST_MODIFIED) == Some(new),
             None => true,
         },
-    }
+    };
+    validator
+        && (!not_modified.contains_key(header::VARY)
+            || Variance::names(not_modified) == Variance::names(stored))
 }
 
 /// RFC 9111 §3.2: the stored header section updated with a 304's fields. Each field the 304
