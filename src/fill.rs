@@ -653,7 +653,12 @@ async fn refresh(
         &headers,
         &response_cc,
     ) {
-        edge.cache.invalidate(&job.key).await;
+        // What the 304 says may no longer be stored goes. The request's own `no-store` or
+        // credentials forbid storing only this exchange (RFC 9111 §5.2.1.5, §3.5): the stored
+        // response stays as it was for everyone else, or any client could evict it.
+        if !matches!(reason, NotStored::RequestNoStore | NotStored::Authorization) {
+            edge.cache.invalidate(&job.key).await;
+        }
         let body = match &stale.spilled {
             Some(spilled) => {
                 let whole = 0..spilled.len;

@@ -547,6 +547,41 @@ async fn a_304_that_changes_vary_makes_one_unconditional_refetch() {
     assert!(edge.get_with("/a", &gzip).await.is_hit());
 }
 
+/// A request's `no-store` or credentials forbid storing only its own exchange (RFC 9111 §5.2.1.5,
+/// §3.5): a 304 to its revalidation leaves the stored response for everyone else. It was
+/// removed, so that any client could evict any entry.
+#[tokio::test]
+async fn a_revalidation_a_request_forbids_storing_leaves_the_stored_response() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for (path, header) in [
+        ("/a", ("cache-control", "no-cache, no-store")),
+        ("/b", ("authorization", "Basic eDp5")),
+    ] {
+        h.origin.reply(
+            path,
+            Reply::ok("v1")
+                .header("cache-control", "max-age=10")
+                .header("etag", "\"v1\""),
+        );
+        assert!(edge.get(path).await.stored());
+        h.clock.advance(Duration::from_secs(15));
+        h.origin
+            .reply(path, Reply::ok("").status(304).header("etag", "\"v1\""));
+
+        let asked = edge.get_with(path, &[header]).await;
+        assert_eq!((asked.status, asked.text()), (200, "v1"));
+        assert!(!asked.stored(), "{path}: {}", asked.cache_status());
+
+        // Still there, still stale: the next request revalidates it rather than missing.
+        let next = edge.get(path).await;
+        assert_eq!(next.fwd(), Some("stale"), "{path}: {}", next.cache_status());
+        assert_eq!(next.text(), "v1");
+        assert!(edge.get(path).await.is_hit());
+        assert_eq!(h.origin.hits(path), 3, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn a_hundred_concurrent_requests_for_a_stale_key_make_one_revalidation() {
     let h = Harness::new().await;

@@ -166,3 +166,32 @@ async fn waiters_with_the_same_other_vary_values_collapse_among_themselves() {
             .is_hit()
     );
 }
+
+/// A field the client names in `Connection` is not forwarded (RFC 9110 §7.6.1), so the origin
+/// answers as if it were absent: the response is stored as the variant for its absence. It was
+/// stored under the client's value, and served to the next client that sent that value.
+#[tokio::test]
+async fn a_field_named_in_connection_does_not_choose_the_variant_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/lang",
+        Reply::ok("default page")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Language"),
+    );
+    let edge = h.edge().await;
+    let hostile = edge
+        .get_with(
+            "/lang",
+            &[("accept-language", "de"), ("connection", "Accept-Language")],
+        )
+        .await;
+    assert!(hostile.stored(), "{}", hostile.cache_status());
+    let seen = h.origin.last("/lang").unwrap().headers;
+    assert!(seen.get("accept-language").is_none(), "{seen:?}");
+
+    let german = edge.get_with("/lang", &[("accept-language", "de")]).await;
+    assert!(!german.is_hit(), "{}", german.cache_status());
+    assert_eq!(h.origin.hits("/lang"), 2);
+    assert!(edge.get("/lang").await.is_hit());
+}
