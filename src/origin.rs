@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
-use http_body::Frame;
+use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
@@ -72,17 +73,23 @@ type Sender = http1::SendRequest<Body>;
 const IDLE_FOR: Duration = Duration::from_secs(60);
 const IDLE_MAX: usize = 1024;
 
+/// A pooled connection idle for this long may be closed by the origin (its keep-alive timeout:
+/// 5 s in Node.js and Apache) just as a request goes out on it; a bodiless GET or HEAD that meets
+/// that goes out once more, on a new connection, as nginx does. Only such requests keep the copy
+/// that takes: on a busy connection, none is made.
+const RETRY_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Idle connections to the origin, the most recently used at the back.
 #[derive(Default)]
 struct Idle(Mutex<VecDeque<(Sender, Instant)>>);
 
 impl Idle {
-    /// The most recently used connection that is still open.
-    fn take(&self) -> Option<Sender> {
+    /// The most recently used connection that is still open, and since when it has been idle.
+    fn take(&self) -> Option<(Sender, Instant)> {
         let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((sender, _)) = idle.pop_back() {
+        while let Some((sender, since)) = idle.pop_back() {
             if !sender.is_closed() {
-                return Some(sender);
+                return Some((sender, since));
             }
         }
         None
@@ -213,6 +220,19 @@ impl Origin {
                 OriginError::Unreachable(format!("invalid origin target {target}: {err}"))
             })?;
             headers.insert(header::HOST, self.host.clone());
+            // A connection goes back to the pool only once its request has been sent whole: an
+            // origin may answer before it has read an upload, and the next request would queue
+            // behind the rest of it.
+            let (body, uploaded) = if body.is_end_stream() {
+                (body, None)
+            } else {
+                let done = Arc::new(AtomicBool::new(false));
+                let body = Body::new(Upload {
+                    inner: body,
+                    done: done.clone(),
+                });
+                (body, Some(done))
+            };
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = Uri::from(path);
@@ -231,6 +251,7 @@ impl Origin {
                     timer: None,
                     armed: false,
                     home: Some((sender, self.idle.clone())),
+                    uploaded,
                 })),
             }
         }
@@ -247,13 +268,17 @@ impl Origin {
         mut request: Request<Body>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Sender), BoxError>> {
         async move {
+            let mut retried = false;
             loop {
-                let (mut sender, pooled) = match self.idle.take() {
-                    Some(sender) => (sender, true),
+                // After a connection the origin had closed, the others idle as long may be too.
+                let pooled = if retried { None } else { self.idle.take() };
+                let (mut sender, idle_since) = match pooled {
+                    Some((sender, since)) => (sender, Some(since)),
                     // Boxed: the connector's future (TLS included) is most of this one's size,
                     // and every request's future would carry and move it otherwise.
-                    None => (Box::pin(self.connect()).await?, false),
+                    None => (Box::pin(self.connect()).await?, None),
                 };
+                let pooled = idle_since.is_some();
                 // A pooled connection is ready once its connection task has seen the end of the
                 // response it carried before.
                 if let Err(err) = sender.ready().await {
@@ -262,10 +287,28 @@ impl Origin {
                     }
                     return Err(err.into());
                 }
+                let copy = (!retried
+                    && idle_since.is_some_and(|since| since.elapsed() >= RETRY_AFTER_IDLE)
+                    && matches!(*request.method(), Method::GET | Method::HEAD)
+                    && request.body().is_end_stream())
+                .then(|| {
+                    let mut copy = Request::new(Body::empty());
+                    *copy.method_mut() = request.method().clone();
+                    *copy.uri_mut() = request.uri().clone();
+                    *copy.headers_mut() = request.headers().clone();
+                    copy
+                });
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, sender)),
-                    Err(mut err) => match err.take_message() {
-                        Some(unsent) if pooled => request = unsent,
+                    Err(mut err) => match (err.take_message(), copy) {
+                        (Some(unsent), _) if pooled => request = unsent,
+                        (_, Some(copy)) if closed_under(err.error()) => {
+                            tracing::debug!(
+                                "origin closed an idle connection as it was used; asking again"
+                            );
+                            request = copy;
+                            retried = true;
+                        }
                         _ => return Err(err.into_error().into()),
                     },
                 }
@@ -326,16 +369,72 @@ pub struct OriginBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
     home: Option<(Sender, Arc<Idle>)>,
+    /// Set once the request's body has been sent whole; `None` for a request without one.
+    uploaded: Option<Arc<AtomicBool>>,
 }
 
 impl OriginBody {
     fn release(&mut self) {
         if http_body::Body::is_end_stream(&self.inner)
+            && self
+                .uploaded
+                .as_ref()
+                .is_none_or(|done| done.load(Ordering::Acquire))
             && let Some((sender, idle)) = self.home.take()
         {
             idle.put(sender);
         }
     }
+}
+
+/// A request body that notes when it has been read to its end.
+struct Upload {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // hyper stops polling a body of known length once it has had that many bytes.
+        if frame.is_none() || (matches!(frame, Some(Ok(_))) && self.inner.is_end_stream()) {
+            self.done.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether a request on a kept-alive connection failed because the origin closed it: it sent
+/// nothing back, or reset the connection.
+fn closed_under(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl Drop for OriginBody {

@@ -126,3 +126,97 @@ async fn a_connection_the_origin_closed_while_idle_is_not_used_again() {
     assert_eq!(requests.load(Ordering::SeqCst), 3);
     assert_eq!(connections.load(Ordering::SeqCst), 3);
 }
+
+/// An origin may answer before it has read a request's body (a 401 or 413 often is). Its
+/// connection then goes back to the pool only once the upload is over: it went back at once, and
+/// the next request queued behind an upload a client could hold open, until `origin.timeout`.
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+    let (addr, requests, connections) = raw_origin_closing(PASS, None).await;
+    let edge = edge_in_front_of(addr).await;
+    // 3 bytes of the 1000 announced, and then nothing.
+    let mut uploader = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut uploader,
+        b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\nabc",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::io::AsyncReadExt::read(&mut uploader, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "edge closed the uploading connection");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+    let started = Instant::now();
+    let next = edge.get("/next").await;
+    assert_eq!(
+        (next.status, next.text()),
+        (200, "x"),
+        "after {:?}: {}",
+        started.elapsed(),
+        next.cache_status()
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "a new connection");
+    drop(uploader);
+}
+
+/// An origin closing an idle connection (its keep-alive timeout) just as edge sends a request on
+/// it answers nothing; a GET then goes out once more on a new connection, as nginx does. It was a
+/// 502. The origin here answers one request per connection and closes the next unanswered.
+#[tokio::test]
+async fn a_get_the_origin_dropped_on_an_idle_connection_is_asked_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut heads = 0;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        heads += 1;
+                        if heads > 1 {
+                            return; // closed, unanswered
+                        }
+                        tokio::io::AsyncWriteExt::write_all(&mut stream, PASS)
+                            .await
+                            .unwrap();
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let edge = edge_in_front_of(addr).await;
+    assert_eq!(edge.get("/a").await.status, 200);
+    // Idle long enough that edge keeps a copy to ask again with.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = edge.get("/a").await;
+    assert_eq!(
+        (again.status, again.text()),
+        (200, "x"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // A request that is not a GET or HEAD is not sent twice.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let post = edge.send(Method::POST, "/a", &[]).await;
+    assert_eq!(post.status, 502, "{}", post.cache_status());
+}
