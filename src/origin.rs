@@ -241,18 +241,20 @@ impl Origin {
                 Err(_) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
-                Ok(Ok((response, _))) if let Some(problem) = bad_framing(response.headers()) => {
-                    // Not read on: the connection closes with `response` and its sender.
-                    Err(OriginError::Invalid(problem))
+                Ok(Ok((mut response, sender))) => {
+                    if let Err(problem) = check_framing(&mut response) {
+                        // Not read on: the connection closes with `response` and its sender.
+                        return Err(OriginError::Invalid(problem));
+                    }
+                    Ok(response.map(|body| OriginBody {
+                        inner: body,
+                        idle: self.timeout,
+                        timer: None,
+                        armed: false,
+                        home: Some((sender, self.idle.clone())),
+                        uploaded,
+                    }))
                 }
-                Ok(Ok((response, sender))) => Ok(response.map(|body| OriginBody {
-                    inner: body,
-                    idle: self.timeout,
-                    timer: None,
-                    armed: false,
-                    home: Some((sender, self.idle.clone())),
-                    uploaded,
-                })),
             }
         }
     }
@@ -482,27 +484,51 @@ impl http_body::Body for OriginBody {
     }
 }
 
-/// What is wrong with how a response head frames its body, if anything. hyper reads a body
-/// by its last transfer coding when it is `chunked` and ignores `Content-Length` then, but edge
-/// forwards and stores by the fields as sent, so it takes only what nginx takes: no
-/// `Transfer-Encoding`, or `chunked` alone without `Content-Length`. RFC 9112 §6.3 calls both
-/// together a possible response-splitting attempt that "ought to be handled as an error"; a coding
-/// other than `chunked` would reach the cache still encoded, and no longer labelled.
-fn bad_framing(headers: &HeaderMap) -> Option<&'static str> {
+/// Takes a response head as edge forwards and stores it, or says what is wrong with it.
+///
+/// hyper reads a body by its last transfer coding when it is `chunked` and ignores
+/// `Content-Length` then, but edge forwards and stores by the fields as sent, so it takes only
+/// what nginx takes: no `Transfer-Encoding`, or `chunked` alone without `Content-Length`. RFC
+/// 9112 §6.3 calls both together a possible response-splitting attempt that "ought to be handled
+/// as an error"; a coding other than `chunked` would reach the cache still encoded, and no longer
+/// labelled. A `Content-Length` list of one value (`2, 2` or two lines of `2`, RFC 9110 §8.6),
+/// which hyper reads but would not send on, becomes that one number. edge asks for no upgrade (`Upgrade` is not
+/// forwarded), so a 101 is an answer to nothing.
+fn check_framing(response: &mut Response<Incoming>) -> Result<(), &'static str> {
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols, to a request for no upgrade");
+    }
+    let headers = response.headers_mut();
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let first = codings.next()?;
-    if codings.next().is_some()
-        || !first
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
+    if let Some(first) = codings.next() {
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err("a transfer coding other than chunked");
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("both Transfer-Encoding and Content-Length");
+        }
+        return Ok(());
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(length) = lengths.next()
+        && (lengths.next().is_some() || length.as_bytes().contains(&b','))
     {
-        return Some("a transfer coding other than chunked");
+        // hyper has checked that every member of every line is the same number.
+        let first = length
+            .as_bytes()
+            .split(|&b| b == b',')
+            .next()
+            .unwrap_or_default();
+        let one =
+            HeaderValue::from_bytes(first.trim_ascii()).map_err(|_| "a bad Content-Length")?;
+        headers.insert(header::CONTENT_LENGTH, one);
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return Some("both Transfer-Encoding and Content-Length");
-    }
-    None
+    Ok(())
 }
 
 fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
@@ -539,6 +565,9 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
         headers.remove(header::PROXY_AUTHORIZATION);
     }
     headers.remove(&X_FORWARDED_HOST);
+    if version == Version::HTTP_2 {
+        join_cookies(&mut headers);
+    }
     let mut address: Vec<u8> = Vec::with_capacity(15);
     match client {
         IpAddr::V4(v4) => {
@@ -557,6 +586,23 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     append_via(&mut headers, version);
     headers
+}
+
+/// RFC 9113 §8.2.3: HTTP/2 lets a client send `Cookie` as several fields; they are joined with
+/// `; ` before going on as HTTP/1.1, where an origin reads one.
+fn join_cookies(headers: &mut HeaderMap) {
+    let cookies = headers.get_all(header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let joined = cookies
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
 }
 
 /// The origin's response headers as edge stores and forwards them: hop-by-hop fields removed,

@@ -593,7 +593,7 @@ async fn answer_from_fill(
                     status.stored = true;
                     status.collapsed = !leader;
                     status.ttl = Some(shared.ttl);
-                    return respond_shared(request, &shared, &fill, status).await;
+                    return respond_shared(request, &shared, &fill, status, now).await;
                 }
                 // Other Vary values: collapse with the requests that share this request's.
                 let names = shared.variance.names_of();
@@ -713,7 +713,16 @@ fn respond_shared(
     shared: &SharedHead,
     fill: &Arc<Fill>,
     status: CacheStatus,
+    now: SystemTime,
 ) -> impl Future<Output = Answer> {
+    let mut headers = shared.headers.clone();
+    // An `Age` from upstream is passed on as edge reckons it (RFC 9111 §4.2.3: the first member
+    // of a list, an overflow as 2^31, the time on the way added), not as it came: an invalid
+    // one (`-50`, `10, 5000`) would reach the client as it was.
+    if headers.contains_key(header::AGE) {
+        let age = shared.freshness.current_age(now).as_secs();
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
     let payload = Payload::Streaming(fill.clone());
     let outcome = Outcome {
         status,
@@ -721,13 +730,7 @@ fn respond_shared(
         variance: Some(shared.variance.clone()),
         origin_time: Some(shared.origin_time),
     };
-    respond(
-        request,
-        shared.status,
-        shared.headers.clone(),
-        payload,
-        outcome,
-    )
+    respond(request, shared.status, headers, payload, outcome)
 }
 
 /// The content of a response edge answers from the cache or from a fill.

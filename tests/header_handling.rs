@@ -898,6 +898,69 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
         assert_eq!(requests.load(Ordering::SeqCst), 2, "{shown}");
     }
 
+    // 101 Switching Protocols answers an upgrade edge never asks for (`Upgrade` is hop-by-hop).
+    let (origin, _) = raw_origin(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+        })
+        .await;
+    let r = edge.get("/a").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.param("detail"), Some("origin-invalid"));
+
+    // A Content-Length list of one value (RFC 9110 §8.6) is that value; the client got no answer.
+    for response in [
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2, 2\r\n\r\nok".as_slice(),
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let (origin, _) = raw_origin(response).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+            })
+            .await;
+        let r = edge.get("/a").await;
+        assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
+        assert_eq!(r.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["2"]);
+        assert!(edge.get("/a").await.is_hit());
+    }
+
+    // 101 Switching Protocols answers an upgrade edge never asks for (`Upgrade` is hop-by-hop).
+    let (origin, _) = raw_origin(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+        })
+        .await;
+    let r = edge.get("/a").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.param("detail"), Some("origin-invalid"));
+
+    // A Content-Length list of one value (RFC 9110 §8.6) is that value; the client got no answer.
+    for response in [
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2, 2\r\n\r\nok".as_slice(),
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let (origin, _) = raw_origin(response).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+            })
+            .await;
+        let r = edge.get("/a").await;
+        assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
+        let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["2"]);
+        assert!(edge.get("/a").await.is_hit());
+    }
+
     // `chunked` alone, in any case, is how a body of unannounced length comes.
     let (origin, _) = raw_origin(
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
@@ -911,4 +974,66 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
     let r = edge.get("/a").await;
     assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
     assert!(edge.get("/a").await.is_hit());
+}
+
+/// RFC 9111 §4.2.3, §5.1: an `Age` from upstream reaches the client as edge reckons it, on a miss
+/// as on a hit: the first member of a list, 2^31 for an overflow, nothing for an invalid one. It
+/// was passed on as it came.
+#[tokio::test]
+async fn an_upstream_age_is_passed_on_as_edge_reckons_it() {
+    let h = Harness::new().await;
+    let cases: [(&'static [u8], &str); 3] = [
+        (b"10, 5000", "10"),
+        (b"-50", "0"),
+        (b"99999999999999999999", "2147483648"),
+    ];
+    for (sent, shown) in cases {
+        let response = [
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nAge: ".as_slice(),
+            sent,
+            b"\r\nContent-Length: 1\r\n\r\nx",
+        ]
+        .concat();
+        let (origin, _) = raw_origin(Vec::leak(response)).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
+            })
+            .await;
+        let miss = edge.get("/a").await;
+        assert!(miss.stored(), "{}", miss.cache_status());
+        assert_eq!(miss.header("age"), Some(shown), "{sent:?}");
+        assert_eq!(miss.headers.get_all("age").iter().count(), 1);
+        assert_eq!(edge.get("/a").await.header("age"), Some(shown), "{sent:?}");
+    }
+}
+
+/// RFC 9113 §8.2.3: the `Cookie` fields of an HTTP/2 request are joined with `; ` before it goes
+/// on as HTTP/1.1; an origin reads one. They went on as separate lines.
+#[tokio::test]
+async fn http2_cookie_fields_reach_the_origin_as_one() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(edge.url("/a"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let seen = h.origin.last("/a").unwrap().headers;
+    let cookies: Vec<_> = seen.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+
+    // HTTP/1.1 sends one line (RFC 6265 §5.4); several are passed on as they came.
+    edge.get_with("/a", &[("cookie", "c=3")]).await;
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert_eq!(seen.get_all("cookie").iter().collect::<Vec<_>>(), ["c=3"]);
 }
