@@ -49,18 +49,24 @@ impl CacheKey {
 
 /// The request header values named by a stored response's `Vary`, normalised so that requests
 /// that differ only in ways the header's semantics ignore select the same response: whitespace
-/// and line folding always; for the content-negotiation fields, letter case and the order of list
-/// members (their preference comes from `q` weights, not order).
+/// and line folding always; for the content-negotiation fields, letter case; for `Accept-Encoding`
+/// and `Accept-Charset`, the order of list members too (their preference comes from `q` weights).
+/// The order of `Accept` and `Accept-Language` members is kept: among equal weights, servers take
+/// the first (RFC 9110 §12.5.4 says as much of languages), so it is not known to mean nothing,
+/// as RFC 9111 §4.1 asks of a normalisation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variance(Vec<(HeaderName, Option<String>)>);
 
-/// Fields whose list members are compared without regard to case or order.
-const UNORDERED: [HeaderName; 4] = [
+/// Fields whose list members are compared without regard to case.
+const CASELESS: [HeaderName; 4] = [
     header::ACCEPT,
     header::ACCEPT_CHARSET,
     header::ACCEPT_ENCODING,
     header::ACCEPT_LANGUAGE,
 ];
+
+/// Fields whose list members are compared without regard to their order as well.
+const UNORDERED: [HeaderName; 2] = [header::ACCEPT_CHARSET, header::ACCEPT_ENCODING];
 
 impl Variance {
     /// The header names `response` varies on, lowercase, each once, sorted. `None` when it can
@@ -176,10 +182,12 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     if !present {
         return None;
     }
-    if UNORDERED.contains(name) {
+    if CASELESS.contains(name) {
         for member in &mut members {
             member.make_ascii_lowercase();
         }
+    }
+    if UNORDERED.contains(name) {
         members.sort();
     }
     Some(members.join(", "))
@@ -201,6 +209,18 @@ mod tests {
 
     #[test]
     fn variance_ignores_order_and_case_of_negotiation_lists_only() {
+        // Accept-Language keeps its order: among equal weights servers take the first.
+        let mut languages = HeaderMap::new();
+        languages.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
+        let asking = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static(value));
+            headers
+        };
+        let german_first = Variance::capture(&languages, &asking("de, fr")).unwrap();
+        assert!(german_first.matches(&asking("DE,fr")));
+        assert!(!german_first.matches(&asking("fr, de")));
+
         let mut response = HeaderMap::new();
         response.insert(
             header::VARY,
