@@ -31,9 +31,10 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests before cutting them off.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: Seconds,
-    /// How long a client may take to send a request's head, counted from when the connection
-    /// opened or its previous response was sent: so also how long an idle keep-alive connection
-    /// stays open (nginx's `client_header_timeout`).
+    /// How long a client may take to send its first bytes, counted from when its connection was
+    /// accepted; to send an HTTP/1 request's head, counted from its first bytes or the previous
+    /// response; and to open an HTTP/2 stream when none is open. So also how long an idle
+    /// keep-alive connection, of either version, stays open (nginx's `client_header_timeout`).
     #[serde(default = "defaults::client_header_timeout")]
     pub client_header_timeout: Seconds,
 }

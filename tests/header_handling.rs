@@ -1037,3 +1037,125 @@ async fn http2_cookie_fields_reach_the_origin_as_one() {
     let seen = h.origin.last("/a").unwrap().headers;
     assert_eq!(seen.get_all("cookie").iter().collect::<Vec<_>>(), ["c=3"]);
 }
+
+/// A connection that sends nothing, or only the start of the HTTP/2 preface, is closed
+/// `client_header_timeout` after it was accepted, on both listeners. hyper-util's builder first
+/// reads to tell HTTP/1 from HTTP/2, and that read had no timer: such connections stayed open for
+/// good, and enough of them used up edge's file descriptors.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_disconnected() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| c.client_header_timeout.0 = Duration::from_secs(1))
+        .await;
+    let sent: [&[u8]; 2] = [b"", b"PRI * HTTP/2.0\r\n"];
+    for addr in [edge.addr, edge.admin_addr] {
+        for bytes in sent {
+            let mut silent = TcpStream::connect(addr).await.unwrap();
+            let started = std::time::Instant::now();
+            silent.write_all(bytes).await.unwrap();
+            let mut buf = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf)).await;
+            let shown = String::from_utf8_lossy(bytes);
+            assert!(
+                matches!(read, Ok(Ok(0) | Err(_))),
+                "{addr} {shown:?}: still open ({read:?})"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(900),
+                "{addr} {shown:?}: closed after {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // A client that connects and then sends a request within the limit is served.
+    let mut prompt = TcpStream::connect(edge.admin_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    prompt
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let response = loop {
+        if let Some(response) = parse_response(&buf) {
+            break response;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = prompt.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(response.status, 200);
+    edge.stop().await;
+}
+
+/// An HTTP/2 connection with no open streams for `client_header_timeout` is closed (GOAWAY, then
+/// the close), as nginx closes idle HTTP/2 connections; a stream open longer than that is not cut
+/// short, nor is a connection whose streams come closer together. hyper's HTTP/2 server has no
+/// such limit of its own: an idle h2c connection stayed open for good.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/slow",
+        Reply::ok("slow")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_millis(1500)),
+    );
+    let edge = h
+        .edge_with(|c| c.client_header_timeout.0 = Duration::from_secs(1))
+        .await;
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+        std::time::Instant::now()
+    });
+    for _ in 0..2 {
+        let request = http::Request::get(edge.url("/slow"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        assert_eq!(&body.to_bytes()[..], b"slow");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let idle = std::time::Instant::now() - Duration::from_millis(500);
+    assert!(!closed.is_finished(), "closed while in use");
+    let closed = tokio::time::timeout(Duration::from_secs(8), closed)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap();
+    assert!(
+        closed - idle >= Duration::from_millis(900),
+        "closed {:?} after its last stream",
+        closed - idle
+    );
+
+    // One that never gets past its preface and SETTINGS (and never answers the GOAWAY's PING)
+    // is closed too.
+    let mut silent = TcpStream::connect(edge.addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 512];
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a silent HTTP/2 connection stayed open");
+    edge.stop().await;
+}
