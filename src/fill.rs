@@ -14,10 +14,13 @@
 //! remembered for `cache.hit_for_pass` so that later requests skip the wait and go to the origin
 //! in parallel. A stale stored response is revalidated through a fill as well (RFC 9111 §4.3),
 //! so one revalidation serves every request that found the key stale.
+//!
+//! A body that turns out not to be stored (longer than `cache.max_object_size`, or its disk file
+//! failed) is read from the origin only [`PASS_WINDOW`] ahead of its slowest reader: it is kept
+//! for no one else, so edge has no reason to hold more of it than its readers have yet to take.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
 use crate::cache::KeyHasher;
@@ -196,18 +199,41 @@ pub struct Fill {
     primary: [u8; 32],
     state: Mutex<State>,
     changed: watch::Sender<()>,
-    /// Bodies being read from this fill right now.
-    readers: AtomicUsize,
+    /// Wakes the fill task when a reader has taken more of the body, or left.
+    taken: Notify,
 }
 
 struct State {
     head: Head,
-    chunks: Vec<Bytes>,
+    chunks: VecDeque<Bytes>,
+    /// Of a body that will not be stored, the chunks every reader had taken are dropped from the
+    /// front of `chunks`: how many, and where in the body the first one left begins.
+    dropped: usize,
+    chunks_at: u64,
     /// A body too large for memory is read back from its spool file instead of `chunks` (or, if
     /// writing the file stopped, from it up to where it stopped and from `chunks` after that).
     spooled: Option<Spooled>,
     end: Option<End>,
     private: Option<PrivateResponse>,
+    /// The bodies being read from this fill right now, by reader: how far into the body each has
+    /// got. A reader cut off for falling behind is taken out.
+    readers: HashMap<u64, u64>,
+    next_reader: u64,
+}
+
+impl State {
+    /// Drops the chunks of `chunks` that end at or before `slowest`, the offset every reader has
+    /// passed. One that begins there stays: an empty chunk may not have been taken yet.
+    fn trim(&mut self, slowest: u64) {
+        while self.chunks_at < slowest
+            && let Some(chunk) = self.chunks.front()
+            && self.chunks_at + chunk.len() as u64 <= slowest
+        {
+            self.chunks_at += chunk.len() as u64;
+            self.chunks.pop_front();
+            self.dropped += 1;
+        }
+    }
 }
 
 /// Where readers find a spooled body, and how much of it they may read.
@@ -229,16 +255,20 @@ impl Fill {
     fn new(primary: [u8; 32]) -> Self {
         let state = State {
             head: Head::Pending,
-            chunks: Vec::new(),
+            chunks: VecDeque::new(),
+            dropped: 0,
+            chunks_at: 0,
             spooled: None,
             end: None,
             private: None,
+            readers: HashMap::new(),
+            next_reader: 0,
         };
         Self {
             primary,
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
-            readers: AtomicUsize::new(0),
+            taken: Notify::new(),
         }
     }
 
@@ -290,8 +320,15 @@ impl Fill {
         self: &Arc<Self>,
         range: std::ops::Range<u64>,
     ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        self.readers.fetch_add(1, Ordering::Relaxed);
+        let id = {
+            let mut state = lock(&self.state);
+            let id = state.next_reader;
+            state.next_reader += 1;
+            state.readers.insert(id, 0);
+            id
+        };
         let reader = Reader {
+            id,
             fill: self.clone(),
             changed: self.changed.subscribe(),
             next: 0,
@@ -319,6 +356,8 @@ impl Fill {
 }
 
 struct Reader {
+    /// Its entry in the fill's `readers`.
+    id: u64,
     fill: Arc<Fill>,
     changed: watch::Receiver<()>,
     /// The next chunk to take from memory.
@@ -337,7 +376,9 @@ const SPOOL_READ: u64 = 64 * 1024;
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.fill.readers.fetch_sub(1, Ordering::Relaxed);
+        if lock(&self.fill.state).readers.remove(&self.id).is_some() {
+            self.fill.taken.notify_one();
+        }
     }
 }
 
@@ -348,6 +389,8 @@ enum Step {
     Wait,
     End,
     Failed,
+    /// Too far behind the rest of a body that will not be stored.
+    CutOff,
 }
 
 impl Reader {
@@ -358,9 +401,20 @@ impl Reader {
                 return None;
             }
             self.changed.borrow_and_update();
+            let mut moved = false;
             let step = {
-                let state = lock(&self.fill.state);
+                let mut state = lock(&self.fill.state);
+                // Everything before `offset` has been handed on: the fill may read further.
+                let cut_off = match state.readers.get_mut(&self.id) {
+                    Some(at) => {
+                        moved = *at != self.offset;
+                        *at = self.offset;
+                        false
+                    }
+                    None => true,
+                };
                 match &state.spooled {
+                    _ if cut_off => Step::CutOff,
                     // A spooled file holds the body from its first byte: skip to the range's.
                     Some(spooled) if self.offset.max(self.range.start) < spooled.readable => {
                         self.offset = self.offset.max(self.range.start);
@@ -374,11 +428,18 @@ impl Reader {
                         self.offset = spooled.readable;
                         continue;
                     }
+                    // Dropped chunks had been taken by every reader there was: this one came later.
                     spooled
                         if spooled.as_ref().is_none_or(|spooled| spooled.stopped)
-                            && self.next < state.chunks.len() =>
+                            && self.next < state.dropped =>
                     {
-                        let chunk = state.chunks[self.next].clone();
+                        Step::CutOff
+                    }
+                    spooled
+                        if spooled.as_ref().is_none_or(|spooled| spooled.stopped)
+                            && self.next - state.dropped < state.chunks.len() =>
+                    {
+                        let chunk = state.chunks[self.next - state.dropped].clone();
                         let at = self.offset;
                         self.next += 1;
                         self.offset += chunk.len() as u64;
@@ -391,6 +452,9 @@ impl Reader {
                     },
                 }
             };
+            if moved {
+                self.fill.taken.notify_one();
+            }
             match step {
                 Step::Chunk(chunk) if chunk.is_empty() => {}
                 Step::Chunk(chunk) => return Some(Ok(chunk)),
@@ -402,6 +466,11 @@ impl Reader {
                 Step::Failed => {
                     self.done = true;
                     return Some(Err(std::io::Error::other("origin body failed")));
+                }
+                Step::CutOff => {
+                    self.done = true;
+                    let err = "fell behind a body that is not stored; cut off";
+                    return Some(Err(std::io::Error::other(err)));
                 }
                 Step::Wait => {
                     if self.changed.changed().await.is_err() {
@@ -717,7 +786,7 @@ async fn refresh(
                     stopped: false,
                 });
             }
-            None => state.chunks.push(entry.body.clone()),
+            None => state.chunks.push_back(entry.body.clone()),
         }
         state.end = Some(End::Complete);
     });
@@ -740,7 +809,8 @@ async fn store(edge: &Edge, job: &FillJob, entry: Arc<StoredEntry>, epoch: u64) 
 /// response.
 ///
 /// The last bytes are held back until the response is stored: a client that has the whole body
-/// can count on its next request being a hit.
+/// can count on its next request being a hit. Once the body will not be stored, it is read only
+/// as fast as its readers take it ([`keep_pace`]).
 async fn stream_and_store(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -757,10 +827,12 @@ async fn stream_and_store(
         content_length(&entry.headers.to_map())
     };
     let limit = edge.config().cache.max_object_size.0;
+    let idle = edge.config().config.origin.timeout.0;
     let mut received: u64 = 0;
     let mut held = None;
-    // Writing the body to its file failed: it is served on from memory, and not stored.
-    let mut spool_failed = false;
+    // The body will not be stored: it outgrew max_object_size, or writing it to its file failed.
+    // What is left of it is served from memory, read from the origin as its readers take it.
+    let mut passing = false;
     let mut body = http_body_util::BodyExt::into_data_stream(upstream.into_body());
     while received < expected.unwrap_or(u64::MAX) {
         let chunk = match body.next().await {
@@ -775,15 +847,6 @@ async fn stream_and_store(
         let before = received;
         received += chunk.len() as u64;
         let last = expected == Some(received);
-        // Past max_object_size the body is only for those reading it: once no one is, stop.
-        if received > limit && fill.readers.load(Ordering::Relaxed) == 0 {
-            debug!(
-                url = job.key.url(),
-                "oversized body has no readers left; stopping"
-            );
-            fill.update(|state| state.end = Some(End::Failed));
-            return;
-        }
         if before <= limit && received > limit {
             // No Content-Length said so up front: stop taking in new requests, and remember the
             // key, so that at least no one else waits on this body.
@@ -793,8 +856,12 @@ async fn stream_and_store(
             );
             edge.fills.retire(&job.slot, fill);
             edge.fills.passes.insert(*job.key.hash(), ());
+            passing = true;
+            // The spool is written no more, but kept until the body is read, so that its file
+            // (which its readers may not have finished) stays within the disk tier's budget.
+            stop_spooling(fill);
         }
-        if let Some(writing) = spool.take() {
+        if !passing && let Some(writing) = spool.take() {
             let data = chunk.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let mut writing = writing;
@@ -824,28 +891,27 @@ async fn stream_and_store(
             // Readers go on from memory where the file stops (its last write may have been
             // partial: this chunk is in memory whole). New requests do not join a body that
             // will not be stored.
-            spool_failed = true;
+            passing = true;
             edge.fills.retire(&job.slot, fill);
-            fill.update(|state| {
-                if let Some(spooled) = &mut state.spooled {
-                    spooled.stopped = true;
-                }
-            });
+            stop_spooling(fill);
         }
         if last {
             held = Some(chunk);
         } else {
-            fill.update(|state| state.chunks.push(chunk));
+            fill.update(|state| state.chunks.push_back(chunk));
+            if passing && !keep_pace(fill, job, received, idle).await {
+                debug!(
+                    url = job.key.url(),
+                    "unstored body has no readers left; stopping"
+                );
+                fill.update(|state| state.end = Some(End::Failed));
+                return;
+            }
         }
         // A body of unannounced length that outgrows the memory tier's entry limit (but may still
         // be stored) moves to its disk file now; readers go on from there at their own offset.
         let memory_limit = edge.config().cache.memory.max_object_size.0;
-        if expected.is_none()
-            && !spool_failed
-            && before <= memory_limit
-            && received > memory_limit
-            && received <= limit
-        {
+        if expected.is_none() && !passing && before <= memory_limit && received > memory_limit {
             spool = move_to_disk(edge, fill, job).await;
         }
     }
@@ -857,18 +923,16 @@ async fn stream_and_store(
         );
     }
     entry.url = job.key.url().to_owned();
-    if let Some(spool) = spool {
-        if complete && received <= limit {
-            let stored = edge.cache.store_spooled(&job.key, entry, spool, epoch);
-            if tokio::time::timeout(STORE_TIMEOUT, stored).await.is_err() {
-                warn!(
-                    url = job.key.url(),
-                    "storing took longer than {STORE_TIMEOUT:?}; serving on"
-                );
-            }
+    if let Some(spool) = spool.filter(|_| complete && !passing) {
+        let stored = edge.cache.store_spooled(&job.key, entry, spool, epoch);
+        if tokio::time::timeout(STORE_TIMEOUT, stored).await.is_err() {
+            warn!(
+                url = job.key.url(),
+                "storing took longer than {STORE_TIMEOUT:?}; serving on"
+            );
         }
-    } else if complete && received <= limit && !spool_failed {
-        let mut chunks = lock(&fill.state).chunks.clone();
+    } else if complete && !passing {
+        let mut chunks: Vec<Bytes> = lock(&fill.state).chunks.iter().cloned().collect();
         chunks.extend(held.clone());
         entry.body = concat(chunks, received);
         store(edge, job, Arc::new(entry), epoch).await;
@@ -915,9 +979,75 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
             readable: received,
             stopped: false,
         });
-        state.chunks = Vec::new();
+        state.chunks = VecDeque::new();
     });
     Some(spool)
+}
+
+/// The body will not be stored: readers of its spool file go on from `chunks` where the file
+/// stops.
+fn stop_spooling(fill: &Fill) {
+    fill.update(|state| {
+        if let Some(spooled) = &mut state.spooled {
+            spooled.stopped = true;
+            state.chunks_at = spooled.readable;
+        }
+    });
+}
+
+/// How far a fill whose body will not be stored reads ahead of its slowest reader: a few
+/// origin reads' worth, so that a reader keeping up never waits on the origin being asked, and
+/// little enough that a reader that takes nothing cannot make edge hold a body of any size for it
+/// (nginx likewise stops buffering at `proxy_max_temp_file_size` and then reads from the origin
+/// as fast as the client takes).
+const PASS_WINDOW: u64 = 4 << 20;
+
+/// Waits until the slowest reader of a body that will not be stored is within [`PASS_WINDOW`]
+/// of the `received` bytes, dropping the chunks every reader has taken. `false` when no reader is
+/// left.
+///
+/// Readers of one fill move together, at the pace of the slowest. A reader that takes nothing for
+/// `idle` (`origin.timeout`) while the fill waits on it is cut off (its response ends short), as a
+/// stalled origin is: otherwise one client that stops reading would hold the origin's connection,
+/// and every reader beside it, for ever.
+async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) -> bool {
+    // The slowest reader's offset, and when it must have moved by.
+    let mut waiting: Option<(u64, tokio::time::Instant)> = None;
+    loop {
+        let slowest = {
+            let mut state = lock(&fill.state);
+            let Some(slowest) = state.readers.values().min().copied() else {
+                return false;
+            };
+            state.trim(slowest);
+            slowest
+        };
+        if received.saturating_sub(slowest) <= PASS_WINDOW {
+            return true;
+        }
+        let deadline = match waiting {
+            Some((at, deadline)) if at == slowest => deadline,
+            _ => {
+                let deadline = tokio::time::Instant::now() + idle;
+                waiting = Some((slowest, deadline));
+                deadline
+            }
+        };
+        if tokio::time::timeout_at(deadline, fill.taken.notified())
+            .await
+            .is_err()
+        {
+            let behind = received - PASS_WINDOW;
+            let mut state = lock(&fill.state);
+            let before = state.readers.len();
+            state.readers.retain(|_, at| *at >= behind);
+            let cut = before - state.readers.len();
+            warn!(
+                url = job.key.url(),
+                cut, "a reader took nothing for {idle:?} of a body that is not stored; cut off"
+            );
+        }
+    }
 }
 
 /// The stored body, in one buffer of exactly its size: a chunk from the origin may be a slice of

@@ -1,5 +1,6 @@
 //! Large objects: a body too large for the memory tier streams into the disk tier while it
-//! streams to every client, is read back from disk, and is stored whole.
+//! streams to every client, is read back from disk, and is stored whole; one too large to store is
+//! read from the origin only as fast as its readers take it.
 
 mod common;
 
@@ -626,4 +627,207 @@ async fn a_large_body_of_unannounced_length_moves_to_disk_once_it_outgrows_memor
     let part = edge.get_with("/chunked", &[("range", "bytes=0-99")]).await;
     assert_eq!(part.status, 206);
     assert!(part.body[..] == expected[..100]);
+}
+
+/// The `i`th byte of [`counting_origin`]'s body.
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// An origin on loopback that answers one request with a body of `total` bytes of unannounced
+/// length, in 64 KiB chunks: the first with the head, the rest once the sender it returns is used.
+/// It counts the body bytes it has written: what edge has read, plus what its own 64 KiB send
+/// buffer and edge's receive buffer hold.
+async fn counting_origin(
+    total: u64,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(64 << 10).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let head =
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut released = Some(released);
+        let mut at = 0;
+        while at < total {
+            let len = (64 << 10).min(total - at);
+            let mut chunk = format!("{len:x}\r\n").into_bytes();
+            chunk.extend((at..at + len).map(pattern));
+            chunk.extend_from_slice(b"\r\n");
+            // Edge cutting the response off is a test failure, reported by its clients.
+            if socket.write_all(&chunk).await.is_err() {
+                return;
+            }
+            at += len;
+            counter.store(at, Ordering::SeqCst);
+            if let Some(released) = released.take() {
+                let _ = released.await;
+            }
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+        let _ = socket.read(&mut buf).await;
+    });
+    (addr, release, written)
+}
+
+/// A client that asks for `path` and reads the response head, then nothing more, with a receive
+/// buffer of 4 KiB: what edge sends it stays in edge.
+async fn stalled_client(edge: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 << 10).unwrap();
+    let mut stream = socket.connect(edge).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: edge\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while find(&head, b"\r\n\r\n").is_none() {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "edge closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    stream
+}
+
+/// Reads a response body in a task, checking each byte against [`pattern`] and counting how many
+/// have come; the task returns how many, and whether they were all right.
+fn read_checking(
+    response: reqwest::Response,
+) -> (
+    tokio::task::JoinHandle<(u64, bool)>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = progress.clone();
+    let task = tokio::spawn(async move {
+        let mut response = response;
+        let (mut at, mut right) = (0u64, true);
+        while let Ok(Some(chunk)) = response.chunk().await {
+            right &= chunk.iter().zip(at..).all(|(&b, i)| b == pattern(i));
+            at += chunk.len() as u64;
+            counter.store(at, std::sync::atomic::Ordering::SeqCst);
+        }
+        (at, right)
+    });
+    (task, progress)
+}
+
+/// A body of unannounced length that outgrows `cache.max_object_size` is not stored; from then on
+/// edge reads it from the origin only a bounded window ahead of its slowest reader, rather than
+/// buffering what that reader has not taken (on disk or in memory). A client that reads nothing
+/// therefore holds the origin back (and its fellow reader with it) until it leaves.
+#[tokio::test]
+async fn an_unstorable_body_is_read_from_the_origin_only_as_fast_as_its_readers_take_it() {
+    use std::sync::atomic::Ordering;
+    const TOTAL: u64 = 64 << 20;
+    // 1 MiB max_object_size, edge's 4 MiB window, and the socket and hyper buffers between the
+    // origin and edge and between edge and the stalled client (8–12 MiB in all was seen).
+    const BOUND: u64 = 32 << 20;
+    // Once with the body moved to a disk spool before it outgrew the limit, once in memory.
+    for memory_max in [256 << 10, 8 << 20] {
+        let h = Harness::new().await;
+        let (addr, release, written) = counting_origin(TOTAL).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+                c.origin.timeout = edge::config::Seconds(Duration::from_secs(120));
+                c.cache.max_object_size.0 = 1 << 20;
+                c.cache.memory.max_object_size.0 = memory_max;
+            })
+            .await;
+        let stalled = stalled_client(edge.addr, "/huge").await;
+        let response = edge.client.get(edge.url("/huge")).send().await.unwrap();
+        let status = response.headers()["cache-status"].to_str().unwrap();
+        assert!(status.contains("; collapsed"), "{status}");
+        let (reading, progress) = read_checking(response);
+        release.send(()).unwrap();
+        // Until the origin has sent everything (edge read it regardless of its readers) or
+        // nothing more has moved for half a second (edge is waiting for the stalled client).
+        let mut seen = (0, 0);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = (
+                written.load(Ordering::SeqCst),
+                progress.load(Ordering::SeqCst),
+            );
+            if now.0 == TOTAL || now == seen {
+                break;
+            }
+            seen = now;
+        }
+        let sent = written.load(Ordering::SeqCst);
+        assert!(
+            sent <= BOUND,
+            "memory max {memory_max}: the origin sent {sent} bytes while a client read none"
+        );
+        let read = progress.load(Ordering::SeqCst);
+        assert!(
+            read < 16 << 20,
+            "memory max {memory_max}: the other client got {read} bytes, past the window"
+        );
+        // The stalled client leaves: the other reader, no longer held back, gets the rest.
+        drop(stalled);
+        let (got, right) = tokio::time::timeout(Duration::from_secs(60), reading)
+            .await
+            .expect("the other client is not held back once the stalled one has left")
+            .unwrap();
+        assert_eq!(got, TOTAL, "memory max {memory_max}");
+        assert!(
+            right,
+            "memory max {memory_max}: every byte as the origin sent it"
+        );
+    }
+}
+
+/// A reader that takes nothing for `origin.timeout` while an unstorable body waits on it is cut
+/// off, so that it cannot hold the origin connection, and the readers beside it, forever.
+#[tokio::test]
+async fn a_reader_that_stops_reading_an_unstorable_body_is_cut_off_after_the_origin_timeout() {
+    use tokio::io::AsyncReadExt;
+    const TOTAL: u64 = 32 << 20;
+    let h = Harness::new().await;
+    let (addr, release, _) = counting_origin(TOTAL).await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.origin.timeout = edge::config::Seconds(Duration::from_secs(1));
+            c.cache.max_object_size.0 = 1 << 20;
+        })
+        .await;
+    let mut stalled = stalled_client(edge.addr, "/huge").await;
+    let response = edge.client.get(edge.url("/huge")).send().await.unwrap();
+    let (reading, _) = read_checking(response);
+    release.send(()).unwrap();
+    let (got, right) = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the other client is not held back for longer than origin.timeout")
+        .unwrap();
+    assert_eq!(got, TOTAL);
+    assert!(right, "every byte as the origin sent it");
+    // What edge had sent the stalled client before it cut it off, then the end of the connection
+    // without the chunked body's last chunk.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the stalled client's connection is closed");
+    assert!(
+        (rest.len() as u64) < TOTAL && !rest.ends_with(b"0\r\n\r\n"),
+        "the stalled client's response was cut off ({} bytes)",
+        rest.len()
+    );
 }
