@@ -103,7 +103,12 @@ impl CacheControl {
             // A quoted argument may hold bytes outside ASCII (obs-text, RFC 9110 §5.6.4): the
             // line is read whole all the same, or a `private` or `no-store` beside such an
             // argument would go unseen.
-            parse_directives(&String::from_utf8_lossy(value.as_bytes()), &mut directives);
+            match value.to_str() {
+                Ok(text) => parse_directives(text, &mut directives),
+                Err(_) => {
+                    parse_directives(&String::from_utf8_lossy(value.as_bytes()), &mut directives)
+                }
+            }
         }
         Self {
             directives,
