@@ -233,6 +233,11 @@ impl Origin {
                 });
                 (body, Some(done))
             };
+            // The answer to a HEAD has no body, but an origin that sends one anyway, a moment
+            // later, would have it read as the response to the next request on the connection,
+            // and stored under that request's key (hyper sees such bytes only if they come with
+            // the head). A HEAD, rarely sent on (only when its key is a pass), is not worth that.
+            let reuse = method != Method::HEAD;
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = Uri::from(path);
@@ -251,7 +256,7 @@ impl Origin {
                         idle: self.timeout,
                         timer: None,
                         armed: false,
-                        home: Some((sender, self.idle.clone())),
+                        home: reuse.then(|| (sender, self.idle.clone())),
                         uploaded,
                     }))
                 }

@@ -220,3 +220,59 @@ async fn a_get_the_origin_dropped_on_an_idle_connection_is_asked_again() {
     let post = edge.send(Method::POST, "/a", &[]).await;
     assert_eq!(post.status, 502, "{}", post.cache_status());
 }
+
+/// An origin that sends a body after its answer to a HEAD, a moment later: those bytes must not
+/// be read as the response to the next request on the connection (and stored under its key), so
+/// a connection that carried a HEAD is not used again.
+#[tokio::test]
+async fn a_connection_that_carried_a_head_is_not_used_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        if head.starts_with("HEAD ") {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\n")
+                                .await
+                                .unwrap();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL")
+                                .await;
+                        } else if head.starts_with("GET /h ") {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\nmine")
+                                .await
+                                .unwrap();
+                        } else {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood")
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let edge = edge_in_front_of(addr).await;
+    // A private answer makes /h a pass: the HEAD goes to the origin as a HEAD.
+    assert_eq!(edge.get("/h").await.text(), "mine");
+    assert_eq!(edge.head("/h").await.status, 200);
+    // At once, before the stray body comes: on the same connection, it would be the answer.
+    let victim = edge.get("/victim").await;
+    assert_eq!(victim.text(), "good", "{}", victim.cache_status());
+    assert_eq!(edge.get("/victim").await.text(), "good");
+}
