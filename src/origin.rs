@@ -38,7 +38,6 @@ use crate::headers::{append_member, append_via, remove_hop_by_hop};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Why the origin did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -554,11 +553,11 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 /// and proxy credentials removed, `Via`, `X-Forwarded-For` and `-Proto` added. The client's
 /// `Host` is replaced by the origin's own when the request is sent.
 ///
-/// No `X-Forwarded-Host`, and a client's is removed: the cache key does not hold the client's
-/// `Host`, so an origin that built links or redirects from it would let one client's `Host`
-/// (or `X-Forwarded-Host`) into what every other client of that URL is served (web cache
-/// poisoning). nginx does not pass the client's `Host` on either (`$proxy_host`); Varnish does,
-/// and keys by it.
+/// No `X-Forwarded-Host`, and a client's is removed with the other fields that would name
+/// another target ([`names_another_target`]): the cache key does not hold the client's `Host`,
+/// so an origin that built links or redirects from it would let one client's `Host` into what
+/// every other client of that URL is served (web cache poisoning). nginx does not pass the
+/// client's `Host` on either (`$proxy_host`); Varnish does, and keys by it.
 ///
 /// Edited in place: the fields that stay are neither copied nor hashed again.
 pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
@@ -569,7 +568,16 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     if proxy_credentials {
         headers.remove(header::PROXY_AUTHORIZATION);
     }
-    headers.remove(&X_FORWARDED_HOST);
+    if headers.keys().any(names_another_target) {
+        let claims: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| names_another_target(name))
+            .cloned()
+            .collect();
+        for name in claims {
+            headers.remove(name);
+        }
+    }
     if version == Version::HTTP_2 {
         join_cookies(&mut headers);
     }
@@ -591,6 +599,30 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     append_via(&mut headers, version);
     headers
+}
+
+/// Request fields by which a proxy tells the origin behind it what the client asked for: another
+/// host, port, scheme or path prefix (`Forwarded`, `X-Forwarded-Host` and its kin), or another
+/// path altogether (`X-Original-URL`, `X-Rewrite-URL`, which some frameworks serve instead of the
+/// request's own). The cache key holds none of them, and an origin that trusts edge as its proxy
+/// would take a client's for edge's word: one client could have links to its own host, or
+/// another page, stored for everyone (web cache poisoning). Edge claims only what it knows
+/// (`X-Forwarded-For`, `-Proto`).
+fn names_another_target(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+            | "x-original-host"
+            | "x-host"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 lets a client send `Cookie` as several fields; they are joined with

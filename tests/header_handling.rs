@@ -483,6 +483,26 @@ async fn the_client_host_does_not_reach_the_origin() {
         .await;
     seen_by_origin("/a?x");
 
+    // Nor any other field by which a proxy names another host, port, scheme or path.
+    let claims = [
+        ("forwarded", "host=evil.example;proto=https"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-server", "evil.example"),
+        ("x-forwarded-scheme", "https"),
+        ("x-forwarded-ssl", "on"),
+        ("x-original-host", "evil.example"),
+        ("x-host", "evil.example"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+    ];
+    edge.get_with("/a?y", &claims).await;
+    let seen = h.origin.last("/a?y").unwrap().headers;
+    for (name, _) in claims {
+        assert!(seen.get(name).is_none(), "{name} reached the origin");
+    }
+    assert_eq!(seen.get("x-forwarded-proto").unwrap(), "http");
+
     // HTTP/2 carries the host in `:authority`; a field the client adds is not passed on either.
     let h2 = reqwest::Client::builder()
         .no_proxy()

@@ -27,7 +27,12 @@ use crate::config::HeuristicConfig;
 const MAGIC: &[u8; 3] = b"EDG";
 /// A Vary marker: the request header names the variants of a URI are selected by.
 const VARY_MAGIC: &[u8; 3] = b"EDV";
-const VERSION: u8 = 2;
+/// Version 3: the request values a variant was stored under keep the order of `Accept` and
+/// `Accept-Language` members, and are split on ASCII whitespace only. A version 2 entry that varies
+/// is read as a miss (its values may match requests it does not answer); others are read as
+/// before, and so are version 2 Vary markers.
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 /// Where a record's body is: in the record, or in a file of the disk tier.
 const BODY_INLINE: u8 = 0;
 const BODY_IN_FILE: u8 = 1;
@@ -74,7 +79,7 @@ impl Record {
             buf: &record[..checked],
             pos: 3,
         };
-        if r.u8()? != VERSION {
+        if !matches!(r.u8()?, VERSION | VERSION_2) {
             return Err(DecodeError::Version);
         }
         let count = r.u16()? as usize;
@@ -486,7 +491,11 @@ impl StoredEntry {
             buf: &record,
             pos: 0,
         };
-        if r.take(3)? != MAGIC || r.u8()? != VERSION {
+        if r.take(3)? != MAGIC {
+            return Err(DecodeError::Version);
+        }
+        let version = r.u8()?;
+        if !matches!(version, VERSION | VERSION_2) {
             return Err(DecodeError::Version);
         }
         let placement = r.u8()?;
@@ -519,6 +528,9 @@ impl StoredEntry {
         let vary_count = r.u16()? as usize;
         if vary_count > MAX_FIELDS {
             return Err(DecodeError::Invalid);
+        }
+        if version == VERSION_2 && vary_count > 0 {
+            return Err(DecodeError::Version);
         }
         let mut vary = Vec::with_capacity(vary_count);
         for _ in 0..vary_count {
@@ -658,6 +670,22 @@ mod tests {
         }
         let past = read_at(&file, 199_990, 11).unwrap_err();
         assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Variants stored before version 3 were selected by values normalised differently
+    /// (`Accept-Language` members sorted): such a record is read as a miss, not as a variant
+    /// for requests it does not answer.
+    #[test]
+    fn a_version_2_entry_that_varies_is_not_read() {
+        let heuristic = HeuristicConfig::default();
+        let mut record = sample().encode(true);
+        assert!(StoredEntry::decode(Bytes::from(record.clone()), &heuristic).is_ok());
+        assert_eq!(record[3], VERSION);
+        record[3] = VERSION_2;
+        assert!(matches!(
+            StoredEntry::decode(Bytes::from(record), &heuristic),
+            Err(DecodeError::Version)
+        ));
     }
 
     fn sample() -> StoredEntry {

@@ -174,7 +174,14 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
         };
         members.extend(
             text.split(',')
-                .map(|member| member.split_whitespace().collect::<Vec<_>>().join(" "))
+                // SP and HTAB only (RFC 9110 §5.6.3): a value with another space in it (U+00A0)
+                // is another value to the origin, so it must not select the same variant.
+                .map(|member| {
+                    member
+                        .split_ascii_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .map(|member| member.replace(" ;", ";").replace("; ", ";"))
                 .filter(|member| !member.is_empty()),
         );
