@@ -713,19 +713,25 @@ async fn refresh(
     let request_cc = CacheControl::of(&job.request);
     let response_cc = CacheControl::governing(&headers);
     let status = stale.status;
-    // The 304 may have changed what may be stored (Set-Cookie, private, no-store, §3.2).
-    if let Err(reason) = policy::check_storable(
-        &Method::GET,
-        job.request.contains_key(header::AUTHORIZATION),
-        &request_cc,
-        status,
-        &headers,
-        &response_cc,
-    ) {
-        // What the 304 says may no longer be stored goes. The request's own `no-store` or
-        // credentials forbid storing only this exchange (RFC 9111 §5.2.1.5, §3.5): the stored
-        // response stays as it was for everyone else, or any client could evict it.
-        if !matches!(reason, NotStored::RequestNoStore | NotStored::Authorization) {
+    // The 304 may have changed what may be stored (Set-Cookie, private, no-store, §3.2): then
+    // the stored response goes. The request's own `no-store` or credentials forbid storing only
+    // this exchange (RFC 9111 §5.2.1.5, §3.5): the stored response stays for everyone else, or any
+    // client could evict it. So the response is judged as if asked by a plain request first.
+    let storable = |authorized: bool, request_cc: &CacheControl| {
+        policy::check_storable(
+            &Method::GET,
+            authorized,
+            request_cc,
+            status,
+            &headers,
+            &response_cc,
+        )
+    };
+    let forbidden_by_response = storable(false, &CacheControl::default()).err();
+    let forbidden = forbidden_by_response
+        .or_else(|| storable(job.request.contains_key(header::AUTHORIZATION), &request_cc).err());
+    if let Some(reason) = forbidden {
+        if forbidden_by_response.is_some() {
             edge.cache.invalidate(&job.key).await;
         }
         let body = match &stale.spilled {
@@ -1077,7 +1083,18 @@ fn admit(
     if let Some(reason) = not_storable(config, authorized, request_cc, status, headers, at) {
         return Err(reason);
     }
-    let variance = Variance::capture(headers, &job.request).ok_or(NotStored::VaryStar)?;
+    // Stored under the values of the request the origin answered (RFC 9111 §4.1): without the
+    // fields that were not forwarded, those `Connection` names among them, or a client could name
+    // `Accept-Language` there and have the answer to none stored as the variant for its own.
+    // (`not_storable` has rejected a Vary that does not parse.)
+    let names = Variance::names(headers).unwrap_or_default();
+    let variance = if names.is_empty() {
+        Variance::default()
+    } else {
+        let mut asked = job.request.clone();
+        crate::headers::remove_hop_by_hop(&mut asked, &header::CONNECTION);
+        Variance::select(&names, &asked)
+    };
     Ok(StoredEntry::new(
         job.key.url().to_owned(),
         status,

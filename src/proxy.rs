@@ -520,15 +520,9 @@ fn fill_job(
     key: &CacheKey,
     stale: Option<Arc<StoredEntry>>,
 ) -> FillJob {
-    // The fields the origin will not be sent (those `Connection` names among them) go now: the
-    // response is stored under the values of the request the origin answered (RFC 9111 §4.1),
-    // or a client could name `Accept-Language` in `Connection` and have the origin's answer to
-    // no `Accept-Language` stored as the variant for its own.
-    let mut headers = request.headers.clone();
-    crate::headers::remove_hop_by_hop(&mut headers, &header::CONNECTION);
     FillJob {
         key: key.clone(),
-        request: headers,
+        request: request.headers.clone(),
         client: peer.ip(),
         version: request.version,
         stale,

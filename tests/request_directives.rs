@@ -238,3 +238,34 @@ async fn request_pragma_no_cache_is_ignored() {
     assert_eq!(hit.text(), "a");
     assert_eq!(h.origin.hits("/a"), 1);
 }
+
+/// A field named in `Connection` is for edge alone (RFC 9110 §7.6.1): a `Cache-Control:
+/// no-store` so named still forbids storing, though it is not forwarded.
+#[tokio::test]
+async fn a_no_store_named_in_connection_still_forbids_storing() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let edge = h.edge().await;
+    let first = edge
+        .get_with(
+            "/a",
+            &[
+                ("cache-control", "no-store"),
+                ("connection", "Cache-Control"),
+            ],
+        )
+        .await;
+    assert!(!first.stored(), "{}", first.cache_status());
+    assert!(
+        h.origin
+            .last("/a")
+            .unwrap()
+            .headers
+            .get("cache-control")
+            .is_none(),
+        "a field named in Connection was forwarded"
+    );
+    assert!(!edge.get("/a").await.is_hit());
+    assert_eq!(h.origin.hits("/a"), 2);
+}

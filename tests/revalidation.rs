@@ -580,6 +580,29 @@ async fn a_revalidation_a_request_forbids_storing_leaves_the_stored_response() {
         assert!(edge.get(path).await.is_hit());
         assert_eq!(h.origin.hits(path), 3, "{path}");
     }
+
+    // But a 304 that itself forbids storing removes the stored response, whoever asked.
+    h.origin.reply(
+        "/c",
+        Reply::ok("v1")
+            .header("cache-control", "max-age=10")
+            .header("etag", "\"v1\""),
+    );
+    assert!(edge.get("/c").await.stored());
+    h.clock.advance(Duration::from_secs(15));
+    h.origin.reply(
+        "/c",
+        Reply::ok("")
+            .status(304)
+            .header("etag", "\"v1\"")
+            .header("cache-control", "private"),
+    );
+    let asked = edge
+        .get_with("/c", &[("cache-control", "no-cache, no-store")])
+        .await;
+    assert_eq!(asked.text(), "v1");
+    let next = edge.get("/c").await;
+    assert_eq!(next.fwd(), Some("uri-miss"), "{}", next.cache_status());
 }
 
 #[tokio::test]
