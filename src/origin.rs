@@ -232,11 +232,7 @@ impl Origin {
                 });
                 (body, Some(done))
             };
-            // The answer to a HEAD has no body, but an origin that sends one anyway, a moment
-            // later, would have it read as the response to the next request on the connection,
-            // and stored under that request's key (hyper sees such bytes only if they come with
-            // the head). A HEAD, rarely sent on (only when its key is a pass), is not worth that.
-            let reuse = method != Method::HEAD;
+            let head = method == Method::HEAD;
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = Uri::from(path);
@@ -246,10 +242,11 @@ impl Origin {
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
                 Ok(Ok((mut response, sender))) => {
-                    if let Err(problem) = check_framing(&mut response) {
+                    let reuse = match check_framing(&mut response, head) {
+                        Ok(reuse) => reuse,
                         // Not read on: the connection closes with `response` and its sender.
-                        return Err(OriginError::Invalid(problem));
-                    }
+                        Err(problem) => return Err(OriginError::Invalid(problem)),
+                    };
                     Ok(response.map(|body| OriginBody {
                         inner: body,
                         idle: self.timeout,
@@ -488,7 +485,8 @@ impl http_body::Body for OriginBody {
     }
 }
 
-/// Takes a response head as edge forwards and stores it, or says what is wrong with it.
+/// Takes a response head as edge forwards and stores it, or says what is wrong with it; `Ok`
+/// says whether its connection may carry another request. `head`: it answers a HEAD.
 ///
 /// hyper reads a body by its last transfer coding when it is `chunked` and ignores
 /// `Content-Length` then, but edge forwards and stores by the fields as sent, so it takes only
@@ -496,15 +494,32 @@ impl http_body::Body for OriginBody {
 /// 9112 §6.3 calls both together a possible response-splitting attempt that "ought to be handled
 /// as an error"; a coding other than `chunked` would reach the cache still encoded, and no longer
 /// labelled. A `Content-Length` list of one value (`2, 2` or two lines of `2`, RFC 9110 §8.6),
-/// which hyper reads but would not send on, becomes that one number. edge asks for no upgrade (`Upgrade` is not
-/// forwarded), so a 101 is an answer to nothing.
-fn check_framing(response: &mut Response<Incoming>) -> Result<(), &'static str> {
-    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+/// which hyper reads but would not send on, becomes that one number. Edge asks for no upgrade
+/// (`Upgrade` is not forwarded), so a 101 is an answer to nothing.
+///
+/// A response that has no body whatever its fields say (to a HEAD; a 204 or 304) may announce
+/// one: its fields are not checked, but a body an origin sends anyway, a moment later, would be
+/// read as the response to the next request on the connection, and stored under that request's
+/// key (hyper sees such bytes only if they come with the head). So the connection is not used
+/// again after a HEAD (rarely sent on: only when its key is a pass), nor after a 204 or 304 that
+/// announces a body.
+fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, &'static str> {
+    let status = response.status();
+    if status == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err("101 Switching Protocols, to a request for no upgrade");
     }
     let headers = response.headers_mut();
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
+    let coded = codings.next();
+    if head || matches!(status.as_u16(), 204 | 304) {
+        let announced = coded.is_some()
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes().trim_ascii() != b"0");
+        one_length(headers);
+        return Ok(!head && !announced);
+    }
+    if let Some(first) = coded {
         if codings.next().is_some()
             || !first
                 .as_bytes()
@@ -516,23 +531,34 @@ fn check_framing(response: &mut Response<Incoming>) -> Result<(), &'static str> 
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Err("both Transfer-Encoding and Content-Length");
         }
-        return Ok(());
+        return Ok(true);
     }
+    one_length(headers);
+    Ok(true)
+}
+
+/// A `Content-Length` of several lines or members becomes its first member, or goes if that is
+/// not a number (hyper has checked the others against it where it reads the body by it).
+fn one_length(headers: &mut HeaderMap) {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(length) = lengths.next()
-        && (lengths.next().is_some() || length.as_bytes().contains(&b','))
-    {
-        // hyper has checked that every member of every line is the same number.
-        let first = length
-            .as_bytes()
-            .split(|&b| b == b',')
-            .next()
-            .unwrap_or_default();
-        let one =
-            HeaderValue::from_bytes(first.trim_ascii()).map_err(|_| "a bad Content-Length")?;
-        headers.insert(header::CONTENT_LENGTH, one);
+    let Some(length) = lengths.next() else {
+        return;
+    };
+    if lengths.next().is_none() && !length.as_bytes().contains(&b',') {
+        return;
     }
-    Ok(())
+    let first = length
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if !first.is_empty() && first.iter().all(u8::is_ascii_digit) {
+        let one = HeaderValue::from_bytes(first).expect("digits are a field value");
+        headers.insert(header::CONTENT_LENGTH, one);
+    } else {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {

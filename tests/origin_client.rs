@@ -276,3 +276,66 @@ async fn a_connection_that_carried_a_head_is_not_used_again() {
     assert_eq!(victim.text(), "good", "{}", victim.cache_status());
     assert_eq!(edge.get("/victim").await.text(), "good");
 }
+
+/// A 304 has no body whatever its fields say (RFC 9110 §8.6, RFC 9112 §6.1): one that announces
+/// a transfer coding still refreshes the stored response, and its connection, which may carry
+/// a stray body a moment later, is not used again.
+#[tokio::test]
+async fn a_304_that_announces_a_body_refreshes_and_its_connection_is_dropped() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clock = Clock::manual(start_time());
+    let date = common::http_date(start_time());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let date = date.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        let answer = if head.contains("if-none-match") {
+                            format!(
+                                "HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                            )
+                        } else if head.starts_with("get /a ") {
+                            format!(
+                                "HTTP/1.1 200 OK\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\nv1"
+                            )
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood"
+                            )
+                        };
+                        stream.write_all(answer.as_bytes()).await.unwrap();
+                        if head.contains("if-none-match") {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = stream
+                                .write_all(b"5\r\nHTTP/\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL")
+                                .await;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let dir = Arc::new(TempDir::new().unwrap());
+    let config = base_config(&format!("http://{addr}"), dir.path());
+    let edge = TestEdge::start(config, clock.clone(), dir).await;
+    assert_eq!(edge.get("/a").await.text(), "v1");
+    clock.advance(Duration::from_secs(15));
+    let refreshed = edge.get("/a").await;
+    assert_eq!(refreshed.text(), "v1");
+    assert_eq!(refreshed.param("fwd-status"), Some("304"));
+    assert!(refreshed.stored(), "{}", refreshed.cache_status());
+    // At once, before the stray body comes: on the same connection, it would be the answer.
+    let victim = edge.get("/victim").await;
+    assert_eq!(victim.text(), "good", "{}", victim.cache_status());
+}
