@@ -327,6 +327,8 @@ impl Fill {
             state.readers.insert(id, 0);
             id
         };
+        // A fill that will not store its body may be waiting for its first reader.
+        self.taken.notify_one();
         let reader = Reader {
             id,
             fill: self.clone(),
@@ -1022,7 +1024,10 @@ async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) ->
     loop {
         let slowest = {
             let mut state = lock(&fill.state);
-            let Some(slowest) = state.readers.values().min().copied() else {
+            // Before its first reader (the request that started the fill, building its
+            // response) has come, the body is held for it from its start.
+            let first_to_come = (state.next_reader == 0).then_some(0);
+            let Some(slowest) = state.readers.values().min().copied().or(first_to_come) else {
                 return false;
             };
             state.trim(slowest);
@@ -1045,13 +1050,19 @@ async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) ->
         {
             let behind = received - PASS_WINDOW;
             let mut state = lock(&fill.state);
+            if state.readers.is_empty() {
+                // No reader came at all.
+                return false;
+            }
             let before = state.readers.len();
             state.readers.retain(|_, at| *at >= behind);
             let cut = before - state.readers.len();
-            warn!(
-                url = job.key.url(),
-                cut, "a reader took nothing for {idle:?} of a body that is not stored; cut off"
-            );
+            if cut > 0 {
+                warn!(
+                    url = job.key.url(),
+                    cut, "a reader took nothing for {idle:?} of a body that is not stored; cut off"
+                );
+            }
         }
     }
 }

@@ -447,7 +447,10 @@ async fn idle(
         // The sender lives as long as the connection, which outlives this.
         let _ = open.wait_for(|&open| open == 0).await;
         tokio::select! {
-            () = tokio::time::sleep(limit) => return limit,
+            // A stream may have opened as the time ran out.
+            () = tokio::time::sleep(limit) => if *open.borrow() == 0 {
+                return limit;
+            },
             _ = open.changed() => {}
         }
     }
