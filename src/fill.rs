@@ -1019,10 +1019,11 @@ const PASS_WINDOW: u64 = 4 << 20;
 /// stalled origin is: otherwise one client that stops reading would hold the origin's connection,
 /// and every reader beside it, for ever.
 async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) -> bool {
-    // The slowest reader's offset, and when it must have moved by.
-    let mut waiting: Option<(u64, tokio::time::Instant)> = None;
+    // The slowest reader's offset and how many readers have come, and when the slowest must
+    // have moved by: a reader that has just come gets its own time.
+    let mut waiting: Option<((u64, u64), tokio::time::Instant)> = None;
     loop {
-        let slowest = {
+        let (slowest, came) = {
             let mut state = lock(&fill.state);
             // Before its first reader (the request that started the fill, building its
             // response) has come, the body is held for it from its start.
@@ -1031,16 +1032,16 @@ async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) ->
                 return false;
             };
             state.trim(slowest);
-            slowest
+            (slowest, state.next_reader)
         };
         if received.saturating_sub(slowest) <= PASS_WINDOW {
             return true;
         }
         let deadline = match waiting {
-            Some((at, deadline)) if at == slowest => deadline,
+            Some((at, deadline)) if at == (slowest, came) => deadline,
             _ => {
                 let deadline = tokio::time::Instant::now() + idle;
-                waiting = Some((slowest, deadline));
+                waiting = Some(((slowest, came), deadline));
                 deadline
             }
         };

@@ -512,10 +512,13 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     let coded = codings.next();
     if head || matches!(status.as_u16(), 204 | 304) {
+        // A 304's Content-Length is the length of the representation it stands for (RFC 9110
+        // §8.6), not of a body; a 204 may not carry one at all.
         let announced = coded.is_some()
-            || headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|length| length.as_bytes().trim_ascii() != b"0");
+            || status.as_u16() == 204
+                && headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|length| length.as_bytes().trim_ascii() != b"0");
         one_length(headers);
         return Ok(!head && !announced);
     }
@@ -537,23 +540,25 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
     Ok(true)
 }
 
-/// A `Content-Length` of several lines or members becomes its first member, or goes if that is
-/// not a number (hyper has checked the others against it where it reads the body by it).
+/// A `Content-Length` of several lines or members that all say the same number becomes that
+/// number; one that is not a number, or says two, goes. (hyper has checked it where it reads the
+/// body by it; a bodiless answer's it does not read.)
 fn one_length(headers: &mut HeaderMap) {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(length) = lengths.next() else {
         return;
     };
-    if lengths.next().is_none() && !length.as_bytes().contains(&b',') {
+    let plain = |value: &[u8]| !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+    if lengths.next().is_none() && plain(length.as_bytes()) {
         return;
     }
-    let first = length
-        .as_bytes()
-        .split(|&b| b == b',')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if !first.is_empty() && first.iter().all(u8::is_ascii_digit) {
+    let mut members = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let first = members.next().unwrap_or_default();
+    if plain(first) && members.all(|member| member == first) {
         let one = HeaderValue::from_bytes(first).expect("digits are a field value");
         headers.insert(header::CONTENT_LENGTH, one);
     } else {
@@ -644,10 +649,16 @@ fn names_another_target(name: &HeaderName) -> bool {
             | "x-forwarded-server"
             | "x-forwarded-scheme"
             | "x-forwarded-ssl"
+            | "x-forwarded-uri"
+            | "x-forwarded-path"
+            | "x-forwarded-protocol"
             | "x-original-host"
             | "x-host"
             | "x-original-url"
+            | "x-original-uri"
             | "x-rewrite-url"
+            | "x-url-scheme"
+            | "front-end-https"
     )
 }
 

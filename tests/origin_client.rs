@@ -339,3 +339,61 @@ async fn a_304_that_announces_a_body_refreshes_and_its_connection_is_dropped() {
     let victim = edge.get("/victim").await;
     assert_eq!(victim.text(), "good", "{}", victim.cache_status());
 }
+
+/// A 304's Content-Length is the stored representation's (RFC 9110 §8.6), not a body's: its
+/// connection stays in the pool.
+#[tokio::test]
+async fn a_304_with_a_content_length_keeps_its_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let date = common::http_date(start_time());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let date = date.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        let status = if head.contains("if-none-match") {
+                            "304 Not Modified"
+                        } else {
+                            "200 OK"
+                        };
+                        let body = if status == "200 OK" { "v1" } else { "" };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\n{body}"
+                        );
+                        stream.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let clock = Clock::manual(start_time());
+    let dir = Arc::new(TempDir::new().unwrap());
+    let config = base_config(&format!("http://{addr}"), dir.path());
+    let edge = TestEdge::start(config, clock.clone(), dir).await;
+    assert_eq!(edge.get("/a").await.text(), "v1");
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(15));
+        let refreshed = edge.get("/a").await;
+        assert_eq!(refreshed.text(), "v1");
+        assert_eq!(refreshed.param("fwd-status"), Some("304"));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one connection carried them all"
+    );
+}

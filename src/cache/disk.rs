@@ -1250,6 +1250,7 @@ impl Inner {
                 Ok(Decoded::BodyElsewhere(..)) => {
                     "it names a body file, which the index never does".to_owned()
                 }
+                Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq_of(&value)),
                 Err(err) => err.to_string(),
             },
             None => DecodeError::Truncated.to_string(),
@@ -1273,6 +1274,7 @@ impl Inner {
         let stamp = stamp(&file)?;
         let (entry, body_ref) = match read_record(&file, stamp.0, &self.heuristic())? {
             Ok(found) => found,
+            Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq),
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
         };
         // A body file verified since start-up, unchanged since (same length and modification
@@ -1336,6 +1338,14 @@ impl Inner {
         self.counters
             .integrity_failures
             .fetch_add(1, Ordering::Relaxed);
+        self.remove(key, Some(seq))?;
+        Ok(None)
+    }
+
+    /// Drops the record `seq` at `key`, sound but written by an earlier version in a way no
+    /// longer read, and reports it absent: a miss, not an integrity failure.
+    fn drop_obsolete(&self, key: &[u8], seq: u64) -> Result<Option<Record>, DiskError> {
+        debug!(key = %hex(key), "dropping a disk record of an earlier version");
         self.remove(key, Some(seq))?;
         Ok(None)
     }

@@ -382,6 +382,9 @@ pub enum DecodeError {
     Length,
     #[error("body checksum does not match")]
     Checksum,
+    /// Sound, but written by an earlier version in a way no longer read (see [`VERSION`]).
+    #[error("record of an earlier version, no longer read")]
+    Obsolete,
 }
 
 impl StoredEntry {
@@ -530,7 +533,7 @@ impl StoredEntry {
             return Err(DecodeError::Invalid);
         }
         if version == VERSION_2 && vary_count > 0 {
-            return Err(DecodeError::Version);
+            return Err(DecodeError::Obsolete);
         }
         let mut vary = Vec::with_capacity(vary_count);
         for _ in 0..vary_count {
@@ -684,7 +687,7 @@ mod tests {
         record[3] = VERSION_2;
         assert!(matches!(
             StoredEntry::decode(Bytes::from(record), &heuristic),
-            Err(DecodeError::Version)
+            Err(DecodeError::Obsolete)
         ));
     }
 
