@@ -427,17 +427,12 @@ fn closed_under(err: &hyper::Error) -> bool {
     if err.is_incomplete_message() {
         return true;
     }
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = cause.source();
-    }
-    false
+    io_errors(err).next().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        )
+    })
 }
 
 impl Drop for OriginBody {
@@ -567,17 +562,15 @@ fn one_length(headers: &mut HeaderMap) {
 }
 
 fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    io_errors(err).any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The I/O errors in an error's chain of causes, the error itself first.
+fn io_errors<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a std::io::Error> {
+    std::iter::successors(Some(err), |cause| cause.source())
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
 }
 
 /// The headers to send to the origin for a client request (RFC 9110 §7.6): hop-by-hop fields

@@ -631,11 +631,7 @@ async fn a_response_without_date_gets_one_from_edge() {
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello",
     )
     .await;
-    let edge = h
-        .edge_with(|c| {
-            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-        })
-        .await;
+    let edge = h.edge_before(origin).await;
 
     let miss = edge.get("/a").await;
     assert_eq!(miss.status, 200);
@@ -904,11 +900,7 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
     ];
     for response in responses {
         let (origin, requests) = raw_origin(response).await;
-        let edge = h
-            .edge_with(|c| {
-                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-            })
-            .await;
+        let edge = h.edge_before(origin).await;
         let shown = String::from_utf8_lossy(response);
         for _ in 0..2 {
             let r = edge.get("/a").await;
@@ -923,11 +915,7 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
     )
     .await;
-    let edge = h
-        .edge_with(|c| {
-            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-        })
-        .await;
+    let edge = h.edge_before(origin).await;
     let r = edge.get("/a").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.param("detail"), Some("origin-invalid"));
@@ -938,42 +926,7 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let (origin, _) = raw_origin(response).await;
-        let edge = h
-            .edge_with(|c| {
-                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-            })
-            .await;
-        let r = edge.get("/a").await;
-        assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
-        assert_eq!(r.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["2"]);
-        assert!(edge.get("/a").await.is_hit());
-    }
-
-    // 101 Switching Protocols answers an upgrade edge never asks for (`Upgrade` is hop-by-hop).
-    let (origin, _) = raw_origin(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
-    )
-    .await;
-    let edge = h
-        .edge_with(|c| {
-            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-        })
-        .await;
-    let r = edge.get("/a").await;
-    assert_eq!(r.status, 502);
-    assert_eq!(r.param("detail"), Some("origin-invalid"));
-
-    // A Content-Length list of one value (RFC 9110 §8.6) is that value; the client got no answer.
-    for response in [
-        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2, 2\r\n\r\nok".as_slice(),
-        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
-    ] {
-        let (origin, _) = raw_origin(response).await;
-        let edge = h
-            .edge_with(|c| {
-                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-            })
-            .await;
+        let edge = h.edge_before(origin).await;
         let r = edge.get("/a").await;
         assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
         let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
@@ -986,11 +939,7 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    let edge = h
-        .edge_with(|c| {
-            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-        })
-        .await;
+    let edge = h.edge_before(origin).await;
     let r = edge.get("/a").await;
     assert_eq!((r.status, r.text()), (200, "ok"), "{}", r.cache_status());
     assert!(edge.get("/a").await.is_hit());
@@ -1015,11 +964,7 @@ async fn an_upstream_age_is_passed_on_as_edge_reckons_it() {
         ]
         .concat();
         let (origin, _) = raw_origin(Vec::leak(response)).await;
-        let edge = h
-            .edge_with(|c| {
-                c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap())
-            })
-            .await;
+        let edge = h.edge_before(origin).await;
         let miss = edge.get("/a").await;
         assert!(miss.stored(), "{}", miss.cache_status());
         assert_eq!(miss.header("age"), Some(shown), "{sent:?}");

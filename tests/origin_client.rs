@@ -91,6 +91,58 @@ async fn edge_in_front_of(origin: std::net::SocketAddr) -> TestEdge {
 /// A 1-byte `no-store` answer, so that every request goes to the origin.
 const PASS: &[u8] = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx";
 
+/// What a [`scripted_origin`] does with one request: answer it (then, 50 ms later, send `stray`
+/// bytes, as a misbehaving origin may), or close the connection unanswered.
+enum Script {
+    Answer {
+        reply: Vec<u8>,
+        stray: Option<&'static [u8]>,
+    },
+    Close,
+}
+
+/// An origin whose `script` is given each request head (lower-cased) and how many came before
+/// it on the same connection; it counts the connections it accepts.
+async fn scripted_origin(
+    script: impl Fn(&str, usize) -> Script + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let (mut before, mut buf, mut chunk) = (0, Vec::new(), [0u8; 4096]);
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        let Script::Answer { reply, stray } = script(&head, before) else {
+                            return;
+                        };
+                        before += 1;
+                        stream.write_all(&reply).await.unwrap();
+                        if let Some(stray) = stray {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = stream.write_all(stray).await;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
 #[tokio::test]
 async fn origin_connections_are_kept_alive_and_reused() {
     let (addr, requests, connections) = raw_origin_closing(PASS, None).await;
@@ -172,36 +224,14 @@ async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request()
 /// 502. The origin here answers one request per connection and closes the next unanswered.
 #[tokio::test]
 async fn a_get_the_origin_dropped_on_an_idle_connection_is_asked_again() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let accepted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut heads = 0;
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        heads += 1;
-                        if heads > 1 {
-                            return; // closed, unanswered
-                        }
-                        tokio::io::AsyncWriteExt::write_all(&mut stream, PASS)
-                            .await
-                            .unwrap();
-                    }
-                    match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
+    let (addr, connections) = scripted_origin(|_, before| match before {
+        0 => Script::Answer {
+            reply: PASS.to_vec(),
+            stray: None,
+        },
+        _ => Script::Close,
+    })
+    .await;
     let edge = edge_in_front_of(addr).await;
     assert_eq!(edge.get("/a").await.status, 200);
     // Idle long enough that edge keeps a copy to ask again with.
@@ -226,47 +256,29 @@ async fn a_get_the_origin_dropped_on_an_idle_connection_is_asked_again() {
 /// a connection that carried a HEAD is not used again.
 #[tokio::test]
 async fn a_connection_that_carried_a_head_is_not_used_again() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        if head.starts_with("HEAD ") {
-                            stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\n")
-                                .await
-                                .unwrap();
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let _ = stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL")
-                                .await;
-                        } else if head.starts_with("GET /h ") {
-                            stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\nmine")
-                                .await
-                                .unwrap();
-                        } else {
-                            stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood")
-                                .await
-                                .unwrap();
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
+    let (addr, _) = scripted_origin(|head, _| {
+        let answer = |reply: &[u8], stray| Script::Answer {
+            reply: reply.to_vec(),
+            stray,
+        };
+        if head.starts_with("head ") {
+            answer(
+                b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\n",
+                Some(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL"),
+            )
+        } else if head.starts_with("get /h ") {
+            answer(
+                b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\nmine",
+                None,
+            )
+        } else {
+            answer(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood",
+                None,
+            )
         }
-    });
+    })
+    .await;
     let edge = edge_in_front_of(addr).await;
     // A private answer makes /h a pass: the HEAD goes to the origin as a HEAD.
     assert_eq!(edge.get("/h").await.text(), "mine");
@@ -282,50 +294,27 @@ async fn a_connection_that_carried_a_head_is_not_used_again() {
 /// a stray body a moment later, is not used again.
 #[tokio::test]
 async fn a_304_that_announces_a_body_refreshes_and_its_connection_is_dropped() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let clock = Clock::manual(start_time());
     let date = common::http_date(start_time());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let date = date.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        buf.drain(..end + 4);
-                        let answer = if head.contains("if-none-match") {
-                            format!(
-                                "HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-                            )
-                        } else if head.starts_with("get /a ") {
-                            format!(
-                                "HTTP/1.1 200 OK\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\nv1"
-                            )
-                        } else {
-                            format!(
-                                "HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood"
-                            )
-                        };
-                        stream.write_all(answer.as_bytes()).await.unwrap();
-                        if head.contains("if-none-match") {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let _ = stream
-                                .write_all(b"5\r\nHTTP/\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL")
-                                .await;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
+    let (addr, _) = scripted_origin(move |head, _| {
+        if head.contains("if-none-match") {
+            Script::Answer {
+                reply: format!("HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").into_bytes(),
+                stray: Some(b"5\r\nHTTP/\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL"),
+            }
+        } else if head.starts_with("get /a ") {
+            Script::Answer {
+                reply: format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\nv1").into_bytes(),
+                stray: None,
+            }
+        } else {
+            Script::Answer {
+                reply: format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\ngood").into_bytes(),
+                stray: None,
+            }
         }
-    });
+    })
+    .await;
     let dir = Arc::new(TempDir::new().unwrap());
     let config = base_config(&format!("http://{addr}"), dir.path());
     let edge = TestEdge::start(config, clock.clone(), dir).await;
@@ -344,42 +333,19 @@ async fn a_304_that_announces_a_body_refreshes_and_its_connection_is_dropped() {
 /// connection stays in the pool.
 #[tokio::test]
 async fn a_304_with_a_content_length_keeps_its_connection() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let accepted = connections.clone();
     let date = common::http_date(start_time());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            let date = date.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        buf.drain(..end + 4);
-                        let status = if head.contains("if-none-match") {
-                            "304 Not Modified"
-                        } else {
-                            "200 OK"
-                        };
-                        let body = if status == "200 OK" { "v1" } else { "" };
-                        let answer = format!(
-                            "HTTP/1.1 {status}\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\n{body}"
-                        );
-                        stream.write_all(answer.as_bytes()).await.unwrap();
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
+    let (addr, connections) = scripted_origin(move |head, _| {
+        let (status, body) = if head.contains("if-none-match") {
+            ("304 Not Modified", "")
+        } else {
+            ("200 OK", "v1")
+        };
+        Script::Answer {
+            reply: format!("HTTP/1.1 {status}\r\nDate: {date}\r\nETag: \"v1\"\r\nCache-Control: max-age=10\r\nContent-Length: 2\r\n\r\n{body}").into_bytes(),
+            stray: None,
         }
-    });
+    })
+    .await;
     let clock = Clock::manual(start_time());
     let dir = Arc::new(TempDir::new().unwrap());
     let config = base_config(&format!("http://{addr}"), dir.path());

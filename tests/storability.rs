@@ -602,11 +602,7 @@ async fn no_content_204_with_max_age_is_stored() {
 /// An edge in front of an origin that answers every request with `response`, byte for byte.
 async fn edge_before_raw(h: &Harness, response: &[u8]) -> (common::TestEdge, RequestCount) {
     let (origin, requests) = common::raw_origin(Vec::leak(response.to_vec())).await;
-    let url = format!("http://{origin}").parse().unwrap();
-    let edge = h
-        .edge_with(|c| c.origin.url = edge::config::OriginUrl(url))
-        .await;
-    (edge, requests)
+    (h.edge_before(origin).await, requests)
 }
 
 type RequestCount = std::sync::Arc<std::sync::atomic::AtomicUsize>;

@@ -231,6 +231,13 @@ impl Harness {
         tweak(&mut config);
         TestEdge::start(config, self.clock.clone(), dir).await
     }
+
+    /// An edge with the default configuration in front of another origin than the harness's.
+    pub async fn edge_before(&self, origin: SocketAddr) -> TestEdge {
+        let url = format!("http://{origin}").parse().unwrap();
+        self.edge_with(|c| c.origin.url = edge::config::OriginUrl(url))
+            .await
+    }
 }
 
 /// The test configuration: everything on 127.0.0.1, the disk tier in `dir`.
