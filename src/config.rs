@@ -37,6 +37,10 @@ pub struct Config {
     /// keep-alive connection, of either version, stays open (nginx's `client_header_timeout`).
     #[serde(default = "defaults::client_header_timeout")]
     pub client_header_timeout: Seconds,
+    /// How long a response may wait on a client that takes none of it (nginx's `send_timeout`):
+    /// past it, with bytes ready for the client and none taken, the connection is closed.
+    #[serde(default = "defaults::send_timeout")]
+    pub send_timeout: Seconds,
 }
 
 /// Client addresses allowed to send `PURGE` on the main listener.
@@ -185,6 +189,9 @@ mod defaults {
         true
     }
     pub fn client_header_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
+    }
+    pub fn send_timeout() -> Seconds {
         Seconds(Duration::from_secs(60))
     }
     pub fn shutdown_timeout() -> Seconds {

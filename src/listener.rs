@@ -1,0 +1,602 @@
+//! The two listeners' connections: accepted, told HTTP/1.1 from HTTP/2, served by hyper, and
+//! closed when the client owes something for too long.
+//!
+//! A client has `client_header_timeout` (nginx's) for each thing it owes: its first bytes, counted
+//! from the accept; then a request head, counted from those first bytes or from the end of the
+//! previous response, which is also how long an idle keep-alive connection stays open, HTTP/1 or
+//! HTTP/2. And it has `send_timeout` (nginx's) to take something of a response that is ready for
+//! it. Without these limits, clients that send slowly or nothing at all (slowloris), or that never
+//! read what they asked for (slow read), hold connections, and file descriptors, for good: hyper
+//! times out only HTTP/1 heads, and only with a timer on every request.
+//!
+//! One watchdog per connection keeps both limits. The connection's requests and their response
+//! bodies note what they do in an [`Activity`] (a few relaxed atomics, one clock read per body
+//! frame and one per response); the watchdog's timer, registered with a waker of its own, wakes
+//! the connection's task only when a deadline may have passed, at most once per limit, and reads
+//! them then.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use axum::response::Response;
+use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::fill::lock;
+
+/// How long a client may owe something; `None` is no limit.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// `client_header_timeout`.
+    header: Option<Duration>,
+    /// `send_timeout`.
+    send: Option<Duration>,
+}
+
+impl Limits {
+    pub fn of(config: &Config) -> Self {
+        let limit = |limit: Duration| (!limit.is_zero()).then_some(limit);
+        Self {
+            header: limit(config.client_header_timeout.0),
+            send: limit(config.send_timeout.0),
+        }
+    }
+
+    /// How often the watchdog looks at least: the shorter limit, so that no deadline set in
+    /// between (a response that starts to wait on its client) passes unseen.
+    fn period(&self) -> Option<Duration> {
+        match (self.header, self.send) {
+            (Some(header), Some(send)) => Some(header.min(send)),
+            (header, send) => header.or(send),
+        }
+    }
+}
+
+/// A listener (the main one or the admin one): HTTP/1.1 and HTTP/2 (prior knowledge)
+/// connections, every request to `handle` with the client's address, until `stop`; then no new
+/// connections, and the open ones close as their requests end.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    stop: CancellationToken,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let protocols = Arc::new(Protocols {
+        http1: hyper::server::conn::http1::Builder::new(),
+        http2: hyper::server::conn::http2::Builder::new(TokioExecutor::new()),
+    });
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
+        // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
+        let _ = tcp.set_nodelay(true);
+        let connection = serve_connection(
+            tcp,
+            peer,
+            protocols.clone(),
+            limits,
+            stop.clone(),
+            handle.clone(),
+        );
+        connections.spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "client connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// hyper's two servers, set up once for a listener and shared by its connections.
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// How an HTTP/2 connection with prior knowledge opens (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one client connection: reads its first bytes, up to where they show HTTP/2's preface or
+/// not, within `client_header_timeout` of the accept; then serves it with hyper's HTTP/1 or
+/// HTTP/2 server, watched.
+async fn serve_connection<H, F>(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    protocols: Arc<Protocols>,
+    limits: Limits,
+    stop: CancellationToken,
+    handle: H,
+) -> hyper::Result<()>
+where
+    H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let first = async {
+        let first = first_bytes(tcp, activity.clone());
+        match limits.header {
+            Some(limit) => tokio::time::timeout(limit, first).await.ok().flatten(),
+            None => first.await,
+        }
+    };
+    let io = tokio::select! {
+        first = first => match first {
+            Some(io) => io,
+            None => return Ok(()),
+        },
+        () = stop.cancelled() => return Ok(()),
+    };
+    let noted = activity.clone();
+    // A request counts from its head to the end of its response's body, which hyper drops when
+    // the response (or the HTTP/2 stream) ends; a request whose response ended before its body
+    // did is counted closed.
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let open = Open::new(&noted);
+        handle(peer, request.map(axum::body::Body::new)).map(move |response| {
+            Ok::<_, Infallible>(response.map(|body| Noted {
+                body,
+                open,
+                handed: false,
+            }))
+        })
+    });
+    if io.http2() {
+        let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
+        watch(
+            connection,
+            |c| c.graceful_shutdown(),
+            &stop,
+            &activity,
+            limits,
+            true,
+        )
+        .await
+    } else {
+        let connection = protocols.http1.serve_connection(TokioIo::new(io), service);
+        watch(
+            connection,
+            |c| c.graceful_shutdown(),
+            &stop,
+            &activity,
+            limits,
+            false,
+        )
+        .await
+    }
+}
+
+/// What a connection's requests are doing, as its watchdog reads it. Times are nanoseconds since
+/// `since`.
+struct Activity {
+    since: Instant,
+    /// Requests whose responses have not ended (on HTTP/1, 0 or 1).
+    open: AtomicUsize,
+    /// When the last response ended, or the connection's first bytes came.
+    idle_since: AtomicU64,
+    /// Response bodies that handed hyper a frame and have not been asked for the next: hyper
+    /// holds back while the client takes nothing (a full socket, or an HTTP/2 window at 0).
+    waiting: AtomicUsize,
+    /// When a response body last handed hyper a frame.
+    handed_at: AtomicU64,
+    /// The socket is full: the last write found no room.
+    blocked: AtomicBool,
+    /// When it filled up.
+    blocked_since: AtomicU64,
+    /// When it last took bytes again after being full.
+    unblocked_at: AtomicU64,
+    /// Writes that found room.
+    writes: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            handed_at: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+            blocked_since: AtomicU64::new(0),
+            unblocked_at: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes a write to the socket: whether it found the socket full. The clock is read only
+    /// when that changes, which a client that keeps up never makes happen.
+    fn wrote(&self, full: bool) {
+        if !full {
+            // Only the connection's task writes.
+            let writes = self.writes.load(Ordering::Relaxed);
+            self.writes.store(writes.wrapping_add(1), Ordering::Relaxed);
+        }
+        if self.blocked.load(Ordering::Relaxed) != full {
+            let at = if full {
+                &self.blocked_since
+            } else {
+                &self.unblocked_at
+            };
+            at.store(self.now(), Ordering::Relaxed);
+            self.blocked.store(full, Ordering::Release);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // u64 nanoseconds last 584 years.
+        self.since.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.since + Duration::from_nanos(nanos)
+    }
+}
+
+/// A connection's watchdog: what it has seen of the connection's [`Activity`].
+struct Watchdog {
+    limits: Limits,
+    /// The socket writes counted at the last look, and when a look first saw that count.
+    writes: u64,
+    writes_seen_at: u64,
+}
+
+impl Watchdog {
+    /// What the client owes past its limit, if anything; if not, when to look again (within
+    /// `period`).
+    ///
+    /// A response waits on its client while the socket is full, or while one of its body's
+    /// frames waits for hyper to come back for the next (HTTP/2 holds a stream back while its
+    /// window is shut) and nothing at all is written. A connection is idle when no request is
+    /// open and nothing is left to write: an answer still going out to a slow client is not
+    /// idleness, however long ago its body ended, while the client takes bytes within
+    /// `send_timeout`.
+    fn check(&mut self, activity: &Activity, period: Duration) -> Result<Instant, Ending> {
+        let now = activity.now();
+        let writes = activity.writes.load(Ordering::Relaxed);
+        if writes != self.writes {
+            self.writes = writes;
+            self.writes_seen_at = now;
+        }
+        let mut next = now.saturating_add(period.as_nanos() as u64);
+        let mut deadline = |since: u64, limit: Duration, ending: Ending| {
+            let deadline = since.saturating_add(limit.as_nanos() as u64);
+            next = next.min(deadline);
+            if deadline <= now { Err(ending) } else { Ok(()) }
+        };
+        let load = |at: &AtomicU64| at.load(Ordering::Relaxed);
+        let blocked = activity.blocked.load(Ordering::Acquire);
+        if let Some(limit) = self.limits.send {
+            if blocked {
+                deadline(load(&activity.blocked_since), limit, Ending::Stalled)?;
+            }
+            if activity.waiting.load(Ordering::Acquire) > 0 {
+                let moved = load(&activity.handed_at).max(self.writes_seen_at);
+                deadline(moved, limit, Ending::Stalled)?;
+            }
+        }
+        if let Some(limit) = self.limits.header
+            && !blocked
+            && activity.open.load(Ordering::Acquire) == 0
+        {
+            let since = load(&activity.idle_since).max(load(&activity.unblocked_at));
+            deadline(since, limit, Ending::Idle)?;
+        }
+        Ok(activity.at(next))
+    }
+}
+
+/// A request, counted open until its response ends.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.idle_since.store(activity.now(), Ordering::Relaxed);
+        activity.open.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that notes in its connection's [`Activity`] when it hands hyper a frame and
+/// whether hyper has come back for the next.
+struct Noted {
+    body: axum::body::Body,
+    open: Open,
+    /// Handed a frame, not asked for the next yet.
+    handed: bool,
+}
+
+impl Noted {
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.handed) {
+            self.open.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl http_body::Body for Noted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        this.taken();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // After a body's last frame hyper asks for nothing more.
+        if let Poll::Ready(Some(Ok(_))) = &polled
+            && !this.body.is_end_stream()
+        {
+            let activity = &this.open.0;
+            activity.handed_at.store(activity.now(), Ordering::Relaxed);
+            activity.waiting.fetch_add(1, Ordering::Release);
+            this.handed = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        self.taken();
+    }
+}
+
+/// Why a watched connection stopped being served.
+enum Ending {
+    /// hyper is done with it.
+    Closed(hyper::Result<()>),
+    /// The node stops.
+    Stop,
+    /// No request for `client_header_timeout`, whether one has begun to arrive or not.
+    Idle,
+    /// A response waited on the client for `send_timeout`.
+    Stalled,
+}
+
+/// Wakes a connection's task when its watchdog's timer fires or the node stops, and says so: the
+/// task looks at them only then, not every time hyper wakes it.
+#[derive(Default)]
+struct Alarm {
+    rang: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.rang.store(true, Ordering::Release);
+        if let Some(task) = &*lock(&self.task) {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// Drives `connection` to its end, closing it when the client owes something past its limit:
+/// dropped at once, or for an idle HTTP/2 connection, asked to close (`close`: hyper's graceful
+/// shutdown, a GOAWAY) with as long again for that, as HTTP/2's close waits for the client to
+/// answer a PING, which a client that sends nothing never does. When the node stops, it is asked
+/// to close and given until the node's `shutdown_timeout`.
+async fn watch<C>(
+    connection: C,
+    close: fn(Pin<&mut C>),
+    stop: &CancellationToken,
+    activity: &Activity,
+    limits: Limits,
+    http2: bool,
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut connection = pin!(connection);
+    let alarm = Arc::new(Alarm::default());
+    let alarmed = Waker::from(alarm.clone());
+    let mut stopped = pin!(stop.cancelled());
+    let period = limits.period();
+    let mut watchdog = Watchdog {
+        limits,
+        writes: 0,
+        writes_seen_at: 0,
+    };
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    // The task's waker, as the alarm has it.
+    let mut task: Option<Waker> = None;
+    let mut armed = false;
+    let ending = std::future::poll_fn(|cx| {
+        if !task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
+            task = Some(cx.waker().clone());
+            *lock(&alarm.task) = task.clone();
+        }
+        let rang = alarm.rang.load(Ordering::Acquire) && alarm.rang.swap(false, Ordering::AcqRel);
+        if rang || !armed {
+            armed = true;
+            let mut cx = Context::from_waker(&alarmed);
+            if stopped.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Ending::Stop);
+            }
+            if let Some(period) = period {
+                while timer.as_mut().poll(&mut cx).is_ready() {
+                    match watchdog.check(activity, period) {
+                        Ok(next) => timer.as_mut().reset(next),
+                        Err(ending) => return Poll::Ready(ending),
+                    }
+                }
+            }
+        }
+        connection.as_mut().poll(cx).map(Ending::Closed)
+    })
+    .await;
+    match ending {
+        Ending::Closed(result) => result,
+        Ending::Stop => {
+            close(connection.as_mut());
+            connection.await
+        }
+        Ending::Idle if http2 => {
+            close(connection.as_mut());
+            let grace = limits.header.unwrap_or_default();
+            tokio::time::timeout(grace, connection)
+                .await
+                .unwrap_or(Ok(()))
+        }
+        Ending::Idle => Ok(()),
+        Ending::Stalled => {
+            tracing::debug!("a client took nothing of a response for send_timeout; closed");
+            Ok(())
+        }
+    }
+}
+
+/// Reads a connection's first bytes, as far as telling whether they open HTTP/2: `None` if it
+/// closes before that. hyper-util's builder does the same, with no timer.
+async fn first_bytes(mut tcp: TcpStream, activity: Arc<Activity>) -> Option<ClientIo> {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0; PREFACE.len()];
+    let mut len = 0;
+    while len < first.len() && first[..len] == PREFACE[..len] {
+        match tcp.read(&mut first[len..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => len += read,
+        }
+    }
+    activity.idle_since.store(activity.now(), Ordering::Relaxed);
+    Some(ClientIo {
+        tcp,
+        first,
+        len,
+        at: 0,
+        activity,
+    })
+}
+
+/// A client connection whose first bytes were read to learn its protocol, with those bytes put
+/// back in front of the rest, and whose writes note in its [`Activity`] when the socket is full
+/// and when it takes bytes again. Reading costs one comparison more than the bare socket, as
+/// hyper-util's own wrapper does; writing, one more while the client keeps up.
+struct ClientIo {
+    tcp: TcpStream,
+    first: [u8; PREFACE.len()],
+    len: usize,
+    /// How many of `first` hyper has read.
+    at: usize,
+    activity: Arc<Activity>,
+}
+
+impl ClientIo {
+    fn http2(&self) -> bool {
+        self.first[..self.len] == PREFACE[..]
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.len {
+            let n = buf.remaining().min(this.len - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.activity.wrote(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.activity.wrote(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// An accept that failed: a connection reset before it was accepted is nothing; anything else
+/// (out of file descriptors, most often) is logged and waited out for a second, as axum does.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%err, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}

@@ -1,0 +1,196 @@
+//! `send_timeout` (as nginx's): a client that takes nothing of a response ready for it is
+//! disconnected, over HTTP/1.1 (a socket it does not read) and HTTP/2 (a stream window it does
+//! not open); one that reads with pauses shorter than the limit, or that waits on a slow origin,
+//! is served in full. Without it such clients (slow read) held their connections for good.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Harness, Reply, holding_back_origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(1);
+
+/// 16 MiB, more than the socket buffers on both sides and hyper's hold together.
+fn big_body() -> Bytes {
+    (0..16u32 << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// A connection to `addr` with a small receive buffer, with `request` sent on it.
+async fn connect(addr: std::net::SocketAddr, request: &[u8]) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    stream
+}
+
+/// Reads `stream` until it has `want` bytes or ends (it must not fall silent for 10 s),
+/// pausing for `pause` after each 4 MiB until it has paused `pauses` times; the bytes read.
+async fn read_all(
+    stream: &mut TcpStream,
+    want: usize,
+    pause: Duration,
+    mut pauses: usize,
+) -> usize {
+    let mut got = 0;
+    let mut next_pause = 4 << 20;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < want {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("neither closed nor sending after {got} bytes"),
+        }
+        if pauses > 0 && got >= next_pause {
+            tokio::time::sleep(pause).await;
+            pauses -= 1;
+            next_pause += 4 << 20;
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn an_http1_client_that_reads_nothing_is_disconnected() {
+    let h = Harness::new().await;
+    let body = big_body();
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.send_timeout.0 = LIMIT).await;
+    let r = edge.get("/big").await;
+    assert_eq!(r.body, body);
+    let request = b"GET /big HTTP/1.1\r\nHost: edge\r\n\r\n";
+
+    // Reads nothing for three times the limit, then tries: edge had closed the connection, so it
+    // gets only what was already in the socket buffers.
+    let mut stalled = connect(edge.addr, request).await;
+    tokio::time::sleep(3 * LIMIT).await;
+    let got = read_all(&mut stalled, usize::MAX, Duration::ZERO, 0).await;
+    assert!(got < body.len(), "a stalled client got {got} bytes");
+    assert!(got > 0);
+
+    // Pauses shorter than the limit are not a stall; the whole response comes.
+    let mut pausing = connect(edge.addr, request).await;
+    tokio::time::sleep(LIMIT * 6 / 10).await;
+    let got = read_all(&mut pausing, body.len(), LIMIT * 6 / 10, 3).await;
+    assert!(got >= body.len(), "a client pausing got {got} bytes");
+    assert_eq!(h.origin.hits("/big"), 1);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_is_disconnected() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let h = Harness::new().await;
+    let body = big_body();
+    h.origin.reply(
+        "/big",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.send_timeout.0 = LIMIT).await;
+    let (addr, url) = (edge.addr, edge.url("/big"));
+    let fetch = |pause: Duration| {
+        let url = url.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            // The connection reads its socket all along; the stream's window opens only as the
+            // body below is read.
+            tokio::spawn(connection);
+            let request = http::Request::get(url)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            tokio::time::sleep(pause).await;
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map(|body| body.to_bytes())
+        }
+    };
+    let stalled = fetch(3 * LIMIT).await;
+    assert!(stalled.is_err(), "a stalled stream got its whole body");
+    let pausing = fetch(LIMIT * 6 / 10).await.unwrap();
+    assert_eq!(pausing, body);
+    edge.stop().await;
+}
+
+/// A response waiting on the origin, not on the client, is not cut off, however long the origin
+/// takes within `origin.timeout`.
+#[tokio::test]
+async fn a_response_waiting_on_a_slow_origin_is_not_cut_off() {
+    let h = Harness::new().await;
+    let head = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\n";
+    let (origin, release) =
+        holding_back_origin([head, "01234"].concat().into(), "56789".into()).await;
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            let url = format!("http://{origin}").parse().unwrap();
+            c.origin.url = edge::config::OriginUrl(url);
+        })
+        .await;
+    let client = edge.client.clone();
+    let url = edge.url("/a");
+    let fetch = tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await });
+    tokio::time::sleep(3 * LIMIT).await;
+    release.send(()).unwrap();
+    let got = fetch.await.unwrap().unwrap();
+    assert_eq!(&got[..], b"0123456789");
+}
+
+/// A client that takes every byte slowly but steadily is not cut off, though one body frame
+/// (a 64 KiB block of a body file) takes it longer than the limit: what counts is that it takes
+/// bytes.
+#[tokio::test]
+async fn a_slow_but_steady_http2_client_is_served_in_full() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    const LIMIT: Duration = Duration::from_millis(300);
+    let h = Harness::new().await;
+    let body: Bytes = big_body().slice(..256 << 10);
+    h.origin.reply(
+        "/file",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            // Kept on disk only, and sent from its file in blocks of 64 KiB.
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert_eq!(edge.get("/file").await.body, body);
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(64 << 10)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(edge.url("/file"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let mut response = response.into_body();
+    let mut got = Vec::new();
+    // ~100 KB/s: a 64 KiB block takes ~650 ms to go out.
+    while let Some(frame) = response.frame().await {
+        let data = frame.expect("cut off").into_data().unwrap();
+        tokio::time::sleep(Duration::from_millis(160) * (data.len() as u32).div_ceil(16 << 10))
+            .await;
+        got.extend_from_slice(&data);
+    }
+    assert_eq!(got.len(), body.len());
+    assert!(got == body[..]);
+    edge.stop().await;
+}
