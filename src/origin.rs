@@ -455,15 +455,21 @@ impl http_body::Body for OriginBody {
             this.release();
             return Poll::Ready(frame.map(|frame| frame.map_err(std::io::Error::other)));
         }
-        let deadline = tokio::time::Instant::now() + this.idle;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !this.armed {
-            timer.as_mut().reset(deadline);
-            this.armed = true;
-        }
-        ready!(timer.as_mut().poll(cx));
+        // The clock is read only to arm the timer, not on every wait.
+        let deadline = || tokio::time::Instant::now() + this.idle;
+        let mut timer = match this.timer.take() {
+            Some(mut timer) => {
+                if !this.armed {
+                    timer.as_mut().reset(deadline());
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline())),
+        };
+        this.armed = true;
+        let elapsed = timer.as_mut().poll(cx);
+        this.timer = Some(timer);
+        ready!(elapsed);
         let idle = this.idle;
         Poll::Ready(Some(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
