@@ -9,11 +9,12 @@
 //! read what they asked for (slow read), hold connections, and file descriptors, for good: hyper
 //! times out only HTTP/1 heads, and only with a timer on every request.
 //!
-//! One watchdog per connection keeps both limits. The connection's requests and their response
-//! bodies note what they do in an [`Activity`] (a few relaxed atomics, one clock read per body
-//! frame and one per response); the watchdog's timer, registered with a waker of its own, wakes
-//! the connection's task only when a deadline may have passed, at most once per limit, and reads
-//! them then.
+//! One watchdog per connection keeps both limits, also while the node shuts down. The
+//! connection's requests, its socket writes and (on HTTP/2) its response bodies note what they do
+//! in an [`Activity`]: a few relaxed atomics, with the clock read once per response, once per
+//! piece of an HTTP/2 body, and on a socket write only when the socket fills or drains. The
+//! watchdog's timer, registered with a waker of its own, wakes the connection's task only when a
+//! deadline may have passed, and reads them then.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -156,6 +157,7 @@ where
         () = stop.cancelled() => return Ok(()),
     };
     let noted = activity.clone();
+    let http2 = io.http2();
     // A request counts from its head to the end of its response's body, which hyper drops when
     // the response (or the HTTP/2 stream) ends; a request whose response ended before its body
     // did is counted closed.
@@ -165,11 +167,13 @@ where
             Ok::<_, Infallible>(response.map(|body| Noted {
                 body,
                 open,
+                piece: http2.then_some(PIECE),
+                rest: bytes::Bytes::new(),
                 handed: false,
             }))
         })
     });
-    if io.http2() {
+    if http2 {
         let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
         watch(
             connection,
@@ -213,8 +217,6 @@ struct Activity {
     blocked_since: AtomicU64,
     /// When it last took bytes again after being full.
     unblocked_at: AtomicU64,
-    /// Writes that found room.
-    writes: AtomicU64,
 }
 
 impl Activity {
@@ -228,18 +230,12 @@ impl Activity {
             blocked: AtomicBool::new(false),
             blocked_since: AtomicU64::new(0),
             unblocked_at: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
         }
     }
 
     /// Notes a write to the socket: whether it found the socket full. The clock is read only
     /// when that changes, which a client that keeps up never makes happen.
     fn wrote(&self, full: bool) {
-        if !full {
-            // Only the connection's task writes.
-            let writes = self.writes.load(Ordering::Relaxed);
-            self.writes.store(writes.wrapping_add(1), Ordering::Relaxed);
-        }
         if self.blocked.load(Ordering::Relaxed) != full {
             let at = if full {
                 &self.blocked_since
@@ -261,57 +257,51 @@ impl Activity {
     }
 }
 
-/// A connection's watchdog: what it has seen of the connection's [`Activity`].
-struct Watchdog {
-    limits: Limits,
-    /// The socket writes counted at the last look, and when a look first saw that count.
-    writes: u64,
-    writes_seen_at: u64,
-}
-
-impl Watchdog {
-    /// What the client owes past its limit, if anything; if not, when to look again (within
-    /// `period`).
-    ///
-    /// A response waits on its client while the socket is full, or while one of its body's
-    /// frames waits for hyper to come back for the next (HTTP/2 holds a stream back while its
-    /// window is shut) and nothing at all is written. A connection is idle when no request is
-    /// open and nothing is left to write: an answer still going out to a slow client is not
-    /// idleness, however long ago its body ended, while the client takes bytes within
-    /// `send_timeout`.
-    fn check(&mut self, activity: &Activity, period: Duration) -> Result<Instant, Ending> {
-        let now = activity.now();
-        let writes = activity.writes.load(Ordering::Relaxed);
-        if writes != self.writes {
-            self.writes = writes;
-            self.writes_seen_at = now;
+/// What the client owes past its limit, if anything; if not, when to look again (within
+/// `period`).
+///
+/// A response waits on its client while the socket is full (edge could write again once the
+/// client had taken a good part of what the socket holds, as for nginx's `send_timeout`), or, on
+/// HTTP/2, while every open request has handed hyper a piece it has not come back for: a stream
+/// whose client keeps its window shut cannot end its connection while another stream still
+/// waits on the origin. A connection is idle when no request is open and nothing is left to
+/// write: an answer still going out to a slow client is not idleness, however long ago its body
+/// ended, while the socket keeps taking bytes.
+fn check(activity: &Activity, limits: &Limits, period: Duration) -> Result<Instant, Ending> {
+    let now = activity.now();
+    let mut next = now.saturating_add(period.as_nanos() as u64);
+    let mut deadline = |since: &AtomicU64, limit: Duration, ending: Ending| {
+        let deadline = since
+            .load(Ordering::Relaxed)
+            .saturating_add(limit.as_nanos() as u64);
+        next = next.min(deadline);
+        if deadline <= now { Err(ending) } else { Ok(()) }
+    };
+    let blocked = activity.blocked.load(Ordering::Acquire);
+    let open = activity.open.load(Ordering::Acquire);
+    if let Some(limit) = limits.send {
+        if blocked {
+            deadline(&activity.blocked_since, limit, Ending::Stalled)?;
         }
-        let mut next = now.saturating_add(period.as_nanos() as u64);
-        let mut deadline = |since: u64, limit: Duration, ending: Ending| {
-            let deadline = since.saturating_add(limit.as_nanos() as u64);
-            next = next.min(deadline);
-            if deadline <= now { Err(ending) } else { Ok(()) }
-        };
-        let load = |at: &AtomicU64| at.load(Ordering::Relaxed);
-        let blocked = activity.blocked.load(Ordering::Acquire);
-        if let Some(limit) = self.limits.send {
-            if blocked {
-                deadline(load(&activity.blocked_since), limit, Ending::Stalled)?;
-            }
-            if activity.waiting.load(Ordering::Acquire) > 0 {
-                let moved = load(&activity.handed_at).max(self.writes_seen_at);
-                deadline(moved, limit, Ending::Stalled)?;
-            }
+        let waiting = activity.waiting.load(Ordering::Acquire);
+        if waiting > 0 && waiting >= open {
+            deadline(&activity.handed_at, limit, Ending::Stalled)?;
         }
-        if let Some(limit) = self.limits.header
-            && !blocked
-            && activity.open.load(Ordering::Acquire) == 0
-        {
-            let since = load(&activity.idle_since).max(load(&activity.unblocked_at));
-            deadline(since, limit, Ending::Idle)?;
-        }
-        Ok(activity.at(next))
     }
+    if let Some(limit) = limits.header
+        && !blocked
+        && open == 0
+    {
+        let since = if activity.unblocked_at.load(Ordering::Relaxed)
+            > activity.idle_since.load(Ordering::Relaxed)
+        {
+            &activity.unblocked_at
+        } else {
+            &activity.idle_since
+        };
+        deadline(since, limit, Ending::Idle)?;
+    }
+    Ok(activity.at(next))
 }
 
 /// A request, counted open until its response ends.
@@ -332,12 +322,23 @@ impl Drop for Open {
     }
 }
 
-/// A response body that notes in its connection's [`Activity`] when it hands hyper a frame and
-/// whether hyper has come back for the next.
+/// The most of a body an HTTP/2 stream is handed at once: an HTTP/2 DATA frame's worth.
+const PIECE: usize = 16 << 10;
+
+/// A response body that keeps its request counted open until it ends. On HTTP/2 it also hands
+/// its data to hyper in pieces of at most [`PIECE`], noting in its connection's [`Activity`] when
+/// it hands one and whether hyper has come back for the next: hyper asks for more only as the
+/// client opens the stream's window, so a piece not taken for `send_timeout` is a client that
+/// takes nothing, and a body handed whole (a memory hit) would end for edge before the client
+/// had any of it. On HTTP/1 the socket tells that instead ([`ClientIo`]).
 struct Noted {
     body: axum::body::Body,
     open: Open,
-    /// Handed a frame, not asked for the next yet.
+    /// HTTP/2: the size of a piece.
+    piece: Option<usize>,
+    /// What is left of the frame being handed in pieces.
+    rest: bytes::Bytes,
+    /// Handed a piece, not asked for the next yet.
     handed: bool,
 }
 
@@ -358,26 +359,47 @@ impl http_body::Body for Noted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        let Some(piece) = this.piece else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
         this.taken();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        // After a body's last frame hyper asks for nothing more.
-        if let Poll::Ready(Some(Ok(_))) = &polled
-            && !this.body.is_end_stream()
-        {
+        if this.rest.is_empty() {
+            match std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return Poll::Ready(other),
+            }
+        }
+        let data = if this.rest.len() > piece {
+            this.rest.split_to(piece)
+        } else {
+            std::mem::take(&mut this.rest)
+        };
+        // After a body's last piece hyper asks for nothing more.
+        if !http_body::Body::is_end_stream(this) {
             let activity = &this.open.0;
             activity.handed_at.store(activity.now(), Ordering::Relaxed);
             activity.waiting.fetch_add(1, Ordering::Release);
             this.handed = true;
         }
-        polled
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let hint = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut sum = http_body::SizeHint::new();
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper.saturating_add(rest));
+        }
+        sum.set_lower(hint.lower().saturating_add(rest));
+        sum
     }
 }
 
@@ -391,8 +413,6 @@ impl Drop for Noted {
 enum Ending {
     /// hyper is done with it.
     Closed(hyper::Result<()>),
-    /// The node stops.
-    Stop,
     /// No request for `client_header_timeout`, whether one has begun to arrive or not.
     Idle,
     /// A response waited on the client for `send_timeout`.
@@ -421,10 +441,11 @@ impl Wake for Alarm {
 }
 
 /// Drives `connection` to its end, closing it when the client owes something past its limit:
-/// dropped at once, or for an idle HTTP/2 connection, asked to close (`close`: hyper's graceful
-/// shutdown, a GOAWAY) with as long again for that, as HTTP/2's close waits for the client to
-/// answer a PING, which a client that sends nothing never does. When the node stops, it is asked
-/// to close and given until the node's `shutdown_timeout`.
+/// dropped at once, or, for an idle HTTP/2 connection, asked to close (`close`: hyper's graceful
+/// shutdown, a GOAWAY) and dropped if still idle as long again, as HTTP/2's close waits for the
+/// client to answer a PING, which a client that sends nothing never does. When the node stops, it
+/// is asked to close, and the watchdog goes on until it has: a client that stalls does not hold
+/// the node's shutdown up to `shutdown_timeout`.
 async fn watch<C>(
     connection: C,
     close: fn(Pin<&mut C>),
@@ -441,15 +462,12 @@ where
     let alarmed = Waker::from(alarm.clone());
     let mut stopped = pin!(stop.cancelled());
     let period = limits.period();
-    let mut watchdog = Watchdog {
-        limits,
-        writes: 0,
-        writes_seen_at: 0,
-    };
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
     // The task's waker, as the alarm has it.
     let mut task: Option<Waker> = None;
     let mut armed = false;
+    // Asked to close (the node stops, or an idle HTTP/2 connection got its GOAWAY).
+    let mut closing = false;
     let ending = std::future::poll_fn(|cx| {
         if !task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
             task = Some(cx.waker().clone());
@@ -459,13 +477,20 @@ where
         if rang || !armed {
             armed = true;
             let mut cx = Context::from_waker(&alarmed);
-            if stopped.as_mut().poll(&mut cx).is_ready() {
-                return Poll::Ready(Ending::Stop);
+            if !closing && stopped.as_mut().poll(&mut cx).is_ready() {
+                close(connection.as_mut());
+                closing = true;
             }
             if let Some(period) = period {
                 while timer.as_mut().poll(&mut cx).is_ready() {
-                    match watchdog.check(activity, period) {
+                    match check(activity, &limits, period) {
                         Ok(next) => timer.as_mut().reset(next),
+                        Err(Ending::Idle) if http2 && !closing => {
+                            close(connection.as_mut());
+                            closing = true;
+                            // As long again from now.
+                            activity.idle_since.store(activity.now(), Ordering::Relaxed);
+                        }
                         Err(ending) => return Poll::Ready(ending),
                     }
                 }
@@ -476,17 +501,6 @@ where
     .await;
     match ending {
         Ending::Closed(result) => result,
-        Ending::Stop => {
-            close(connection.as_mut());
-            connection.await
-        }
-        Ending::Idle if http2 => {
-            close(connection.as_mut());
-            let grace = limits.header.unwrap_or_default();
-            tokio::time::timeout(grace, connection)
-                .await
-                .unwrap_or(Ok(()))
-        }
         Ending::Idle => Ok(()),
         Ending::Stalled => {
             tracing::debug!("a client took nothing of a response for send_timeout; closed");

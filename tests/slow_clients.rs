@@ -1,7 +1,10 @@
-//! `send_timeout` (as nginx's): a client that takes nothing of a response ready for it is
-//! disconnected, over HTTP/1.1 (a socket it does not read) and HTTP/2 (a stream window it does
-//! not open); one that reads with pauses shorter than the limit, or that waits on a slow origin,
-//! is served in full. Without it such clients (slow read) held their connections for good.
+//! Clients that stall. `send_timeout` (as nginx's): a client that takes nothing of a response
+//! ready for it is disconnected, over HTTP/1.1 (a socket it does not read) and HTTP/2 (a stream
+//! window it keeps shut, even while its HTTP/2 library sends PINGs); one that reads with pauses
+//! shorter than the limit, or slowly but steadily, or that waits on a slow origin, is served in
+//! full, and a stream that stalls does not take down another that waits on the origin. Without
+//! it such clients (slow read) held their connections for good. And the connection watchdog that
+//! keeps it and `client_header_timeout` goes on while the node shuts down.
 
 mod common;
 
@@ -9,6 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Harness, Reply, holding_back_origin};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -86,7 +91,6 @@ async fn an_http1_client_that_reads_nothing_is_disconnected() {
 
 #[tokio::test]
 async fn an_http2_client_that_opens_no_window_is_disconnected() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let h = Harness::new().await;
     let body = big_body();
     h.origin.reply(
@@ -148,13 +152,11 @@ async fn a_response_waiting_on_a_slow_origin_is_not_cut_off() {
     assert_eq!(&got[..], b"0123456789");
 }
 
-/// A client that takes every byte slowly but steadily is not cut off, though one body frame
-/// (a 64 KiB block of a body file) takes it longer than the limit: what counts is that it takes
-/// bytes.
+/// A client that takes every byte slowly but steadily is not cut off, though one block of a body
+/// file (64 KiB) takes it longer than the limit: edge hands an HTTP/2 stream 16 KiB at a time,
+/// and what counts is that the client takes them.
 #[tokio::test]
 async fn a_slow_but_steady_http2_client_is_served_in_full() {
-    use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     const LIMIT: Duration = Duration::from_millis(300);
     let h = Harness::new().await;
     let body: Bytes = big_body().slice(..256 << 10);
@@ -193,4 +195,156 @@ async fn a_slow_but_steady_http2_client_is_served_in_full() {
     assert_eq!(got.len(), body.len());
     assert!(got == body[..]);
     edge.stop().await;
+}
+
+fn get(url: String) -> http::Request<http_body_util::Empty<Bytes>> {
+    http::Request::get(url)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap()
+}
+
+/// A memory hit (handed over whole) read steadily over HTTP/2 through a small window, with a
+/// short `client_header_timeout`: it was cut off, its connection taken for idle once the body had
+/// been handed to hyper, though the client was still taking it. Over HTTP/1.1 too.
+#[tokio::test]
+async fn a_memory_hit_read_steadily_is_served_in_full() {
+    let h = Harness::new().await;
+    let body = big_body().slice(..1 << 20);
+    h.origin.reply(
+        "/mem",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.client_header_timeout.0 = LIMIT).await;
+    assert_eq!(edge.get("/mem").await.body, body);
+
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(64 << 10)
+        .initial_connection_window_size(64 << 10)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut response = sender
+        .send_request(get(edge.url("/mem")))
+        .await
+        .unwrap()
+        .into_body();
+    let mut got = Vec::new();
+    while let Some(frame) = response.frame().await {
+        let data = frame.expect("cut off").into_data().unwrap();
+        got.extend_from_slice(&data);
+        // ~200 KB/s: 5 s in all.
+        tokio::time::sleep(Duration::from_micros(5 * data.len() as u64)).await;
+    }
+    assert!(got == body[..], "{} bytes", got.len());
+
+    let mut stream = connect(edge.addr, b"GET /mem HTTP/1.1\r\nHost: edge\r\n\r\n").await;
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 << 10];
+    while got < body.len() {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "cut off after {got}");
+        got += n;
+        tokio::time::sleep(Duration::from_micros(5 * n as u64)).await;
+    }
+    edge.stop().await;
+}
+
+/// A client that keeps a stream's window shut is disconnected though its HTTP/2 library sends
+/// PINGs (as gRPC clients do), which edge answers: what counts is the response's bytes.
+#[tokio::test]
+async fn pings_do_not_keep_a_stalled_http2_client_connected() {
+    let h = Harness::new().await;
+    let body = big_body().slice(..4 << 20);
+    h.origin.reply(
+        "/disk",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert_eq!(edge.get("/disk").await.body, body);
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(LIMIT * 3 / 10)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(get(edge.url("/disk"))).await.unwrap();
+    tokio::time::sleep(5 * LIMIT).await;
+    let collected = response.into_body().collect().await;
+    assert!(
+        collected.is_err(),
+        "a stream stalled 5 × send_timeout was served in full"
+    );
+    edge.stop().await;
+}
+
+/// One stream keeps its window shut while another waits on a slow origin: the connection is not
+/// closed while the second still has an answer coming, which it gets.
+#[tokio::test]
+async fn a_stalled_http2_stream_does_not_take_down_one_waiting_on_the_origin() {
+    let h = Harness::new().await;
+    let body = big_body().slice(..4 << 20);
+    h.origin.reply(
+        "/disk",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    h.origin.reply(
+        "/slow",
+        Reply::ok("slow")
+            .header("cache-control", "no-store")
+            .delay(3 * LIMIT),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert_eq!(edge.get("/disk").await.body, body);
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
+    let slow = sender
+        .send_request(get(edge.url("/slow")))
+        .await
+        .expect("the stream waiting on the origin was lost");
+    let slow = slow.into_body().collect().await.expect("its body was lost");
+    assert_eq!(&slow.to_bytes()[..], b"slow");
+    drop(stalled);
+    edge.stop().await;
+}
+
+/// A client halfway through a request head when the node stops is still disconnected after
+/// `client_header_timeout`, not kept until `shutdown_timeout`: the watchdog goes on while the
+/// node waits for its connections to close.
+#[tokio::test]
+async fn a_stalled_client_does_not_hold_up_shutdown() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| {
+            c.client_header_timeout.0 = LIMIT;
+            c.shutdown_timeout.0 = 8 * LIMIT;
+        })
+        .await;
+    let mut slow = TcpStream::connect(edge.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: edge\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(LIMIT * 3 / 10).await;
+    let started = std::time::Instant::now();
+    edge.stop().await;
+    let took = started.elapsed();
+    assert!(took < 3 * LIMIT, "stopping took {took:?}");
 }
