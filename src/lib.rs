@@ -129,10 +129,15 @@ impl Node {
             .with_state(edge.clone());
         let limits = listener::Limits::of(&edge.config());
         let proxy = edge.clone();
-        let main = listener::serve(listener, limits, stop.clone(), move |peer, request| {
-            proxy::handle(proxy.clone(), peer, request)
-        });
-        let admin = listener::serve(admin, limits, stop.clone(), move |_, request| {
+        let clients = Some(edge.metrics.clients.clone());
+        let main = listener::serve(
+            listener,
+            limits,
+            clients,
+            stop.clone(),
+            move |peer, request| proxy::handle(proxy.clone(), peer, request),
+        );
+        let admin = listener::serve(admin, limits, None, stop.clone(), move |_, request| {
             admin_app
                 .clone()
                 .oneshot(request)

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::fill::lock;
+use crate::metrics::{ClientMetrics, Disconnect};
 
 /// How long a client may owe something; `None` is no limit.
 #[derive(Clone, Copy)]
@@ -67,10 +68,12 @@ impl Limits {
 
 /// A listener (the main one or the admin one): HTTP/1.1 and HTTP/2 (prior knowledge)
 /// connections, every request to `handle` with the client's address, until `stop`; then no new
-/// connections, and the open ones close as their requests end.
+/// connections, and the open ones close as their requests end. Its connections, and those closed
+/// on a limit, are counted in `metrics`, if given.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
+    metrics: Option<ClientMetrics>,
     stop: CancellationToken,
     handle: H,
 ) -> std::io::Result<()>
@@ -105,9 +108,23 @@ where
             stop.clone(),
             handle.clone(),
         );
+        let metrics = metrics.clone();
         connections.spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "client connection ended");
+            if let Some(metrics) = &metrics {
+                metrics.opened();
+            }
+            match connection.await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    tracing::debug!(%peer, ?why, "client connection closed on a limit");
+                    if let Some(metrics) = &metrics {
+                        metrics.disconnected(why);
+                    }
+                }
+                Err(err) => tracing::debug!(%peer, %err, "client connection ended"),
+            }
+            if let Some(metrics) = &metrics {
+                metrics.closed();
             }
         });
     }
@@ -128,7 +145,7 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one client connection: reads its first bytes, up to where they show HTTP/2's preface or
 /// not, within `client_header_timeout` of the accept; then serves it with hyper's HTTP/1 or
-/// HTTP/2 server, watched.
+/// HTTP/2 server, watched. Says so if it closed the connection on a limit.
 async fn serve_connection<H, F>(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
@@ -136,7 +153,7 @@ async fn serve_connection<H, F>(
     limits: Limits,
     stop: CancellationToken,
     handle: H,
-) -> hyper::Result<()>
+) -> hyper::Result<Option<Disconnect>>
 where
     H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -145,16 +162,20 @@ where
     let first = async {
         let first = first_bytes(tcp, activity.clone());
         match limits.header {
-            Some(limit) => tokio::time::timeout(limit, first).await.ok().flatten(),
-            None => first.await,
+            Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| ()),
+            None => Ok(first.await),
         }
     };
     let io = tokio::select! {
         first = first => match first {
-            Some(io) => io,
-            None => return Ok(()),
+            Ok(Some(io)) => io,
+            Ok(None) => return Ok(None),
+            Err(()) if activity.head_started.load(Ordering::Relaxed) => {
+                return Ok(Some(Disconnect::SlowHead));
+            }
+            Err(()) => return Ok(Some(Disconnect::Idle)),
         },
-        () = stop.cancelled() => return Ok(()),
+        () = stop.cancelled() => return Ok(None),
     };
     let noted = activity.clone();
     let http2 = io.http2();
@@ -206,6 +227,8 @@ struct Activity {
     open: AtomicUsize,
     /// When the last response ended, or the connection's first bytes came.
     idle_since: AtomicU64,
+    /// Bytes have come since the last request head was complete: a head is under way.
+    head_started: AtomicBool,
     /// Response bodies that handed hyper a frame and have not been asked for the next: hyper
     /// holds back while the client takes nothing (a full socket, or an HTTP/2 window at 0).
     waiting: AtomicUsize,
@@ -225,6 +248,7 @@ impl Activity {
             since: Instant::now(),
             open: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            head_started: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             handed_at: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
@@ -310,6 +334,7 @@ struct Open(Arc<Activity>);
 impl Open {
     fn new(activity: &Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.head_started.store(false, Ordering::Relaxed);
         Self(activity.clone())
     }
 }
@@ -445,7 +470,7 @@ impl Wake for Alarm {
 /// shutdown, a GOAWAY) and dropped if still idle as long again, as HTTP/2's close waits for the
 /// client to answer a PING, which a client that sends nothing never does. When the node stops, it
 /// is asked to close, and the watchdog goes on until it has: a client that stalls does not hold
-/// the node's shutdown up to `shutdown_timeout`.
+/// the node's shutdown up to `shutdown_timeout`. Says so if it closed the connection on a limit.
 async fn watch<C>(
     connection: C,
     close: fn(Pin<&mut C>),
@@ -453,7 +478,7 @@ async fn watch<C>(
     activity: &Activity,
     limits: Limits,
     http2: bool,
-) -> hyper::Result<()>
+) -> hyper::Result<Option<Disconnect>>
 where
     C: Future<Output = hyper::Result<()>>,
 {
@@ -499,14 +524,15 @@ where
         connection.as_mut().poll(cx).map(Ending::Closed)
     })
     .await;
-    match ending {
-        Ending::Closed(result) => result,
-        Ending::Idle => Ok(()),
-        Ending::Stalled => {
-            tracing::debug!("a client took nothing of a response for send_timeout; closed");
-            Ok(())
+    Ok(match ending {
+        Ending::Closed(result) => return result.map(|()| None),
+        // HTTP/2 connections read PINGs and SETTINGS between requests.
+        Ending::Idle if !http2 && activity.head_started.load(Ordering::Relaxed) => {
+            Some(Disconnect::SlowHead)
         }
-    }
+        Ending::Idle => Some(Disconnect::Idle),
+        Ending::Stalled => Some(Disconnect::SlowRead),
+    })
 }
 
 /// Reads a connection's first bytes, as far as telling whether they open HTTP/2: `None` if it
@@ -518,7 +544,10 @@ async fn first_bytes(mut tcp: TcpStream, activity: Arc<Activity>) -> Option<Clie
     while len < first.len() && first[..len] == PREFACE[..len] {
         match tcp.read(&mut first[len..]).await {
             Ok(0) | Err(_) => return None,
-            Ok(read) => len += read,
+            Ok(read) => {
+                len += read;
+                activity.head_started.store(true, Ordering::Relaxed);
+            }
         }
     }
     activity.idle_since.store(activity.now(), Ordering::Relaxed);
@@ -563,7 +592,12 @@ impl AsyncRead for ClientIo {
             this.at += n;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.head_started.store(true, Ordering::Relaxed);
+        }
+        read
     }
 }
 

@@ -9,7 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -32,6 +32,47 @@ struct PurgeLabel {
     by: &'static str,
     /// `hard` (deleted) or `soft` (marked stale).
     mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DisconnectLabel {
+    reason: &'static str,
+}
+
+/// Why edge closed a client connection, as `edge_client_disconnects_total` labels it.
+#[derive(Clone, Copy, Debug)]
+pub enum Disconnect {
+    /// A keep-alive connection with nothing pending, or one that never sent a byte, for
+    /// `client_header_timeout`.
+    Idle,
+    /// Its first bytes or a request head begun but not complete within `client_header_timeout`
+    /// (slowloris).
+    SlowHead,
+    /// A response it took none of for `send_timeout` (slow read).
+    SlowRead,
+}
+
+const DISCONNECTS: [&str; 3] = ["idle", "slow_head", "slow_read"];
+
+/// What the main listener's connections count.
+#[derive(Clone, Default)]
+pub struct ClientMetrics {
+    connections: Gauge,
+    disconnects: [Counter; DISCONNECTS.len()],
+}
+
+impl ClientMetrics {
+    pub fn opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn closed(&self) {
+        self.connections.dec();
+    }
+
+    pub fn disconnected(&self, why: Disconnect) {
+        self.disconnects[why as usize].inc();
+    }
 }
 
 /// Every `cache_status` label [`crate::headers::CacheStatus::label`] gives.
@@ -60,6 +101,7 @@ pub struct Metrics {
     collapsed: Counter,
     purges: Family<PurgeLabel, Counter>,
     purged_objects: Counter,
+    pub clients: ClientMetrics,
 }
 
 impl Metrics {
@@ -107,6 +149,23 @@ impl Metrics {
             "Stored responses deleted or marked stale by purges",
             purged_objects.clone(),
         );
+        let clients = ClientMetrics::default();
+        registry.register(
+            "client_connections",
+            "Client connections open on the main listener",
+            clients.connections.clone(),
+        );
+        let disconnects = Family::<DisconnectLabel, Counter>::default();
+        registry.register(
+            "client_disconnects",
+            "Client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout)",
+            disconnects.clone(),
+        );
+        let clients = ClientMetrics {
+            disconnects: DISCONNECTS
+                .map(|reason| (disconnects.get_or_create(&DisconnectLabel { reason })).clone()),
+            ..clients
+        };
         registry.register_collector(Box::new(CacheCollector(cache)));
         let requests = CACHE_STATUSES.map(|cache_status| {
             (requests.get_or_create(&CacheStatusLabel { cache_status })).clone()
@@ -122,6 +181,7 @@ impl Metrics {
             collapsed,
             purges,
             purged_objects,
+            clients,
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Reply, TestEdge};
+use common::{Harness, Reply, TestEdge, sample};
 use http::Method;
 use serde_json::Value;
 
@@ -20,20 +20,6 @@ async fn purge(edge: &TestEdge, query: &str) -> Value {
     let (status, body) = admin(edge, Method::POST, &format!("/purge?{query}")).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-async fn metrics(edge: &TestEdge) -> String {
-    let (status, body) = admin(edge, Method::GET, "/metrics").await;
-    assert_eq!(status, 200);
-    body
-}
-
-/// The value of one sample, by its name with labels as rendered; 0 when absent.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 fn cached(body: &str) -> Reply {
@@ -77,7 +63,7 @@ async fn metrics_count_requests_by_what_the_cache_did() {
     edge.get("/private").await; // pass
     edge.send(Method::POST, "/a", &[]).await; // bypass
 
-    let text = metrics(&edge).await;
+    let text = edge.metrics().await;
     let requests = |status: &str| {
         sample(
             &text,
@@ -127,7 +113,7 @@ async fn metrics_report_entries_per_tier_collapsed_requests_and_purges() {
     assert_eq!(h.origin.hits("/slow"), 1);
     edge.get("/b").await;
 
-    let text = metrics(&edge).await;
+    let text = edge.metrics().await;
     assert_eq!(
         sample(&text, "edge_collapsed_requests_total"),
         4.0,
@@ -161,7 +147,7 @@ async fn metrics_report_entries_per_tier_collapsed_requests_and_purges() {
     );
 
     purge(&edge, "url=/b").await;
-    let text = metrics(&edge).await;
+    let text = edge.metrics().await;
     assert_eq!(
         sample(&text, "edge_purges_total{by=\"url\",mode=\"hard\"}"),
         1.0,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Reply, http_date, raw_origin, start_time};
+use common::{Harness, Reply, http_date, raw_origin, sample, start_time};
 use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -882,6 +882,16 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     }
     // Idle past the timeout: closed.
     assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
+    // Counted apart, on the main listener only.
+    let metrics = edge.metrics().await;
+    let disconnects = |reason: &str| {
+        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
+        sample(&metrics, &name)
+    };
+    assert_eq!(disconnects("slow_head"), 1.0, "{metrics}");
+    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects("slow_read"), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, "edge_client_connections"), 0.0);
     edge.stop().await;
 }
 
@@ -1014,6 +1024,16 @@ async fn a_connection_that_sends_nothing_is_disconnected() {
         .edge_with(|c| c.client_header_timeout.0 = Duration::from_secs(1))
         .await;
     let sent: [&[u8]; 2] = [b"", b"PRI * HTTP/2.0\r\n"];
+    // Open connections are counted while open.
+    let open = TcpStream::connect(edge.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_client_connections"),
+        1.0,
+        "{metrics}"
+    );
+    drop(open);
     for addr in [edge.addr, edge.admin_addr] {
         for bytes in sent {
             let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -1051,6 +1071,16 @@ async fn a_connection_that_sends_nothing_is_disconnected() {
         buf.extend_from_slice(&chunk[..n]);
     };
     assert_eq!(response.status, 200);
+    // One that sent nothing counts as idle, one that began a preface as slow; the main
+    // listener's only.
+    let metrics = edge.metrics().await;
+    let disconnects = |reason: &str| {
+        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
+        sample(&metrics, &name)
+    };
+    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects("slow_head"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "edge_client_connections"), 0.0);
     edge.stop().await;
 }
 

@@ -11,13 +11,22 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Reply, holding_back_origin};
+use common::{Harness, Reply, TestEdge, holding_back_origin, sample};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(1);
+
+/// How many connections the metrics say were closed for taking nothing of a response.
+async fn slow_reads(edge: &TestEdge) -> f64 {
+    let metrics = edge.metrics().await;
+    sample(
+        &metrics,
+        r#"edge_client_disconnects_total{reason="slow_read"}"#,
+    )
+}
 
 /// 16 MiB, more than the socket buffers on both sides and hyper's hold together.
 fn big_body() -> Bytes {
@@ -79,6 +88,7 @@ async fn an_http1_client_that_reads_nothing_is_disconnected() {
     let got = read_all(&mut stalled, usize::MAX, Duration::ZERO, 0).await;
     assert!(got < body.len(), "a stalled client got {got} bytes");
     assert!(got > 0);
+    assert_eq!(slow_reads(&edge).await, 1.0);
 
     // Pauses shorter than the limit are not a stall; the whole response comes.
     let mut pausing = connect(edge.addr, request).await;
@@ -86,6 +96,7 @@ async fn an_http1_client_that_reads_nothing_is_disconnected() {
     let got = read_all(&mut pausing, body.len(), LIMIT * 6 / 10, 3).await;
     assert!(got >= body.len(), "a client pausing got {got} bytes");
     assert_eq!(h.origin.hits("/big"), 1);
+    assert_eq!(slow_reads(&edge).await, 1.0);
     edge.stop().await;
 }
 
@@ -125,6 +136,7 @@ async fn an_http2_client_that_opens_no_window_is_disconnected() {
     assert!(stalled.is_err(), "a stalled stream got its whole body");
     let pausing = fetch(LIMIT * 6 / 10).await.unwrap();
     assert_eq!(pausing, body);
+    assert_eq!(slow_reads(&edge).await, 1.0);
     edge.stop().await;
 }
 

@@ -321,6 +321,14 @@ impl TestEdge {
         TestEdge::start(self.config.clone(), self.clock.clone(), self.dir.clone()).await
     }
 
+    /// The admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin_addr);
+        let response = self.client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.send(Method::GET, path, &[]).await
     }
@@ -535,4 +543,12 @@ pub async fn holding_back_origin(
         let _ = socket.read(&mut buf).await;
     });
     (addr, release)
+}
+
+/// The value of one sample of `metrics`, by its name with labels as rendered; 0 when absent.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
