@@ -108,23 +108,17 @@ where
             stop.clone(),
             handle.clone(),
         );
-        let metrics = metrics.clone();
+        let metrics = metrics.as_ref().map(Counted::new);
         connections.spawn(async move {
-            if let Some(metrics) = &metrics {
-                metrics.opened();
-            }
             match connection.await {
                 Ok(None) => {}
                 Ok(Some(why)) => {
                     tracing::debug!(%peer, ?why, "client connection closed on a limit");
                     if let Some(metrics) = &metrics {
-                        metrics.disconnected(why);
+                        metrics.0.disconnected(why);
                     }
                 }
                 Err(err) => tracing::debug!(%peer, %err, "client connection ended"),
-            }
-            if let Some(metrics) = &metrics {
-                metrics.closed();
             }
         });
     }
@@ -132,6 +126,22 @@ where
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// A connection counted open in the metrics until this is dropped, however its task ends.
+struct Counted(ClientMetrics);
+
+impl Counted {
+    fn new(metrics: &ClientMetrics) -> Self {
+        metrics.opened();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 /// hyper's two servers, set up once for a listener and shared by its connections.
@@ -352,10 +362,12 @@ const PIECE: usize = 16 << 10;
 
 /// A response body that keeps its request counted open until it ends. On HTTP/2 it also hands
 /// its data to hyper in pieces of at most [`PIECE`], noting in its connection's [`Activity`] when
-/// it hands one and whether hyper has come back for the next: hyper asks for more only as the
-/// client opens the stream's window, so a piece not taken for `send_timeout` is a client that
-/// takes nothing, and a body handed whole (a memory hit) would end for edge before the client
-/// had any of it. On HTTP/1 the socket tells that instead ([`ClientIo`]).
+/// it hands one and whether hyper has come back for the next (or, after the last, dropped the
+/// body): hyper holds a piece until the stream's window has room for it, so a piece not taken
+/// for `send_timeout` is a client that takes nothing, and a body handed whole (a memory hit)
+/// would end for edge before the client had any of it. hyper hands the h2 library a piece once
+/// the window has room for part of it; the last piece's rest is then out of sight. On HTTP/1 the
+/// socket tells instead ([`ClientIo`]).
 struct Noted {
     body: axum::body::Body,
     open: Open,
@@ -402,13 +414,12 @@ impl http_body::Body for Noted {
         } else {
             std::mem::take(&mut this.rest)
         };
-        // After a body's last piece hyper asks for nothing more.
-        if !http_body::Body::is_end_stream(this) {
-            let activity = &this.open.0;
-            activity.handed_at.store(activity.now(), Ordering::Relaxed);
-            activity.waiting.fetch_add(1, Ordering::Release);
-            this.handed = true;
-        }
+        // The last piece too: hyper holds each until the window has room for it, and drops the
+        // body only once it has sent the last.
+        let activity = &this.open.0;
+        activity.handed_at.store(activity.now(), Ordering::Relaxed);
+        activity.waiting.fetch_add(1, Ordering::Release);
+        this.handed = true;
         Poll::Ready(Some(Ok(http_body::Frame::data(data))))
     }
 
@@ -493,6 +504,8 @@ where
     let mut armed = false;
     // Asked to close (the node stops, or an idle HTTP/2 connection got its GOAWAY).
     let mut closing = false;
+    // Asked to close for idleness.
+    let mut idled = false;
     let ending = std::future::poll_fn(|cx| {
         if !task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
             task = Some(cx.waker().clone());
@@ -513,6 +526,7 @@ where
                         Err(Ending::Idle) if http2 && !closing => {
                             close(connection.as_mut());
                             closing = true;
+                            idled = true;
                             // As long again from now.
                             activity.idle_since.store(activity.now(), Ordering::Relaxed);
                         }
@@ -525,6 +539,8 @@ where
     })
     .await;
     Ok(match ending {
+        // An idle HTTP/2 connection that closed after its GOAWAY.
+        Ending::Closed(_) if idled => Some(Disconnect::Idle),
         Ending::Closed(result) => return result.map(|()| None),
         // HTTP/2 connections read PINGs and SETTINGS between requests.
         Ending::Idle if !http2 && activity.head_started.load(Ordering::Relaxed) => {
@@ -594,7 +610,8 @@ impl AsyncRead for ClientIo {
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        // Bytes while no request is open begin a head (not a request body's).
+        if buf.filled().len() > before && this.activity.open.load(Ordering::Relaxed) == 0 {
             this.activity.head_started.store(true, Ordering::Relaxed);
         }
         read

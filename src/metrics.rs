@@ -158,7 +158,7 @@ impl Metrics {
         let disconnects = Family::<DisconnectLabel, Counter>::default();
         registry.register(
             "client_disconnects",
-            "Client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout)",
+            "Main-listener client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout)",
             disconnects.clone(),
         );
         let clients = ClientMetrics {

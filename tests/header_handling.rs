@@ -1152,5 +1152,48 @@ async fn an_idle_http2_connection_is_closed() {
     })
     .await;
     assert!(ended.is_ok(), "a silent HTTP/2 connection stayed open");
+    // Both closed as idle: the client that closed after the GOAWAY, and the one that ignored it.
+    let metrics = edge.metrics().await;
+    let idle = sample(&metrics, r#"edge_client_disconnects_total{reason="idle"}"#);
+    assert_eq!(idle, 2.0, "{metrics}");
     edge.stop().await;
+}
+
+/// A request body that comes after its head is not the start of the next head: the connection,
+/// idle after its answer, is counted as an idle one when it is closed.
+#[tokio::test]
+async fn a_closed_keep_alive_connection_after_an_upload_counts_as_idle() {
+    let h = Harness::new().await;
+    h.origin.reply("/upload", Reply::ok("thanks"));
+    let edge = h
+        .edge_with(|c| c.client_header_timeout.0 = Duration::from_secs(1))
+        .await;
+    let mut client = TcpStream::connect(edge.addr).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.write_all(b"hello").await.unwrap();
+    let mut buf = Vec::new();
+    let response = loop {
+        if let Some(response) = parse_response(&buf) {
+            break response;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(response.status, 200);
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    let metrics = edge.metrics().await;
+    let disconnects = |reason: &str| {
+        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
+        sample(&metrics, &name)
+    };
+    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects("slow_head"), 0.0, "{metrics}");
 }

@@ -360,3 +360,32 @@ async fn a_stalled_client_does_not_hold_up_shutdown() {
     let took = started.elapsed();
     assert!(took < 3 * LIMIT, "stopping took {took:?}");
 }
+
+/// A response that fits in one piece (most do), to a client whose stream window stays shut: it
+/// was never seen as waiting on the client, so the connection stayed open for good.
+#[tokio::test]
+async fn a_small_response_to_a_shut_http2_window_is_a_slow_read() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/small",
+        Reply::ok(vec![7u8; 1000]).header("cache-control", "max-age=60"),
+    );
+    let edge = h.edge_with(|c| c.send_timeout.0 = LIMIT).await;
+    assert_eq!(edge.get("/small").await.body.len(), 1000);
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(get(edge.url("/small"))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = tokio::time::timeout(5 * LIMIT, response.into_body().collect()).await;
+    assert!(
+        matches!(collected, Ok(Err(_))),
+        "the connection was not closed"
+    );
+    assert_eq!(slow_reads(&edge).await, 1.0);
+    edge.stop().await;
+}
