@@ -10,11 +10,12 @@
 //! times out only HTTP/1 heads, and only with a timer on every request.
 //!
 //! One watchdog per connection keeps both limits, also while the node shuts down. The
-//! connection's requests, its socket writes and (on HTTP/2) its response bodies note what they do
-//! in an [`Activity`]: a few relaxed atomics, with the clock read once per response, once per
-//! piece of an HTTP/2 body, and on a socket write only when the socket fills or drains. The
-//! watchdog's timer, registered with a waker of its own, wakes the connection's task only when a
-//! deadline may have passed, and reads them then.
+//! connection's requests and its socket writes note what they do in an [`Activity`]: a few
+//! relaxed atomics, with the clock read once per response, and on a socket write only when the
+//! socket fills or drains. The watchdog's timer, registered with a waker of its own, wakes the
+//! connection's task only when a deadline may have passed, and reads them then. An HTTP/2
+//! stream, a task of its own, has a watch of its own for `send_timeout` ([`StreamWatch`]), so
+//! that one stalled stream is reset and not its connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use axum::response::Response;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -83,7 +84,10 @@ where
 {
     let protocols = Arc::new(Protocols {
         http1: hyper::server::conn::http1::Builder::new(),
-        http2: hyper::server::conn::http2::Builder::new(TokioExecutor::new()),
+        http2: hyper::server::conn::http2::Builder::new(Streams {
+            send: limits.send,
+            metrics: metrics.clone(),
+        }),
     });
     let connections = TaskTracker::new();
     loop {
@@ -147,7 +151,111 @@ impl Drop for Counted {
 /// hyper's two servers, set up once for a listener and shared by its connections.
 struct Protocols {
     http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<Streams>,
+}
+
+/// Runs the streams of HTTP/2 connections, each as a task of its own (as hyper-util's executor
+/// does), under a [`StreamWatch`] when `send_timeout` is set.
+#[derive(Clone)]
+struct Streams {
+    send: Option<Duration>,
+    metrics: Option<ClientMetrics>,
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let Some(limit) = self.send else {
+            drop(tokio::spawn(stream));
+            return;
+        };
+        drop(tokio::spawn(StreamWatch {
+            stream: Box::pin(stream),
+            state: Arc::new(StreamState {
+                since: Instant::now(),
+                waiting: AtomicBool::new(false),
+                handed_at: AtomicU64::new(0),
+            }),
+            limit,
+            timer: None,
+            armed_for: 0,
+            metrics: self.metrics.clone(),
+        }));
+    }
+}
+
+/// What an HTTP/2 stream's response body notes for its [`StreamWatch`].
+struct StreamState {
+    since: Instant,
+    /// A piece of the body handed to hyper waits for the client to open the stream's window.
+    waiting: AtomicBool,
+    /// When it was handed, in nanoseconds since `since`.
+    handed_at: AtomicU64,
+}
+
+std::thread_local! {
+    /// The state of the HTTP/2 stream being polled on this thread, until its response body takes
+    /// it: the body is made while its stream's task polls the request's future.
+    static STREAM: std::cell::RefCell<Option<Arc<StreamState>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// An HTTP/2 stream whose response waits on its client for `limit` (a piece of its body not
+/// taken, the client keeping the stream's window shut) is reset (dropped: hyper's h2 sends
+/// RST_STREAM), as nginx's `send_timeout` ends one HTTP/2 stream; its connection's other streams
+/// go on.
+struct StreamWatch<F> {
+    stream: Pin<Box<F>>,
+    state: Arc<StreamState>,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The `handed_at` the timer is set for.
+    armed_for: u64,
+    metrics: Option<ClientMetrics>,
+}
+
+impl<F: Future<Output = ()>> Future for StreamWatch<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        // Until the response body has taken its state.
+        let unclaimed = Arc::strong_count(&this.state) == 1;
+        if unclaimed {
+            STREAM.with(|current| current.replace(Some(this.state.clone())));
+        }
+        let polled = this.stream.as_mut().poll(cx);
+        if unclaimed {
+            STREAM.with(|current| current.take());
+        }
+        if polled.is_ready() || !this.state.waiting.load(Ordering::Acquire) {
+            return polled;
+        }
+        let handed = this.state.handed_at.load(Ordering::Relaxed);
+        let deadline = this.state.since + Duration::from_nanos(handed) + this.limit;
+        let mut timer = match this.timer.take() {
+            Some(mut timer) => {
+                if this.armed_for != handed {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        this.armed_for = handed;
+        let stalled = timer.as_mut().poll(cx).is_ready();
+        this.timer = Some(timer);
+        if stalled {
+            tracing::debug!("a client took nothing of a stream's response for send_timeout; reset");
+            if let Some(metrics) = &this.metrics {
+                metrics.disconnected(Disconnect::SlowRead);
+            }
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
 }
 
 /// How an HTTP/2 connection with prior knowledge opens (RFC 9113 §3.4).
@@ -197,10 +305,10 @@ where
         handle(peer, request.map(axum::body::Body::new)).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Noted {
                 body,
-                open,
+                _open: open,
                 piece: http2.then_some(PIECE),
                 rest: bytes::Bytes::new(),
-                handed: false,
+                stream: http2.then(|| STREAM.with(|stream| stream.take())).flatten(),
             }))
         })
     });
@@ -239,11 +347,6 @@ struct Activity {
     idle_since: AtomicU64,
     /// Bytes have come since the last request head was complete: a head is under way.
     head_started: AtomicBool,
-    /// Response bodies that handed hyper a frame and have not been asked for the next: hyper
-    /// holds back while the client takes nothing (a full socket, or an HTTP/2 window at 0).
-    waiting: AtomicUsize,
-    /// When a response body last handed hyper a frame.
-    handed_at: AtomicU64,
     /// The socket is full: the last write found no room.
     blocked: AtomicBool,
     /// When it filled up.
@@ -259,8 +362,6 @@ impl Activity {
             open: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicBool::new(false),
-            waiting: AtomicUsize::new(0),
-            handed_at: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             blocked_since: AtomicU64::new(0),
             unblocked_at: AtomicU64::new(0),
@@ -294,13 +395,11 @@ impl Activity {
 /// What the client owes past its limit, if anything; if not, when to look again (within
 /// `period`).
 ///
-/// A response waits on its client while the socket is full (edge could write again once the
-/// client had taken a good part of what the socket holds, as for nginx's `send_timeout`), or, on
-/// HTTP/2, while every open request has handed hyper a piece it has not come back for: a stream
-/// whose client keeps its window shut cannot end its connection while another stream still
-/// waits on the origin. A connection is idle when no request is open and nothing is left to
-/// write: an answer still going out to a slow client is not idleness, however long ago its body
-/// ended, while the socket keeps taking bytes.
+/// A connection waits on its client while the socket is full (edge could write again once the
+/// client had taken a good part of what the socket holds, as for nginx's `send_timeout`); one
+/// HTTP/2 stream whose window stays shut is its [`StreamWatch`]'s to reset. A connection is idle
+/// when no request is open and nothing is left to write: an answer still going out to a slow
+/// client is not idleness, however long ago its body ended, while the socket keeps taking bytes.
 fn check(activity: &Activity, limits: &Limits, period: Duration) -> Result<Instant, Ending> {
     let now = activity.now();
     let mut next = now.saturating_add(period.as_nanos() as u64);
@@ -312,19 +411,14 @@ fn check(activity: &Activity, limits: &Limits, period: Duration) -> Result<Insta
         if deadline <= now { Err(ending) } else { Ok(()) }
     };
     let blocked = activity.blocked.load(Ordering::Acquire);
-    let open = activity.open.load(Ordering::Acquire);
-    if let Some(limit) = limits.send {
-        if blocked {
-            deadline(&activity.blocked_since, limit, Ending::Stalled)?;
-        }
-        let waiting = activity.waiting.load(Ordering::Acquire);
-        if waiting > 0 && waiting >= open {
-            deadline(&activity.handed_at, limit, Ending::Stalled)?;
-        }
+    if let Some(limit) = limits.send
+        && blocked
+    {
+        deadline(&activity.blocked_since, limit, Ending::Stalled)?;
     }
     if let Some(limit) = limits.header
         && !blocked
-        && open == 0
+        && activity.open.load(Ordering::Acquire) == 0
     {
         let since = if activity.unblocked_at.load(Ordering::Relaxed)
             > activity.idle_since.load(Ordering::Relaxed)
@@ -361,28 +455,28 @@ impl Drop for Open {
 const PIECE: usize = 16 << 10;
 
 /// A response body that keeps its request counted open until it ends. On HTTP/2 it also hands
-/// its data to hyper in pieces of at most [`PIECE`], noting in its connection's [`Activity`] when
+/// its data to hyper in pieces of at most [`PIECE`], noting for its stream's [`StreamWatch`] when
 /// it hands one and whether hyper has come back for the next (or, after the last, dropped the
 /// body): hyper holds a piece until the stream's window has room for it, so a piece not taken
-/// for `send_timeout` is a client that takes nothing, and a body handed whole (a memory hit)
-/// would end for edge before the client had any of it. hyper hands the h2 library a piece once
-/// the window has room for part of it; the last piece's rest is then out of sight. On HTTP/1 the
-/// socket tells instead ([`ClientIo`]).
+/// for `send_timeout` is a client that takes nothing; and a body handed whole (a memory hit)
+/// would end for edge, and its connection look idle, before the client had any of it. hyper
+/// hands the h2 library a piece once the window has room for part of it; the last piece's rest
+/// is then out of sight. On HTTP/1 the socket tells instead ([`ClientIo`]).
 struct Noted {
     body: axum::body::Body,
-    open: Open,
+    _open: Open,
     /// HTTP/2: the size of a piece.
     piece: Option<usize>,
     /// What is left of the frame being handed in pieces.
     rest: bytes::Bytes,
-    /// Handed a piece, not asked for the next yet.
-    handed: bool,
+    /// HTTP/2 with `send_timeout`: what its stream's watch reads.
+    stream: Option<Arc<StreamState>>,
 }
 
 impl Noted {
-    fn taken(&mut self) {
-        if std::mem::take(&mut self.handed) {
-            self.open.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    fn taken(&self) {
+        if let Some(stream) = &self.stream {
+            stream.waiting.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -416,10 +510,11 @@ impl http_body::Body for Noted {
         };
         // The last piece too: hyper holds each until the window has room for it, and drops the
         // body only once it has sent the last.
-        let activity = &this.open.0;
-        activity.handed_at.store(activity.now(), Ordering::Relaxed);
-        activity.waiting.fetch_add(1, Ordering::Release);
-        this.handed = true;
+        if let Some(stream) = &this.stream {
+            let now = stream.since.elapsed().as_nanos() as u64;
+            stream.handed_at.store(now, Ordering::Relaxed);
+            stream.waiting.store(true, Ordering::Release);
+        }
         Poll::Ready(Some(Ok(http_body::Frame::data(data))))
     }
 

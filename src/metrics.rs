@@ -48,7 +48,8 @@ pub enum Disconnect {
     /// Its first bytes or a request head begun but not complete within `client_header_timeout`
     /// (slowloris).
     SlowHead,
-    /// A response it took none of for `send_timeout` (slow read).
+    /// A response it took none of for `send_timeout` (slow read); on HTTP/2, the stream is reset
+    /// and the connection goes on.
     SlowRead,
 }
 
@@ -158,7 +159,7 @@ impl Metrics {
         let disconnects = Family::<DisconnectLabel, Counter>::default();
         registry.register(
             "client_disconnects",
-            "Main-listener client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout)",
+            "Main-listener client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout; on HTTP/2 a stream reset)",
             disconnects.clone(),
         );
         let clients = ClientMetrics {

@@ -1,9 +1,9 @@
 //! Clients that stall. `send_timeout` (as nginx's): a client that takes nothing of a response
-//! ready for it is disconnected, over HTTP/1.1 (a socket it does not read) and HTTP/2 (a stream
-//! window it keeps shut, even while its HTTP/2 library sends PINGs); one that reads with pauses
-//! shorter than the limit, or slowly but steadily, or that waits on a slow origin, is served in
-//! full, and a stream that stalls does not take down another that waits on the origin. Without
-//! it such clients (slow read) held their connections for good. And the connection watchdog that
+//! ready for it is cut off: over HTTP/1.1 (a socket it does not read) its connection is closed,
+//! over HTTP/2 (a stream window it keeps shut, even while its library sends PINGs) that stream is
+//! reset and its connection's other streams go on. One that reads with pauses shorter than the
+//! limit, or slowly but steadily, or that waits on a slow origin, is served in full. Without it
+//! such clients (slow read) held their connections for good. And the connection watchdog that
 //! keeps it and `client_header_timeout` goes on while the node shuts down.
 
 mod common;
@@ -101,7 +101,7 @@ async fn an_http1_client_that_reads_nothing_is_disconnected() {
 }
 
 #[tokio::test]
-async fn an_http2_client_that_opens_no_window_is_disconnected() {
+async fn an_http2_stream_whose_window_stays_shut_is_reset() {
     let h = Harness::new().await;
     let body = big_body();
     h.origin.reply(
@@ -263,10 +263,10 @@ async fn a_memory_hit_read_steadily_is_served_in_full() {
     edge.stop().await;
 }
 
-/// A client that keeps a stream's window shut is disconnected though its HTTP/2 library sends
-/// PINGs (as gRPC clients do), which edge answers: what counts is the response's bytes.
+/// A stream whose window stays shut is reset though the client's HTTP/2 library sends PINGs (as
+/// gRPC clients do), which edge answers: what counts is the response's bytes.
 #[tokio::test]
-async fn pings_do_not_keep_a_stalled_http2_client_connected() {
+async fn pings_do_not_keep_a_stalled_http2_stream_open() {
     let h = Harness::new().await;
     let body = big_body().slice(..4 << 20);
     h.origin.reply(
@@ -387,5 +387,53 @@ async fn a_small_response_to_a_shut_http2_window_is_a_slow_read() {
         "the connection was not closed"
     );
     assert_eq!(slow_reads(&edge).await, 1.0);
+    edge.stop().await;
+}
+
+/// A stream whose window stays shut is reset on its own: the client's other requests on that
+/// connection, made all along, are served, and the connection stays open. Any traffic on the
+/// connection kept such a stream open for good.
+#[tokio::test]
+async fn a_stalled_http2_stream_is_reset_alone() {
+    let h = Harness::new().await;
+    let body = big_body().slice(..4 << 20);
+    h.origin.reply(
+        "/disk",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    h.origin.reply(
+        "/small",
+        Reply::ok(vec![1u8; 20 << 10]).header("cache-control", "max-age=60"),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert_eq!(edge.get("/disk").await.body, body);
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < 4 * LIMIT {
+        let small = sender.send_request(get(edge.url("/small"))).await.unwrap();
+        let small = small.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(small.len(), 20 << 10);
+        tokio::time::sleep(LIMIT * 3 / 10).await;
+    }
+    assert_eq!(slow_reads(&edge).await, 1.0);
+    let collected = tokio::time::timeout(LIMIT, stalled.into_body().collect()).await;
+    assert!(
+        matches!(collected, Ok(Err(_))),
+        "the stalled stream was not reset"
+    );
+    assert!(!connection.is_finished());
+    let after = sender.send_request(get(edge.url("/small"))).await.unwrap();
+    assert_eq!(after.status(), 200);
     edge.stop().await;
 }
