@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Reply, http_date, raw_origin, sample, start_time};
+use common::{Harness, Reply, disconnects, http_date, raw_origin, sample, start_time};
 use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +30,21 @@ impl RawResponse {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from a kept-alive connection; `closed` says what it means if the
+/// connection closes first.
+async fn read_response(stream: &mut TcpStream, closed: &str) -> RawResponse {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(response) = parse_response(&buf) {
+            return response;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "{closed}");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -866,16 +881,7 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     let request = b"GET /slow-client HTTP/1.1\r\nHost: edge\r\n\r\n";
     for _ in 0..3 {
         kept.write_all(request).await.unwrap();
-        let mut buf = Vec::new();
-        let response = loop {
-            if let Some(response) = parse_response(&buf) {
-                break response;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = kept.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed while a request was answered");
-            buf.extend_from_slice(&chunk[..n]);
-        };
+        let response = read_response(&mut kept, "closed while a request was answered").await;
         assert_eq!(response.status, 200);
         assert_eq!(&response.body[..], b"fine");
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -884,13 +890,9 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
     // Counted apart, on the main listener only.
     let metrics = edge.metrics().await;
-    let disconnects = |reason: &str| {
-        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
-        sample(&metrics, &name)
-    };
-    assert_eq!(disconnects("slow_head"), 1.0, "{metrics}");
-    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
-    assert_eq!(disconnects("slow_read"), 0.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "slow_head"), 1.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "slow_read"), 0.0, "{metrics}");
     assert_eq!(sample(&metrics, "edge_client_connections"), 0.0);
     edge.stop().await;
 }
@@ -1060,26 +1062,13 @@ async fn a_connection_that_sends_nothing_is_disconnected() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let response = loop {
-        if let Some(response) = parse_response(&buf) {
-            break response;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = prompt.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let response = read_response(&mut prompt, "closed before answering").await;
     assert_eq!(response.status, 200);
     // One that sent nothing counts as idle, one that began a preface as slow; the main
     // listener's only.
     let metrics = edge.metrics().await;
-    let disconnects = |reason: &str| {
-        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
-        sample(&metrics, &name)
-    };
-    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
-    assert_eq!(disconnects("slow_head"), 1.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "slow_head"), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "edge_client_connections"), 0.0);
     edge.stop().await;
 }
@@ -1175,25 +1164,12 @@ async fn a_closed_keep_alive_connection_after_an_upload_counts_as_idle() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     client.write_all(b"hello").await.unwrap();
-    let mut buf = Vec::new();
-    let response = loop {
-        if let Some(response) = parse_response(&buf) {
-            break response;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = client.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let response = read_response(&mut client, "closed before answering").await;
     assert_eq!(response.status, 200);
     let mut rest = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
     let metrics = edge.metrics().await;
-    let disconnects = |reason: &str| {
-        let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
-        sample(&metrics, &name)
-    };
-    assert_eq!(disconnects("idle"), 1.0, "{metrics}");
-    assert_eq!(disconnects("slow_head"), 0.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "idle"), 1.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "slow_head"), 0.0, "{metrics}");
 }

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Reply, TestEdge, holding_back_origin, sample};
+use common::{Harness, Reply, TestEdge, disconnects, holding_back_origin};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,11 +21,7 @@ const LIMIT: Duration = Duration::from_secs(1);
 
 /// How many connections the metrics say were closed for taking nothing of a response.
 async fn slow_reads(edge: &TestEdge) -> f64 {
-    let metrics = edge.metrics().await;
-    sample(
-        &metrics,
-        r#"edge_client_disconnects_total{reason="slow_read"}"#,
-    )
+    disconnects(&edge.metrics().await, "slow_read")
 }
 
 /// 16 MiB, more than the socket buffers on both sides and hyper's hold together.
@@ -113,17 +109,10 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset() {
     let fetch = |pause: Duration| {
         let url = url.clone();
         async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .unwrap();
             // The connection reads its socket all along; the stream's window opens only as the
             // body below is read.
-            tokio::spawn(connection);
-            let request = http::Request::get(url)
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
+            let (mut sender, _) = h2(addr, |_| {}).await;
+            let request = get(url);
             let response = sender.send_request(request).await.unwrap();
             assert_eq!(response.status(), 200);
             tokio::time::sleep(pause).await;
@@ -184,16 +173,11 @@ async fn a_slow_but_steady_http2_client_is_served_in_full() {
         })
         .await;
     assert_eq!(edge.get("/file").await.body, body);
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(64 << 10)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get(edge.url("/file"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let (mut sender, _) = h2(edge.addr, |b| {
+        b.initial_stream_window_size(64 << 10);
+    })
+    .await;
+    let request = get(edge.url("/file"));
     let response = sender.send_request(request).await.unwrap();
     let mut response = response.into_body();
     let mut got = Vec::new();
@@ -207,6 +191,22 @@ async fn a_slow_but_steady_http2_client_is_served_in_full() {
     assert_eq!(got.len(), body.len());
     assert!(got == body[..]);
     edge.stop().await;
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`, set up by `configure`, driven by a task of
+/// its own.
+async fn h2(
+    addr: std::net::SocketAddr,
+    configure: impl FnOnce(&mut hyper::client::conn::http2::Builder<TokioExecutor>),
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    configure(&mut builder);
+    let (sender, connection) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    (sender, tokio::spawn(connection))
 }
 
 fn get(url: String) -> http::Request<http_body_util::Empty<Bytes>> {
@@ -229,14 +229,11 @@ async fn a_memory_hit_read_steadily_is_served_in_full() {
     let edge = h.edge_with(|c| c.client_header_timeout.0 = LIMIT).await;
     assert_eq!(edge.get("/mem").await.body, body);
 
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(64 << 10)
-        .initial_connection_window_size(64 << 10)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = h2(edge.addr, |b| {
+        b.initial_stream_window_size(64 << 10)
+            .initial_connection_window_size(64 << 10);
+    })
+    .await;
     let mut response = sender
         .send_request(get(edge.url("/mem")))
         .await
@@ -280,14 +277,11 @@ async fn pings_do_not_keep_a_stalled_http2_stream_open() {
         })
         .await;
     assert_eq!(edge.get("/disk").await.body, body);
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(LIMIT * 3 / 10)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = h2(edge.addr, |b| {
+        b.timer(TokioTimer::new())
+            .keep_alive_interval(LIMIT * 3 / 10);
+    })
+    .await;
     let response = sender.send_request(get(edge.url("/disk"))).await.unwrap();
     tokio::time::sleep(5 * LIMIT).await;
     let collected = response.into_body().collect().await;
@@ -321,12 +315,7 @@ async fn a_stalled_http2_stream_does_not_take_down_one_waiting_on_the_origin() {
         })
         .await;
     assert_eq!(edge.get("/disk").await.body, body);
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = h2(edge.addr, |_| {}).await;
     let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
     let slow = sender
         .send_request(get(edge.url("/slow")))
@@ -372,13 +361,10 @@ async fn a_small_response_to_a_shut_http2_window_is_a_slow_read() {
     );
     let edge = h.edge_with(|c| c.send_timeout.0 = LIMIT).await;
     assert_eq!(edge.get("/small").await.body.len(), 1000);
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = h2(edge.addr, |b| {
+        b.initial_stream_window_size(0);
+    })
+    .await;
     let response = sender.send_request(get(edge.url("/small"))).await.unwrap();
     assert_eq!(response.status(), 200);
     let collected = tokio::time::timeout(5 * LIMIT, response.into_body().collect()).await;
@@ -412,12 +398,7 @@ async fn a_stalled_http2_stream_is_reset_alone() {
         })
         .await;
     assert_eq!(edge.get("/disk").await.body, body);
-    let tcp = TcpStream::connect(edge.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2(edge.addr, |_| {}).await;
     let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
     let started = std::time::Instant::now();
     while started.elapsed() < 4 * LIMIT {

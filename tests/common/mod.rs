@@ -552,3 +552,10 @@ pub fn sample(metrics: &str, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
+
+/// How many client connections `metrics` says edge closed for `reason` (`idle`, `slow_head`,
+/// `slow_read`).
+pub fn disconnects(metrics: &str, reason: &str) -> f64 {
+    let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
+    sample(metrics, &name)
+}
