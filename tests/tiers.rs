@@ -460,3 +460,46 @@ async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
     assert!(!after.is_hit(), "{}", after.cache_status());
     assert_eq!(h.origin.hits("/file"), 2);
 }
+
+/// A disk hit of a body file verified before hashes neither its body nor its record again; a
+/// change to the file's record (its modification time moves) is caught all the same.
+#[tokio::test]
+async fn a_record_changed_after_its_file_was_verified_is_verified_again() {
+    let h = Harness::new().await;
+    let body = vec![b'v'; 20_000];
+    h.origin.reply(
+        "/file",
+        Reply::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .header("x-tag", "original-value"),
+    );
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = 1024).await;
+    edge.get("/file").await;
+    for _ in 0..2 {
+        let hit = edge.get("/file").await;
+        assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
+        assert_eq!(hit.header("x-tag"), Some("original-value"));
+    }
+
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let file = std::fs::read_dir(&bodies)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_none())
+        .expect("a body file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes[body.len()..]
+        .windows(14)
+        .position(|w| w == b"original-value")
+        .expect("the field's value in the record")
+        + body.len();
+    // Still a valid value, of the same length: only the record's checksum tells.
+    bytes[at..at + 14].copy_from_slice(b"tampered-value");
+    std::fs::write(&file, &bytes).unwrap();
+
+    let after = edge.get("/file").await;
+    assert_eq!(after.body, body, "{}", after.cache_status());
+    assert_eq!(after.header("x-tag"), Some("original-value"));
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(h.origin.hits("/file"), 2);
+}

@@ -1272,14 +1272,14 @@ impl Inner {
             Err(err) => return Err(err.into()),
         };
         let stamp = stamp(&file)?;
-        let (entry, body_ref) = match read_record(&file, stamp.0, &self.heuristic())? {
+        // A body file verified since start-up, unchanged since (same length and modification
+        // time), is not hashed again, its record no more than its body.
+        let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
+        let (entry, body_ref) = match read_record(&file, stamp.0, &self.heuristic(), !seen)? {
             Ok(found) => found,
             Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq),
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
         };
-        // A body file verified since start-up, unchanged since (same length and modification
-        // time), is not hashed again.
-        let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
         if body_ref.len > self.stream_over {
             if !seen {
                 // Hashing the whole body is for the blocking pool.
@@ -1651,7 +1651,7 @@ impl Inner {
                 let Ok(len) = file.metadata().map(|meta| meta.len()) else {
                     return;
                 };
-                match read_record(&file, len, &self.heuristic()) {
+                match read_record(&file, len, &self.heuristic(), true) {
                     Ok(Ok((entry, _))) => Arc::new(*entry),
                     _ => return,
                 }
@@ -1872,11 +1872,13 @@ fn trailer(record_len: usize) -> [u8; TRAILER as usize] {
     out
 }
 
-/// Reads and verifies the record at the end of a body file of `len` bytes (not the body).
+/// Reads the record at the end of a body file of `len` bytes (not the body), and verifies it
+/// unless `check` is false.
 fn read_record(
     file: &std::fs::File,
     len: u64,
     heuristic: &HeuristicConfig,
+    check: bool,
 ) -> std::io::Result<Result<(Box<StoredEntry>, BodyRef), DecodeError>> {
     if len < TRAILER {
         return Ok(Err(DecodeError::Truncated));
@@ -1908,7 +1910,8 @@ fn read_record(
         file.read_exact_at(&mut record, body_len)?;
         Bytes::from(record)
     };
-    Ok(match StoredEntry::decode(record, heuristic) {
+    let decoded = StoredEntry::decode_checked(record, heuristic, check);
+    Ok(match decoded {
         Ok(Decoded::BodyElsewhere(entry, body)) if body.len == body_len => Ok((entry, body)),
         Ok(Decoded::BodyElsewhere(..)) => Err(DecodeError::Length),
         Ok(Decoded::Record(_)) => Err(DecodeError::Invalid),
@@ -1990,7 +1993,7 @@ fn check_files(tier: Weak<Inner>, files: Vec<FileName>) {
                 let Ok(len) = file.metadata().map(|meta| meta.len()) else {
                     continue;
                 };
-                let failure = match read_record(&file, len, &inner.heuristic()) {
+                let failure = match read_record(&file, len, &inner.heuristic(), true) {
                     Ok(Ok((entry, _)))
                         if key.get(..32)
                             == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..]) =>
