@@ -38,6 +38,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
 use std::ops::Bound;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,7 +211,8 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Body files verified since start-up, and large ones (over `stream_over`) written since, by
     /// the sequence number of their record (which names the file), with the length and
-    /// modification time they had then; a file that no longer has them is verified again. A large
+    /// modification time they had then; a file that no longer has them is verified again. Entries
+    /// in the index verified since start-up, by theirs (see [`indexed`]). A large
     /// file written here needs no first check: its record's checksum was taken of the bytes
     /// written, and hashing it again would read the whole file. A smaller one is hashed as it is
     /// read anyway, and is not worth an entry here until it is.
@@ -1240,22 +1242,33 @@ impl Inner {
         let Some(value) = self.records.get(key)? else {
             return Ok(None);
         };
+        let seq = seq_of(&value);
+        // A record verified since start-up is not hashed again: sled gives back the bytes it
+        // was given under that (never reused) sequence number, or an error.
+        let stamp = indexed(value.len());
+        let seen = self.verified.get(&seq) == Some(stamp);
         let failure = match value.get(8..) {
             // The body is a slice of sled's buffer, not a copy.
-            Some(_) => match Record::decode(
+            Some(_) => match Record::decode_checked(
                 Bytes::from_owner(value.clone()).slice(8..),
                 &self.heuristic(),
+                !seen,
             ) {
-                Ok(Decoded::Record(record)) => return Ok(Some(record)),
+                Ok(Decoded::Record(record)) => {
+                    if !seen && matches!(record, Record::Entry(_)) {
+                        self.verified.insert(seq, stamp);
+                    }
+                    return Ok(Some(record));
+                }
                 Ok(Decoded::BodyElsewhere(..)) => {
                     "it names a body file, which the index never does".to_owned()
                 }
-                Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq_of(&value)),
+                Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq),
                 Err(err) => err.to_string(),
             },
             None => DecodeError::Truncated.to_string(),
         };
-        self.drop_failed(key, seq_of(&value), &failure)
+        self.drop_failed(key, seq, &failure)
     }
 
     /// A response whose record is at the end of its body file.
@@ -1744,11 +1757,11 @@ impl Inner {
     }
 
     fn body_path(&self, key: &[u8], seq: u64) -> PathBuf {
-        let mut name = String::with_capacity(2 * (key.len() + 8) + 1);
-        push_hex(&mut name, key);
-        name.push('-');
-        push_hex(&mut name, &seq.to_be_bytes());
-        self.bodies.join(name)
+        let mut name = vec![b'-'; 2 * (key.len() + 8) + 1];
+        let (key_hex, seq_hex) = name.split_at_mut(2 * key.len());
+        write_hex(key_hex, key);
+        write_hex(&mut seq_hex[1..], &seq.to_be_bytes());
+        self.bodies.join(std::ffi::OsStr::from_bytes(&name))
     }
 }
 
@@ -1852,6 +1865,11 @@ impl Drop for Spool {
 
 /// What identifies one version of a file: its length and modification time.
 type Stamp = (u64, i64, i64);
+
+/// The stamp of a record of `len` bytes in the index: no file has its nanoseconds.
+fn indexed(len: usize) -> Stamp {
+    (len as u64, 0, -1)
+}
 
 fn stamp(file: &std::fs::File) -> std::io::Result<Stamp> {
     let meta = file.metadata()?;
@@ -2114,18 +2132,18 @@ fn seq_of(value: &[u8]) -> u64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
+    let mut out = vec![0; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Writes `bytes` into `out` (twice as long) in lowercase hex digits.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        bytes.iter().flat_map(|&b| {
-            [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]].map(char::from)
-        }),
-    );
+    for (digits, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        digits[0] = DIGITS[usize::from(b >> 4)];
+        digits[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -2478,6 +2496,43 @@ mod tests {
             read(&tier, name);
         }
         assert_eq!(tier.inner().hashed.load(Ordering::Relaxed), 2);
+    }
+
+    /// A record in the index is verified when first read, and not hashed again after that: a
+    /// damaged one (here, one byte of its body changed in sled under the same sequence number)
+    /// is dropped at its first read.
+    #[test]
+    fn an_index_record_is_verified_at_its_first_read() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 32 << 20, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        let key = |name: &str| blake3::hash(name.as_bytes()).as_bytes().to_vec();
+        let body = |found: Option<Record>| match found {
+            Some(Record::Entry(entry)) => Some(entry.body.clone()),
+            _ => None,
+        };
+        for name in ["/sound", "/damaged"] {
+            tier.inner()
+                .put(&key(name), &entry(name, b"a small body".to_vec()))
+                .unwrap();
+        }
+        let inner = tier.inner();
+        let mut value = inner
+            .records
+            .get(key("/damaged"))
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        *value.last_mut().unwrap() ^= 1;
+        inner.records.insert(key("/damaged"), value).unwrap();
+
+        assert_eq!(body(inner.get(&key("/damaged"), false).unwrap()), None);
+        assert_eq!(inner.records.get(key("/damaged")).unwrap(), None);
+        assert_eq!(inner.counters.integrity_failures.load(Ordering::Relaxed), 1);
+        for _ in 0..2 {
+            let found = body(inner.get(&key("/sound"), false).unwrap());
+            assert_eq!(found.as_deref(), Some(&b"a small body"[..]));
+        }
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file
