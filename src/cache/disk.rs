@@ -1285,10 +1285,18 @@ impl Inner {
             Err(err) => return Err(err.into()),
         };
         let stamp = stamp(&file)?;
+        // A file no larger than the bodies served from memory is read whole, in one read: its
+        // body and its record are slices of it (the record's few hundred bytes stay in memory
+        // with the body, as an inline body's record does).
+        let whole = match stamp.0 <= self.stream_over {
+            true => Some(read_body(&file, stamp.0)?),
+            false => None,
+        };
         // A body file verified since start-up, unchanged since (same length and modification
         // time), is not hashed again, its record no more than its body.
         let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
-        let (entry, body_ref) = match read_record(&file, stamp.0, &self.heuristic(), !seen)? {
+        let read = read_record(&file, stamp.0, whole.as_ref(), &self.heuristic(), !seen)?;
+        let (entry, body_ref) = match read {
             Ok(found) => found,
             Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq),
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
@@ -1323,7 +1331,10 @@ impl Inner {
             });
             return Ok(Some(Record::Entry(Arc::new(entry))));
         }
-        let body = read_body(&file, body_ref.len)?;
+        let body = match whole {
+            Some(whole) => whole.slice(..body_ref.len as usize),
+            None => read_body(&file, body_ref.len)?,
+        };
         let attached = if seen {
             entry.attach_verified(body, body_ref)
         } else {
@@ -1664,7 +1675,7 @@ impl Inner {
                 let Ok(len) = file.metadata().map(|meta| meta.len()) else {
                     return;
                 };
-                match read_record(&file, len, &self.heuristic(), true) {
+                match read_record(&file, len, None, &self.heuristic(), true) {
                     Ok(Ok((entry, _))) => Arc::new(*entry),
                     _ => return,
                 }
@@ -1891,20 +1902,27 @@ fn trailer(record_len: usize) -> [u8; TRAILER as usize] {
 }
 
 /// Reads the record at the end of a body file of `len` bytes (not the body), and verifies it
-/// unless `check` is false.
+/// unless `check` is false. `whole` is the file's bytes, if they were read already.
 fn read_record(
     file: &std::fs::File,
     len: u64,
+    whole: Option<&Bytes>,
     heuristic: &HeuristicConfig,
     check: bool,
 ) -> std::io::Result<Result<(Box<StoredEntry>, BodyRef), DecodeError>> {
-    if len < TRAILER {
+    if len < TRAILER || whole.is_some_and(|whole| whole.len() as u64 != len) {
         return Ok(Err(DecodeError::Truncated));
     }
     let tail_len = len.min(TAIL_READ);
     let mut buf = [0; TAIL_READ as usize];
-    let tail = &mut buf[..tail_len as usize];
-    file.read_exact_at(tail, len - tail_len)?;
+    let tail = match whole {
+        Some(whole) => &whole[(len - tail_len) as usize..],
+        None => {
+            let tail = &mut buf[..tail_len as usize];
+            file.read_exact_at(tail, len - tail_len)?;
+            tail
+        }
+    };
     let at = (tail_len - TRAILER) as usize;
     if tail[at + 4..] != TRAILER_MAGIC[..] {
         return Ok(Err(DecodeError::Version));
@@ -1921,7 +1939,9 @@ fn read_record(
     else {
         return Ok(Err(DecodeError::Truncated));
     };
-    let record = if record_len as usize <= at {
+    let record = if let Some(whole) = whole {
+        whole.slice(body_len as usize..(body_len + record_len) as usize)
+    } else if record_len as usize <= at {
         Bytes::copy_from_slice(&tail[at - record_len as usize..at])
     } else {
         let mut record = vec![0; record_len as usize];
@@ -1937,15 +1957,20 @@ fn read_record(
     })
 }
 
-/// The first `len` bytes of a body file just opened (so read from its start), into memory that
-/// is not zeroed first.
+/// The first `len` bytes of a body file, into memory that is not zeroed first, in one read where
+/// the kernel gives them at once (`Read::read_to_end` reads in pieces growing from 8 KiB).
 fn read_body(file: &std::fs::File, len: u64) -> std::io::Result<Bytes> {
-    use std::io::Read;
-    let mut body = Vec::with_capacity(usize::try_from(len).map_err(std::io::Error::other)?);
-    file.take(len).read_to_end(&mut body)?;
-    if body.len() as u64 != len {
-        return Err(ErrorKind::UnexpectedEof.into());
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        let at = body.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut body), at) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
+        }
     }
+    body.truncate(len);
     Ok(Bytes::from(body))
 }
 
@@ -2011,7 +2036,7 @@ fn check_files(tier: Weak<Inner>, files: Vec<FileName>) {
                 let Ok(len) = file.metadata().map(|meta| meta.len()) else {
                     continue;
                 };
-                let failure = match read_record(&file, len, &inner.heuristic(), true) {
+                let failure = match read_record(&file, len, None, &inner.heuristic(), true) {
                     Ok(Ok((entry, _)))
                         if key.get(..32)
                             == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..]) =>
