@@ -193,6 +193,19 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
     }
 }
 
+/// Writes `bytes` over `file` and moves its modification time a second on, as a later write
+/// would: on a file system with coarse timestamps the write alone may leave it where it was.
+fn rewrite(file: &std::path::Path, bytes: &[u8]) {
+    let before = std::fs::metadata(file).unwrap().modified().unwrap();
+    std::fs::write(file, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(before + Duration::from_secs(1))
+        .unwrap();
+}
+
 /// The stores edge moved aside in `dir`.
 fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
@@ -453,7 +466,7 @@ async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
         .expect("a body file");
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[10_000] ^= 0x20;
-    std::fs::write(&file, &bytes).unwrap();
+    rewrite(&file, &bytes);
 
     let after = edge.get("/file").await;
     assert_eq!(after.body, body, "{}", after.cache_status());
@@ -495,7 +508,7 @@ async fn a_record_changed_after_its_file_was_verified_is_verified_again() {
         + body.len();
     // Still a valid value, of the same length: only the record's checksum tells.
     bytes[at..at + 14].copy_from_slice(b"tampered-value");
-    std::fs::write(&file, &bytes).unwrap();
+    rewrite(&file, &bytes);
 
     let after = edge.get("/file").await;
     assert_eq!(after.body, body, "{}", after.cache_status());

@@ -1,6 +1,7 @@
 //! The disk tier: body files that carry their own record, beside a sled index for small records,
 //! behind a boundary that keeps every call off the async runtime, holds a byte budget on the real
-//! footprint, and verifies every read.
+//! footprint, and verifies what it reads: each record and body file the first time it is read
+//! after a start-up, and a body file again whenever its length or modification time changes.
 //!
 //! ```text
 //! <cache.disk.path>/layout   "edge disk 3": what is in the directory
@@ -57,6 +58,9 @@ use crate::fill::lock;
 const LAYOUT: &str = "edge disk 3\n";
 /// Stripes of [`Inner::verifying`].
 const VERIFY_STRIPES: usize = 64;
+/// The most records in the index remembered as verified (by moka's figure of ~150–190 bytes an
+/// entry, up to ~25 MB); the least used beyond that are hashed again when next read.
+const CHECKED_RECORDS: u64 = 1 << 17;
 /// Bodies larger than this live in files.
 const INLINE_MAX: usize = 8 * 1024;
 /// Files are charged in whole blocks of this size, as `du` counts them.
@@ -211,18 +215,26 @@ struct Inner {
     measured: Mutex<Instant>,
     /// Body files verified since start-up, and large ones (over `stream_over`) written since, by
     /// the sequence number of their record (which names the file), with the length and
-    /// modification time they had then; a file that no longer has them is verified again. Entries
-    /// in the index verified since start-up, by theirs (see [`indexed`]). A large
+    /// modification time they had then; a file that no longer has them is verified again. A large
     /// file written here needs no first check: its record's checksum was taken of the bytes
     /// written, and hashing it again would read the whole file. A smaller one is hashed as it is
     /// read anyway, and is not worth an entry here until it is.
     verified: moka::sync::Cache<u64, Stamp, super::KeyHasher>,
+    /// Records in the index (sled) verified since start-up, by sequence number, with their length:
+    /// sled gives back the bytes it was given under a number it never reuses (and checks its own
+    /// CRC of what it reads back from disk), so they are not hashed again. Apart from `verified`,
+    /// so that many small records read once do not push out large files, which cost a whole
+    /// file's hash to verify again.
+    checked: moka::sync::Cache<u64, usize, super::KeyHasher>,
     /// Held while a large body file is hashed, one lock per stripe of sequence numbers: the
     /// concurrent first reads of one file (after a restart, of a popular object) hash it once.
     verifying: [Mutex<()>; VERIFY_STRIPES],
     /// How many times a large body file was hashed.
     #[cfg(test)]
     hashed: AtomicU64,
+    /// How many records were read with their checksums checked.
+    #[cfg(test)]
+    checks: AtomicU64,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -317,7 +329,8 @@ impl DiskTier {
         Some(Self { shared })
     }
 
-    /// Reads and verifies the record at `key`, and its body file if it has one. A record that
+    /// Reads the record at `key`, and its body file if it has one, verified the first time they
+    /// are read after a start-up (see [`Inner::checked`] and [`Inner::verified`]). A record that
     /// fails verification is removed and reported as absent.
     ///
     /// A record, and a body file up to `cache.memory.max_object_size`, is read on the calling
@@ -1016,9 +1029,14 @@ impl Inner {
             verified: moka::sync::Cache::builder()
                 .max_capacity(1 << 20)
                 .build_with_hasher(super::KeyHasher::default()),
+            checked: moka::sync::Cache::builder()
+                .max_capacity(CHECKED_RECORDS)
+                .build_with_hasher(super::KeyHasher::default()),
             verifying: std::array::from_fn(|_| Mutex::new(())),
             #[cfg(test)]
             hashed: AtomicU64::new(0),
+            #[cfg(test)]
+            checks: AtomicU64::new(0),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity: settings.capacity,
@@ -1243,10 +1261,9 @@ impl Inner {
             return Ok(None);
         };
         let seq = seq_of(&value);
-        // A record verified since start-up is not hashed again: sled gives back the bytes it
-        // was given under that (never reused) sequence number, or an error.
-        let stamp = indexed(value.len());
-        let seen = self.verified.get(&seq) == Some(stamp);
+        let seen = self.checked.get(&seq) == Some(value.len());
+        #[cfg(test)]
+        self.checks.fetch_add(u64::from(!seen), Ordering::Relaxed);
         let failure = match value.get(8..) {
             // The body is a slice of sled's buffer, not a copy.
             Some(_) => match Record::decode_checked(
@@ -1256,7 +1273,7 @@ impl Inner {
             ) {
                 Ok(Decoded::Record(record)) => {
                     if !seen && matches!(record, Record::Entry(_)) {
-                        self.verified.insert(seq, stamp);
+                        self.checked.insert(seq, value.len());
                     }
                     return Ok(Some(record));
                 }
@@ -1295,6 +1312,8 @@ impl Inner {
         // A body file verified since start-up, unchanged since (same length and modification
         // time), is not hashed again, its record no more than its body.
         let seen = self.verified.get(&seq).is_some_and(|known| known == stamp);
+        #[cfg(test)]
+        self.checks.fetch_add(u64::from(!seen), Ordering::Relaxed);
         let read = read_record(&file, stamp.0, whole.as_ref(), &self.heuristic(), !seen)?;
         let (entry, body_ref) = match read {
             Ok(found) => found,
@@ -1643,6 +1662,9 @@ impl Inner {
         release(&self.entries, 1);
         if gone.value.is_some() {
             release(&self.in_index, gone.charged);
+            self.checked.invalidate(&gone.seq);
+        } else {
+            self.verified.invalidate(&gone.seq);
         }
         if !self.tags.is_empty() {
             self.unindex_tags(&gone);
@@ -1876,11 +1898,6 @@ impl Drop for Spool {
 
 /// What identifies one version of a file: its length and modification time.
 type Stamp = (u64, i64, i64);
-
-/// The stamp of a record of `len` bytes in the index: no file has its nanoseconds.
-fn indexed(len: usize) -> Stamp {
-    (len as u64, 0, -1)
-}
 
 fn stamp(file: &std::fs::File) -> std::io::Result<Stamp> {
     let meta = file.metadata()?;
@@ -2554,10 +2571,46 @@ mod tests {
         assert_eq!(body(inner.get(&key("/damaged"), false).unwrap()), None);
         assert_eq!(inner.records.get(key("/damaged")).unwrap(), None);
         assert_eq!(inner.counters.integrity_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(inner.checks.load(Ordering::Relaxed), 1);
         for _ in 0..2 {
             let found = body(inner.get(&key("/sound"), false).unwrap());
             assert_eq!(found.as_deref(), Some(&b"a small body"[..]));
         }
+        // Hashed at its first read only.
+        assert_eq!(inner.checks.load(Ordering::Relaxed), 2);
+
+        // A record stored again has a new sequence number: checked again, and the old one's
+        // entry goes with the old record.
+        let old = seq_of(&inner.records.get(key("/sound")).unwrap().unwrap());
+        inner
+            .put(&key("/sound"), &entry("/sound", b"a new body".to_vec()))
+            .unwrap();
+        inner.checked.run_pending_tasks();
+        assert_eq!(inner.checked.get(&old), None);
+        let found = body(inner.get(&key("/sound"), false).unwrap());
+        assert_eq!(found.as_deref(), Some(&b"a new body"[..]));
+        assert_eq!(inner.checks.load(Ordering::Relaxed), 3);
+    }
+
+    /// A small body file is hashed, body and record, at its first read only, while its length
+    /// and modification time stay the same.
+    #[test]
+    fn a_small_body_file_is_verified_at_its_first_read() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 32 << 20, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        let key = blake3::hash(b"/file").as_bytes().to_vec();
+        let body: Vec<u8> = (0..20_000).map(|i| (i % 251) as u8).collect();
+        let inner = tier.inner();
+        inner.put(&key, &entry("/file", body.clone())).unwrap();
+        assert!(inner.file_seq(&key).is_some(), "kept in a body file");
+        for _ in 0..3 {
+            match inner.get(&key, false).unwrap() {
+                Some(Record::Entry(found)) => assert_eq!(found.body, body),
+                other => panic!("expected the entry, got {other:?}"),
+            }
+        }
+        assert_eq!(inner.checks.load(Ordering::Relaxed), 1);
     }
 
     /// The kernel copies a body between files where it can; where it cannot (here, for a file

@@ -11,7 +11,9 @@
 //!
 //! A record whose version, lengths or either checksum do not match is rejected as a whole: a
 //! reader gets the response as it was stored, or nothing. The metadata checksum means a flipped
-//! byte in a header is caught as surely as one in the body.
+//! byte in a header is caught as surely as one in the body. (The disk tier checks the checksums
+//! the first time it reads a record after a start-up, not on every read: see
+//! [`StoredEntry::decode_checked`].)
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
