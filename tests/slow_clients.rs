@@ -193,6 +193,24 @@ async fn a_slow_but_steady_http2_client_is_served_in_full() {
     edge.stop().await;
 }
 
+/// An edge with a `send_timeout` of `LIMIT` whose `/disk`, 4 MiB, is stored already and kept on
+/// disk only: sent from its file in blocks of 64 KiB as the client takes them.
+async fn edge_with_disk_object(h: &Harness) -> TestEdge {
+    let body = big_body().slice(..4 << 20);
+    h.origin.reply(
+        "/disk",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.send_timeout.0 = LIMIT;
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert_eq!(edge.get("/disk").await.body, body);
+    edge
+}
+
 /// An HTTP/2 (prior knowledge) connection to `addr`, set up by `configure`, driven by a task of
 /// its own.
 async fn h2(
@@ -265,18 +283,7 @@ async fn a_memory_hit_read_steadily_is_served_in_full() {
 #[tokio::test]
 async fn pings_do_not_keep_a_stalled_http2_stream_open() {
     let h = Harness::new().await;
-    let body = big_body().slice(..4 << 20);
-    h.origin.reply(
-        "/disk",
-        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
-    );
-    let edge = h
-        .edge_with(|c| {
-            c.send_timeout.0 = LIMIT;
-            c.cache.memory.max_object_size.0 = 16 << 10;
-        })
-        .await;
-    assert_eq!(edge.get("/disk").await.body, body);
+    let edge = edge_with_disk_object(&h).await;
     let (mut sender, _) = h2(edge.addr, |b| {
         b.timer(TokioTimer::new())
             .keep_alive_interval(LIMIT * 3 / 10);
@@ -297,24 +304,13 @@ async fn pings_do_not_keep_a_stalled_http2_stream_open() {
 #[tokio::test]
 async fn a_stalled_http2_stream_does_not_take_down_one_waiting_on_the_origin() {
     let h = Harness::new().await;
-    let body = big_body().slice(..4 << 20);
-    h.origin.reply(
-        "/disk",
-        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
-    );
     h.origin.reply(
         "/slow",
         Reply::ok("slow")
             .header("cache-control", "no-store")
             .delay(3 * LIMIT),
     );
-    let edge = h
-        .edge_with(|c| {
-            c.send_timeout.0 = LIMIT;
-            c.cache.memory.max_object_size.0 = 16 << 10;
-        })
-        .await;
-    assert_eq!(edge.get("/disk").await.body, body);
+    let edge = edge_with_disk_object(&h).await;
     let (mut sender, _) = h2(edge.addr, |_| {}).await;
     let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
     let slow = sender
@@ -382,22 +378,11 @@ async fn a_small_response_to_a_shut_http2_window_is_a_slow_read() {
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_alone() {
     let h = Harness::new().await;
-    let body = big_body().slice(..4 << 20);
-    h.origin.reply(
-        "/disk",
-        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
-    );
     h.origin.reply(
         "/small",
         Reply::ok(vec![1u8; 20 << 10]).header("cache-control", "max-age=60"),
     );
-    let edge = h
-        .edge_with(|c| {
-            c.send_timeout.0 = LIMIT;
-            c.cache.memory.max_object_size.0 = 16 << 10;
-        })
-        .await;
-    assert_eq!(edge.get("/disk").await.body, body);
+    let edge = edge_with_disk_object(&h).await;
     let (mut sender, connection) = h2(edge.addr, |_| {}).await;
     let stalled = sender.send_request(get(edge.url("/disk"))).await.unwrap();
     let started = std::time::Instant::now();

@@ -193,6 +193,16 @@ async fn flipped_bytes_in_the_store_never_become_a_wrong_body_or_a_5xx() {
     }
 }
 
+/// The one body file in `edge`'s disk tier.
+fn body_file(edge: &TestEdge) -> std::path::PathBuf {
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    std::fs::read_dir(&bodies)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_none())
+        .expect("a body file")
+}
+
 /// Writes `bytes` over `file` and moves its modification time a second on, as a later write
 /// would: on a file system with coarse timestamps the write alone may leave it where it was.
 fn rewrite(file: &std::path::Path, bytes: &[u8]) {
@@ -458,12 +468,7 @@ async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
     assert_eq!(hit.param("detail"), Some("disk"), "{}", hit.cache_status());
     assert_eq!(hit.body, body);
 
-    let bodies = edge.config.cache.disk.path.join("bodies");
-    let file = std::fs::read_dir(&bodies)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_none())
-        .expect("a body file");
+    let file = body_file(&edge);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[10_000] ^= 0x20;
     rewrite(&file, &bytes);
@@ -494,12 +499,7 @@ async fn a_record_changed_after_its_file_was_verified_is_verified_again() {
         assert_eq!(hit.header("x-tag"), Some("original-value"));
     }
 
-    let bodies = edge.config.cache.disk.path.join("bodies");
-    let file = std::fs::read_dir(&bodies)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_none())
-        .expect("a body file");
+    let file = body_file(&edge);
     let mut bytes = std::fs::read(&file).unwrap();
     let at = bytes[body.len()..]
         .windows(14)

@@ -1305,9 +1305,10 @@ impl Inner {
         // A file no larger than the bodies served from memory is read whole, in one read: its
         // body and its record are slices of it (the record's few hundred bytes stay in memory
         // with the body, as an inline body's record does).
-        let whole = match stamp.0 <= self.stream_over {
-            true => Some(read_body(&file, stamp.0)?),
-            false => None,
+        let whole = if stamp.0 <= self.stream_over {
+            Some(read_body(&file, stamp.0)?)
+        } else {
+            None
         };
         // A body file verified since start-up, unchanged since (same length and modification
         // time), is not hashed again, its record no more than its body.

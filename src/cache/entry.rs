@@ -510,13 +510,8 @@ impl StoredEntry {
         out
     }
 
-    /// Decodes and verifies an entry record; the body is a slice of `record`, not a copy.
-    pub fn decode(record: Bytes, heuristic: &HeuristicConfig) -> Result<Decoded, DecodeError> {
-        Self::decode_checked(record, heuristic, true)
-    }
-
-    /// [`StoredEntry::decode`], with the record's checksum (and an inline body's) left unchecked
-    /// when `check` is false: for a record verified before and unchanged since, read from a body
+    /// Decodes an entry record; the body is a slice of `record`, not a copy. Its checksum (and an
+    /// inline body's) is verified unless `check` is false: for a record verified before and unchanged since, read from a body
     /// file of the same length and modification time, or from the index under the same sequence
     /// number (sled checks its own CRC of what it reads back from disk). The checksums took ~3.5k
     /// instructions of a 16 KiB disk-tier hit (a tenth), and 10.7k of a 1 KiB one (a quarter).
@@ -722,11 +717,11 @@ mod tests {
     fn a_version_2_entry_that_varies_is_not_read() {
         let heuristic = HeuristicConfig::default();
         let mut record = sample().encode(true);
-        assert!(StoredEntry::decode(Bytes::from(record.clone()), &heuristic).is_ok());
+        assert!(StoredEntry::decode_checked(Bytes::from(record.clone()), &heuristic, true).is_ok());
         assert_eq!(record[3], VERSION);
         record[3] = VERSION_2;
         assert!(matches!(
-            StoredEntry::decode(Bytes::from(record), &heuristic),
+            StoredEntry::decode_checked(Bytes::from(record), &heuristic, true),
             Err(DecodeError::Obsolete)
         ));
     }
@@ -785,7 +780,12 @@ mod tests {
     fn record_round_trips() {
         let entry = sample();
         let decoded = whole(
-            StoredEntry::decode(entry.encode(true).into(), &HeuristicConfig::default()).unwrap(),
+            StoredEntry::decode_checked(
+                entry.encode(true).into(),
+                &HeuristicConfig::default(),
+                true,
+            )
+            .unwrap(),
         );
         assert_eq!(decoded.body, entry.body);
         assert_eq!(decoded.headers, entry.headers);
@@ -798,8 +798,12 @@ mod tests {
     #[test]
     fn a_record_without_its_body_is_completed_only_by_that_body() {
         let entry = sample();
-        let decoded =
-            StoredEntry::decode(entry.encode(false).into(), &HeuristicConfig::default()).unwrap();
+        let decoded = StoredEntry::decode_checked(
+            entry.encode(false).into(),
+            &HeuristicConfig::default(),
+            true,
+        )
+        .unwrap();
         let Decoded::BodyElsewhere(meta, body_ref) = decoded else {
             panic!("body should be elsewhere")
         };
@@ -825,12 +829,14 @@ mod tests {
         for i in 0..record.len() {
             let mut bad = record.clone();
             bad[i] ^= 0x40;
-            let decoded = StoredEntry::decode(bad.into(), &HeuristicConfig::default());
+            let decoded =
+                StoredEntry::decode_checked(bad.into(), &HeuristicConfig::default(), true);
             assert!(decoded.is_err(), "a flip at byte {i} went unnoticed");
         }
         let truncated = record[..record.len() - 1].to_vec();
         assert_eq!(
-            StoredEntry::decode(truncated.into(), &HeuristicConfig::default()).unwrap_err(),
+            StoredEntry::decode_checked(truncated.into(), &HeuristicConfig::default(), true)
+                .unwrap_err(),
             DecodeError::Length
         );
     }
