@@ -165,7 +165,7 @@ pub enum Head {
         status: StatusCode,
         reason: NotStored,
     },
-    /// The origin did not answer.
+    /// The origin did not answer: every joined request answers with the failure.
     Failed(Arc<OriginError>),
 }
 

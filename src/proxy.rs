@@ -640,9 +640,12 @@ async fn answer_from_fill(
                 if let Some(entry) = stale_on_error(None) {
                     return serve_stale_on_error(request, &entry, fwd, None, now).await;
                 }
-                if leader {
-                    return origin_failure(&err, CacheStatus::forward(fwd));
-                }
+                // Waiters share the failure as they would have shared a response: asking again
+                // for each of them would send every collapsed request at once to an origin that
+                // has just failed.
+                let mut status = CacheStatus::forward(fwd);
+                status.collapsed = !leader;
+                return origin_failure(&err, status);
             }
             Some(Head::Pending) => {
                 let err = OriginError::Unreachable("fill ended without a response".into());

@@ -162,6 +162,82 @@ async fn a_waiter_whose_leader_is_too_slow_fetches_on_its_own() {
 }
 
 #[tokio::test]
+async fn waiters_share_a_fill_that_timed_out_instead_of_asking_again() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/stuck",
+        Reply::ok("too late")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_secs(3)),
+    );
+    let edge = h
+        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .await;
+    let responses = join_all((0..50).map(|_| edge.get("/stuck"))).await;
+    assert_eq!(h.origin.hits("/stuck"), 1, "one origin request for all 50");
+    let mut collapsed = 0;
+    for response in &responses {
+        assert_eq!(response.status, 504, "{}", response.cache_status());
+        assert_eq!(response.text(), "edge: origin timed out\n");
+        assert_eq!(response.param("detail"), Some("origin-timeout"));
+        assert!(!response.stored(), "{}", response.cache_status());
+        if response.cache_status().contains("; collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(collapsed, 49, "all but the leader say they were collapsed");
+    // The failure is not remembered: the next request asks the origin.
+    h.origin.reply(
+        "/stuck",
+        Reply::ok("back").header("cache-control", "max-age=60"),
+    );
+    let next = edge.get("/stuck").await;
+    assert_eq!(next.text(), "back");
+    assert_eq!(h.origin.hits("/stuck"), 2);
+}
+
+#[tokio::test]
+async fn waiters_share_a_fill_the_origin_hung_up_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    // An origin that reads each request, waits, and closes the connection without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if socket.read(&mut buf).await.unwrap_or(0) > 0 {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+        }
+    });
+    let h = Harness::new().await;
+    let edge = h.edge_before(addr).await;
+    let responses = join_all((0..50).map(|_| edge.get("/gone"))).await;
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "one origin request for all 50"
+    );
+    for response in &responses {
+        assert_eq!(response.status, 502, "{}", response.cache_status());
+        assert_eq!(response.text(), "edge: origin unreachable\n");
+        assert_eq!(response.param("detail"), Some("origin-unreachable"));
+    }
+    let collapsed = responses
+        .iter()
+        .filter(|r| r.cache_status().contains("; collapsed"))
+        .count();
+    assert_eq!(collapsed, 49);
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_does_not_cut_the_fill_short() {
     let h = Harness::new().await;
     let body = vec![7u8; 300_000];
