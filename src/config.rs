@@ -37,6 +37,10 @@ pub struct Config {
     /// keep-alive connection, of either version, stays open (nginx's `client_header_timeout`).
     #[serde(default = "defaults::client_header_timeout")]
     pub client_header_timeout: Seconds,
+    /// How long an upload (a request body edge streams to the origin) may wait on its client
+    /// between two reads (nginx's `client_body_timeout`): past it, 408 and the connection closed.
+    #[serde(default = "defaults::client_body_timeout")]
+    pub client_body_timeout: Seconds,
     /// How long a response may wait on a client that takes none of it (nginx's `send_timeout`):
     /// past it, with bytes ready for the client and none taken, the connection is closed.
     #[serde(default = "defaults::send_timeout")]
@@ -95,7 +99,8 @@ pub struct OriginConfig {
     /// Time allowed to open a TCP (and TLS) connection to the origin.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Seconds,
-    /// Time allowed for the origin to start answering, and between two reads of its body.
+    /// Time allowed for the origin to start answering once it has the whole request, to take
+    /// more of an upload, and between two reads of its body.
     #[serde(default = "defaults::timeout")]
     pub timeout: Seconds,
 }
@@ -189,6 +194,9 @@ mod defaults {
         true
     }
     pub fn client_header_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
+    }
+    pub fn client_body_timeout() -> Seconds {
         Seconds(Duration::from_secs(60))
     }
     pub fn send_timeout() -> Seconds {

@@ -58,7 +58,7 @@ pub struct Node {
 impl Node {
     /// Opens the cache tiers and builds the origin client.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, ServeError> {
-        let origin = Origin::new(&config.origin);
+        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
         let cache = Arc::new(Cache::open(&config.cache).await);
         let fills = Fills::new(&config.cache);
         let edge = Arc::new(Edge {
@@ -97,7 +97,7 @@ impl Node {
         keep!(cache.disk.capacity, "cache.disk.capacity");
         keep!(cache.disk.min_free, "cache.disk.min_free");
         keep!(cache.hit_for_pass, "cache.hit_for_pass");
-        let origin = Origin::new(&config.origin);
+        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
         self.edge.cache.set_heuristic(config.cache.heuristic);
         self.edge
             .settings

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -48,6 +48,9 @@ pub enum OriginError {
     Timeout(Duration),
     #[error("origin sent an invalid response: {0}")]
     Invalid(&'static str),
+    /// Not the origin's fault: the client sent none of the body it announced for this long.
+    #[error("the client sent nothing of its request body for {0:?}")]
+    ClientTimeout(Duration),
 }
 
 /// An origin response, its body read with `origin.timeout` as the limit between two reads.
@@ -64,6 +67,8 @@ pub struct Origin {
     /// The origin's own `Host`.
     host: HeaderValue,
     timeout: Duration,
+    /// `client_body_timeout`; `None` is no limit.
+    client_body_timeout: Option<Duration>,
 }
 
 type Sender = http1::SendRequest<Body>;
@@ -117,7 +122,8 @@ impl Idle {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Origin {
-    pub fn new(config: &OriginConfig) -> Self {
+    /// `client_body_timeout`: how long an upload may wait on its client (zero: no limit).
+    pub fn new(config: &OriginConfig, client_body_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -143,6 +149,7 @@ impl Origin {
             root,
             host,
             timeout: config.timeout.0,
+            client_body_timeout: (!client_body_timeout.is_zero()).then_some(client_body_timeout),
         }
     }
 
@@ -225,20 +232,29 @@ impl Origin {
             let (body, uploaded) = if body.is_end_stream() {
                 (body, None)
             } else {
-                let done = Arc::new(AtomicBool::new(false));
+                let progress = Arc::new(Progress::new());
                 let body = Body::new(Upload {
                     inner: body,
-                    done: done.clone(),
+                    progress: progress.clone(),
                 });
-                (body, Some(done))
+                (body, Some(progress))
             };
             let head = method == Method::HEAD;
             let mut request = Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = Uri::from(path);
             *request.headers_mut() = headers;
-            match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-                Err(_) => Err(OriginError::Timeout(self.timeout)),
+            let exchanged = match &uploaded {
+                None => (tokio::time::timeout(self.timeout, self.exchange(request)).await)
+                    .map_err(|_| OriginError::Timeout(self.timeout)),
+                // Boxed: requests without a body, nearly all, do not carry its future.
+                Some(progress) => {
+                    let limits = (self.timeout, self.client_body_timeout);
+                    Box::pin(progress.within(limits, self.exchange(request))).await
+                }
+            };
+            match exchanged {
+                Err(err) => Err(err),
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
                 Ok(Ok((mut response, sender))) => {
@@ -372,8 +388,8 @@ pub struct OriginBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
     home: Option<(Sender, Arc<Idle>)>,
-    /// Set once the request's body has been sent whole; `None` for a request without one.
-    uploaded: Option<Arc<AtomicBool>>,
+    /// How the request's body is going; `None` for a request without one.
+    uploaded: Option<Arc<Progress>>,
 }
 
 impl OriginBody {
@@ -382,7 +398,7 @@ impl OriginBody {
             && self
                 .uploaded
                 .as_ref()
-                .is_none_or(|done| done.load(Ordering::Acquire))
+                .is_none_or(|progress| progress.done.load(Ordering::Acquire))
             && let Some((sender, idle)) = self.home.take()
         {
             idle.put(sender);
@@ -390,10 +406,116 @@ impl OriginBody {
     }
 }
 
-/// A request body that notes when it has been read to its end.
+/// A request body on its way to the origin, and how it is going.
 struct Upload {
     inner: Body,
-    done: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// How an upload is going: whether it has been read to its end, and who it waits on since when.
+///
+/// The limits are nginx's, for a body edge streams instead of buffering it first: while the body
+/// waits on its client, `client_body_timeout` (408); while the origin takes none of it,
+/// `origin.timeout` (nginx's `proxy_send_timeout`); once it is sent whole, `origin.timeout` for the
+/// origin to start answering (`proxy_read_timeout`). So an upload that keeps moving goes through
+/// however long it takes.
+struct Progress {
+    done: AtomicBool,
+    moved: Mutex<Moved>,
+    /// The upload began or stopped waiting on its client: its deadline may now be nearer.
+    turned: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Moved {
+    /// The last time a piece of the body was read, or the upload began to wait on its client.
+    at: tokio::time::Instant,
+    /// Whether the last read of the body found nothing from the client yet.
+    on_client: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let moved = Moved {
+            at: tokio::time::Instant::now(),
+            on_client: false,
+        };
+        Self {
+            done: AtomicBool::new(false),
+            moved: Mutex::new(moved),
+            turned: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The upload now waits on its client (`true`: a read of the body found nothing yet), or no
+    /// longer does (a piece was read, or has arrived to be).
+    fn wait_on_client(&self, waits: bool) {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        if !waits || !moved.on_client {
+            let turned = moved.on_client != waits;
+            *moved = Moved {
+                at: tokio::time::Instant::now(),
+                on_client: waits,
+            };
+            if turned {
+                self.turned.notify_one();
+            }
+        }
+    }
+
+    /// `work` (the exchange carrying this body), until the side the upload waits on has let it
+    /// wait past its limit: `limits` is (`origin.timeout`, `client_body_timeout`).
+    async fn within<T>(
+        &self,
+        limits: (Duration, Option<Duration>),
+        work: impl Future<Output = T>,
+    ) -> Result<T, OriginError> {
+        let (origin, client) = limits;
+        let mut work = std::pin::pin!(work);
+        let mut timer = std::pin::pin!(tokio::time::sleep(origin));
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                () = &mut timer => {}
+                () = self.turned.notified() => {}
+            }
+            let moved = *self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+            let (deadline, err) = if moved.on_client && !self.done.load(Ordering::Acquire) {
+                match client {
+                    Some(client) => (moved.at + client, OriginError::ClientTimeout(client)),
+                    // No limit: looked at again later.
+                    None => (
+                        tokio::time::Instant::now() + origin,
+                        OriginError::Timeout(origin),
+                    ),
+                }
+            } else {
+                (moved.at + origin, OriginError::Timeout(origin))
+            };
+            if deadline <= tokio::time::Instant::now() {
+                return Err(err);
+            }
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// Wakes the task reading an upload, and notes that the upload no longer waits on its client.
+struct Arrived {
+    progress: Arc<Progress>,
+    waker: Waker,
+}
+
+impl std::task::Wake for Arrived {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.progress.wait_on_client(false);
+        self.waker.wake_by_ref();
+    }
 }
 
 impl http_body::Body for Upload {
@@ -404,10 +526,18 @@ impl http_body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // When the client's next piece arrives the upload stops waiting on it, whether hyper
+        // reads it at once or not (it does not while the origin takes nothing).
+        let waker = Waker::from(Arc::new(Arrived {
+            progress: self.progress.clone(),
+            waker: cx.waker().clone(),
+        }));
+        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
+        self.progress.wait_on_client(polled.is_pending());
+        let frame = ready!(polled);
         // hyper stops polling a body of known length once it has had that many bytes.
         if frame.is_none() || (matches!(frame, Some(Ok(_))) && self.inner.is_end_stream()) {
-            self.done.store(true, Ordering::Release);
+            self.progress.done.store(true, Ordering::Release);
         }
         Poll::Ready(frame)
     }
@@ -714,11 +844,14 @@ mod tests {
     use crate::config::{OriginUrl, Seconds};
 
     fn origin(url: &str) -> Origin {
-        Origin::new(&OriginConfig {
-            url: OriginUrl(url.parse().unwrap()),
-            connect_timeout: Seconds(Duration::from_secs(1)),
-            timeout: Seconds(Duration::from_secs(1)),
-        })
+        Origin::new(
+            &OriginConfig {
+                url: OriginUrl(url.parse().unwrap()),
+                connect_timeout: Seconds(Duration::from_secs(1)),
+                timeout: Seconds(Duration::from_secs(1)),
+            },
+            Duration::from_secs(1),
+        )
     }
 
     #[test]

@@ -17,10 +17,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, StatusCode};
+use http::{Method, StatusCode, Version};
 use http_body::Body as _;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 use url::Url;
 
 use crate::cache::entry::{Spilled, StoredEntry};
@@ -1009,6 +1009,17 @@ fn forward(
             .await;
         let upstream = match result {
             Ok(upstream) => upstream,
+            Err(err @ OriginError::ClientTimeout(_)) => {
+                debug!(url = key.url(), %err, "upload abandoned");
+                let (mut response, outcome) = origin_failure(&err, cache_status);
+                if parts.version <= Version::HTTP_11 {
+                    // The rest of the body may still come: the connection can carry no other
+                    // request.
+                    let close = HeaderValue::from_static("close");
+                    response.headers_mut().insert(header::CONNECTION, close);
+                }
+                return (response, outcome);
+            }
             Err(err) => {
                 warn!(url = key.url(), %err, "origin request failed");
                 return origin_failure(&err, cache_status);
@@ -1105,7 +1116,8 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
         && url.port_or_known_default() == public.port_or_known_default()
 }
 
-/// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5).
+/// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5);
+/// 408 when the client is too slow with its request's body (§15.5.9).
 fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
     let (status, body, detail) = match err {
         OriginError::Unreachable(_) => (
@@ -1122,6 +1134,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             StatusCode::BAD_GATEWAY,
             "edge: origin sent an invalid response\n",
             "origin-invalid",
+        ),
+        OriginError::ClientTimeout(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "edge: request body timed out\n",
+            "client-body-timeout",
         ),
     };
     cache_status.detail = Some(detail);

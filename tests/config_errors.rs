@@ -69,6 +69,11 @@ fn a_bad_duration_a_bad_address_and_a_bad_fraction_are_named() {
             ":3:",
         ),
         (
+            "origin:\n  url: http://127.0.0.1:9000\nclient_body_timeout: whenever\n",
+            "client_body_timeout",
+            ":3:",
+        ),
+        (
             "listen: everywhere\norigin:\n  url: http://127.0.0.1:9000\n",
             "listen",
             ":1:",

@@ -363,3 +363,119 @@ async fn a_304_with_a_content_length_keeps_its_connection() {
         "one connection carried them all"
     );
 }
+
+/// Writes a request head and then `pieces` of its body `gap` apart on a raw connection to `edge`,
+/// and returns the response's first bytes (status line included), or what edge sent before it
+/// closed the connection.
+async fn upload_slowly(edge: &TestEdge, head: &str, pieces: Vec<Vec<u8>>, gap: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for piece in pieces {
+            tokio::time::sleep(gap).await;
+            if write.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+        // Held open: the client waits for the answer.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `origin.timeout` is how long the origin has to start answering once it has the request, not
+/// a limit on the upload before it: a body that keeps arriving goes through however long it takes
+/// (it was cut off with a 504 once `origin.timeout` had passed since the head).
+#[tokio::test]
+async fn an_upload_that_keeps_moving_is_not_cut_off_by_the_origin_timeout() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/upload", common::Reply::ok("stored").status(201));
+    let edge = h
+        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .await;
+    let pieces: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 1000]).collect();
+    let whole = pieces.concat();
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 6000\r\n\r\n";
+    // 6 pieces 150 ms apart: 900 ms, three times origin.timeout, no gap as long as it.
+    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(150)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let received = h.origin.last("/upload").expect("the origin got the upload");
+    assert_eq!(received.body, whole, "the whole body, in order");
+}
+
+/// A client that stops sending the body it announced is answered 408 after
+/// `client_body_timeout` (nginx's), and its connection closed; it waited for `origin.timeout`
+/// and got a 504, as if the origin were at fault.
+#[tokio::test]
+async fn a_client_that_stalls_its_upload_gets_a_408() {
+    let h = Harness::new().await;
+    h.origin.reply("/upload", common::Reply::ok("stored"));
+    let edge = h
+        .edge_with(|c| {
+            c.origin.timeout = edge::config::Seconds(Duration::from_secs(20));
+            c.client_body_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await;
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n";
+    let started = Instant::now();
+    let answer = upload_slowly(&edge, head, vec![vec![b'x'; 10]], Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("detail=client-body-timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "after {:?}, not origin.timeout",
+        started.elapsed()
+    );
+}
+
+/// An origin that stops reading an upload has `origin.timeout` to take more of it: then 504.
+#[tokio::test]
+async fn an_origin_that_stops_reading_an_upload_is_given_up_on_after_the_origin_timeout() {
+    use tokio::io::AsyncReadExt;
+    // Reads the first bytes of each request, and nothing more.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut config = base_config(&url, dir.path());
+    config.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
+    config.client_body_timeout = edge::config::Seconds(Duration::from_secs(20));
+    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    // 64 MiB as fast as edge takes it: more than the sockets between edge and the origin hold.
+    let pieces = vec![vec![b'u'; 1 << 20]; 64];
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 67108864\r\n\r\n";
+    let started = Instant::now();
+    let answer = upload_slowly(&edge, head, pieces, Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("detail=origin-timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "after {:?}",
+        started.elapsed()
+    );
+}
