@@ -51,6 +51,9 @@ pub enum OriginError {
     /// Not the origin's fault: the client sent none of the body it announced for this long.
     #[error("the client sent nothing of its request body for {0:?}")]
     ClientTimeout(Duration),
+    /// Not the origin's fault: the client's request body was malformed or cut short.
+    #[error("the client's request body failed: {0}")]
+    ClientBody(String),
 }
 
 /// An origin response, its body read with `origin.timeout` as the limit between two reads.
@@ -236,6 +239,8 @@ impl Origin {
                 let body = Body::new(Upload {
                     inner: body,
                     progress: progress.clone(),
+                    limit: self.client_body_timeout,
+                    timer: None,
                 });
                 (body, Some(progress))
             };
@@ -249,12 +254,19 @@ impl Origin {
                     .map_err(|_| OriginError::Timeout(self.timeout)),
                 // Boxed: requests without a body, nearly all, do not carry its future.
                 Some(progress) => {
-                    let limits = (self.timeout, self.client_body_timeout);
-                    Box::pin(progress.within(limits, self.exchange(request))).await
+                    Box::pin(progress.within(self.timeout, self.exchange(request))).await
                 }
             };
+            let fault = uploaded.as_ref().and_then(|progress| progress.fault());
             match exchanged {
                 Err(err) => Err(err),
+                // The request failed because its body did.
+                Ok(Err(_)) if fault == Some(Fault::Stalled) => Err(OriginError::ClientTimeout(
+                    self.client_body_timeout.unwrap_or_default(),
+                )),
+                Ok(Err(err)) if fault == Some(Fault::Broken) => {
+                    Err(OriginError::ClientBody(error_chain(&*err)))
+                }
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
                 Ok(Ok((mut response, sender))) => {
@@ -406,24 +418,31 @@ impl OriginBody {
     }
 }
 
-/// A request body on its way to the origin, and how it is going.
+/// A request body on its way to the origin, and how it is going. It fails when its client sends
+/// nothing of it for `limit` (`client_body_timeout`) while it is being read, whether or not the
+/// origin has answered yet.
 struct Upload {
     inner: Body,
     progress: Arc<Progress>,
+    limit: Option<Duration>,
+    /// Armed while a read waits on the client.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// How an upload is going: whether it has been read to its end, and who it waits on since when.
+/// How an upload is going: whether it has been read to its end, who it waits on since when, and
+/// whether its client failed it.
 ///
 /// The limits are nginx's, for a body edge streams instead of buffering it first: while the body
-/// waits on its client, `client_body_timeout` (408); while the origin takes none of it,
-/// `origin.timeout` (nginx's `proxy_send_timeout`); once it is sent whole, `origin.timeout` for the
-/// origin to start answering (`proxy_read_timeout`). So an upload that keeps moving goes through
-/// however long it takes.
+/// waits on its client, `client_body_timeout` (408, kept by [`Upload`]); while the origin takes
+/// none of it, `origin.timeout` (nginx's `proxy_send_timeout`); once it is sent whole,
+/// `origin.timeout` for the origin to start answering (`proxy_read_timeout`). So an upload that
+/// keeps moving goes through however long it takes.
 struct Progress {
     done: AtomicBool,
     moved: Mutex<Moved>,
-    /// The upload began or stopped waiting on its client: its deadline may now be nearer.
+    /// The upload began or stopped waiting on its client: its deadline may have changed.
     turned: tokio::sync::Notify,
+    fault: Mutex<Option<Fault>>,
 }
 
 #[derive(Clone, Copy)]
@@ -432,6 +451,15 @@ struct Moved {
     at: tokio::time::Instant,
     /// Whether the last read of the body found nothing from the client yet.
     on_client: bool,
+}
+
+/// How a client failed its upload.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// Nothing of it for `client_body_timeout`.
+    Stalled,
+    /// Malformed (a bad chunk), or cut short by the client going away.
+    Broken,
 }
 
 impl Progress {
@@ -444,7 +472,12 @@ impl Progress {
             done: AtomicBool::new(false),
             moved: Mutex::new(moved),
             turned: tokio::sync::Notify::new(),
+            fault: Mutex::new(None),
         }
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The upload now waits on its client (`true`: a read of the body found nothing yet), or no
@@ -463,14 +496,14 @@ impl Progress {
         }
     }
 
-    /// `work` (the exchange carrying this body), until the side the upload waits on has let it
-    /// wait past its limit: `limits` is (`origin.timeout`, `client_body_timeout`).
+    /// `work` (the exchange carrying this body), until the origin has let the upload wait for
+    /// `origin` (`origin.timeout`): taking none of it, or not answering once it has it whole.
+    /// While the upload waits on its client, [`Upload`] keeps the client's limit instead.
     async fn within<T>(
         &self,
-        limits: (Duration, Option<Duration>),
+        origin: Duration,
         work: impl Future<Output = T>,
     ) -> Result<T, OriginError> {
-        let (origin, client) = limits;
         let mut work = std::pin::pin!(work);
         let mut timer = std::pin::pin!(tokio::time::sleep(origin));
         loop {
@@ -481,20 +514,15 @@ impl Progress {
                 () = self.turned.notified() => {}
             }
             let moved = *self.moved.lock().unwrap_or_else(PoisonError::into_inner);
-            let (deadline, err) = if moved.on_client && !self.done.load(Ordering::Acquire) {
-                match client {
-                    Some(client) => (moved.at + client, OriginError::ClientTimeout(client)),
-                    // No limit: looked at again later.
-                    None => (
-                        tokio::time::Instant::now() + origin,
-                        OriginError::Timeout(origin),
-                    ),
-                }
+            let now = tokio::time::Instant::now();
+            let deadline = if moved.on_client && !self.done.load(Ordering::Acquire) {
+                // Not the origin's turn: looked at again later.
+                now + origin
             } else {
-                (moved.at + origin, OriginError::Timeout(origin))
+                moved.at + origin
             };
-            if deadline <= tokio::time::Instant::now() {
-                return Err(err);
+            if deadline <= now {
+                return Err(OriginError::Timeout(origin));
             }
             timer.as_mut().reset(deadline);
         }
@@ -518,6 +546,16 @@ impl std::task::Wake for Arrived {
     }
 }
 
+impl Upload {
+    fn fail(&self, fault: Fault) {
+        *self
+            .progress
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fault);
+    }
+}
+
 impl http_body::Body for Upload {
     type Data = Bytes;
     type Error = axum::Error;
@@ -526,18 +564,36 @@ impl http_body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
         // When the client's next piece arrives the upload stops waiting on it, whether hyper
         // reads it at once or not (it does not while the origin takes nothing).
         let waker = Waker::from(Arc::new(Arrived {
-            progress: self.progress.clone(),
+            progress: this.progress.clone(),
             waker: cx.waker().clone(),
         }));
-        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
-        self.progress.wait_on_client(polled.is_pending());
-        let frame = ready!(polled);
-        // hyper stops polling a body of known length once it has had that many bytes.
-        if frame.is_none() || (matches!(frame, Some(Ok(_))) && self.inner.is_end_stream()) {
-            self.progress.done.store(true, Ordering::Release);
+        let polled = Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker));
+        this.progress.wait_on_client(polled.is_pending());
+        let Poll::Ready(frame) = polled else {
+            let Some(limit) = this.limit else {
+                return Poll::Pending;
+            };
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            ready!(timer.as_mut().poll(cx));
+            this.fail(Fault::Stalled);
+            let stalled = format!("the client sent nothing of its request body for {limit:?}");
+            return Poll::Ready(Some(Err(axum::Error::new(stalled))));
+        };
+        this.timer = None;
+        match &frame {
+            Some(Err(_)) => this.fail(Fault::Broken),
+            // hyper stops polling a body of known length once it has had that many bytes.
+            None => this.progress.done.store(true, Ordering::Release),
+            Some(Ok(_)) if this.inner.is_end_stream() => {
+                this.progress.done.store(true, Ordering::Release);
+            }
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }

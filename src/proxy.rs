@@ -81,8 +81,14 @@ impl Edge {
             let started = Instant::now();
             let result = settings.origin.send(method, target, headers, body).await;
             let took = started.elapsed();
-            let status = result.as_ref().ok().map(Upstream::status);
-            self.metrics.origin(status, took);
+            // A client that stalled its upload is not the origin's failure.
+            if !matches!(
+                result,
+                Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_))
+            ) {
+                let status = result.as_ref().ok().map(Upstream::status);
+                self.metrics.origin(status, took);
+            }
             (result, took)
         }
     }
@@ -411,6 +417,12 @@ fn route(
                 None => invalid_target(),
             };
         }
+        // CONNECT asks for a tunnel to an authority (RFC 9110 §9.3.6), which edge does not open:
+        // with a path for a target it is malformed, and an origin's 2xx to it would turn the
+        // client's connection into a tunnel to the origin.
+        if request.method == Method::CONNECT {
+            return invalid_target();
+        }
         let Some(url) = settings.origin.url_for(&request.uri) else {
             return invalid_target();
         };
@@ -531,8 +543,11 @@ fn fill_job(
 }
 
 /// Answers a request from the fill it leads or joined. A waiter that cannot use what the fill
-/// brings (its leader is too slow or failed, or the response is private or varies on headers it
-/// does not share) fetches alone, as the leader of a fill of its own.
+/// brings (its leader is too slow, or the response is private or varies on headers it does not
+/// share) fetches alone, as the leader of a fill of its own. When the origin failed the fill, the
+/// waiters join one more (the failure may have been the leader's own: a connection the origin
+/// had just closed, a response to its headers that edge will not read), and share that one's
+/// failure; an origin that timed out is not asked again.
 #[allow(clippy::too_many_arguments)]
 async fn answer_from_fill(
     edge: &Arc<Edge>,
@@ -546,6 +561,7 @@ async fn answer_from_fill(
 ) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
     let mut fill_slot = *key.hash();
+    let mut rejoined = false;
     loop {
         let (fill, leader) = match role {
             Role::Leader(fill) => (fill, true),
@@ -640,9 +656,15 @@ async fn answer_from_fill(
                 if let Some(entry) = stale_on_error(None) {
                     return serve_stale_on_error(request, &entry, fwd, None, now).await;
                 }
-                // Waiters share the failure as they would have shared a response: asking again
-                // for each of them would send every collapsed request at once to an origin that
-                // has just failed.
+                // Asking again for each waiter would send every collapsed request at once to an
+                // origin that has just failed: they ask again together, once.
+                if !leader && !rejoined && !matches!(*err, OriginError::Timeout(_)) {
+                    rejoined = true;
+                    role = edge
+                        .fills
+                        .join(edge, fill_job(request, peer, &key, stale.clone()));
+                    continue;
+                }
                 let mut status = CacheStatus::forward(fwd);
                 status.collapsed = !leader;
                 return origin_failure(&err, status);
@@ -1009,7 +1031,7 @@ fn forward(
             .await;
         let upstream = match result {
             Ok(upstream) => upstream,
-            Err(err @ OriginError::ClientTimeout(_)) => {
+            Err(err @ (OriginError::ClientTimeout(_) | OriginError::ClientBody(_))) => {
                 debug!(url = key.url(), %err, "upload abandoned");
                 let (mut response, outcome) = origin_failure(&err, cache_status);
                 if parts.version <= Version::HTTP_11 {
@@ -1117,7 +1139,8 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
 }
 
 /// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5);
-/// 408 when the client is too slow with its request's body (§15.5.9).
+/// 408 when the client is too slow with its request's body (§15.5.9), 400 when that body is
+/// malformed or cut short.
 fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
     let (status, body, detail) = match err {
         OriginError::Unreachable(_) => (
@@ -1139,6 +1162,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             StatusCode::REQUEST_TIMEOUT,
             "edge: request body timed out\n",
             "client-body-timeout",
+        ),
+        OriginError::ClientBody(_) => (
+            StatusCode::BAD_REQUEST,
+            "edge: invalid request body\n",
+            "client-body-invalid",
         ),
     };
     cache_status.detail = Some(detail);

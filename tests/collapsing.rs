@@ -168,10 +168,11 @@ async fn waiters_share_a_fill_that_timed_out_instead_of_asking_again() {
         "/stuck",
         Reply::ok("too late")
             .header("cache-control", "max-age=60")
-            .delay(Duration::from_secs(3)),
+            .delay(Duration::from_secs(6)),
     );
+    // Long enough for all 50 to join the fill on a loaded machine.
     let edge = h
-        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_secs(2)))
         .await;
     let responses = join_all((0..50).map(|_| edge.get("/stuck"))).await;
     assert_eq!(h.origin.hits("/stuck"), 1, "one origin request for all 50");
@@ -197,7 +198,7 @@ async fn waiters_share_a_fill_that_timed_out_instead_of_asking_again() {
 }
 
 #[tokio::test]
-async fn waiters_share_a_fill_the_origin_hung_up_on() {
+async fn waiters_of_a_fill_the_origin_hung_up_on_ask_again_together_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
     // An origin that reads each request, waits, and closes the connection without answering.
@@ -212,7 +213,7 @@ async fn waiters_share_a_fill_the_origin_hung_up_on() {
                 let mut buf = [0u8; 4096];
                 if socket.read(&mut buf).await.unwrap_or(0) > 0 {
                     counted.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
                 }
             });
         }
@@ -220,10 +221,12 @@ async fn waiters_share_a_fill_the_origin_hung_up_on() {
     let h = Harness::new().await;
     let edge = h.edge_before(addr).await;
     let responses = join_all((0..50).map(|_| edge.get("/gone"))).await;
+    // The first fill's failure may have been its leader's alone: the waiters ask again in one
+    // fill of their own, and share its failure.
     assert_eq!(
         requests.load(Ordering::SeqCst),
-        1,
-        "one origin request for all 50"
+        2,
+        "two origin requests for all 50"
     );
     for response in &responses {
         assert_eq!(response.status, 502, "{}", response.cache_status());
@@ -234,7 +237,60 @@ async fn waiters_share_a_fill_the_origin_hung_up_on() {
         .iter()
         .filter(|r| r.cache_status().contains("; collapsed"))
         .count();
-    assert_eq!(collapsed, 49);
+    assert_eq!(
+        collapsed, 48,
+        "all but the two leaders say they were collapsed"
+    );
+}
+
+/// The fill's failure may be its leader's alone (here the origin hangs up on the first request
+/// only): the waiters' one fill of their own gets the answer, and they share it.
+#[tokio::test]
+async fn waiters_of_a_fill_that_failed_once_get_the_answer_of_their_own_fill() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while socket.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let before = counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    if before == 0 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let h = Harness::new().await;
+    let edge = h.edge_before(addr).await;
+    let responses = join_all((0..50).map(|_| edge.get("/flaky"))).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let failed: Vec<_> = responses.iter().filter(|r| r.status == 502).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the first fill's leader gets its failure"
+    );
+    let answered: Vec<_> = responses.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(answered.len(), 49);
+    for response in answered {
+        assert_eq!(response.text(), "hello");
+        assert!(response.stored(), "{}", response.cache_status());
+    }
+    let hit = edge.get("/flaky").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

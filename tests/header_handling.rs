@@ -1173,3 +1173,48 @@ async fn a_closed_keep_alive_connection_after_an_upload_counts_as_idle() {
     assert_eq!(disconnects(&metrics, "idle"), 1.0, "{metrics}");
     assert_eq!(disconnects(&metrics, "slow_head"), 0.0, "{metrics}");
 }
+
+/// CONNECT asks for a tunnel, which edge does not open: with a path for a target it was forwarded,
+/// and the origin's 200 turned the client's connection into a tunnel (the client got no bytes)
+/// and, as a 2xx to an unsafe method, invalidated what was stored for the path.
+#[tokio::test]
+async fn connect_with_a_path_is_rejected_and_invalidates_nothing() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/c",
+        Reply::ok("stored").header("cache-control", "max-age=600"),
+    );
+    let edge = h.edge().await;
+    assert!(edge.get("/c").await.stored());
+    let request = format!("CONNECT /c HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(h.origin.hits("/c"), 1, "the origin was not asked");
+    let hit = edge.get("/c").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "stored");
+}
+
+/// A malformed request body is the client's fault: 400, not the 502 "origin unreachable" it
+/// was, and not counted as an origin failure.
+#[tokio::test]
+async fn a_malformed_chunked_upload_gets_a_400() {
+    let h = Harness::new().await;
+    h.origin.reply("/up", Reply::ok("thanks").status(201));
+    let edge = h.edge().await;
+    let request = "POST /up HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let response = raw_request(edge.addr, request).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(
+        response.header("cache-status"),
+        Some("edge; fwd=bypass; detail=client-body-invalid")
+    );
+    assert_eq!(response.body, b"edge: invalid request body\n");
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_origin_requests_total{status=\"error\"}"),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -479,3 +479,55 @@ async fn an_origin_that_stops_reading_an_upload_is_given_up_on_after_the_origin_
         started.elapsed()
     );
 }
+
+/// An origin may answer before it has read an upload; the rest of the upload is still bounded
+/// by `client_body_timeout`: a client that stalls it does not hold the origin's connection open
+/// (it did, until the client went away).
+#[tokio::test]
+async fn an_upload_stalled_after_the_origin_answered_lets_the_origin_connection_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers as soon as a request's first bytes arrive, then reads on; notes when edge closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let early = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
+                let _ = socket.write_all(early).await;
+                while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut config = base_config(&url, dir.path());
+    config.client_body_timeout = edge::config::Seconds(Duration::from_millis(300));
+    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    client
+        .write_all(b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"early") {
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "edge closed before the early answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // The client stays connected and sends nothing more.
+    let let_go = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
+    assert!(
+        let_go.is_ok(),
+        "the origin's connection was still open 5 s after the upload stalled"
+    );
+    drop(client);
+}
