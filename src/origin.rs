@@ -480,6 +480,10 @@ impl Progress {
         *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn fail(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(fault);
+    }
+
     /// The upload now waits on its client (`true`: a read of the body found nothing yet), or no
     /// longer does (a piece was read, or has arrived to be).
     fn wait_on_client(&self, waits: bool) {
@@ -546,16 +550,6 @@ impl std::task::Wake for Arrived {
     }
 }
 
-impl Upload {
-    fn fail(&self, fault: Fault) {
-        *self
-            .progress
-            .fault
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(fault);
-    }
-}
-
 impl http_body::Body for Upload {
     type Data = Bytes;
     type Error = axum::Error;
@@ -581,13 +575,13 @@ impl http_body::Body for Upload {
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             ready!(timer.as_mut().poll(cx));
-            this.fail(Fault::Stalled);
+            this.progress.fail(Fault::Stalled);
             let stalled = format!("the client sent nothing of its request body for {limit:?}");
             return Poll::Ready(Some(Err(axum::Error::new(stalled))));
         };
         this.timer = None;
         match &frame {
-            Some(Err(_)) => this.fail(Fault::Broken),
+            Some(Err(_)) => this.progress.fail(Fault::Broken),
             // hyper stops polling a body of known length once it has had that many bytes.
             None => this.progress.done.store(true, Ordering::Release),
             Some(Ok(_)) if this.inner.is_end_stream() => {

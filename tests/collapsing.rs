@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Harness, Reply, holding_back_origin};
@@ -197,27 +200,41 @@ async fn waiters_share_a_fill_that_timed_out_instead_of_asking_again() {
     assert_eq!(h.origin.hits("/stuck"), 2);
 }
 
-#[tokio::test]
-async fn waiters_of_a_fill_the_origin_hung_up_on_ask_again_together_once() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncReadExt;
-    // An origin that reads each request, waits, and closes the connection without answering.
+/// An origin that takes 1.5 s over each request, then closes the connection without answering
+/// the first `failing` requests it gets, and answers the others with a stored-for-60 s `hello`.
+/// Returns its address and the count of requests it got.
+async fn origin_hanging_up_on_the_first(failing: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let counted = counted.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                if socket.read(&mut buf).await.unwrap_or(0) > 0 {
-                    counted.fetch_add(1, Ordering::SeqCst);
+                while socket.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let before = counted.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(1500)).await;
+                    if before < failing {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
                 }
             });
         }
     });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn waiters_of_a_fill_the_origin_hung_up_on_ask_again_together_once() {
+    // An origin that waits, and closes the connection without answering, on every request.
+    let (addr, requests) = origin_hanging_up_on_the_first(usize::MAX).await;
     let h = Harness::new().await;
     let edge = h.edge_before(addr).await;
     let responses = join_all((0..50).map(|_| edge.get("/gone"))).await;
@@ -247,31 +264,7 @@ async fn waiters_of_a_fill_the_origin_hung_up_on_ask_again_together_once() {
 /// only): the waiters' one fill of their own gets the answer, and they share it.
 #[tokio::test]
 async fn waiters_of_a_fill_that_failed_once_get_the_answer_of_their_own_fill() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while socket.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let before = counted.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                    if before == 0 {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello";
-                    if socket.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, requests) = origin_hanging_up_on_the_first(1).await;
     let h = Harness::new().await;
     let edge = h.edge_before(addr).await;
     let responses = join_all((0..50).map(|_| edge.get("/flaky"))).await;

@@ -20,11 +20,10 @@ async fn an_origin_that_stops_mid_body_is_cut_off_and_nothing_is_stored() {
     let stalled =
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\n0123456789";
     let (addr, requests) = raw_origin(stalled).await;
-    let url = format!("http://{addr}");
-    let dir = Arc::new(TempDir::new().unwrap());
-    let mut config = base_config(&url, dir.path());
-    config.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
-    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    let edge = edge_in_front_of_with(addr, |c| {
+        c.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
+    })
+    .await;
 
     let started = Instant::now();
     let response = edge.client.get(edge.url("/slow")).send().await.unwrap();
@@ -83,8 +82,17 @@ async fn an_https_origin_is_spoken_to_with_tls() {
 }
 
 async fn edge_in_front_of(origin: std::net::SocketAddr) -> TestEdge {
+    edge_in_front_of_with(origin, |_| {}).await
+}
+
+/// An edge in front of `origin` whose configuration `tweak` adjusts first.
+async fn edge_in_front_of_with(
+    origin: std::net::SocketAddr,
+    tweak: impl FnOnce(&mut edge::config::Config),
+) -> TestEdge {
     let dir = Arc::new(TempDir::new().unwrap());
-    let config = base_config(&format!("http://{origin}"), dir.path());
+    let mut config = base_config(&format!("http://{origin}"), dir.path());
+    tweak(&mut config);
     TestEdge::start(config, Clock::manual(start_time()), dir).await
 }
 
@@ -460,12 +468,11 @@ async fn an_origin_that_stops_reading_an_upload_is_given_up_on_after_the_origin_
             });
         }
     });
-    let url = format!("http://{addr}");
-    let dir = Arc::new(TempDir::new().unwrap());
-    let mut config = base_config(&url, dir.path());
-    config.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
-    config.client_body_timeout = edge::config::Seconds(Duration::from_secs(20));
-    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    let edge = edge_in_front_of_with(addr, |c| {
+        c.origin.timeout = edge::config::Seconds(Duration::from_millis(500));
+        c.client_body_timeout = edge::config::Seconds(Duration::from_secs(20));
+    })
+    .await;
     // 64 MiB as fast as edge takes it: more than the sockets between edge and the origin hold.
     let pieces = vec![vec![b'u'; 1 << 20]; 64];
     let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 67108864\r\n\r\n";
@@ -505,11 +512,10 @@ async fn an_upload_stalled_after_the_origin_answered_lets_the_origin_connection_
             });
         }
     });
-    let url = format!("http://{addr}");
-    let dir = Arc::new(TempDir::new().unwrap());
-    let mut config = base_config(&url, dir.path());
-    config.client_body_timeout = edge::config::Seconds(Duration::from_millis(300));
-    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    let edge = edge_in_front_of_with(addr, |c| {
+        c.client_body_timeout = edge::config::Seconds(Duration::from_millis(300));
+    })
+    .await;
     let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     client
         .write_all(b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n0123456789")
