@@ -234,8 +234,9 @@ impl CacheStatus {
 
     /// What the cache did, in one word, for metrics and the access log: `hit`, `stale` (served
     /// stale), `revalidated` (a 304 from the origin refreshed it), `miss` (fetched and stored),
-    /// `pass` (fetched, not storable), `bypass` (a method edge does not cache), `purge`, or
-    /// `error` (edge answered itself because the request or the origin failed).
+    /// `pass` (fetched, not storable), `bypass` (a method edge does not cache), `purge`, `local`
+    /// (an `OPTIONS` edge answered itself), or `error` (edge answered itself because the request
+    /// or the origin failed). A request whose client left before its answer is `abandoned`.
     pub fn label(&self, method: &http::Method) -> &'static str {
         if method.as_str() == "PURGE" {
             return "purge";
@@ -250,6 +251,7 @@ impl CacheStatus {
         }
         match self.fwd {
             None if self.detail == Some("only-if-cached") => "miss",
+            None if self.detail == Some("options") => "local",
             None => "error",
             Some(Forward::Bypass) => "bypass",
             Some(_) if self.fwd_status.is_none() => "error",

@@ -77,7 +77,7 @@ impl ClientMetrics {
 }
 
 /// Every `cache_status` label [`crate::headers::CacheStatus::label`] gives.
-const CACHE_STATUSES: [&str; 8] = [
+const CACHE_STATUSES: [&str; 10] = [
     "hit",
     "stale",
     "revalidated",
@@ -85,7 +85,9 @@ const CACHE_STATUSES: [&str; 8] = [
     "pass",
     "bypass",
     "purge",
+    "local",
     "error",
+    "abandoned",
 ];
 
 /// Origin status classes, by `status / 100`; `error` when no response came.

@@ -144,32 +144,41 @@ pub fn handle(
         } else {
             http::Uri::default()
         };
-        let (mut response, outcome) = if method.as_str() == "PURGE" {
+        // Counted and logged (499, as nginx logs it) if the client leaves before its answer:
+        // hyper then drops this future.
+        let mut pending = Pending {
+            record: Some(AccessRecord {
+                method,
+                uri,
+                status: 499,
+                cache: "abandoned",
+                cache_status: None,
+                client: peer.ip(),
+                started,
+                origin_time: None,
+                log: settings.log.access,
+            }),
+            edge: &edge,
+        };
+        let (mut response, outcome) = if request.method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
         } else {
             route(&edge, &settings, peer, &mut request, body).await
         };
-        let label = outcome.status.label(&method);
+        let mut log = pending.record.take().expect("taken once");
+        let label = outcome.status.label(&log.method);
         edge.metrics.request(label, outcome.status.collapsed);
         if explain {
-            crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
+            let (uri, method) = (&log.uri, &log.method);
+            crate::explain::add_headers(&edge, &settings, uri, method, &outcome, &mut response);
         }
-        let log = AccessRecord {
-            method,
-            uri,
-            status: response.status().as_u16(),
-            cache: label,
-            // Only copied for a line that will be written.
-            cache_status: settings
-                .log
-                .access
-                .then(|| response.headers().get(&CACHE_STATUS).cloned())
-                .flatten(),
-            client: peer.ip(),
-            started,
-            origin_time: outcome.origin_time,
-            log: settings.log.access,
-        };
+        log.status = response.status().as_u16();
+        log.cache = label;
+        // Only copied for a line that will be written.
+        log.cache_status = (log.log)
+            .then(|| response.headers().get(&CACHE_STATUS).cloned())
+            .flatten();
+        log.origin_time = outcome.origin_time;
         let (parts, body) = response.into_parts();
         // hyper stops reading a body once it has sent Content-Length bytes. Only the access log
         // asks whether the body was sent whole.
@@ -296,6 +305,44 @@ struct AccessRecord {
     log: bool,
 }
 
+impl AccessRecord {
+    /// Writes the line; `bytes` were sent, `complete`ly or not.
+    fn write(&self, bytes: u64, complete: bool) {
+        let millis = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        tracing::info!(
+            target: "edge::access",
+            client = %self.client,
+            method = %self.method,
+            uri = %self.uri,
+            status = self.status,
+            cache = self.cache,
+            bytes,
+            duration_ms = millis(self.started.elapsed()),
+            origin_ms = self.origin_time.map(millis),
+            complete,
+            cache_status = self.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        );
+    }
+}
+
+/// A request not yet answered: still holding its record when dropped, it was abandoned by its
+/// client.
+struct Pending<'a> {
+    record: Option<AccessRecord>,
+    edge: &'a Edge,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = &self.record {
+            self.edge.metrics.request(record.cache, false);
+            if record.log {
+                record.write(0, false);
+            }
+        }
+    }
+}
+
 /// A response body that counts the bytes sent, and logs the request when it is dropped.
 struct Served {
     inner: Body,
@@ -362,20 +409,7 @@ impl Drop for Served {
             || self.expected == Some(self.bytes)
             || r.method == Method::HEAD
             || matches!(r.status, 204 | 304);
-        let millis = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        tracing::info!(
-            target: "edge::access",
-            client = %r.client,
-            method = %r.method,
-            uri = %r.uri,
-            status = r.status,
-            cache = r.cache,
-            bytes = self.bytes,
-            duration_ms = millis(r.started.elapsed()),
-            origin_ms = r.origin_time.map(millis),
-            complete,
-            cache_status = r.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        );
+        r.write(self.bytes, complete);
     }
 }
 
@@ -423,6 +457,36 @@ fn route(
         if request.method == Method::CONNECT {
             return invalid_target();
         }
+        // TRACE echoes the request back, cookies and credentials included, to whatever script
+        // got a client to send it; edge answers it itself, as nginx does.
+        if request.method == Method::TRACE {
+            let body = "edge: TRACE is not allowed\n";
+            let (mut response, outcome) =
+                local_response(StatusCode::METHOD_NOT_ALLOWED, body, CacheStatus::default());
+            response
+                .headers_mut()
+                .insert(header::ALLOW, allowed_methods());
+            return (response, outcome);
+        }
+        if request.method == Method::OPTIONS {
+            // RFC 9110 §7.6.2: an intermediary answers an OPTIONS with `Max-Forwards: 0` as its
+            // final recipient, and takes one off any other value it forwards. `OPTIONS *` asks
+            // about the server, which is edge.
+            match max_forwards(&request.headers) {
+                _ if request.uri.path() == "*" => return options_answer(),
+                Err(()) => {
+                    let body = "edge: invalid Max-Forwards\n";
+                    return local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default());
+                }
+                Ok(Some(0)) => return options_answer(),
+                Ok(Some(n)) => {
+                    request
+                        .headers
+                        .insert(header::MAX_FORWARDS, HeaderValue::from(n - 1));
+                }
+                Ok(None) => {}
+            }
+        }
         let Some(url) = settings.origin.url_for(&request.uri) else {
             return invalid_target();
         };
@@ -430,6 +494,41 @@ fn route(
         let status = CacheStatus::forward(Forward::Bypass);
         Box::pin(forward(edge, settings, peer, request, body, key, status)).await
     }
+}
+
+/// The methods edge takes, for `Allow`: every other one but `CONNECT` and `TRACE` is forwarded
+/// too, as the origin may know it.
+fn allowed_methods() -> HeaderValue {
+    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+}
+
+/// `Max-Forwards` (`1*DIGIT`, one field line): `Err` when malformed. A number too large for a
+/// `u64` is as good as `u64::MAX`.
+fn max_forwards(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut values = headers.get_all(header::MAX_FORWARDS).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let digits = value.as_bytes();
+    if values.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    Ok(Some(
+        std::str::from_utf8(digits).map_or(u64::MAX, |d| d.parse().unwrap_or(u64::MAX)),
+    ))
+}
+
+/// edge's own answer to an `OPTIONS` that goes no further.
+fn options_answer() -> Answer {
+    let status = CacheStatus {
+        detail: Some("options"),
+        ..CacheStatus::default()
+    };
+    let (mut response, outcome) = local_response(StatusCode::OK, "", status);
+    let headers = response.headers_mut();
+    headers.insert(header::ALLOW, allowed_methods());
+    headers.remove(header::CONTENT_TYPE);
+    (response, outcome)
 }
 
 fn invalid_target() -> Answer {

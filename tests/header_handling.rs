@@ -1218,3 +1218,84 @@ async fn a_malformed_chunked_upload_gets_a_400() {
         "{metrics}"
     );
 }
+
+/// RFC 9110 §7.6.2: an intermediary answers an `OPTIONS` with `Max-Forwards: 0` itself and takes
+/// one off any other value it forwards; a malformed value is the client's error. `OPTIONS *`
+/// asks about the server, which is edge.
+#[tokio::test]
+async fn options_follows_max_forwards() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/o",
+        Reply::ok("").header("allow", "GET, HEAD, OPTIONS, PUT"),
+    );
+    let edge = h.edge().await;
+
+    let own = edge
+        .send(reqwest::Method::OPTIONS, "/o", &[("max-forwards", "0")])
+        .await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.cache_status(), "edge; detail=options");
+    let allow = own.header("allow").unwrap_or_default();
+    assert!(
+        allow.contains("GET") && allow.contains("OPTIONS"),
+        "{allow}"
+    );
+    assert_eq!(h.origin.hits("/o"), 0, "Max-Forwards: 0 goes no further");
+
+    let forwarded = edge
+        .send(reqwest::Method::OPTIONS, "/o", &[("max-forwards", "3")])
+        .await;
+    assert_eq!(forwarded.status, 200);
+    assert_eq!(forwarded.header("allow"), Some("GET, HEAD, OPTIONS, PUT"));
+    let received = h.origin.last("/o").unwrap();
+    assert_eq!(received.method, reqwest::Method::OPTIONS);
+    assert_eq!(received.headers["max-forwards"], "2");
+
+    edge.send(reqwest::Method::OPTIONS, "/o", &[]).await;
+    assert!(
+        !h.origin
+            .last("/o")
+            .unwrap()
+            .headers
+            .contains_key("max-forwards")
+    );
+    assert_eq!(h.origin.hits("/o"), 2);
+
+    for bad in ["-1", "one", "1, 2", ""] {
+        let refused = edge
+            .send(reqwest::Method::OPTIONS, "/o", &[("max-forwards", bad)])
+            .await;
+        assert_eq!(refused.status, 400, "Max-Forwards: {bad:?}");
+    }
+    assert_eq!(h.origin.hits("/o"), 2);
+
+    let request = format!("OPTIONS * HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
+    let server = raw_request(edge.addr, &request).await;
+    assert_eq!(server.status, 200, "{server:?}");
+    assert!(server.header("allow").is_some(), "{server:?}");
+    // Max-Forwards only binds TRACE and OPTIONS (a recipient may ignore it on other methods).
+    h.origin.reply("/g", Reply::ok("g"));
+    assert_eq!(
+        edge.get_with("/g", &[("max-forwards", "0")]).await.text(),
+        "g"
+    );
+    assert_eq!(h.origin.last("/g").unwrap().headers["max-forwards"], "0");
+}
+
+/// TRACE would echo the request, cookies included, from the origin back to whatever got a
+/// client to send it: edge answers 405 itself (as nginx does), with `Allow`.
+#[tokio::test]
+async fn trace_is_not_forwarded() {
+    let h = Harness::new().await;
+    h.origin.reply("/t", Reply::ok("echo"));
+    let edge = h.edge().await;
+    let request = format!(
+        "TRACE /t HTTP/1.1\r\nHost: {}\r\nCookie: session=secret\r\n\r\n",
+        edge.addr
+    );
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 405, "{response:?}");
+    assert!(response.header("allow").is_some(), "{response:?}");
+    assert_eq!(h.origin.hits("/t"), 0);
+}

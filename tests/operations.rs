@@ -289,13 +289,9 @@ async fn access_log_human_has_one_line_per_request_with_its_outcome() {
     assert_eq!(origin.hits("/a?q=1"), 1);
 }
 
-/// 1b. The access line's `complete` field says whether the whole body was sent.
-///
-/// PRODUCT BUG (fails on the miss line): `Served::drop` (src/proxy.rs) counts a response as
-/// complete only if its body was polled to its end (`poll_frame` → `None`) or reports
-/// `is_end_stream`. A miss streams from the fill with a `Content-Length`; hyper stops polling as
-/// soon as that many bytes are written and drops the body, so a miss sent in full is logged with
-/// `bytes=<full length> … complete=false`. (A hit from memory, a `Full` body, says `true`.)
+/// 1b. The access line's `complete` field says whether the whole body was sent: also for a miss
+/// streamed from its fill with a `Content-Length`, whose body hyper stops polling once that many
+/// bytes are written (a hit from memory is one `Full` body).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_says_a_fully_sent_response_is_complete() {
     let origin = origin().await;
@@ -321,9 +317,58 @@ async fn access_log_says_a_fully_sent_response_is_complete() {
     assert_eq!(
         field(&access[0], "complete"),
         Some("true"),
-        "PRODUCT BUG: a miss sent in full is logged as not complete: {}",
+        "a miss sent in full: {}",
         access[0]
     );
+}
+
+/// 1c. A client that leaves before its answer (here it half-closes its connection, as `nc -N`
+/// does, then waits) gets a line of its own, `status=499 cache="abandoned"` as nginx logs it, and
+/// is counted in `edge_requests_total`; the fill it started still stores the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_is_logged_as_a_499() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = origin().await;
+    let body = "worth the wait\n";
+    origin.reply("/slow", cacheable(body).delay(Duration::from_millis(500)));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let edge = Edge::start(dir, &mut conf, None).await;
+
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", edge.listen))
+        .await
+        .unwrap();
+    let request = "GET /slow HTTP/1.1\r\nHost: edge\r\n\r\n";
+    client.write_all(request.as_bytes()).await.unwrap();
+    client.shutdown().await.unwrap();
+    let line = edge.wait_line(" status=499 ").await;
+    assert!(is_access(&line), "{line}");
+    assert_eq!(field(&line, "method"), Some("GET"), "{line}");
+    assert_eq!(field(&line, "uri"), Some("/slow"), "{line}");
+    assert_eq!(field(&line, "cache"), Some("\"abandoned\""), "{line}");
+    assert_eq!(field(&line, "bytes"), Some("0"), "{line}");
+    assert_eq!(field(&line, "complete"), Some("false"), "{line}");
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"", "the connection was closed without an answer");
+
+    let metrics = edge
+        .client
+        .get(format!("http://127.0.0.1:{}/metrics", edge.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let abandoned = "edge_requests_total{cache_status=\"abandoned\"} 1";
+    assert!(metrics.contains(abandoned), "{metrics}");
+    // The fill ran on without it: the next request is a hit.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, cache_status, got) = edge.get("/slow").await;
+    assert_eq!((status, got.as_str()), (200, body));
+    assert!(cache_status.contains("hit"), "{cache_status}");
+    assert_eq!(origin.hits("/slow"), 1);
 }
 
 /// 2. `log.format: json`: every line of stderr is one JSON object; the access line carries its
