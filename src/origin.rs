@@ -582,9 +582,13 @@ impl http_body::Body for Upload {
         this.timer = None;
         match &frame {
             Some(Err(_)) => this.progress.fail(Fault::Broken),
-            // hyper stops polling a body of known length once it has had that many bytes.
             None => this.progress.done.store(true, Ordering::Release),
-            Some(Ok(_)) if this.inner.is_end_stream() => {
+            // hyper stops polling a body of known length once it has had that many bytes; an
+            // HTTP/2 client may still mark the end in an empty frame after them, which is then
+            // not read (the size hint counts down what is left of `Content-Length`).
+            Some(Ok(_))
+                if this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0) =>
+            {
                 this.progress.done.store(true, Ordering::Release);
             }
             Some(Ok(_)) => {}

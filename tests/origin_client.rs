@@ -537,3 +537,87 @@ async fn an_upload_stalled_after_the_origin_answered_lets_the_origin_connection_
     );
     drop(client);
 }
+
+/// An origin that reads each request's body (framed by `Content-Length`) before it answers 201
+/// `ok`; it counts the connections it accepts and keeps the bodies it read.
+async fn uploads_origin() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (accepted, kept) = (connections.clone(), bodies.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + length {
+                            let body = buf[end + 4..end + 4 + length].to_vec();
+                            buf.drain(..end + 4 + length);
+                            kept.lock().unwrap().push(body);
+                            let reply = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, bodies)
+}
+
+/// An HTTP/2 client may end its upload with an empty DATA frame after the last bytes (hyper's
+/// client does, for a body it cannot size). The upload is whole once `Content-Length` bytes are
+/// in, and its origin connection is reused: it was closed after every such upload, as one still
+/// carrying a body.
+#[tokio::test]
+async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_reusable() {
+    let (addr, connections, bodies) = uploads_origin().await;
+    let edge = edge_in_front_of(addr).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let pieces = [b"abc", b"def"].map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p)));
+        let response = client
+            .post(edge.url("/up"))
+            .header("content-length", "6")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(*bodies.lock().unwrap(), vec![b"abcdef".to_vec(); 3]);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one origin connection carried the three uploads"
+    );
+}
