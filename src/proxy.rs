@@ -146,39 +146,41 @@ pub fn handle(
         };
         // Counted and logged (499, as nginx logs it) if the client leaves before its answer:
         // hyper then drops this future.
-        let mut pending = Pending {
-            record: Some(AccessRecord {
-                method,
-                uri,
-                status: 499,
-                cache: "abandoned",
-                cache_status: None,
-                client: peer.ip(),
-                started,
-                origin_time: None,
-                log: settings.log.access,
-            }),
+        let pending = Pending {
+            method: &method,
+            uri: &uri,
+            started,
+            client: peer.ip(),
+            log: settings.log.access,
             edge: &edge,
         };
-        let (mut response, outcome) = if request.method.as_str() == "PURGE" {
+        let (mut response, outcome) = if method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
         } else {
             route(&edge, &settings, peer, &mut request, body).await
         };
-        let mut log = pending.record.take().expect("taken once");
-        let label = outcome.status.label(&log.method);
+        std::mem::forget(pending);
+        let label = outcome.status.label(&method);
         edge.metrics.request(label, outcome.status.collapsed);
         if explain {
-            let (uri, method) = (&log.uri, &log.method);
-            crate::explain::add_headers(&edge, &settings, uri, method, &outcome, &mut response);
+            crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
         }
-        log.status = response.status().as_u16();
-        log.cache = label;
-        // Only copied for a line that will be written.
-        log.cache_status = (log.log)
-            .then(|| response.headers().get(&CACHE_STATUS).cloned())
-            .flatten();
-        log.origin_time = outcome.origin_time;
+        let log = AccessRecord {
+            method,
+            uri,
+            status: response.status().as_u16(),
+            cache: label,
+            // Only copied for a line that will be written.
+            cache_status: settings
+                .log
+                .access
+                .then(|| response.headers().get(&CACHE_STATUS).cloned())
+                .flatten(),
+            client: peer.ip(),
+            started,
+            origin_time: outcome.origin_time,
+            log: settings.log.access,
+        };
         let (parts, body) = response.into_parts();
         // hyper stops reading a body once it has sent Content-Length bytes. Only the access log
         // asks whether the body was sent whole.
@@ -325,20 +327,33 @@ impl AccessRecord {
     }
 }
 
-/// A request not yet answered: still holding its record when dropped, it was abandoned by its
-/// client.
+/// A request not yet answered, forgotten once it is: dropped, it was abandoned by its client.
 struct Pending<'a> {
-    record: Option<AccessRecord>,
+    method: &'a Method,
+    uri: &'a http::Uri,
+    started: Instant,
+    client: std::net::IpAddr,
+    log: bool,
     edge: &'a Edge,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Some(record) = &self.record {
-            self.edge.metrics.request(record.cache, false);
-            if record.log {
-                record.write(0, false);
-            }
+        const ABANDONED: &str = "abandoned";
+        self.edge.metrics.request(ABANDONED, false);
+        if self.log {
+            let record = AccessRecord {
+                method: self.method.clone(),
+                uri: self.uri.clone(),
+                status: 499,
+                cache: ABANDONED,
+                cache_status: None,
+                client: self.client,
+                started: self.started,
+                origin_time: None,
+                log: true,
+            };
+            record.write(0, false);
         }
     }
 }
