@@ -509,12 +509,9 @@ fn reloaded(line: &str) -> bool {
     line.contains("configuration reloaded")
 }
 
-/// 4a. SIGHUP reloads the file: the new origin is used and what is cached stays cached.
-///
-/// PRODUCT BUG (fails at the `/x` assertion): the cache key is the full origin URL
-/// (`http://<origin host:port>/x`, src/cache/key.rs, src/origin.rs `url_for`), so after a reload
-/// that changes `origin.url` every stored response is out of reach: `GET /x` is a `uri-miss`
-/// fetched again from the new origin instead of a hit, although the reload kept the cache.
+/// 4a. SIGHUP reloads the file: the new origin is used and what is cached stays cached, and in
+/// reach: the key is the path under the origin, not its host (once the full origin URL, so a
+/// reload that changed `origin.url` left every stored response out of reach).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_switches_the_origin_and_keeps_the_cache() {
     let (a, b) = origins_a_and_b().await;
@@ -538,8 +535,8 @@ async fn sighup_switches_the_origin_and_keeps_the_cache() {
     let (status, cache_status, body) = edge.get("/x").await;
     assert!(
         cache_status.contains("hit"),
-        "PRODUCT BUG: the cache is kept across a reload, but /x is not a hit after origin.url \
-         changed (Cache-Status: {cache_status}; body {body:?})"
+        "the cache is kept across a reload, and /x is a hit after origin.url changed \
+         (Cache-Status: {cache_status}; body {body:?})"
     );
     assert_eq!((status, body.as_str()), (200, "/x from A\n"));
     assert_eq!(a.hits("/x"), 1, "A was asked once in all");
@@ -855,14 +852,8 @@ fn config_errors_for_the_operations_keys_name_the_key_and_line() {
 }
 
 /// 7b. The line named is the line of the bad key, also when it is not the first key of its
-/// mapping.
-///
-/// PRODUCT BUG (fails): for values checked by edge's own deserialisers (`de::Error::custom`:
-/// `log.filter`, durations such as `shutdown_timeout`, sizes, `origin.url`, fractions),
-/// serde_yaml_ng reports the position of the start of the enclosing mapping, not of the key:
-/// `log.filter` on line 6 after `access:` and `format:` is reported as line 4, and a top-level
-/// `shutdown_timeout` on line 3 as line 1 column 1. Keys deserialised by serde itself (`listen`,
-/// `log.access`, `purge.allow`) get their own line.
+/// mapping, for values checked by edge's own deserialisers too (`log.filter`, durations, sizes,
+/// `origin.url`, fractions), for which serde_yaml_ng reports the start of the enclosing mapping.
 #[test]
 fn config_errors_name_the_line_of_the_key_not_of_its_mapping() {
     let dir = TempDir::new().unwrap();
@@ -892,7 +883,7 @@ fn config_errors_name_the_line_of_the_key_not_of_its_mapping() {
     }
     assert!(
         wrong.is_empty(),
-        "PRODUCT BUG: config errors name the wrong line:\n{}",
+        "config errors name the wrong line:\n{}",
         wrong.join("\n")
     );
 }
