@@ -403,3 +403,44 @@ async fn a_stalled_http2_stream_is_reset_alone() {
     assert_eq!(after.status(), 200);
     edge.stop().await;
 }
+
+/// An HTTP/2 client that resets its stream before the answer (a browser navigating away) is
+/// counted as `abandoned`, and its connection's other streams go on; the fill it started still
+/// stores the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_reset_before_its_answer_is_counted_as_abandoned() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/slow",
+        Reply::ok("late")
+            .header("cache-control", "max-age=600")
+            .delay(Duration::from_millis(400)),
+    );
+    h.origin.reply("/now", Reply::ok("now"));
+    let edge = h.edge().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let slow = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.get(edge.url("/slow")).send(),
+    )
+    .await;
+    assert!(slow.is_err(), "given up on before its answer");
+    let now = client.get(edge.url("/now")).send().await.unwrap();
+    assert_eq!(now.version(), http::Version::HTTP_2);
+    assert_eq!(now.text().await.unwrap(), "now");
+    let abandoned = "edge_requests_total{cache_status=\"abandoned\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while common::sample(&edge.metrics().await, abandoned) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hit = edge.get("/slow").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.text(), "late");
+    assert_eq!(h.origin.hits("/slow"), 1);
+}
