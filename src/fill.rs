@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
@@ -769,10 +769,7 @@ async fn refresh(
     let entry = Arc::new(entry);
     // The body's length is known, as on a hit, even when the origin sent it without one.
     let mut stored_headers = entry.headers.to_map();
-    stored_headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(entry.content_length()),
-    );
+    entry.set_length(&mut stored_headers);
     let head = SharedHead {
         status,
         headers: stored_headers,

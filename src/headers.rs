@@ -53,19 +53,17 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
         if !names_options(value) {
             continue;
         }
-        let Ok(text) = value.to_str() else {
-            continue;
-        };
-        let named = text
-            .split(',')
-            .map(str::trim)
+        // Bytes, not text: a member that is not a field name (one not UTF-8 among them) does not
+        // hide the others.
+        let named = (value.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
             .filter(|token| {
-                !token.eq_ignore_ascii_case("close")
+                !token.eq_ignore_ascii_case(b"close")
                     && !HOP_BY_HOP
                         .iter()
-                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
             })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
+            .filter_map(|name| HeaderName::from_bytes(name).ok());
         options.extend(named);
     }
     options

@@ -704,7 +704,12 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
                 && headers
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|length| length.as_bytes().trim_ascii() != b"0");
-        one_length(headers);
+        if status.as_u16() == 204 {
+            // Nor may edge send one on (RFC 9110 §8.6): an HTTP/2 client rejects the response.
+            headers.remove(header::CONTENT_LENGTH);
+        } else {
+            one_length(headers);
+        }
         return Ok(!head && !announced);
     }
     if let Some(first) = coded {

@@ -154,7 +154,10 @@ pub fn handle(
             log: settings.log.access,
             edge: &edge,
         };
-        let (mut response, outcome) = if method.as_str() == "PURGE" {
+        let (mut response, outcome) = if !host_is_valid(&request) {
+            let body = "edge: a request needs one valid Host, and no user in its authority\n";
+            local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default())
+        } else if method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
         } else {
             route(&edge, &settings, peer, &mut request, body).await
@@ -192,6 +195,27 @@ pub fn handle(
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let served = Served::new(body, expected, log, edge.clone());
         Response::from_parts(parts, Body::new(served))
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any HTTP/1 request at most one,
+/// and its value is a host and port (HTTP/2 has `:authority` instead). A target's authority with
+/// user information is refused too (RFC 9110 §4.2.4: likely there to disguise the host).
+fn host_is_valid(request: &Parts) -> bool {
+    if (request.uri.authority()).is_some_and(|authority| authority.as_str().contains('@')) {
+        return false;
+    }
+    if request.version > Version::HTTP_11 {
+        return true;
+    }
+    let mut hosts = request.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => request.version < Version::HTTP_11,
+        (Some(host), None) => host
+            .as_bytes()
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)),
+        (Some(_), Some(_)) => false,
     }
 }
 
@@ -471,6 +495,16 @@ fn route(
         // client's connection into a tunnel to the origin.
         if request.method == Method::CONNECT {
             return invalid_target();
+        }
+        // RFC 9112 §6.1: hyper has decoded one `chunked`; any other coding (or a second
+        // `chunked`) it would pass on undone, and unlabelled (`Transfer-Encoding` goes no
+        // further than this hop).
+        let mut codings = (request.headers.get_all(header::TRANSFER_ENCODING).iter())
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .filter(|coding| !coding.trim_ascii().is_empty());
+        if codings.next().is_some() && codings.next().is_some() {
+            let body = "edge: no transfer coding but chunked is understood\n";
+            return local_response(StatusCode::NOT_IMPLEMENTED, body, CacheStatus::default());
         }
         // TRACE echoes the request back, cookies and credentials included, to whatever script
         // got a client to send it; edge answers it itself, as nginx does.
@@ -823,10 +857,7 @@ fn respond_stored(
     let mut headers = entry.headers.to_map_with(4);
     let age = entry.freshness.current_age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(entry.content_length()),
-    );
+    entry.set_length(&mut headers);
     let payload = match &entry.spilled {
         Some(spilled) => Payload::File(spilled.clone()),
         None => Payload::Whole(entry.body.clone()),
@@ -1132,10 +1163,14 @@ fn forward(
         // they go to the origin.
         let request_cc = cacheable_method.then(|| CacheControl::of(&parts.headers));
         let authorized = cacheable_method && parts.headers.contains_key(header::AUTHORIZATION);
+        // The target's authority, when it has one (absolute form; HTTP/2's `:authority`), and
+        // not `Host` (RFC 9112 §3.2.2).
         let public_host = if safe {
             None
         } else {
-            parts.headers.get(header::HOST).cloned()
+            (parts.uri.authority())
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+                .or_else(|| parts.headers.get(header::HOST).cloned())
         };
         let headers = std::mem::take(&mut parts.headers);
         let outgoing = origin::request_headers(headers, peer.ip(), parts.version);

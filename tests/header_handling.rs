@@ -271,6 +271,25 @@ async fn fields_named_in_a_second_connection_line_are_removed_too() {
     assert_eq!(seen.get("x-three").unwrap(), "3");
 }
 
+/// A `Connection` line with a byte that is not UTF-8 still takes out the fields it names: the
+/// whole line was skipped, and `X-Secret` went to the origin.
+#[tokio::test]
+async fn fields_named_beside_a_non_utf8_connection_member_are_removed() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h.edge().await;
+    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let request = b"GET /a HTTP/1.1\r\nHost: edge\r\nConnection: X-Secret, X\xe9\r\n\
+                    X-Secret: s\r\nX-Kept: k\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    let seen = h.origin.last("/a").unwrap().headers;
+    assert!(!seen.contains_key("x-secret"), "{seen:?}");
+    assert_eq!(seen.get("x-kept").unwrap(), "k");
+}
+
 #[tokio::test]
 async fn end_to_end_request_headers_reach_the_origin() {
     let h = Harness::new().await;
@@ -1298,4 +1317,101 @@ async fn trace_is_not_forwarded() {
     assert_eq!(response.status, 405, "{response:?}");
     assert!(response.header("allow").is_some(), "{response:?}");
     assert_eq!(h.origin.hits("/t"), 0);
+}
+
+/// RFC 9110 §8.6: no `Content-Length` in a 204, which an origin may send anyway. Edge passed it
+/// on, and an HTTP/2 client rejected the whole response (nghttp2: PROTOCOL_ERROR).
+#[tokio::test]
+async fn a_204_goes_on_without_the_content_length_its_origin_gave_it() {
+    const NO_CONTENT: &[u8] =
+        b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=300\r\nContent-Length: 5\r\n\r\nXXXXX";
+    let (origin, requests) = raw_origin(NO_CONTENT).await;
+    let h = Harness::new().await;
+    let edge = h.edge_before(origin).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for path in ["/nc", "/nc", "/nc?pass"] {
+        let response = if path.ends_with("pass") {
+            h2.post(edge.url(path)).send().await.unwrap()
+        } else {
+            h2.get(edge.url(path)).send().await.unwrap()
+        };
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 204, "{path}");
+        assert!(
+            response.headers().get("content-length").is_none(),
+            "{path}: {:?}",
+            response.headers()
+        );
+        assert_eq!(response.bytes().await.unwrap(), "");
+    }
+    let request = format!(
+        "GET /nc2 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    let response = raw_request(edge.addr, &request).await;
+    assert_eq!(response.status, 204, "{response:?}");
+    assert_eq!(response.header("content-length"), None, "{response:?}");
+    // The miss, its hit, the POST and the HTTP/1 miss.
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+}
+
+/// RFC 9112 §3.2: a 400 for an HTTP/1.1 request without `Host`, and for any with two `Host`
+/// lines or an invalid one, or a target with user information (RFC 9110 §4.2.4); they were
+/// served. HTTP/1.0 may leave `Host` out.
+#[tokio::test]
+async fn an_http1_request_needs_one_valid_host() {
+    let h = Harness::new().await;
+    h.origin.reply("/h", Reply::ok("h"));
+    let edge = h.edge().await;
+    for (request, status) in [
+        ("GET /h HTTP/1.1\r\n", 400),
+        ("GET /h HTTP/1.1\r\nHost: a\r\nHost: b\r\n", 400),
+        ("GET /h HTTP/1.1\r\nHost: a b/c\r\n", 400),
+        ("GET http://edge.example/h HTTP/1.1\r\n", 400),
+        ("POST /h HTTP/1.1\r\nContent-Length: 0\r\n", 400),
+        ("PURGE /h HTTP/1.1\r\n", 400),
+        ("GET /h HTTP/1.0\r\n", 200),
+        ("GET /h HTTP/1.0\r\nHost: a\r\nHost: b\r\n", 400),
+        ("GET /h HTTP/1.1\r\nHost: [::1]:8080\r\n", 200),
+        ("GET /h HTTP/1.1\r\nHost: cdn.example\r\n", 200),
+        ("GET /h HTTP/1.1\r\nHost:\r\n", 200),
+        (
+            "GET http://user:pw@edge.example/h HTTP/1.1\r\nHost: edge.example\r\n",
+            400,
+        ),
+    ] {
+        let response = raw_request(edge.addr, &format!("{request}Connection: close\r\n\r\n")).await;
+        assert_eq!(response.status, status, "{request:?}: {response:?}");
+    }
+    assert_eq!(
+        h.origin.hits("/h"),
+        4,
+        "only the requests served reached the origin"
+    );
+}
+
+/// RFC 9112 §6.1: a transfer coding edge does not understand gets a 501. hyper decoded the
+/// `chunked` of `gzip, chunked` and the body went on as plain content, without its `gzip`.
+#[tokio::test]
+async fn a_request_body_in_an_unknown_transfer_coding_gets_a_501() {
+    let h = Harness::new().await;
+    h.origin.reply("/up", Reply::ok("thanks").status(201));
+    let edge = h.edge().await;
+    for coding in ["gzip, chunked", "chunked, chunked"] {
+        let request = format!(
+            "POST /up HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: {coding}\r\n\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let response = raw_request(edge.addr, &request).await;
+        assert_eq!(response.status, 501, "{coding}: {response:?}");
+    }
+    assert_eq!(h.origin.hits("/up"), 0);
+    let request = "POST /up HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\
+                   Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(raw_request(edge.addr, request).await.status, 201);
+    assert_eq!(h.origin.last("/up").unwrap().body, "hello");
 }

@@ -592,3 +592,65 @@ async fn an_invalidation_during_a_fill_is_not_undone_by_its_store() {
         );
     }
 }
+
+/// Sends `request` as written and returns the response's status.
+async fn raw_status(edge: &TestEdge, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// RFC 9112 §3.2.2: with a target in absolute form, its authority names the request's host, not
+/// `Host`: a `Location` on the `Host` header's name is another origin's (it was invalidated), one
+/// on the target's is edge's own.
+#[tokio::test]
+async fn an_absolute_form_target_names_edges_public_host_not_the_host_header() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    prime(&h, &edge, "/b", "b1").await;
+    let post = "POST http://a.example/a HTTP/1.1\r\nHost: b.example\r\nContent-Length: 0\r\n\
+                Connection: close\r\n\r\n";
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(201)
+            .header("location", "http://b.example/b"),
+    );
+    assert_eq!(raw_status(&edge, post).await, 201);
+    assert_still_cached(&h, &edge, "/b", "b1").await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(201)
+            .header("location", "http://a.example/b"),
+    );
+    assert_eq!(raw_status(&edge, post).await, 201);
+    assert_invalidated(&h, &edge, "/b", "b2").await;
+}
+
+/// Over HTTP/2 the request's host is its `:authority` (there is no `Host`): a `Location` on it
+/// invalidates as it does over HTTP/1.1.
+#[tokio::test]
+async fn an_http2_location_on_edges_own_authority_is_invalidated() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    prime(&h, &edge, "/b", "b1").await;
+    let location = format!("http://127.0.0.1:{}/b", edge.addr.port());
+    h.origin.reply(
+        "/a",
+        Reply::ok("").status(201).header("location", &location),
+    );
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let post = h2.post(edge.url("/a")).send().await.unwrap();
+    assert_eq!(post.version(), http::Version::HTTP_2);
+    assert_eq!(post.status(), 201);
+    assert_invalidated(&h, &edge, "/b", "b2").await;
+}

@@ -443,6 +443,17 @@ impl StoredEntry {
         }
     }
 
+    /// Frames a response from it with the body's length: none for a 204, which may not carry
+    /// one (RFC 9110 §8.6; an HTTP/2 client rejects the response).
+    pub fn set_length(&self, headers: &mut HeaderMap) {
+        if self.status != StatusCode::NO_CONTENT {
+            headers.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(self.content_length()),
+            );
+        }
+    }
+
     /// The length of the body, wherever it is.
     pub fn content_length(&self) -> u64 {
         self.spilled
