@@ -1,11 +1,12 @@
 # edge as a container image: a profile-guided build in the official Rust image, run on Debian slim.
+# Its base images come from a registry; without one, scripts/docker-image.sh builds the same
+# layout FROM scratch around a local build.
 #
 #   docker build -t edge .
 #   docker run -d --name edge --stop-timeout 35 -p 8080:8080 -p 127.0.0.1:9090:9090 \
 #     -v edge-cache:/var/cache/edge -v ./my-edge.yaml:/etc/edge/edge.yaml:ro edge
 #
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts below.
-# Without registry access, scripts/docker-smoke.sh builds an equivalent image from a local binary.
 
 ARG RUST_VERSION=1.95
 
@@ -37,6 +38,9 @@ COPY docker/edge.yaml /etc/edge/edge.yaml
 USER 65532:65532
 # The disk tier; a named volume keeps it across container restarts and upgrades.
 VOLUME /var/cache/edge
+# The working directory, so that a config without cache.disk.path keeps its disk tier
+# (./var/edge by default) in the volume.
+WORKDIR /var/cache/edge
 # Client traffic, admin API (publish the admin port on 127.0.0.1 only).
 EXPOSE 8080 9090
 # `edge health` asks the admin listener for /healthz (0.0.0.0 means loopback): no curl needed.

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Docker smoke test: edge in a container, in front of the demo origin in another container.
 #
-# It needs a Docker engine, cargo and curl, and no container registry: it builds edge as the
-# Dockerfile does (scripts/pgo-build.sh, which installs nginx and wrk from Debian and rustup's
-# llvm-tools if missing) and packs target/pgo/release/edge with the shared libraries it needs
-# (from ldd) into a FROM scratch image laid out like the Dockerfile's (non-root 65532:65532,
-# /etc/edge/edge.yaml from docker/edge.yaml, volume /var/cache/edge, EXPOSE, HEALTHCHECK with
-# `edge health`). Then it proves: a miss is stored, the next request is a memory hit, the
-# container turns healthy and does not run as root, `docker stop` (SIGTERM) exits 0, and after
-# `docker start` the entry is a disk hit from the volume; the origin saw one request in all.
+# It needs a Docker engine, cargo and curl, and no container registry: it builds the image with
+# scripts/docker-image.sh (edge built as the Dockerfile does, packed into a FROM scratch image
+# laid out like the Dockerfile's). Then it proves: a miss is stored, the next request is a memory
+# hit, the container turns healthy and does not run as root, `docker stop` (SIGTERM) exits 0, and
+# after `docker start` the entry is a disk hit from the volume; the origin saw one request in
+# all. And that a config with nothing but `origin.url` keeps its disk tier in the volume.
 #
 # Everything it creates (containers, network, volume, image tag, temp dir) has a random suffix
 # and is removed on exit, whether the checks pass or not.
@@ -21,22 +19,10 @@ fail() {
   exit 1
 }
 
-for tool in docker cargo curl ldd timeout; do
+for tool in docker cargo curl timeout; do
   command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 timeout 20 docker info >/dev/null 2>&1 || fail "no Docker engine answers (docker info)"
-
-# `docker build` is buildx (BuildKit) when that plugin is installed; without it, the legacy
-# builder is the only one that works (and DOCKER_BUILDKIT=1 would make docker build fail).
-build_flags=(--quiet)
-if docker buildx version >/dev/null 2>&1; then
-  export DOCKER_BUILDKIT=1
-  build_flags+=(--load)
-  builder="BuildKit (buildx)"
-else
-  export DOCKER_BUILDKIT=0
-  builder="legacy builder (no buildx plugin)"
-fi
 
 id="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
 prefix="edge-smoke-$id"
@@ -79,60 +65,14 @@ strip_ansi() { sed -e 's/\x1b\[[0-9;]*m//g'; }
 
 started=$SECONDS
 
-# --- the binary and its libraries -------------------------------------------------------------
-say "scripts/pgo-build.sh (the Dockerfile's build: instrumented, trained, built again)"
-binary="$(bash scripts/pgo-build.sh 2>"$work/pgo-build.log")" || {
-  tail -n 40 "$work/pgo-build.log" >&2
-  fail "scripts/pgo-build.sh failed"
-}
-grep '^pgo-build.sh: trained:' "$work/pgo-build.log" | sed 's/^pgo-build.sh: /docker-smoke: /' ||
-  fail "scripts/pgo-build.sh trained on nothing"
-[[ -x $binary ]] || fail "$binary was not built"
-"$binary" health --help >/dev/null 2>&1 || fail "$binary has no \`health\` subcommand (the HEALTHCHECK needs it)"
-"$binary" check --config docker/edge.yaml >/dev/null || fail "docker/edge.yaml does not pass edge check"
-
-rootfs="$work/context/rootfs"
-mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/edge" "$work/context/cache"
-cp "$binary" "$rootfs/usr/local/bin/edge"
-cp docker/edge.yaml "$rootfs/etc/edge/edge.yaml"
-printf 'root:x:0:0:root:/root:/sbin/nologin\nedge:x:65532:65532:edge:/nonexistent:/sbin/nologin\n' >"$rootfs/etc/passwd"
-printf 'root:x:0:\nedge:x:65532:\n' >"$rootfs/etc/group"
-
-# Every library ldd resolves, and the dynamic loader itself, at the same path in the image.
-# (A statically linked edge needs none.)
-ldd_out="$(ldd "$binary" 2>&1)" || [[ $ldd_out == *"not a dynamic executable"* ]] || fail "ldd $binary: $ldd_out"
-[[ $ldd_out != *"not found"* ]] || fail "ldd $binary: a library is missing: $ldd_out"
-libs=()
-while read -r lib; do
-  libs+=("$lib")
-done < <(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' <<<"$ldd_out" | sort -u)
-for lib in "${libs[@]}"; do
-  mkdir -p "$rootfs$(dirname "$lib")"
-  cp -L "$lib" "$rootfs$lib"
-done
-chmod -R u=rwX,go=rX "$rootfs"
-chmod 0750 "$work/context/cache"
-
-cat >"$work/context/Dockerfile" <<'EOF'
-# Written by scripts/docker-smoke.sh: the Dockerfile's runtime layout, from a local binary.
-FROM scratch
-COPY rootfs/ /
-COPY --chown=65532:65532 cache/ /var/cache/edge/
-USER 65532:65532
-VOLUME /var/cache/edge
-EXPOSE 8080 9090
-HEALTHCHECK --interval=2s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["/usr/local/bin/edge", "health", "--config", "/etc/edge/edge.yaml"]
-ENTRYPOINT ["/usr/local/bin/edge"]
-CMD ["--config", "/etc/edge/edge.yaml"]
-EOF
-
-say "docker build (FROM scratch: edge + ${#libs[@]} libraries; $builder) -> $image"
-build_log="$(docker build "${build_flags[@]}" -t "$image" "$work/context" 2>&1)" || {
-  printf '%s\n' "$build_log" >&2
-  fail "docker build failed"
-}
+# --- the image ---------------------------------------------------------------------------------
+say "scripts/docker-image.sh $image (edge built as the Dockerfile does, in a FROM scratch image)"
 image_built=1
+HEALTH_INTERVAL=2s bash scripts/docker-image.sh "$image" 2>"$work/docker-image.log" || {
+  tail -n 40 "$work/docker-image.log" >&2
+  fail "scripts/docker-image.sh failed"
+}
+sed 's/^/  /' "$work/docker-image.log"
 
 # --- network, origin, edge --------------------------------------------------------------------
 # The demo origin: `edge demo` serves /www at origin.url's address (and runs an edge node that
@@ -249,10 +189,34 @@ wait_ready "restart"
 head_hello "after restart"
 expect_status "after restart" "hit" "detail=disk"
 
+# A config with nothing but origin.url (as a user's first one often is): its disk tier is the
+# default ./var/edge, in the working directory, the volume; kept across a restart.
+printf 'origin:\n  url: http://origin:9000\n' >"$work/minimal.yaml"
+chmod 0644 "$work/minimal.yaml"
+minimal="$(docker create --name "$prefix-minimal" --network "$network" \
+  --mount "type=volume,src=$volume,dst=/var/cache/edge" \
+  --mount "type=bind,src=$work/minimal.yaml,dst=/etc/edge/edge.yaml,readonly" \
+  -p 127.0.0.1::8080 \
+  "$image")" || fail "docker create (minimal)"
+containers+=("$minimal")
+docker stop -t 35 "$edge" >/dev/null || fail "docker stop (before the minimal config)"
+edge=$minimal
+docker start "$edge" >/dev/null || fail "docker start (minimal)"
+read_port
+wait_ready "minimal config"
+head_hello "minimal config, first"
+expect_status "minimal config, first" "fwd=uri-miss" "stored"
+docker stop -t 35 "$edge" >/dev/null || fail "docker stop (minimal)"
+docker start "$edge" >/dev/null || fail "docker start (minimal, restart)"
+read_port
+wait_ready "minimal config, restart"
+head_hello "minimal config, after restart"
+expect_status "minimal config, after restart" "hit" "detail=disk"
+
 origin_log="$(docker logs "$origin" 2>&1 | strip_ansi)"
 requests="$(grep 'demo origin request' <<<"$origin_log" | grep -c '/hello\.txt' || true)"
 say "origin: $requests request(s) for /hello.txt in its log"
-[[ $requests == 1 ]] || fail "origin: expected exactly 1 request for /hello.txt, saw $requests:
+[[ $requests == 2 ]] || fail "origin: expected 2 requests for /hello.txt (one per disk tier), saw $requests:
 $(grep 'demo origin request' <<<"$origin_log")"
 
 say "all checks passed in $((SECONDS - started)) s"

@@ -51,7 +51,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeConfig {
-    #[serde(default = "defaults::loopback")]
+    #[serde(default = "defaults::loopback", deserialize_with = "networks")]
     pub allow: Vec<ipnet::IpNet>,
 }
 
@@ -59,8 +59,26 @@ pub struct PurgeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainConfig {
-    #[serde(default = "defaults::loopback")]
+    #[serde(default = "defaults::loopback", deserialize_with = "networks")]
     pub allow: Vec<ipnet::IpNet>,
+}
+
+/// A list of networks (`10.0.0.0/8`, `::1/128`), where an address alone (`10.0.0.1`) stands for
+/// itself, as in nginx's `allow`.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            (text.parse::<ipnet::IpNet>())
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "invalid address {text:?}: expected an address or a network (10.0.0.1, 10.0.0.0/8, ::1)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Whether `addr` is in one of the networks of `allow`.
@@ -97,12 +115,26 @@ pub struct OriginConfig {
     /// Scheme, authority and optional path prefix of the origin.
     pub url: OriginUrl,
     /// Time allowed to open a TCP (and TLS) connection to the origin.
-    #[serde(default = "defaults::connect_timeout")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "more_than_zero"
+    )]
     pub connect_timeout: Seconds,
     /// Time allowed for the origin to start answering once it has the whole request, to take
     /// more of an upload, and between two reads of its body.
-    #[serde(default = "defaults::timeout")]
+    #[serde(default = "defaults::timeout", deserialize_with = "more_than_zero")]
     pub timeout: Seconds,
+}
+
+/// A limit that cannot be turned off with `0s`: it would leave no time at all.
+fn more_than_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+    let limit = Seconds::deserialize(d)?;
+    if limit.0.is_zero() {
+        return Err(de::Error::custom(
+            "invalid duration: must be more than 0s (it is no limit to turn off)",
+        ));
+    }
+    Ok(limit)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -448,7 +480,8 @@ fn bare_message(err: &serde_yaml_ng::Error) -> String {
     }
 }
 
-/// A byte count, written as plain bytes or with a binary unit: `64MiB`, `4GiB`, `512KiB`.
+/// A byte count, written as plain bytes or with a binary unit: `64MiB`, `4GiB`, `512KiB`, or as
+/// nginx writes them, `64m`, `4g`, `512k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -457,7 +490,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         let text = String::deserialize(d)?;
         parse_size(&text).map(ByteSize).ok_or_else(|| {
             de::Error::custom(format!(
-                "invalid size {text:?}: expected bytes or a number with KiB, MiB, GiB or TiB (e.g. 64MiB)"
+                "invalid size {text:?}: expected bytes or a number with KiB, MiB, GiB or TiB (or k, m, g, t; e.g. 64MiB)"
             ))
         })
     }
@@ -473,9 +506,9 @@ fn parse_size(text: &str) -> Option<u64> {
     let shift = match unit.trim() {
         "" | "B" => 0,
         "KiB" | "K" | "k" => 10,
-        "MiB" | "M" => 20,
-        "GiB" | "G" => 30,
-        "TiB" | "T" => 40,
+        "MiB" | "M" | "m" => 20,
+        "GiB" | "G" | "g" => 30,
+        "TiB" | "T" | "t" => 40,
         _ => return None,
     };
     number.checked_mul(1 << shift)
@@ -585,9 +618,45 @@ mod tests {
         assert_eq!(parse_size("4GiB"), Some(4 << 30));
         assert_eq!(parse_size("1024"), Some(1024));
         assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("256m"), Some(256 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
         assert_eq!(parse_size("64 Mx"), None);
         assert_eq!(parse_size("MiB"), None);
         assert_eq!(parse_size("99999999999TiB"), None);
+    }
+
+    /// An address alone is a network of itself (nginx's `allow 10.0.0.1;`): it was refused as
+    /// `invalid IP address syntax`.
+    #[test]
+    fn allow_lists_take_addresses_and_networks() {
+        let text = "origin:\n  url: http://o\npurge:\n  allow: [\"10.0.0.1\", \"192.168.0.0/16\", \"::1\"]\n";
+        let config = Config::parse(text, "t.yaml").unwrap();
+        let ip = |text: &str| text.parse().unwrap();
+        assert!(allowed(&config.purge.allow, ip("10.0.0.1")));
+        assert!(!allowed(&config.purge.allow, ip("10.0.0.2")));
+        assert!(allowed(&config.purge.allow, ip("192.168.4.4")));
+        assert!(allowed(&config.purge.allow, ip("::1")));
+        let text = "origin:\n  url: http://o\nexplain:\n  allow:\n    - 10.0.0.300\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("explain.allow") && err.contains("\"10.0.0.300\""),
+            "{err}"
+        );
+    }
+
+    /// `0s` turns the client limits off; the origin's would leave it no time at all (every
+    /// request was a 504 after `edge check` had passed the file).
+    #[test]
+    fn origin_timeouts_of_zero_are_refused() {
+        for key in ["timeout", "connect_timeout"] {
+            let text = format!("origin:\n  url: http://o\n  {key}: 0s\n");
+            let err = Config::parse(&text, "t.yaml").unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("t.yaml:3:3: origin.{key}: "))
+                    && err.contains("more than 0s"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

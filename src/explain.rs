@@ -2,7 +2,7 @@
 //! that say, in words, what edge did with the request and why.
 //!
 //! ```text
-//! Edge-Debug-Key: http://origin:9000/hello.txt; hash=5f0c9a27e1b04d3c
+//! Edge-Debug-Key: /hello.txt; hash=4b84517d2effe5a0
 //! Edge-Debug-Tier: memory
 //! Edge-Debug-Freshness: 60s from Cache-Control: max-age
 //! Edge-Debug-Age: 12s, fresh for 48s more

@@ -68,6 +68,8 @@ impl Node {
             fills,
             clock,
             tasks: TaskTracker::new(),
+            cut_off: std::sync::atomic::AtomicBool::new(false),
+            hurry: tokio::sync::Notify::new(),
         });
         Ok(Self { edge })
     }
@@ -103,6 +105,11 @@ impl Node {
             .settings
             .store(Arc::new(Settings { config, origin }));
         kept
+    }
+
+    /// Makes a shutdown under way stop waiting for the requests in flight (a second signal).
+    pub fn hurry(&self) {
+        self.edge.hurry.notify_one();
     }
 
     /// Serves client traffic on `listener` and the admin API on `admin` until `shutdown`
@@ -151,22 +158,28 @@ impl Node {
         stop.cancelled().await;
         let limit = edge.config().shutdown_timeout.0;
         info!(timeout = ?limit, "shutting down: no new connections; finishing in-flight requests");
-        let drained = tokio::time::timeout(limit, async {
+        let drain = async {
             let main = main.await;
             let admin = admin.await;
             edge.tasks.close();
             edge.tasks.wait().await;
             (main, admin)
-        })
-        .await;
+        };
+        let drained = tokio::select! {
+            drained = drain => Ok(drained),
+            () = tokio::time::sleep(limit) => Err("shutdown_timeout passed"),
+            () = edge.hurry.notified() => Err("a second stop signal came"),
+        };
         let result = match drained {
             Ok((main, admin)) => {
                 let main = main.map_err(std::io::Error::other)?;
                 let admin = admin.map_err(std::io::Error::other)?;
                 main.and(admin).map_err(ServeError::from)
             }
-            Err(_) => {
-                warn!(timeout = ?limit, "shutdown_timeout passed; cutting off the requests still in flight");
+            Err(why) => {
+                warn!(timeout = ?limit, "{why}; cutting off the requests still in flight");
+                edge.cut_off
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
         };
@@ -189,13 +202,14 @@ pub async fn serve(
         .await
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: the OpenMetrics text format, as prometheus-client writes it (its counters are
+/// typed without `_total`, which the older Prometheus text format would not match).
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     edge.cache.settle();
     let mut response = edge.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

@@ -219,7 +219,9 @@ async fn serve_node(
     let format = config.log.format;
     let node = Node::open(config, Clock::system()).await?;
     tokio::spawn(reload_on_hangup(node.clone(), path, filter, format));
-    node.serve(listener, admin, shutdown_signal()).await?;
+    tokio::spawn(ignore_reopen());
+    node.serve(listener, admin, shutdown_signals(node.clone())?)
+        .await?;
     info!("edge stopped");
     Ok(())
 }
@@ -263,24 +265,48 @@ async fn reload_on_hangup(
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
+/// Completes on the first SIGINT, SIGTERM or SIGQUIT (nginx's graceful stop); a second one makes
+/// `node` stop waiting for the requests in flight, as `shutdown_timeout` passing would.
+fn shutdown_signals(node: Node) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::quit(),
+    ]
+    .map(signal);
+    if let Some(Err(err)) = signals.iter().find(|s| s.is_err()) {
+        anyhow::bail!("cannot listen for stop signals: {err}");
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    let [mut interrupt, mut terminate, mut quit] = signals.map(|s| s.expect("checked above"));
+    let (first, stop) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut next = async || {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = quit.recv() => {}
+            }
+        };
+        next().await;
+        let _ = first.send(());
+        next().await;
+        warn!("a second stop signal: not waiting for the requests in flight");
+        node.hurry();
+    });
+    Ok(async move {
+        let _ = stop.await;
+    })
+}
+
+/// SIGUSR1, nginx's "reopen the log files", would end the process: edge writes its logs to
+/// stderr, so it has none to reopen, and a log rotation set up as for nginx must not stop it.
+async fn ignore_reopen() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        info!("SIGUSR1: edge logs to stderr and has no log files to reopen; ignored");
+    }
 }

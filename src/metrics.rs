@@ -113,7 +113,7 @@ impl Metrics {
         let requests = Family::<CacheStatusLabel, Counter>::default();
         registry.register(
             "requests",
-            "Client requests by what the cache did (hit, stale, revalidated, miss, pass, bypass, purge, error)",
+            "Client requests by what the cache did (hit, stale, revalidated, miss, pass, bypass, purge, local, error, abandoned)",
             requests.clone(),
         );
         let origin_requests = Family::<OriginLabel, Counter>::default();

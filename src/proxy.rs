@@ -49,6 +49,11 @@ pub struct Edge {
     pub metrics: Metrics,
     /// Background work (fills) that shutdown waits for.
     pub tasks: TaskTracker,
+    /// Shutdown stopped waiting for the requests in flight: one dropped now was cut off by edge,
+    /// not left by its client.
+    pub cut_off: std::sync::atomic::AtomicBool,
+    /// Tells a shutdown under way to stop waiting for the requests in flight.
+    pub hurry: tokio::sync::Notify,
 }
 
 /// What a reload replaces.
@@ -239,10 +244,20 @@ async fn purge_request(
     let Some(url) = settings.origin.url_for(&request.uri) else {
         return invalid_target();
     };
-    let soft = request
+    let soft = match request
         .headers
         .get("edge-soft-purge")
-        .is_some_and(|v| v.as_bytes() == b"1");
+        .map(HeaderValue::as_bytes)
+    {
+        None => false,
+        Some(b"1" | b"true") => true,
+        Some(b"0" | b"false") => false,
+        // Not taken for a hard purge: asked for, a soft one may have been meant.
+        Some(_) => {
+            let body = "edge: Edge-Soft-Purge is 1 (or true) or 0 (or false)\n";
+            return local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default());
+        }
+    };
     let purged = purge_url(edge, &url, soft).await;
     let key = CacheKey::new(&url);
     let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
@@ -363,14 +378,19 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        const ABANDONED: &str = "abandoned";
-        self.edge.metrics.request(ABANDONED, false);
+        // Cut off by a shutdown that stopped waiting for it: a 503 edge could not even send.
+        let (status, label) = if self.edge.cut_off.load(std::sync::atomic::Ordering::Relaxed) {
+            (503, "error")
+        } else {
+            (499, "abandoned")
+        };
+        self.edge.metrics.request(label, false);
         if self.log {
             let record = AccessRecord {
                 method: self.method.clone(),
                 uri: self.uri.clone(),
-                status: 499,
-                cache: ABANDONED,
+                status,
+                cache: label,
                 cache_status: None,
                 client: self.client,
                 started: self.started,

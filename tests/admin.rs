@@ -410,3 +410,25 @@ async fn purge_method_can_be_soft() {
         "Tue, 01 Jan 2030 00:00:00 GMT"
     );
 }
+
+/// `Edge-Soft-Purge: true` is soft too, and a value that says neither is refused: it was taken
+/// for a hard purge, without a word.
+#[tokio::test]
+async fn edge_soft_purge_takes_true_and_refuses_what_it_does_not_know() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/p", cached("p").header("etag", "\"1\""));
+    edge.get("/p").await;
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let refused = edge
+        .send(purge.clone(), "/p", &[("edge-soft-purge", "yes please")])
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(edge.get("/p").await.is_hit(), "nothing was purged");
+    let answer = edge.send(purge, "/p", &[("edge-soft-purge", "true")]).await;
+    let json: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(
+        (json["purged"].clone(), json["soft"].clone()),
+        (1.into(), true.into())
+    );
+}

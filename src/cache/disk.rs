@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use sled::IVec;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::entry::{BodyRef, DecodeError, Decoded, Record, Spilled, StoredEntry};
 use crate::config::HeuristicConfig;
@@ -244,6 +244,8 @@ struct Inner {
     /// the footprint then plus the space then available beyond `min_free`. Space others take
     /// lowers it at the next measurement; what this tier writes meanwhile is in the footprint.
     room: AtomicU64,
+    /// `min_free` holds the tier to less than a tenth of its capacity (said once in the log).
+    short: std::sync::atomic::AtomicBool,
     /// Bodies longer than this are served from their file rather than read into memory.
     stream_over: u64,
     heuristic: Mutex<HeuristicConfig>,
@@ -278,8 +280,9 @@ struct Gone {
 
 impl DiskTier {
     /// Opens the store at `path`. A store that cannot be opened is moved aside and replaced by
-    /// an empty one; if even that fails, or another process holds the store, edge runs without a
-    /// disk tier rather than not at all. Blocking: call it off the runtime.
+    /// an empty one; if even that fails, or another process holds the store, or edge may not
+    /// open it (permissions, a read-only file system), edge runs without a disk tier rather than
+    /// not at all. Blocking: call it off the runtime.
     pub fn open(
         path: &Path,
         capacity: u64,
@@ -298,6 +301,12 @@ impl DiskTier {
             Ok(inner) => inner,
             Err(err) if is_locked(&err) => {
                 error!(path = %path.display(), "disk tier is in use by another process; running with the memory tier only");
+                return None;
+            }
+            // Not a broken store: one edge may not use (as another user, on a read-only file
+            // system). It is kept as it is for when that is put right.
+            Err(err) if is_refused(&err) => {
+                error!(path = %path.display(), %err, "disk tier cannot be opened; running with the memory tier only, the store left as it is");
                 return None;
             }
             Err(err) => {
@@ -1042,6 +1051,7 @@ impl Inner {
             capacity: settings.capacity,
             min_free: settings.min_free,
             room: AtomicU64::new(u64::MAX),
+            short: std::sync::atomic::AtomicBool::new(false),
             stream_over: settings.stream_over,
             heuristic: Mutex::new(heuristic),
         });
@@ -1787,6 +1797,17 @@ impl Inner {
         if let Ok(available) = available(&self.bodies) {
             let room = (self.footprint() + available).saturating_sub(self.min_free);
             self.room.store(room, Ordering::Relaxed);
+            // Otherwise a disk with less free than `min_free` quietly makes the tier hold
+            // nothing (responses are still `stored`: in memory).
+            let short = room < self.capacity / 10;
+            if self.short.swap(short, Ordering::Relaxed) != short {
+                let path = self.bodies.display();
+                if short {
+                    warn!(%path, room, available, min_free = self.min_free, "the disk tier's file system has little room beyond cache.disk.min_free: the tier holds at most {room} bytes");
+                } else {
+                    info!(%path, room, "the disk tier's file system has room again");
+                }
+            }
         }
     }
 
@@ -2092,6 +2113,18 @@ const LOCK_RETRY: Duration = Duration::from_millis(50);
 /// Whether sled could not open the store because its lock file is held.
 fn is_locked(err: &DiskError) -> bool {
     err.to_string().contains("could not acquire lock")
+}
+
+/// Whether opening the store failed for want of permission, not because it is broken.
+fn is_refused(err: &DiskError) -> bool {
+    let io = match err {
+        DiskError::Io(io) | DiskError::Sled(sled::Error::Io(io)) => io,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// The key and sequence number a body file's name holds.

@@ -326,7 +326,19 @@ impl TestEdge {
         let url = format!("http://{}/metrics", self.admin_addr);
         let response = self.client.get(url).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        response.text().await.unwrap()
+        // What prometheus-client writes, labelled as such (the older text format's label made
+        // Prometheus read `# TYPE edge_requests counter` and `edge_requests_total` apart).
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            kind.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{kind}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        text
     }
 
     pub async fn get(&self, path: &str) -> Resp {
