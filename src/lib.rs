@@ -266,5 +266,6 @@ fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
 
 fn bad_request(message: String) -> Response {
     let body = serde_json::json!({ "error": message });
-    (StatusCode::BAD_REQUEST, format!("{body}\n")).into_response()
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    (StatusCode::BAD_REQUEST, json, format!("{body}\n")).into_response()
 }

@@ -215,9 +215,11 @@ async fn serve_node(
     let admin = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    info!(listen = %config.listen, admin = %config.admin.listen, origin = %config.origin.url, "edge serving");
-    let format = config.log.format;
+    let (listen, admin_listen) = (config.listen, config.admin.listen);
+    let (origin, format) = (config.origin.url.clone(), config.log.format);
     let node = Node::open(config, Clock::system()).await?;
+    // Once the tiers are open: the disk tier may take a while (another process holding it).
+    info!(%listen, admin = %admin_listen, %origin, "edge serving");
     tokio::spawn(reload_on_hangup(node.clone(), path, filter, format));
     tokio::spawn(ignore_reopen());
     node.serve(listener, admin, shutdown_signals(node.clone())?)

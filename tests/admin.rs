@@ -336,6 +336,10 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains("error"), "{body}");
     }
+    // JSON, and labelled so (it was sent as text/plain).
+    let url = format!("http://{}/purge?tag=", edge.admin_addr);
+    let refused = edge.client.post(url).send().await.unwrap();
+    assert_eq!(refused.headers()["content-type"], "application/json");
     let (status, _) = admin(&edge, Method::GET, "/purge?url=/a").await;
     assert_eq!(status, 405, "purging takes POST");
 }
