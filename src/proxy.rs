@@ -203,6 +203,24 @@ pub fn handle(
     }
 }
 
+/// The bytes of a `Host` value (RFC 3986 `host [":" port]`: a name, an IPv4 address or an IP
+/// literal in brackets).
+static IN_HOST: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any HTTP/1 request at most one,
 /// and its value is a host and port (HTTP/2 has `:authority` instead). A target's authority with
 /// user information is refused too (RFC 9110 §4.2.4: likely there to disguise the host).
@@ -213,13 +231,13 @@ fn host_is_valid(request: &Parts) -> bool {
     if request.version > Version::HTTP_11 {
         return true;
     }
-    let mut hosts = request.headers.get_all(header::HOST).iter();
+    // A walk over the few fields of a request costs less than hashing a name to look it up.
+    let mut hosts = (request.headers.iter())
+        .filter(|&(name, _)| name == header::HOST)
+        .map(|(_, value)| value);
     match (hosts.next(), hosts.next()) {
         (None, _) => request.version < Version::HTTP_11,
-        (Some(host), None) => host
-            .as_bytes()
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)),
+        (Some(host), None) => host.as_bytes().iter().all(|&b| IN_HOST[usize::from(b)]),
         (Some(_), Some(_)) => false,
     }
 }
