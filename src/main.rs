@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         }
     };
     let (filter, _flush_at_exit) = init_logging(&config.log);
+    let format = config.log.format;
     let result = match cli.command {
         Some(Command::Check) => {
             println!(
@@ -73,6 +74,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // As a log line where logs are JSON objects, so that the last one still parses (a
+        // configuration error comes before the log format is known).
+        Err(err) if format == LogFormat::Json => {
+            error!(error = format!("{err:#}"), "edge cannot run");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("edge: {err:#}");
             ExitCode::FAILURE

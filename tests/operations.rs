@@ -1046,3 +1046,32 @@ async fn a_disk_tier_held_back_by_min_free_is_named_in_a_warning() {
     assert!(line.contains(" WARN "), "{line}");
     assert!(line.contains("holds at most 0 bytes"), "{line}");
 }
+
+/// With `log.format: json`, the error that stops edge from running is a JSON line too (a port
+/// in use was a plain-text line at the end of a JSON log).
+#[test]
+fn a_fatal_error_is_a_json_line_when_logs_are_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("edge.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\norigin:\n  url: http://127.0.0.1:9\n\
+         cache:\n  disk:\n    path: {}\nadmin:\n  listen: 127.0.0.1:0\nlog:\n  format: json\n",
+        dir.path().join("store").display()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("{stderr}"));
+    assert_eq!(line["level"], "ERROR", "{last}");
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot listen on"), "{last}");
+    drop(taken);
+}
