@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, de};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the proxy listens on for client traffic.
-    #[serde(default = "defaults::listen")]
+    #[serde(default = "defaults::listen", deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     pub origin: OriginConfig,
     #[serde(default)]
@@ -61,6 +61,21 @@ pub struct PurgeConfig {
 pub struct ExplainConfig {
     #[serde(default = "defaults::loopback", deserialize_with = "networks")]
     pub allow: Vec<ipnet::IpNet>,
+}
+
+/// An IP address and port. A port alone, or a host name, is refused with an example: which
+/// addresses a name or nothing would mean (nginx takes both) is better said in the file.
+fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = match serde_yaml_ng::Value::deserialize(d)? {
+        serde_yaml_ng::Value::String(text) => text,
+        serde_yaml_ng::Value::Number(number) => number.to_string(),
+        _ => String::new(),
+    };
+    text.trim().parse().map_err(|_| {
+        de::Error::custom(format!(
+            "invalid address {text:?}: expected an IP address and a port (0.0.0.0:8080, 127.0.0.1:9090, [::]:8080)"
+        ))
+    })
 }
 
 /// A list of networks (`10.0.0.0/8`, `::1/128`), where an address alone (`10.0.0.1`) stands for
@@ -203,7 +218,10 @@ pub struct HeuristicConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default = "defaults::admin_listen")]
+    #[serde(
+        default = "defaults::admin_listen",
+        deserialize_with = "socket_address"
+    )]
     pub listen: SocketAddr,
 }
 
@@ -642,6 +660,24 @@ mod tests {
             err.contains("explain.allow") && err.contains("\"10.0.0.300\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_listen_address_without_an_ip_gets_an_example() {
+        for value in ["8080", "localhost:8080", "\"\""] {
+            let text = format!("listen: {value}\norigin:\n  url: http://o\n");
+            let err = Config::parse(&text, "t.yaml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.yaml:1:1: listen: invalid address")
+                    && err.contains("0.0.0.0:8080"),
+                "{err}"
+            );
+        }
+        let text =
+            "listen: \"[::1]:8080\"\norigin:\n  url: http://o\nadmin:\n  listen: 127.0.0.1:1\n";
+        let config = Config::parse(text, "t.yaml").unwrap();
+        assert_eq!(config.listen, "[::1]:8080".parse().unwrap());
+        assert_eq!(config.admin.listen, "127.0.0.1:1".parse().unwrap());
     }
 
     /// `0s` turns the client limits off; the origin's would leave it no time at all (every
