@@ -224,10 +224,12 @@ async fn serve_node(
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     let (listen, admin_listen) = (config.listen, config.admin.listen);
     let (origin, format) = (config.origin.url.clone(), config.log.format);
+    let log_filter = config.log.filter.0.clone();
     let node = Node::open(config, Clock::system()).await?;
     // Once the tiers are open: the disk tier may take a while (another process holding it).
     info!(%listen, admin = %admin_listen, %origin, "edge serving");
-    tokio::spawn(reload_on_hangup(node.clone(), path, filter, format));
+    let logs = (filter, log_filter, format);
+    tokio::spawn(reload_on_hangup(node.clone(), path, logs));
     tokio::spawn(ignore_reopen());
     node.serve(listener, admin, shutdown_signals(node.clone())?)
         .await?;
@@ -236,13 +238,14 @@ async fn serve_node(
 }
 
 /// SIGHUP: read the configuration file again and apply it; a file that does not parse is
-/// rejected and the running configuration stays.
+/// rejected and the running configuration stays. `logs`: the handle that changes the log filter
+/// (none while `RUST_LOG` sets it), the running `log.filter`, and the log format.
 async fn reload_on_hangup(
     node: Node,
     path: PathBuf,
-    filter: Option<FilterHandle>,
-    format: LogFormat,
+    logs: (Option<FilterHandle>, String, LogFormat),
 ) {
+    let (filter, mut log_filter, format) = logs;
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP; reload by restarting");
@@ -266,6 +269,10 @@ async fn reload_on_hangup(
         {
             warn!(%err, "cannot change the log filter");
         }
+        if filter.is_none() && new_filter != log_filter {
+            warn!(log_filter = %new_filter, "log.filter changed, but RUST_LOG is set and filters the logs instead");
+        }
+        log_filter = new_filter;
         if kept.is_empty() {
             info!(path = %path.display(), "configuration reloaded");
         } else {

@@ -506,6 +506,15 @@ async fn rust_log_overrides_the_log_filter() {
     let access = edge.wait_line(" edge::access: ").await;
     assert!(access.contains(" INFO "), "{access}");
     assert!(edge.stderr().contains("edge serving"), "{}", edge.stderr());
+    // A reload that changes log.filter says RUST_LOG still wins (it changed nothing, silently).
+    conf.extra = "log:\n  filter: debug\n".to_owned();
+    std::fs::write(&edge.config, conf.yaml()).unwrap();
+    edge.signal("HUP");
+    let line = edge.wait_line("RUST_LOG is set").await;
+    assert!(
+        line.contains(" WARN ") && line.contains("log.filter changed"),
+        "{line}"
+    );
 }
 
 /// Two fixture origins that answer the same paths differently.
