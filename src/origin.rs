@@ -232,7 +232,9 @@ impl Origin {
             // A connection goes back to the pool only once its request has been sent whole: an
             // origin may answer before it has read an upload, and the next request would queue
             // behind the rest of it.
-            let (body, uploaded) = if body.is_end_stream() {
+            // An empty body may not say it ends until it is polled (an HTTP/2 client's empty
+            // DATA frame after the head), and hyper does not poll one of length 0.
+            let (body, uploaded) = if body.is_end_stream() || body.size_hint().exact() == Some(0) {
                 (body, None)
             } else {
                 let progress = Arc::new(Progress::new());
