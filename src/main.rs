@@ -193,6 +193,19 @@ async fn serve_node(
     filter: Option<FilterHandle>,
     demo_root: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    // First of all, so that a signal sent while the tiers open (seconds, when another process
+    // holds the disk tier) waits for its handler instead of ending the process.
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).with_context(|| format!("cannot listen for {name}"))
+    };
+    let stop = [
+        listen(SignalKind::interrupt(), "SIGINT")?,
+        listen(SignalKind::terminate(), "SIGTERM")?,
+        listen(SignalKind::quit(), "SIGQUIT")?,
+    ];
+    let hangup = listen(SignalKind::hangup(), "SIGHUP")?;
+    let reopen = listen(SignalKind::user_defined1(), "SIGUSR1")?;
     if let Some(root) = demo_root {
         let url = &config.origin.url.0;
         let address = format!(
@@ -229,9 +242,9 @@ async fn serve_node(
     // Once the tiers are open: the disk tier may take a while (another process holding it).
     info!(%listen, admin = %admin_listen, %origin, "edge serving");
     let logs = (filter, log_filter, format);
-    tokio::spawn(reload_on_hangup(node.clone(), path, logs));
-    tokio::spawn(ignore_reopen());
-    node.serve(listener, admin, shutdown_signals(node.clone())?)
+    tokio::spawn(reload_on_hangup(node.clone(), path, hangup, logs));
+    tokio::spawn(ignore_reopen(reopen));
+    node.serve(listener, admin, shutdown_signals(node.clone(), stop))
         .await?;
     info!("edge stopped");
     Ok(())
@@ -243,14 +256,10 @@ async fn serve_node(
 async fn reload_on_hangup(
     node: Node,
     path: PathBuf,
+    mut hangup: tokio::signal::unix::Signal,
     logs: (Option<FilterHandle>, String, LogFormat),
 ) {
     let (filter, mut log_filter, format) = logs;
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; reload by restarting");
-        return;
-    };
     while hangup.recv().await.is_some() {
         let config = match Config::load(&path) {
             Ok(config) => config,
@@ -281,21 +290,15 @@ async fn reload_on_hangup(
     }
 }
 
-/// Completes on the first SIGINT, SIGTERM or SIGQUIT (nginx's graceful stop); a second one makes
-/// `node` stop waiting for the requests in flight, as `shutdown_timeout` passing would.
-fn shutdown_signals(node: Node) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let signals = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::quit(),
-    ]
-    .map(signal);
-    if let Some(Err(err)) = signals.iter().find(|s| s.is_err()) {
-        anyhow::bail!("cannot listen for stop signals: {err}");
-    }
-    let [mut interrupt, mut terminate, mut quit] = signals.map(|s| s.expect("checked above"));
-    let (first, stop) = tokio::sync::oneshot::channel();
+/// Completes on the first of the `stop` signals (SIGINT, SIGTERM, SIGQUIT: nginx's graceful
+/// stop); a second one makes `node` stop waiting for the requests in flight, as
+/// `shutdown_timeout` passing would.
+fn shutdown_signals(
+    node: Node,
+    stop: [tokio::signal::unix::Signal; 3],
+) -> impl Future<Output = ()> + Send + 'static {
+    let [mut interrupt, mut terminate, mut quit] = stop;
+    let (first, stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut next = async || {
             tokio::select! {
@@ -310,18 +313,14 @@ fn shutdown_signals(node: Node) -> anyhow::Result<impl Future<Output = ()> + Sen
         warn!("a second stop signal: not waiting for the requests in flight");
         node.hurry();
     });
-    Ok(async move {
-        let _ = stop.await;
-    })
+    async move {
+        let _ = stopped.await;
+    }
 }
 
 /// SIGUSR1, nginx's "reopen the log files", would end the process: edge writes its logs to
 /// stderr, so it has none to reopen, and a log rotation set up as for nginx must not stop it.
-async fn ignore_reopen() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
+async fn ignore_reopen(mut usr1: tokio::signal::unix::Signal) {
     while usr1.recv().await.is_some() {
         info!("SIGUSR1: edge logs to stderr and has no log files to reopen; ignored");
     }

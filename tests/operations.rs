@@ -1085,3 +1085,83 @@ fn a_fatal_error_is_a_json_line_when_logs_are_json() {
     assert!(error.contains("cannot listen on"), "{last}");
     drop(taken);
 }
+
+/// Signals sent while the tiers are still opening (here a second node waits for a disk tier
+/// another holds) wait for their handlers: SIGUSR1 is ignored, and SIGTERM stops the node with
+/// exit 0 once it is up. Both ended the process (138, 143).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_sent_while_the_tiers_open_are_handled() {
+    let origin = origin().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let _first = Edge::start(dir, &mut conf, None).await;
+
+    // A node on the same store, sent `signal` 300 ms after it starts; its stderr.
+    let second = |signal: &'static str| {
+        let dir = TempDir::new().unwrap();
+        let mut other = Conf::new(dir.path(), &origin);
+        other.store = conf.store.clone();
+        let config = dir.path().join("edge.yaml");
+        std::fs::write(&config, other.yaml()).unwrap();
+        let log = dir.path().join("stderr.log");
+        let process = Running(
+            Command::new(env!("CARGO_BIN_EXE_edge"))
+                .args(["--config", config.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .env_remove("RUST_LOG")
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = process.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        (process, log, dir)
+    };
+    let stderr = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+
+    let (mut process, log, _dir) = second("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge did not stop: {}",
+            stderr(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(status.success(), "{status}: {}", stderr(&log));
+    assert!(
+        stderr(&log).contains("in use by another process"),
+        "{}",
+        stderr(&log)
+    );
+    assert!(stderr(&log).contains("edge stopped"), "{}", stderr(&log));
+
+    let (mut process, log, _dir) = second("-USR1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stderr(&log).contains("SIGUSR1") {
+        assert!(
+            process.0.try_wait().unwrap().is_none(),
+            "ended: {}",
+            stderr(&log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no SIGUSR1 line: {}",
+            stderr(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(process.0.try_wait().unwrap().is_none(), "still running");
+}
