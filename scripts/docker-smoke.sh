@@ -5,8 +5,8 @@
 # scripts/docker-image.sh (edge built as the Dockerfile does, packed into a FROM scratch image
 # laid out like the Dockerfile's). Then it proves: a miss is stored, the next request is a memory
 # hit, the container turns healthy and does not run as root, `docker stop` (SIGTERM) exits 0, and
-# after `docker start` the entry is a disk hit from the volume; the origin saw one request in
-# all. And that a config with nothing but `origin.url` keeps its disk tier in the volume.
+# after `docker start` the entry is a disk hit from the volume; and that a config with nothing but
+# `origin.url` keeps its disk tier in the volume too. The origin sees one request per disk tier.
 #
 # Everything it creates (containers, network, volume, image tag, temp dir) has a random suffix
 # and is removed on exit, whether the checks pass or not.

@@ -177,7 +177,7 @@ impl Node {
                 main.and(admin).map_err(ServeError::from)
             }
             Err(why) => {
-                warn!(timeout = ?limit, "{why}; cutting off the requests still in flight");
+                warn!("{why}; cutting off the requests still in flight");
                 edge.cut_off
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())

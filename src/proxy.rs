@@ -51,9 +51,9 @@ pub struct Edge {
     pub tasks: TaskTracker,
     /// Shutdown stopped waiting for the requests in flight: one dropped now was cut off by edge,
     /// not left by its client.
-    pub cut_off: std::sync::atomic::AtomicBool,
+    pub(crate) cut_off: std::sync::atomic::AtomicBool,
     /// Tells a shutdown under way to stop waiting for the requests in flight.
-    pub hurry: tokio::sync::Notify,
+    pub(crate) hurry: tokio::sync::Notify,
 }
 
 /// What a reload replaces.
@@ -222,7 +222,8 @@ static IN_HOST: [bool; 256] = {
 };
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any HTTP/1 request at most one,
-/// and its value is a host and port (HTTP/2 has `:authority` instead). A target's authority with
+/// and its value is made of the characters of a host and port (HTTP/2 has `:authority`
+/// instead). A target's authority with
 /// user information is refused too (RFC 9110 §4.2.4: likely there to disguise the host).
 fn host_is_valid(request: &Parts) -> bool {
     if (request.uri.authority()).is_some_and(|authority| authority.as_str().contains('@')) {
@@ -396,8 +397,11 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // Cut off by a shutdown that stopped waiting for it: a 503 edge could not even send.
-        let (status, label) = if self.edge.cut_off.load(std::sync::atomic::Ordering::Relaxed) {
+        // Dropped while edge panicked: a 500 it could not send; cut off by a shutdown that
+        // stopped waiting for it: a 503 it could not send.
+        let (status, label) = if std::thread::panicking() {
+            (500, "error")
+        } else if self.edge.cut_off.load(std::sync::atomic::Ordering::Relaxed) {
             (503, "error")
         } else {
             (499, "abandoned")
@@ -600,9 +604,10 @@ fn max_forwards(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     if values.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(());
     }
-    Ok(Some(
-        std::str::from_utf8(digits).map_or(u64::MAX, |d| d.parse().unwrap_or(u64::MAX)),
-    ))
+    let number = (digits.iter()).try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    Ok(Some(number.unwrap_or(u64::MAX)))
 }
 
 /// edge's own answer to an `OPTIONS` that goes no further.

@@ -353,7 +353,11 @@ async fn a_request_whose_client_left_is_logged_as_a_499() {
     client.write_all(request.as_bytes()).await.unwrap();
     // Once the request is under way: hyper may see an end that comes at once before the request,
     // and then serves and logs nothing.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.hits("/slow") == 0 {
+        assert!(Instant::now() < deadline, "never reached the origin");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     client.shutdown().await.unwrap();
     let line = edge.wait_line(" status=499 ").await;
     assert!(is_access(&line), "{line}");
@@ -377,9 +381,16 @@ async fn a_request_whose_client_left_is_logged_as_a_499() {
         .unwrap();
     let abandoned = "edge_requests_total{cache_status=\"abandoned\"} 1";
     assert!(metrics.contains(abandoned), "{metrics}");
-    // The fill ran on without it: the next request is a hit.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (status, cache_status, got) = edge.get("/slow").await;
+    // The fill ran on without it: a later request is a hit (one that comes before the response
+    // is stored joins the fill, and is not).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, cache_status, got) = loop {
+        let answer = edge.get("/slow").await;
+        if answer.1.contains("hit") || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!((status, got.as_str()), (200, body));
     assert!(cache_status.contains("hit"), "{cache_status}");
     assert_eq!(origin.hits("/slow"), 1);

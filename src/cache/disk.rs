@@ -244,7 +244,8 @@ struct Inner {
     /// the footprint then plus the space then available beyond `min_free`. Space others take
     /// lowers it at the next measurement; what this tier writes meanwhile is in the footprint.
     room: AtomicU64,
-    /// `min_free` holds the tier to less than a tenth of its capacity (said once in the log).
+    /// `min_free` holds the tier to less than a tenth of its capacity (said in the log, and
+    /// again when it has a fifth).
     short: std::sync::atomic::AtomicBool,
     /// Bodies longer than this are served from their file rather than read into memory.
     stream_over: u64,
@@ -1799,7 +1800,13 @@ impl Inner {
             self.room.store(room, Ordering::Relaxed);
             // Otherwise a disk with less free than `min_free` quietly makes the tier hold
             // nothing (responses are still `stored`: in memory).
-            let short = room < self.capacity / 10;
+            // Said again once it has twice that: room near the line would flap.
+            let was = self.short.load(Ordering::Relaxed);
+            let short = if was {
+                room < self.capacity / 5
+            } else {
+                room < self.capacity / 10
+            };
             if self.short.swap(short, Ordering::Relaxed) != short {
                 let path = self.bodies.display();
                 if short {

@@ -446,7 +446,10 @@ impl StoredEntry {
     /// Frames a response from it with the body's length: none for a 204, which may not carry
     /// one (RFC 9110 §8.6; an HTTP/2 client rejects the response).
     pub fn set_length(&self, headers: &mut HeaderMap) {
-        if self.status != StatusCode::NO_CONTENT {
+        if self.status == StatusCode::NO_CONTENT {
+            // One stored from the origin before it was taken out on the way in.
+            headers.remove(http::header::CONTENT_LENGTH);
+        } else {
             headers.insert(
                 http::header::CONTENT_LENGTH,
                 HeaderValue::from(self.content_length()),
