@@ -234,15 +234,20 @@ impl Origin {
             // behind the rest of it.
             // An empty body may not say it ends until it is polled (an HTTP/2 client's empty
             // DATA frame after the head), and hyper does not poll one of length 0.
+            let mut gate = None;
             let (body, uploaded) = if body.is_end_stream() || body.size_hint().exact() == Some(0) {
                 (body, None)
             } else {
                 let progress = Arc::new(Progress::new());
+                gate = (headers.get(header::EXPECT))
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+                    .then(|| Arc::new(Gate::default()));
                 let body = Body::new(Upload {
                     inner: body,
                     progress: progress.clone(),
                     limit: self.client_body_timeout,
                     timer: None,
+                    gate: gate.clone().map(|gate| (gate, None)),
                 });
                 (body, Some(progress))
             };
@@ -251,6 +256,13 @@ impl Origin {
             *request.method_mut() = method;
             *request.uri_mut() = Uri::from(path);
             *request.headers_mut() = headers;
+            if let Some(gate) = gate {
+                hyper::ext::on_informational(&mut request, move |response| {
+                    if response.status() == http::StatusCode::CONTINUE {
+                        gate.open();
+                    }
+                });
+            }
             let exchanged = match &uploaded {
                 None => (tokio::time::timeout(self.timeout, self.exchange(request)).await)
                     .map_err(|_| OriginError::Timeout(self.timeout)),
@@ -428,7 +440,50 @@ struct Upload {
     progress: Arc<Progress>,
     limit: Option<Duration>,
     /// Armed while a read waits on the client.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<Timer>,
+    /// For a client that expects `100-continue`: shut until the origin says to go on, and how
+    /// long edge has waited for that.
+    gate: Option<(Arc<Gate>, Option<Timer>)>,
+}
+
+type Timer = Pin<Box<tokio::time::Sleep>>;
+
+/// How long an upload whose client expects `100-continue` waits for the origin's `100
+/// Continue` before it is read anyway (curl's own wait; RFC 9110 §10.1.1 lets an origin leave it
+/// out).
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Lets an upload whose client expects `100-continue` be read once the origin has said to go
+/// on. hyper sends the client its `100 Continue` when edge first reads the body; so an origin
+/// that refuses the upload at once (401, 413, 417) spares the client sending it, as it would
+/// without edge in between.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Whether it is open, or else to wake `waker` when it opens.
+    fn is_open(&self, waker: &Waker) -> bool {
+        if self.open.load(Ordering::Acquire) {
+            return true;
+        }
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+        self.open.load(Ordering::Acquire)
+    }
 }
 
 /// How an upload is going: whether it has been read to its end, who it waits on since when, and
@@ -561,6 +616,14 @@ impl http_body::Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
+        if let Some((gate, waited)) = &mut this.gate {
+            if !gate.is_open(cx.waker()) {
+                let waited =
+                    waited.get_or_insert_with(|| Box::pin(tokio::time::sleep(EXPECT_WAIT)));
+                ready!(waited.as_mut().poll(cx));
+            }
+            this.gate = None;
+        }
         // When the client's next piece arrives the upload stops waiting on it, whether hyper
         // reads it at once or not (it does not while the origin takes nothing).
         let waker = Waker::from(Arc::new(Arrived {
@@ -801,6 +864,11 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     }
     if version == Version::HTTP_2 {
         join_cookies(&mut headers);
+    }
+    // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored; the origin is not to wait
+    // to be asked for the body either.
+    if version == Version::HTTP_10 {
+        headers.remove(header::EXPECT);
     }
     let mut address: Vec<u8> = Vec::with_capacity(15);
     match client {

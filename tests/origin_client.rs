@@ -628,3 +628,123 @@ async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_re
         "one origin connection carried the four uploads"
     );
 }
+
+/// An origin for uploads that expect `100-continue`, by path: `/reject` answers 401 on the head
+/// alone, `/continue` sends `100 Continue` and then reads the body, `/silent` reads the body
+/// without a word first. Each answers `201` with the body's length once it has read the body.
+async fn expecting_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                assert!(head.contains("expect: 100-continue"), "{head}");
+                let length: usize = (head.lines())
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if head.starts_with("post /reject") {
+                    let no = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno";
+                    let _ = stream.write_all(no).await;
+                    return;
+                }
+                if head.starts_with("post /continue") {
+                    stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .unwrap();
+                }
+                let mut body = buf[end + 4..].to_vec();
+                while body.len() < length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = format!("got {}", body.len());
+                let reply = format!(
+                    "HTTP/1.1 201 Created\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends an upload's head with `Expect: 100-continue` and returns the first answer's head, and
+/// how long it took; the body follows only after a `100 Continue`, and then the final head.
+async fn expect_continue(edge: &TestEdge, path: &str) -> (String, Duration, Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let sent = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let first = read_head(&mut stream, &mut buf).await;
+    let took = sent.elapsed();
+    if !first.starts_with("HTTP/1.1 100") {
+        return (first, took, None);
+    }
+    stream.write_all(b"hello").await.unwrap();
+    let last = read_head(&mut stream, &mut buf).await;
+    (first, took, Some(last))
+}
+
+/// The next response head from `stream`, `buf` holding what came after it.
+async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return head;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `Expect: 100-continue`: the client is told to go on when the origin says so, and an origin
+/// that refuses the upload on its head spares the client sending it. Edge had hyper send
+/// `100 Continue` at once, whatever the origin would say.
+#[tokio::test]
+async fn an_upload_that_expects_100_continue_waits_for_the_origin() {
+    let edge = edge_in_front_of(expecting_origin().await).await;
+
+    let (first, _, last) = expect_continue(&edge, "/reject").await;
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    assert_eq!(last, None);
+
+    let (first, took, last) = expect_continue(&edge, "/continue").await;
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    let last = last.unwrap();
+    assert!(last.starts_with("HTTP/1.1 201"), "{last}");
+
+    // An origin that says nothing before the body gets it after edge's wait for a 100.
+    let (first, took, last) = expect_continue(&edge, "/silent").await;
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(last.unwrap().starts_with("HTTP/1.1 201"));
+}
