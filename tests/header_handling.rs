@@ -1420,3 +1420,22 @@ async fn a_request_body_in_an_unknown_transfer_coding_gets_a_501() {
     assert_eq!(raw_request(edge.addr, request).await.status, 201);
     assert_eq!(h.origin.last("/up").unwrap().body, "hello");
 }
+
+/// RFC 9110 §10.1.1: an HTTP/1.0 client's `Expect: 100-continue` is ignored, and not passed on
+/// for the origin to act on.
+#[tokio::test]
+async fn an_http10_expectation_goes_no_further() {
+    let h = Harness::new().await;
+    h.origin.reply("/e", Reply::ok("thanks").status(201));
+    let edge = h.edge().await;
+    let request = "POST /e HTTP/1.0\r\nHost: edge\r\nExpect: 100-continue\r\n\
+                   Content-Length: 5\r\n\r\nhello";
+    assert_eq!(raw_request(edge.addr, request).await.status, 201);
+    let received = h.origin.last("/e").unwrap();
+    assert!(
+        !received.headers.contains_key("expect"),
+        "{:?}",
+        received.headers
+    );
+    assert_eq!(received.body, "hello");
+}
