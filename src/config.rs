@@ -571,19 +571,27 @@ impl<'de> Deserialize<'de> for LogFilter {
     }
 }
 
-/// A number between 0 and 1 inclusive.
+/// A number between 0 and 1 inclusive, or a percentage (`10%`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fraction(pub f64);
 
 impl<'de> Deserialize<'de> for Fraction {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(d)?;
-        if (0.0..=1.0).contains(&value) {
-            Ok(Fraction(value))
-        } else {
-            Err(de::Error::custom(format!(
-                "invalid fraction {value}: expected a number from 0 to 1"
-            )))
+        let (text, value) = match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::Number(number) => (number.to_string(), number.as_f64()),
+            serde_yaml_ng::Value::String(text) => {
+                let percent = (text.trim().strip_suffix('%'))
+                    .and_then(|number| number.trim().parse::<f64>().ok())
+                    .map(|percent| percent / 100.0);
+                (text, percent)
+            }
+            other => (format!("{other:?}"), None),
+        };
+        match value {
+            Some(value) if (0.0..=1.0).contains(&value) => Ok(Fraction(value)),
+            _ => Err(de::Error::custom(format!(
+                "invalid fraction {text:?}: expected a number from 0 to 1 (0.1) or a percentage (10%)"
+            ))),
         }
     }
 }
@@ -660,6 +668,26 @@ mod tests {
             err.contains("explain.allow") && err.contains("\"10.0.0.300\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fractions_take_numbers_and_percentages() {
+        let parse = |value: &str| {
+            let text =
+                format!("origin:\n  url: http://o\ncache:\n  heuristic:\n    fraction: {value}\n");
+            Config::parse(&text, "t.yaml").map(|c| c.cache.heuristic.fraction.0)
+        };
+        assert_eq!(parse("0.25").unwrap(), 0.25);
+        assert_eq!(parse("1").unwrap(), 1.0);
+        assert_eq!(parse("10%").unwrap(), 0.1);
+        for bad in ["1.5", "150%", "-0.1", "ten", "\"\""] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.yaml:5:5: cache.heuristic.fraction: invalid fraction")
+                    && !err.contains("f64"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
