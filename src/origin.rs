@@ -380,7 +380,8 @@ static STAYS_IN_PATH: [bool; 256] = printable_except(b"\"#<>?^`{}\\%");
 /// Bytes that WHATWG URL parsing keeps as they are in the query of an http(s) URL.
 static STAYS_IN_QUERY: [bool; 256] = printable_except(b"\"#<>'");
 
-const fn printable_except(excluded: &[u8]) -> [bool; 256] {
+/// Printable ASCII less `excluded`, as a table by byte.
+pub(crate) const fn printable_except(excluded: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut b = 0x21;
     while b < 0x7f {
@@ -460,28 +461,18 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Gate {
     open: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+    waker: futures_util::task::AtomicWaker,
 }
 
 impl Gate {
     fn open(&self) {
         self.open.store(true, Ordering::Release);
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.waker.wake();
     }
 
     /// Whether it is open, or else to wake `waker` when it opens.
     fn is_open(&self, waker: &Waker) -> bool {
-        if self.open.load(Ordering::Acquire) {
-            return true;
-        }
-        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+        self.waker.register(waker);
         self.open.load(Ordering::Acquire)
     }
 }

@@ -205,21 +205,7 @@ pub fn handle(
 
 /// The bytes of a `Host` value (RFC 3986 `host [":" port]`: a name, an IPv4 address or an IP
 /// literal in brackets).
-static IN_HOST: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = (b as u8).is_ascii_alphanumeric();
-        b += 1;
-    }
-    let others = b"-._~%!$&'()*+,;=:[]";
-    let mut i = 0;
-    while i < others.len() {
-        table[others[i] as usize] = true;
-        i += 1;
-    }
-    table
-};
+static IN_HOST: [bool; 256] = origin::printable_except(b"\"#/<>?@\\^`{|}");
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any HTTP/1 request at most one,
 /// and its value is made of the characters of a host and port (HTTP/2 has `:authority`

@@ -538,6 +538,48 @@ async fn an_upload_stalled_after_the_origin_answered_lets_the_origin_connection_
     drop(client);
 }
 
+/// The next message head from `stream` (what came after it stays in `buf`); `None` once the
+/// peer has closed.
+async fn next_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The next `length` bytes from `stream`, those in `buf` first; `None` if the peer closes before.
+async fn next_body(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    length: usize,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    while buf.len() < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf.drain(..length).collect())
+}
+
+/// A head's `Content-Length`, 0 without one.
+fn content_length(head: &str) -> usize {
+    (head.to_ascii_lowercase().lines())
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// An origin that reads each request's body (framed by `Content-Length`) before it answers 201
 /// `ok`; it counts the connections it accepts and keeps the bodies it read.
 async fn uploads_origin() -> (
@@ -545,7 +587,7 @@ async fn uploads_origin() -> (
     Arc<std::sync::atomic::AtomicUsize>,
     Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -556,28 +598,16 @@ async fn uploads_origin() -> (
             accepted.fetch_add(1, Ordering::SeqCst);
             let kept = kept.clone();
             tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() >= end + 4 + length {
-                            let body = buf[end + 4..end + 4 + length].to_vec();
-                            buf.drain(..end + 4 + length);
-                            kept.lock().unwrap().push(body);
-                            let reply = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
-                            if stream.write_all(reply).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                let mut buf = Vec::new();
+                while let Some(head) = next_head(&mut stream, &mut buf).await {
+                    let Some(body) = next_body(&mut stream, &mut buf, content_length(&head)).await
+                    else {
+                        return;
+                    };
+                    kept.lock().unwrap().push(body);
+                    let reply = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -587,9 +617,9 @@ async fn uploads_origin() -> (
 }
 
 /// An HTTP/2 client may end its upload with an empty DATA frame after the last bytes (hyper's
-/// client does, for a body it cannot size), or send only that frame for an empty one. The upload is whole once `Content-Length` bytes are
-/// in, and its origin connection is reused: it was closed after every such upload, as one still
-/// carrying a body.
+/// client does, for a body it cannot size), or send only that frame for an empty one. The
+/// upload is whole once `Content-Length` bytes are in, and its origin connection is reused: it
+/// was closed after every such upload, as one still carrying a body.
 #[tokio::test]
 async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_reusable() {
     let (addr, connections, bodies) = uploads_origin().await;
@@ -633,28 +663,18 @@ async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_re
 /// alone, `/continue` sends `100 Continue` and then reads the body, `/silent` reads the body
 /// without a word first. Each answers `201` with the body's length once it has read the body.
 async fn expecting_origin() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end;
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                let Some(head) = next_head(&mut stream, &mut buf).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let head = head.to_ascii_lowercase();
                 assert!(head.contains("expect: 100-continue"), "{head}");
-                let length: usize = (head.lines())
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
                 if head.starts_with("post /reject") {
                     let no = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno";
                     let _ = stream.write_all(no).await;
@@ -666,13 +686,10 @@ async fn expecting_origin() -> std::net::SocketAddr {
                         .await
                         .unwrap();
                 }
-                let mut body = buf[end + 4..].to_vec();
-                while body.len() < length {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => body.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(body) = next_body(&mut stream, &mut buf, content_length(&head)).await
+                else {
+                    return;
+                };
                 let answer = format!("got {}", body.len());
                 let reply = format!(
                     "HTTP/1.1 201 Created\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
@@ -706,23 +723,12 @@ async fn expect_continue(edge: &TestEdge, path: &str) -> (String, Duration, Opti
     (first, took, Some(last))
 }
 
-/// The next response head from `stream`, `buf` holding what came after it.
+/// The next response head from `stream`, within 5 s.
 async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end + 4);
-            return head;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed without an answer");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    tokio::time::timeout(Duration::from_secs(5), next_head(stream, buf))
+        .await
+        .expect("an answer within 5 s")
+        .expect("an answer before the connection closed")
 }
 
 /// `Expect: 100-continue`: the client is told to go on when the origin says so, and an origin
