@@ -74,9 +74,62 @@ pub struct Fills {
 /// How a request takes part in a fill.
 pub enum Role {
     /// It started the fill: a private response is its own.
-    Leader(Arc<Fill>),
+    Leader(Ticket),
     /// It joined a fill another request started.
-    Waiter(Arc<Fill>),
+    Waiter(Ticket),
+}
+
+/// A request's place in a fill. Until the request reads the body (or goes), its reader is kept
+/// at the body's first byte: a body that will not be stored is dropped as every reader there is
+/// takes it, and a request that joined but had not begun to read would otherwise come too late
+/// for its first bytes and be cut off.
+pub struct Ticket {
+    pub fill: Arc<Fill>,
+    reserved: Option<u64>,
+}
+
+impl Ticket {
+    fn new(fill: Arc<Fill>) -> Self {
+        let reserved = Some(fill.add_reader());
+        Self { fill, reserved }
+    }
+
+    /// The body from its first byte, as it arrives.
+    pub fn body(mut self) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
+        self.body_range(0..u64::MAX)
+    }
+
+    /// The bytes `range` of the body, each as soon as it has arrived: a range of a body that is
+    /// still arriving waits for its own bytes only, and one of a spooled body is read from the
+    /// file from its first byte, not from the body's.
+    pub fn body_range(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
+        let id = match self.reserved.take() {
+            Some(id) => id,
+            None => self.fill.add_reader(),
+        };
+        self.fill.read(id, range)
+    }
+
+    /// The bytes `range` of the body, once they have arrived (`None` if the fill failed first).
+    pub async fn gather(&mut self, range: std::ops::Range<u64>) -> Option<Bytes> {
+        let mut body = BytesMut::new();
+        let mut stream = std::pin::pin!(self.body_range(range));
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.ok()?);
+        }
+        Some(body.freeze())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(id) = self.reserved {
+            self.fill.remove_reader(id);
+        }
+    }
 }
 
 impl Fills {
@@ -109,25 +162,27 @@ impl Fills {
         if let Some(fill) = inflight.get(&job.slot)
             && !fill.is_complete()
         {
-            return Role::Waiter(fill.clone());
+            return Role::Waiter(Ticket::new(fill.clone()));
         }
         let fill = Arc::new(Fill::new(*job.key.hash()));
         inflight.insert(job.slot, fill.clone());
         drop(inflight);
-        let (edge_for_task, fill_for_task) = (edge.clone(), fill.clone());
-        edge.tasks
-            .spawn(async move { run(edge_for_task, fill_for_task, job).await });
-        Role::Leader(fill)
+        Role::Leader(self.spawn(edge, fill, job))
     }
 
     /// Starts a fill that no other request joins: for a request that may not wait for, or use,
     /// another's.
-    pub fn solo(&self, edge: &Arc<Edge>, job: FillJob) -> Arc<Fill> {
-        let fill = Arc::new(Fill::new(*job.key.hash()));
-        let (edge_for_task, fill_for_task) = (edge.clone(), fill.clone());
+    pub fn solo(&self, edge: &Arc<Edge>, job: FillJob) -> Ticket {
+        self.spawn(edge, Arc::new(Fill::new(*job.key.hash())), job)
+    }
+
+    /// Runs `fill`'s task, its leader's place taken before it starts.
+    fn spawn(&self, edge: &Arc<Edge>, fill: Arc<Fill>, job: FillJob) -> Ticket {
+        let ticket = Ticket::new(fill.clone());
+        let edge_for_task = edge.clone();
         edge.tasks
-            .spawn(async move { run(edge_for_task, fill_for_task, job).await });
-        fill
+            .spawn(async move { run(edge_for_task, fill, job).await });
+        ticket
     }
 
     /// Starts a fill for the job's key unless one is in flight (background revalidation).
@@ -308,27 +363,27 @@ impl Fill {
         lock(&self.state).private.take()
     }
 
-    /// The body from its first byte, as it arrives.
-    pub fn body(self: &Arc<Self>) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        self.body_range(0..u64::MAX)
+    /// A new reader, at the body's first byte.
+    fn add_reader(&self) -> u64 {
+        let mut state = lock(&self.state);
+        let id = state.next_reader;
+        state.next_reader += 1;
+        state.readers.insert(id, 0);
+        id
     }
 
-    /// The bytes `range` of the body, each as soon as it has arrived: a range of a body that is
-    /// still arriving waits for its own bytes only, and one of a spooled body is read from the
-    /// file from its first byte, not from the body's.
-    pub fn body_range(
+    fn remove_reader(&self, id: u64) {
+        if lock(&self.state).readers.remove(&id).is_some() {
+            self.taken.notify_one();
+        }
+    }
+
+    /// Reader `id`'s stream of the bytes `range`.
+    fn read(
         self: &Arc<Self>,
+        id: u64,
         range: std::ops::Range<u64>,
-    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        let id = {
-            let mut state = lock(&self.state);
-            let id = state.next_reader;
-            state.next_reader += 1;
-            state.readers.insert(id, 0);
-            id
-        };
-        // A fill that will not store its body may be waiting for its first reader.
-        self.taken.notify_one();
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
         let reader = Reader {
             id,
             fill: self.clone(),
@@ -344,16 +399,6 @@ impl Fill {
             let item = reader.next().await?;
             Some((item, reader))
         })
-    }
-
-    /// The bytes `range` of the body, once they have arrived (`None` if the fill failed first).
-    pub async fn gather(self: &Arc<Self>, range: std::ops::Range<u64>) -> Option<Bytes> {
-        let mut body = BytesMut::new();
-        let mut stream = std::pin::pin!(self.body_range(range));
-        while let Some(chunk) = stream.next().await {
-            body.extend_from_slice(&chunk.ok()?);
-        }
-        Some(body.freeze())
     }
 }
 
@@ -378,9 +423,7 @@ const SPOOL_READ: u64 = 64 * 1024;
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if lock(&self.fill.state).readers.remove(&self.id).is_some() {
-            self.fill.taken.notify_one();
-        }
+        self.fill.remove_reader(self.id);
     }
 }
 
@@ -904,7 +947,7 @@ async fn stream_and_store(
             held = Some(chunk);
         } else {
             fill.update(|state| state.chunks.push_back(chunk));
-            if passing && !keep_pace(fill, job, received, idle).await {
+            if passing && !keep_pace(fill, job.key.url(), received, idle).await {
                 debug!(
                     url = job.key.url(),
                     "unstored body has no readers left; stopping"
@@ -1015,17 +1058,15 @@ const PASS_WINDOW: u64 = 4 << 20;
 /// `idle` (`origin.timeout`) while the fill waits on it is cut off (its response ends short), as a
 /// stalled origin is: otherwise one client that stops reading would hold the origin's connection,
 /// and every reader beside it, for ever.
-async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) -> bool {
+async fn keep_pace(fill: &Fill, url: &str, received: u64, idle: Duration) -> bool {
     // The slowest reader's offset and how many readers have come, and when the slowest must
     // have moved by: a reader that has just come gets its own time.
     let mut waiting: Option<((u64, u64), tokio::time::Instant)> = None;
     loop {
         let (slowest, came) = {
             let mut state = lock(&fill.state);
-            // Before its first reader (the request that started the fill, building its
-            // response) has come, the body is held for it from its start.
-            let first_to_come = (state.next_reader == 0).then_some(0);
-            let Some(slowest) = state.readers.values().min().copied().or(first_to_come) else {
+            // Requests that joined but have not begun to read are readers at the first byte.
+            let Some(slowest) = state.readers.values().min().copied() else {
                 return false;
             };
             state.trim(slowest);
@@ -1049,7 +1090,6 @@ async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) ->
             let behind = received - PASS_WINDOW;
             let mut state = lock(&fill.state);
             if state.readers.is_empty() {
-                // No reader came at all.
                 return false;
             }
             let before = state.readers.len();
@@ -1057,7 +1097,7 @@ async fn keep_pace(fill: &Fill, job: &FillJob, received: u64, idle: Duration) ->
             let cut = before - state.readers.len();
             if cut > 0 {
                 warn!(
-                    url = job.key.url(),
+                    url,
                     cut, "a reader took nothing for {idle:?} of a body that is not stored; cut off"
                 );
             }
@@ -1185,6 +1225,39 @@ fn add_validators(outgoing: &mut HeaderMap, stored: &HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of a body that will not be stored, a request that joined the fill but has not begun to
+    /// read when the others have taken its first chunks still gets it whole: the chunks are kept
+    /// for it. Once it goes without reading, they are dropped, and with no one left, the fill
+    /// stops reading.
+    #[tokio::test]
+    async fn a_request_yet_to_read_keeps_an_unstored_body_from_its_first_byte() {
+        let idle = Duration::from_secs(5);
+        let fill = Arc::new(Fill::new([0; 32]));
+        let leader = Ticket::new(fill.clone());
+        let waiter = Ticket::new(fill.clone());
+        let late = Ticket::new(fill.clone());
+        let mut first = Box::pin(leader.body());
+        for chunk in [&b"one "[..], b"two ", b"three"] {
+            fill.update(|state| state.chunks.push_back(Bytes::from_static(chunk)));
+            assert_eq!(first.next().await.unwrap().unwrap(), chunk);
+        }
+        // The leader asks for more: it has taken the 13 bytes there are.
+        assert!(futures_util::FutureExt::now_or_never(first.next()).is_none());
+        assert!(keep_pace(&fill, "/x", 13, idle).await);
+        assert_eq!(lock(&fill.state).dropped, 0);
+        fill.update(|state| state.end = Some(End::Complete));
+
+        let body: Vec<_> = waiter.body().collect().await;
+        let body: Vec<u8> = body.into_iter().flat_map(|chunk| chunk.unwrap()).collect();
+        assert_eq!(body, b"one two three");
+
+        drop(late);
+        assert!(keep_pace(&fill, "/x", 13, idle).await);
+        assert_eq!(lock(&fill.state).dropped, 3);
+        drop(first);
+        assert!(!keep_pace(&fill, "/x", 13, idle).await);
+    }
 
     #[test]
     fn slice_keeps_what_of_a_chunk_lies_in_the_range() {

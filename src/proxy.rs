@@ -30,7 +30,7 @@ use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
 use crate::conditional;
 use crate::config::{self, Config};
-use crate::fill::{self, Fill, FillJob, Fills, Head, Role, SharedHead};
+use crate::fill::{self, FillJob, Fills, Head, Role, SharedHead, Ticket};
 use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, SURROGATE_KEY};
 use crate::metrics::Metrics;
 use crate::origin::{self, Origin, OriginError, Upstream};
@@ -740,12 +740,12 @@ async fn answer_from_fill(
     let mut fill_slot = *key.hash();
     let mut rejoined = false;
     loop {
-        let (fill, leader) = match role {
-            Role::Leader(fill) => (fill, true),
-            Role::Waiter(fill) => (fill, false),
+        let (ticket, leader) = match role {
+            Role::Leader(ticket) => (ticket, true),
+            Role::Waiter(ticket) => (ticket, false),
         };
         let wait = (!leader).then_some(settings.cache.collapse_wait.0);
-        let head = fill.head(wait).await;
+        let head = ticket.fill.head(wait).await;
         let now = edge.clock.now();
         // RFC 5861 §4: a 500, 502, 503 or 504, or no answer at all, may be covered by stale.
         let stale_on_error = |status: Option<StatusCode>| {
@@ -780,7 +780,7 @@ async fn answer_from_fill(
                     status.stored = true;
                     status.collapsed = !leader;
                     status.ttl = Some(shared.ttl);
-                    return respond_shared(request, &shared, &fill, status, now).await;
+                    return respond_shared(request, &shared, ticket, status, now).await;
                 }
                 // Other Vary values: collapse with the requests that share this request's.
                 let names = shared.variance.names_of();
@@ -803,7 +803,11 @@ async fn answer_from_fill(
                     return serve_stale_on_error(request, &entry, fwd, fwd_status, now).await;
                 }
                 // Only the leader may take it: to anyone else it is another client's response.
-                let private = if leader { fill.take_private() } else { None };
+                let private = if leader {
+                    ticket.fill.take_private()
+                } else {
+                    None
+                };
                 if let Some(private) = private {
                     if request.headers.contains_key(header::RANGE) {
                         // The representation is not storable; let the origin answer the range.
@@ -904,7 +908,7 @@ fn respond_stored(
 fn respond_shared(
     request: &Parts,
     shared: &SharedHead,
-    fill: &Arc<Fill>,
+    ticket: Ticket,
     status: CacheStatus,
     now: SystemTime,
 ) -> impl Future<Output = Answer> {
@@ -916,7 +920,7 @@ fn respond_shared(
         let age = shared.freshness.current_age(now).as_secs();
         headers.insert(header::AGE, HeaderValue::from(age));
     }
-    let payload = Payload::Streaming(fill.clone());
+    let payload = Payload::Streaming(ticket);
     let outcome = Outcome {
         status,
         freshness: Some(shared.freshness),
@@ -931,7 +935,7 @@ enum Payload {
     Whole(Bytes),
     /// A large stored body, read from its file as it is sent.
     File(Spilled),
-    Streaming(Arc<Fill>),
+    Streaming(Ticket),
 }
 
 impl Payload {
@@ -942,7 +946,7 @@ impl Payload {
                 let len = spilled.len;
                 Body::from_stream(file_stream(spilled, 0..len))
             }
-            Payload::Streaming(fill) => Body::from_stream(fill.body()),
+            Payload::Streaming(ticket) => Body::from_stream(ticket.body()),
         }
     }
 }
@@ -1035,9 +1039,9 @@ async fn respond_to_range(
     request: &Parts,
     status: StatusCode,
     headers: HeaderMap,
-    payload: Payload,
+    mut payload: Payload,
 ) -> Response {
-    let whole = match &payload {
+    let whole = match &mut payload {
         Payload::Whole(body) => Some(body.clone()),
         // The ranges of a large stored body are read from its file: one as it is sent, several
         // into one multipart body (at most the body's size, the parts being coalesced).
