@@ -86,12 +86,19 @@ pub enum Role {
 pub struct Ticket {
     pub fill: Arc<Fill>,
     reserved: Option<u64>,
+    /// The request joined after the response head had arrived: what it gets is a response from
+    /// before it asked, to be judged as a stored one is (RFC 9111 §4).
+    pub late: bool,
 }
 
 impl Ticket {
-    fn new(fill: Arc<Fill>) -> Self {
+    fn new(fill: Arc<Fill>, late: bool) -> Self {
         let reserved = Some(fill.add_reader());
-        Self { fill, reserved }
+        Self {
+            fill,
+            reserved,
+            late,
+        }
     }
 
     /// The body from its first byte, as it arrives.
@@ -159,10 +166,16 @@ impl Fills {
         let mut inflight = lock(&self.inflight);
         // A fill whose response is complete has nothing to offer a newcomer: what it brought is
         // stored by now, or was not storable.
-        if let Some(fill) = inflight.get(&job.slot)
-            && !fill.is_complete()
-        {
-            return Role::Waiter(Ticket::new(fill.clone()));
+        if let Some(fill) = inflight.get(&job.slot) {
+            let (complete, late) = {
+                let state = lock(&fill.state);
+                let complete = state.end.is_some()
+                    || matches!(state.head, Head::Private { .. } | Head::Failed(_));
+                (complete, !matches!(state.head, Head::Pending))
+            };
+            if !complete {
+                return Role::Waiter(Ticket::new(fill.clone(), late));
+            }
         }
         let fill = Arc::new(Fill::new(*job.key.hash()));
         inflight.insert(job.slot, fill.clone());
@@ -178,7 +191,7 @@ impl Fills {
 
     /// Runs `fill`'s task, its leader's place taken before it starts.
     fn spawn(&self, edge: &Arc<Edge>, fill: Arc<Fill>, job: FillJob) -> Ticket {
-        let ticket = Ticket::new(fill.clone());
+        let ticket = Ticket::new(fill.clone(), false);
         let edge_for_task = edge.clone();
         edge.tasks
             .spawn(async move { run(edge_for_task, fill, job).await });
@@ -351,11 +364,6 @@ impl Fill {
             Some(limit) => tokio::time::timeout(limit, wait).await.ok(),
             None => Some(wait.await),
         }
-    }
-
-    fn is_complete(&self) -> bool {
-        let state = lock(&self.state);
-        state.end.is_some() || matches!(state.head, Head::Private { .. } | Head::Failed(_))
     }
 
     /// The private response, for the leader.
@@ -1234,9 +1242,9 @@ mod tests {
     async fn a_request_yet_to_read_keeps_an_unstored_body_from_its_first_byte() {
         let idle = Duration::from_secs(5);
         let fill = Arc::new(Fill::new([0; 32]));
-        let leader = Ticket::new(fill.clone());
-        let waiter = Ticket::new(fill.clone());
-        let late = Ticket::new(fill.clone());
+        let leader = Ticket::new(fill.clone(), false);
+        let waiter = Ticket::new(fill.clone(), false);
+        let late = Ticket::new(fill.clone(), false);
         let mut first = Box::pin(leader.body());
         for chunk in [&b"one "[..], b"two ", b"three"] {
             fill.update(|state| state.chunks.push_back(Bytes::from_static(chunk)));

@@ -774,15 +774,27 @@ async fn answer_from_fill(
                     )
                     .await;
                 }
-                if leader || shared.variance.matches(&request.headers) {
+                // A response that had arrived before this request joined is reused as a stored
+                // one is, if it is fresh enough for the request (RFC 9111 §4, §5.2.1); otherwise
+                // the request goes to the origin on its own. (One that arrives after is the
+                // origin's answer since the request came, and is taken whatever its directives.)
+                let ttl = if ticket.late {
+                    policy::decide(&shared.freshness, &request_cc, now).ok()
+                } else {
+                    Some(shared.ttl)
+                };
+                if let Some(ttl) = ttl
+                    && (leader || shared.variance.matches(&request.headers))
+                {
                     let mut status = CacheStatus::forward(fwd);
                     status.fwd_status = Some(shared.fwd_status);
                     status.stored = true;
                     status.collapsed = !leader;
-                    status.ttl = Some(shared.ttl);
+                    status.ttl = Some(ttl);
                     return respond_shared(request, &shared, ticket, status, now).await;
                 }
-                // Other Vary values: collapse with the requests that share this request's.
+                // Other Vary values, or a response too old for this request: collapse with the
+                // requests in the same case, in a slot for this request's values.
                 let names = shared.variance.names_of();
                 let variant = Variance::select(&names, &request.headers).variant_key(key.hash());
                 let slot = *blake3::hash(&variant).as_bytes();
@@ -915,8 +927,9 @@ fn respond_shared(
     let mut headers = shared.headers.clone();
     // An `Age` from upstream is passed on as edge reckons it (RFC 9111 §4.2.3: the first member
     // of a list, an overflow as 2^31, the time on the way added), not as it came: an invalid
-    // one (`-50`, `10, 5000`) would reach the client as it was.
-    if headers.contains_key(header::AGE) {
+    // one (`-50`, `10, 5000`) would reach the client as it was. A request that joined another's
+    // fill is answered from a response it did not ask for, as from a stored one: with an `Age`.
+    if status.collapsed || headers.contains_key(header::AGE) {
         let age = shared.freshness.current_age(now).as_secs();
         headers.insert(header::AGE, HeaderValue::from(age));
     }

@@ -435,3 +435,119 @@ async fn only_if_cached_on_a_pass_is_answered_without_the_origin() {
     assert_eq!(cached_only.cache_status(), "edge; detail=only-if-cached");
     assert_eq!(h.origin.hits("/np"), 2);
 }
+
+/// An origin whose first answer is `first` (head and the start of the body, raw HTTP/1.1), the
+/// rest held back until the sender it returns is used or dropped; every later request is
+/// answered with `later` whole. Counts the requests.
+async fn slow_first_origin(
+    first: &'static str,
+    rest: &'static str,
+    later: &'static str,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let mut released = Some(released);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let released = released.take();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let n = counted.fetch_add(1, Ordering::SeqCst);
+                    match (n, &released) {
+                        (0, Some(_)) => {
+                            socket.write_all(first.as_bytes()).await.unwrap();
+                            let _ = released.unwrap().await;
+                            socket.write_all(rest.as_bytes()).await.unwrap();
+                            return;
+                        }
+                        _ => socket.write_all(later.as_bytes()).await.unwrap(),
+                    }
+                }
+            });
+        }
+    });
+    (addr, release, requests)
+}
+
+/// A request that joins a fill whose response head has already arrived gets that response only
+/// if it is fresh enough (RFC 9111 §4), with an `Age` saying how old it is; one that comes when
+/// it is past its lifetime goes to the origin.
+#[tokio::test]
+async fn a_request_joining_a_response_under_way_gets_it_only_while_fresh() {
+    let h = Harness::new().await;
+    let (addr, release, requests) = slow_first_origin(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=2\r\ncontent-length: 10\r\n\r\nfirst",
+        "-last",
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 5\r\n\r\nfresh",
+    )
+    .await;
+    let edge = h.edge_before(addr).await;
+    let leader = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+    h.clock.advance(Duration::from_secs(1));
+    let waiter = edge.client.get(edge.url("/slow")).send().await.unwrap();
+    let status = waiter.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(status.contains("; collapsed; ttl=1"), "{status}");
+    assert_eq!(waiter.headers()["age"], "1");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+    // Three seconds old is past the response's two.
+    h.clock.advance(Duration::from_secs(2));
+    let late = edge.get("/slow").await;
+    assert_eq!(late.text(), "fresh");
+    let status = late.cache_status();
+    assert!(
+        status.contains("fwd=uri-miss") && !status.contains("collapsed"),
+        "{status}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+    release.send(()).unwrap();
+    assert_eq!(&leader.bytes().await.unwrap()[..], b"first-last");
+    assert_eq!(&waiter.bytes().await.unwrap()[..], b"first-last");
+}
+
+/// A request whose own `max-age` or `no-cache` (RFC 9111 §5.2.1) the response under way does not
+/// meet goes to the origin rather than joining it.
+#[tokio::test]
+async fn a_request_joining_a_response_under_way_has_its_own_directives_honoured() {
+    for directive in ["max-age=0", "no-cache"] {
+        let h = Harness::new().await;
+        let (addr, release, requests) = slow_first_origin(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 10\r\n\r\nfirst",
+            "-last",
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 5\r\n\r\nfresh",
+        )
+        .await;
+        let edge = h.edge_before(addr).await;
+        let leader = edge.client.get(edge.url("/slow")).send().await.unwrap();
+        h.clock.advance(Duration::from_secs(1));
+        let strict = edge
+            .get_with("/slow", &[("cache-control", directive)])
+            .await;
+        assert_eq!(strict.text(), "fresh", "{directive}");
+        assert!(
+            !strict.cache_status().contains("collapsed"),
+            "{}",
+            strict.cache_status()
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 2, "{directive}");
+        release.send(()).unwrap();
+        assert_eq!(&leader.bytes().await.unwrap()[..], b"first-last");
+    }
+}
