@@ -256,6 +256,8 @@ pub struct SharedHead {
 /// A private response, handed to the leader whole.
 pub struct PrivateResponse {
     pub status: StatusCode,
+    /// The origin's status: 304 when a stale response was revalidated.
+    pub fwd_status: u16,
     pub headers: HeaderMap,
     pub body: axum::body::Body,
     pub origin_time: Duration,
@@ -719,6 +721,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     fill,
                     PrivateResponse {
                         status,
+                        fwd_status: status.as_u16(),
                         headers,
                         body,
                         origin_time: received.origin_time,
@@ -798,6 +801,7 @@ async fn refresh(
             fill,
             PrivateResponse {
                 status,
+                fwd_status: StatusCode::NOT_MODIFIED.as_u16(),
                 headers,
                 body,
                 origin_time: received.origin_time,

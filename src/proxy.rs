@@ -829,7 +829,7 @@ async fn answer_from_fill(
                         return Box::pin(forwarded).await;
                     }
                     let mut status = CacheStatus::forward(fwd).not_stored(reason);
-                    status.fwd_status = Some(private.status.as_u16());
+                    status.fwd_status = Some(private.fwd_status);
                     let mut headers = private.headers;
                     status.add_to(&mut headers);
                     let body = if request.method == Method::HEAD {
