@@ -1024,20 +1024,22 @@ fn respond(
     async move {
         outcome.status.add_to(&mut headers);
         let head = request.method == Method::HEAD;
-        if status == StatusCode::OK {
-            if conditional::not_modified(&request.headers, &headers) {
-                let not_modified = conditional::not_modified_headers(&headers);
-                return (
-                    build(StatusCode::NOT_MODIFIED, not_modified, no_content()),
-                    outcome,
-                );
-            }
-            // RFC 9110 §14.2: range handling is defined for GET only. Boxed: the only path that
-            // may wait here, rarely taken, and its future would otherwise be part of every hit's.
-            if request.method == Method::GET && request.headers.contains_key(header::RANGE) {
-                let ranged = Box::pin(respond_to_range(request, status, headers, payload)).await;
-                return (ranged, outcome);
-            }
+        // RFC 9110 §13.2.1: preconditions apply to what would otherwise be a 2xx.
+        if status.is_success() && conditional::not_modified(&request.headers, &headers) {
+            let not_modified = conditional::not_modified_headers(&headers);
+            return (
+                build(StatusCode::NOT_MODIFIED, not_modified, no_content()),
+                outcome,
+            );
+        }
+        // RFC 9110 §14.2: range handling is defined for GET only. Boxed: the only path that may
+        // wait here, rarely taken, and its future would otherwise be part of every hit's.
+        if status == StatusCode::OK
+            && request.method == Method::GET
+            && request.headers.contains_key(header::RANGE)
+        {
+            let ranged = Box::pin(respond_to_range(request, status, headers, payload)).await;
+            return (ranged, outcome);
         }
         (
             build(status, headers, content(head, payload.into_body())),

@@ -98,6 +98,29 @@ async fn if_none_match_star_matches_a_stored_representation() {
     assert_not_modified(&r, "\"v1\"");
 }
 
+/// Preconditions apply to any 2xx (RFC 9110 §13.2.1, RFC 9111 §4.3.2), not to other statuses.
+#[tokio::test]
+async fn matching_if_none_match_on_a_stored_203_or_204_is_304_and_on_a_404_is_ignored() {
+    let h = Harness::new().await;
+    for (path, status) in [("/203", 203), ("/204", 204), ("/404", 404)] {
+        h.origin.reply(path, tagged("\"v1\"").status(status));
+    }
+    let edge = h.edge().await;
+    for (path, status) in [("/203", 203), ("/204", 204), ("/404", 404)] {
+        let miss = edge.get(path).await;
+        assert_eq!(miss.status, status);
+        assert!(miss.stored(), "{path}: {}", miss.cache_status());
+        let r = edge.get_with(path, &[("if-none-match", "\"v1\"")]).await;
+        assert!(r.is_hit(), "{path}: {}", r.cache_status());
+        if status == 404 {
+            assert_eq!(r.status, 404, "{path}");
+        } else {
+            assert_not_modified(&r, "\"v1\"");
+        }
+        assert_eq!(h.origin.hits(path), 1, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn non_matching_if_none_match_gets_the_full_200() {
     let h = Harness::new().await;
