@@ -157,6 +157,7 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         Some("private") => "Cache-Control: private; a shared cache must not store it".to_owned(),
         Some("authorization") => "the request carried Authorization and the response did not allow sharing it (public, s-maxage or must-revalidate)".to_owned(),
         Some("set-cookie") => "the response sets a cookie; edge never shares one".to_owned(),
+        Some("proxy-authenticate") => "Proxy-Authenticate or Proxy-Authentication-Info: fields for edge, as the origin's client, that a cache must not store".to_owned(),
         Some("status") => format!(
             "status {} is not stored without explicit freshness (or is an error that would replace a stale copy)",
             status.fwd_status.unwrap_or_default()

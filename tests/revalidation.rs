@@ -742,7 +742,11 @@ async fn a_304_that_adds_set_cookie_or_private_is_not_stored_or_shared() {
     assert_eq!(alice.text(), "shared page");
     assert_eq!(alice.header("set-cookie"), Some("session=alice-secret"));
     assert!(!alice.stored(), "{}", alice.cache_status());
-    assert_eq!(alice.param("fwd-status"), Some("304"), "what the origin sent");
+    assert_eq!(
+        alice.param("fwd-status"),
+        Some("304"),
+        "what the origin sent"
+    );
 
     h.origin.reply(
         "/r",

@@ -196,6 +196,47 @@ async fn set_cookie_response_is_never_stored_or_handed_to_another_client() {
     assert_eq!(h.origin.hits("/a"), 2);
 }
 
+/// RFC 9111 §3.1: `Proxy-Authenticate` and `Proxy-Authentication-Info` are for the client of
+/// the proxy that sent them (edge), and a cache must not store them: a response carrying either is
+/// passed on to the request that asked, and not stored.
+#[tokio::test]
+async fn responses_with_proxy_authentication_fields_are_not_stored() {
+    let h = Harness::new().await;
+    let replies = [
+        (
+            "/challenge",
+            407,
+            "proxy-authenticate",
+            "Basic realm=\"upstream\"",
+        ),
+        (
+            "/info",
+            200,
+            "proxy-authentication-info",
+            "nextnonce=\"n1\"",
+        ),
+    ];
+    for (path, status, name, value) in replies {
+        h.origin.reply(
+            path,
+            Reply::ok("body")
+                .status(status)
+                .header("cache-control", "max-age=60")
+                .header(name, value),
+        );
+    }
+    let edge = h.edge().await;
+    for (path, status, name, value) in replies {
+        let first = edge.get(path).await;
+        assert_eq!(first.status, status);
+        assert_eq!(first.header(name), Some(value));
+        assert_eq!(first.param("detail"), Some("proxy-authenticate"), "{path}");
+        let second = edge.get(path).await;
+        assert!(!second.is_hit(), "{path}: {}", second.cache_status());
+        assert_eq!(h.origin.hits(path), 2, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn partial_content_206_is_never_stored() {
     let h = Harness::new().await;

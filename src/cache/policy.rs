@@ -229,6 +229,9 @@ pub enum NotStored {
     Authorization,
     /// The response sets a cookie; edge never hands one client's cookie to another.
     SetCookie,
+    /// `Proxy-Authenticate` or `Proxy-Authentication-Info`: fields for the proxy edge forwards
+    /// through, which a cache must not store (§3.1).
+    ProxyAuthenticate,
     /// A status that may not be stored (1xx, 206, 304), or one without explicit freshness that is
     /// not heuristically cacheable (§3, RFC 9110 §15.1).
     Status,
@@ -248,6 +251,7 @@ impl NotStored {
             NotStored::Private => "private",
             NotStored::Authorization => "authorization",
             NotStored::SetCookie => "set-cookie",
+            NotStored::ProxyAuthenticate => "proxy-authenticate",
             NotStored::Status => "status",
             NotStored::VaryStar => "vary-star",
             NotStored::NoFreshness => "no-freshness",
@@ -333,6 +337,13 @@ pub fn check_storable(
     }
     if response.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
+    }
+    // They are for the client of the proxy that sent them, which is edge; stored without them, a
+    // 407 would be one that asks for nothing.
+    if response.contains_key(header::PROXY_AUTHENTICATE)
+        || response.contains_key("proxy-authentication-info")
+    {
+        return Err(NotStored::ProxyAuthenticate);
     }
     if Variance::names(response).is_none() {
         return Err(NotStored::VaryStar);
