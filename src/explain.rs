@@ -168,7 +168,7 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         Some("only-if-cached") => "nothing stored, and the request said only-if-cached".to_owned(),
         Some("origin-unreachable") => "the origin could not be reached".to_owned(),
         Some("origin-timeout") => "the origin did not answer in time (origin.timeout)".to_owned(),
-        _ if status.fwd == Some(Forward::Bypass) => {
+        _ if status.fwd == Some(Forward::Method) => {
             format!("{method} requests go to the origin uncached")
         }
         Some(other) => other.to_owned(),

@@ -251,7 +251,7 @@ impl CacheStatus {
             None if self.detail == Some("only-if-cached") => "miss",
             None if self.detail == Some("options") => "local",
             None => "error",
-            Some(Forward::Bypass) => "bypass",
+            Some(Forward::Method) => "bypass",
             Some(_) if self.fwd_status.is_none() => "error",
             Some(Forward::Stale) if self.fwd_status == Some(304) => "revalidated",
             Some(_) if self.stored => "miss",

@@ -568,7 +568,7 @@ fn route(
             return invalid_target();
         };
         let key = CacheKey::new(&url);
-        let status = CacheStatus::forward(Forward::Bypass);
+        let status = CacheStatus::forward(Forward::Method);
         Box::pin(forward(edge, settings, peer, request, body, key, status)).await
     }
 }

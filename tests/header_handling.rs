@@ -1227,7 +1227,7 @@ async fn a_malformed_chunked_upload_gets_a_400() {
     assert_eq!(response.status, 400, "{response:?}");
     assert_eq!(
         response.header("cache-status"),
-        Some("edge; fwd=bypass; detail=client-body-invalid")
+        Some("edge; fwd=method; detail=client-body-invalid")
     );
     assert_eq!(response.body, b"edge: invalid request body\n");
     let metrics = edge.metrics().await;

@@ -398,12 +398,12 @@ async fn unsafe_methods_bypass_the_cache_and_are_never_stored() {
     let first = edge.send(Method::POST, "/a", &[]).await;
     assert_eq!(first.status, 201);
     assert_eq!(first.text(), "created");
-    assert_eq!(first.cache_status(), "edge; fwd=bypass; fwd-status=201");
+    assert_eq!(first.cache_status(), "edge; fwd=method; fwd-status=201");
     assert_eq!(first.age(), None);
 
     let second = edge.send(Method::POST, "/a", &[]).await;
     assert_eq!(second.status, 201);
-    assert_eq!(second.cache_status(), "edge; fwd=bypass; fwd-status=201");
+    assert_eq!(second.cache_status(), "edge; fwd=method; fwd-status=201");
     assert_eq!(h.origin.hits("/a"), 2);
 
     // Nor does a later GET get the POST's answer from the cache.
@@ -415,7 +415,7 @@ async fn unsafe_methods_bypass_the_cache_and_are_never_stored() {
 }
 
 #[tokio::test]
-async fn every_unsafe_method_reports_a_bypass() {
+async fn every_unsafe_method_reports_fwd_method() {
     let h = Harness::new().await;
     h.origin.reply("/a", Reply::ok("ok").status(201));
     let edge = h.edge().await;
@@ -424,11 +424,11 @@ async fn every_unsafe_method_reports_a_bypass() {
         assert_eq!(answer.status, 201, "{method}");
         assert_eq!(
             answer.cache_status(),
-            "edge; fwd=bypass; fwd-status=201",
+            "edge; fwd=method; fwd-status=201",
             "{method}"
         );
         let again = edge.send(method.clone(), "/a", &[]).await;
-        assert_eq!(again.fwd(), Some("bypass"), "{method}");
+        assert_eq!(again.fwd(), Some("method"), "{method}");
     }
     assert_eq!(h.origin.hits("/a"), 8);
 }
@@ -472,7 +472,7 @@ async fn post_body_reaches_the_origin_byte_identical() {
         .send_body(Method::POST, "/upload", &[], body.clone())
         .await;
     assert_eq!(answer.status, 201);
-    assert_eq!(answer.cache_status(), "edge; fwd=bypass; fwd-status=201");
+    assert_eq!(answer.cache_status(), "edge; fwd=method; fwd-status=201");
 
     let received = h.origin.last("/upload").unwrap();
     assert_eq!(received.method, Method::POST);

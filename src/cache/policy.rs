@@ -582,8 +582,9 @@ fn initial_age(
 /// `fwd` parameter of `Cache-Status` (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
-    /// Edge does not cache this kind of request.
-    Bypass,
+    /// The request method's semantics require it to go to the origin (a method edge does not
+    /// cache).
+    Method,
     /// Nothing stored for the URI.
     UriMiss,
     /// Something stored for the URI, but not for these `Vary` request headers.
@@ -597,7 +598,7 @@ pub enum Forward {
 impl Forward {
     pub fn as_str(self) -> &'static str {
         match self {
-            Forward::Bypass => "bypass",
+            Forward::Method => "method",
             Forward::UriMiss => "uri-miss",
             Forward::VaryMiss => "vary-miss",
             Forward::Stale => "stale",
