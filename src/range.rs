@@ -91,9 +91,14 @@ fn plan(value: &HeaderValue, length: usize) -> Plan {
     if !unit.eq_ignore_ascii_case("bytes") {
         return Plan::Ignore;
     }
-    // The parser is strict (no OWS before a comma, no empty list elements, `-0` rejected), and
-    // anything it rejects is served whole, which §14.2 permits for any Range.
-    let Ok(parsed) = http_range_header::parse_range_header(&format!("bytes={set}")) else {
+    // `range-set` is a list (`1#range-spec`): whitespace around its commas and empty elements
+    // are ignored (RFC 9110 §5.6.1), which the parser does not do itself. Anything it rejects
+    // (`-0`, say) is served whole, which §14.2 permits for any Range.
+    let set: Vec<&str> = (set.split(',').map(str::trim))
+        .filter(|spec| !spec.is_empty())
+        .collect();
+    let Ok(parsed) = http_range_header::parse_range_header(&format!("bytes={}", set.join(",")))
+    else {
         return Plan::Ignore;
     };
     let total = length as u64;
@@ -421,7 +426,6 @@ mod tests {
             "bytes=5-1",
             "bytes=0-1,5-2",
             "bytes=1-2-3",
-            "bytes=0-1,,3-4",
             "bytes=-0",
             "bytes=+1-2",
             "bytes=0-99999999999999999999",
@@ -433,6 +437,16 @@ mod tests {
             apply(&twice, &stored(), &Bytes::from_static(BODY)),
             RangeOutcome::Full
         );
+    }
+
+    /// RFC 9110 §5.6.1: a list's empty elements, and whitespace around its commas, are ignored.
+    #[test]
+    fn empty_list_elements_and_whitespace_are_ignored() {
+        assert_eq!(single(ask("bytes=2-4,")), single(ask("bytes=2-4")));
+        assert_eq!(single(ask("bytes=, 2-4 ,,")), single(ask("bytes=2-4")));
+        let value = HeaderValue::from_static("bytes=0-1 ,, 3-4");
+        assert_eq!(plan(&value, 26), Plan::Ranges(vec![0..=1, 3..=4]));
+        assert_eq!(ask("bytes=,"), RangeOutcome::Full);
     }
 
     #[test]
