@@ -248,6 +248,7 @@ impl Origin {
                     limit: self.client_body_timeout,
                     timer: None,
                     gate: gate.clone().map(|gate| (gate, None)),
+                    wakers: None,
                 });
                 (body, Some(progress))
             };
@@ -445,6 +446,9 @@ struct Upload {
     /// For a client that expects `100-continue`: shut until the origin says to go on, and how
     /// long edge has waited for that.
     gate: Option<(Arc<Gate>, Option<Timer>)>,
+    /// The task's waker, and the one edge reads the client's body with, which wraps it
+    /// ([`Arrived`]): made again only when the task's changes.
+    wakers: Option<(Waker, Waker)>,
 }
 
 type Timer = Pin<Box<tokio::time::Sleep>>;
@@ -617,11 +621,18 @@ impl http_body::Body for Upload {
         }
         // When the client's next piece arrives the upload stops waiting on it, whether hyper
         // reads it at once or not (it does not while the origin takes nothing).
-        let waker = Waker::from(Arc::new(Arrived {
-            progress: this.progress.clone(),
-            waker: cx.waker().clone(),
-        }));
-        let polled = Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker));
+        let wakers = match this.wakers.take() {
+            Some(wakers) if wakers.0.will_wake(cx.waker()) => wakers,
+            _ => {
+                let arrived = Arrived {
+                    progress: this.progress.clone(),
+                    waker: cx.waker().clone(),
+                };
+                (cx.waker().clone(), Waker::from(Arc::new(arrived)))
+            }
+        };
+        let (_, waker) = this.wakers.insert(wakers);
+        let polled = Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(waker));
         this.progress.wait_on_client(polled.is_pending());
         let Poll::Ready(frame) = polled else {
             let Some(limit) = this.limit else {
