@@ -120,14 +120,24 @@ impl Ticket {
         self.fill.read(id, range)
     }
 
-    /// The bytes `range` of the body, once they have arrived (`None` if the fill failed first).
-    pub async fn gather(&mut self, range: std::ops::Range<u64>) -> Option<Bytes> {
-        let mut body = BytesMut::new();
-        let mut stream = std::pin::pin!(self.body_range(range));
-        while let Some(chunk) = stream.next().await {
-            body.extend_from_slice(&chunk.ok()?);
+    /// The bytes of each of `parts`, in turn, once they have arrived (`None` if the fill failed
+    /// first). Meanwhile the ticket's place is kept at the lowest start of the parts yet to read,
+    /// so that a body that will not be stored keeps their bytes (and goes on) for them.
+    pub async fn gather(&mut self, parts: &[std::ops::Range<u64>]) -> Option<Vec<Bytes>> {
+        let mut gathered = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(id) = self.reserved {
+                let lowest = parts[i..].iter().map(|part| part.start).min();
+                self.fill.move_reader(id, lowest.unwrap_or(part.start));
+            }
+            let mut body = BytesMut::new();
+            let mut stream = std::pin::pin!(self.fill.read(self.fill.add_reader(), part.clone()));
+            while let Some(chunk) = stream.next().await {
+                body.extend_from_slice(&chunk.ok()?);
+            }
+            gathered.push(body.freeze());
         }
-        Some(body.freeze())
+        Some(gathered)
     }
 }
 
@@ -382,6 +392,14 @@ impl Fill {
         id
     }
 
+    /// Moves reader `id`, if it is still reading, to `offset`.
+    fn move_reader(&self, id: u64, offset: u64) {
+        if let Some(at) = lock(&self.state).readers.get_mut(&id) {
+            *at = offset;
+        }
+        self.taken.notify_one();
+    }
+
     fn remove_reader(&self, id: u64) {
         if lock(&self.state).readers.remove(&id).is_some() {
             self.taken.notify_one();
@@ -484,10 +502,16 @@ impl Reader {
                         continue;
                     }
                     // Dropped chunks had been taken by every reader there was: this one came later.
+                    // If they all lie before its range, it goes on from the first one left.
                     spooled
                         if spooled.as_ref().is_none_or(|spooled| spooled.stopped)
                             && self.next < state.dropped =>
                     {
+                        if state.chunks_at <= self.range.start {
+                            self.next = state.dropped;
+                            self.offset = state.chunks_at;
+                            continue;
+                        }
                         Step::CutOff
                     }
                     spooled
@@ -1238,25 +1262,33 @@ fn add_validators(outgoing: &mut HeaderMap, stored: &HeaderMap) {
 mod tests {
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(5);
+
+    /// Has `reader` take "one two three" as it arrives in `fill`, and ask for more.
+    async fn take_all(
+        fill: &Fill,
+        reader: &mut (impl Stream<Item = std::io::Result<Bytes>> + Unpin),
+    ) {
+        for chunk in [&b"one "[..], b"two ", b"three"] {
+            fill.update(|state| state.chunks.push_back(Bytes::from_static(chunk)));
+            assert_eq!(reader.next().await.unwrap().unwrap(), chunk);
+        }
+        // It has taken the 13 bytes there are.
+        assert!(futures_util::FutureExt::now_or_never(reader.next()).is_none());
+    }
+
     /// Of a body that will not be stored, a request that joined the fill but has not begun to
     /// read when the others have taken its first chunks still gets it whole: the chunks are kept
     /// for it. Once it goes without reading, they are dropped, and with no one left, the fill
     /// stops reading.
     #[tokio::test]
     async fn a_request_yet_to_read_keeps_an_unstored_body_from_its_first_byte() {
-        let idle = Duration::from_secs(5);
         let fill = Arc::new(Fill::new([0; 32]));
-        let leader = Ticket::new(fill.clone(), false);
+        let mut first = Box::pin(Ticket::new(fill.clone(), false).body());
         let waiter = Ticket::new(fill.clone(), false);
-        let late = Ticket::new(fill.clone(), false);
-        let mut first = Box::pin(leader.body());
-        for chunk in [&b"one "[..], b"two ", b"three"] {
-            fill.update(|state| state.chunks.push_back(Bytes::from_static(chunk)));
-            assert_eq!(first.next().await.unwrap().unwrap(), chunk);
-        }
-        // The leader asks for more: it has taken the 13 bytes there are.
-        assert!(futures_util::FutureExt::now_or_never(first.next()).is_none());
-        assert!(keep_pace(&fill, "/x", 13, idle).await);
+        let gone = Ticket::new(fill.clone(), false);
+        take_all(&fill, &mut first).await;
+        assert!(keep_pace(&fill, "/x", 13, IDLE).await);
         assert_eq!(lock(&fill.state).dropped, 0);
         fill.update(|state| state.end = Some(End::Complete));
 
@@ -1264,13 +1296,37 @@ mod tests {
         let body: Vec<u8> = body.into_iter().flat_map(|chunk| chunk.unwrap()).collect();
         assert_eq!(body, b"one two three");
 
-        drop(late);
-        assert!(keep_pace(&fill, "/x", 13, idle).await);
+        drop(gone);
+        assert!(keep_pace(&fill, "/x", 13, IDLE).await);
         assert_eq!(lock(&fill.state).dropped, 3);
         drop(first);
-        assert!(!keep_pace(&fill, "/x", 13, idle).await);
+        assert!(!keep_pace(&fill, "/x", 13, IDLE).await);
     }
 
+    /// Several ranges of a body that will not be stored are read part by part: between parts, the
+    /// request keeps its place at the lowest start still to read, and a part whose bytes are still
+    /// held is read although chunks before it were dropped.
+    #[tokio::test]
+    async fn several_ranges_of_an_unstored_body_are_each_read_whole() {
+        let fill = Arc::new(Fill::new([0; 32]));
+        let mut first = Box::pin(Ticket::new(fill.clone(), false).body());
+        let mut ranged = Ticket::new(fill.clone(), false);
+        take_all(&fill, &mut first).await;
+        fill.update(|state| state.end = Some(End::Complete));
+        let parts = ranged.gather(&[8..13, 0..3, 4..7]).await.unwrap();
+        assert_eq!(parts, [&b"three"[..], b"one", b"two"]);
+
+        // With the first reader gone, the ranged request alone keeps the body going.
+        drop(first);
+        assert!(keep_pace(&fill, "/x", 13, IDLE).await);
+        let parts = ranged.gather(&[8..13, 4..7]).await.unwrap();
+        assert_eq!(parts, [&b"three"[..], b"two"]);
+        assert_eq!(
+            lock(&fill.state).dropped,
+            1,
+            "only what lies before 4 is dropped"
+        );
+    }
     #[test]
     fn slice_keeps_what_of_a_chunk_lies_in_the_range() {
         let chunk = Bytes::from_static(b"0123456789");

@@ -253,7 +253,7 @@ impl CacheStatus {
             None => "error",
             Some(Forward::Method) => "bypass",
             Some(_) if self.fwd_status.is_none() => "error",
-            Some(Forward::Stale) if self.fwd_status == Some(304) => "revalidated",
+            Some(Forward::Stale) if self.fwd_status == Some(304) && self.stored => "revalidated",
             Some(_) if self.stored => "miss",
             Some(_) => "pass",
         }

@@ -732,13 +732,16 @@ async fn answer_from_fill(
     peer: SocketAddr,
     request: &mut Parts,
     key: CacheKey,
-    fwd: Forward,
+    mut fwd: Forward,
     stale: Option<Arc<StoredEntry>>,
     mut role: Role,
 ) -> Answer {
     let request_cc = CacheControl::of(&request.headers);
     let mut fill_slot = *key.hash();
     let mut rejoined = false;
+    // Fills of other slots joined: an origin whose `Vary` changes from one response to the next
+    // could otherwise send a request from one to another for as long as both are in flight.
+    let mut hops = 0;
     loop {
         let (ticket, leader) = match role {
             Role::Leader(ticket) => (ticket, true),
@@ -779,7 +782,14 @@ async fn answer_from_fill(
                 // the request goes to the origin on its own. (One that arrives after is the
                 // origin's answer since the request came, and is taken whatever its directives.)
                 let ttl = if ticket.late {
-                    policy::decide(&shared.freshness, &request_cc, now).ok()
+                    match policy::decide(&shared.freshness, &request_cc, now) {
+                        Ok(ttl) => Some(ttl),
+                        // Why it goes on: the response is stale, or the request rules it out.
+                        Err(why) => {
+                            fwd = why;
+                            None
+                        }
+                    }
                 } else {
                     Some(shared.ttl)
                 };
@@ -798,7 +808,8 @@ async fn answer_from_fill(
                 let names = shared.variance.names_of();
                 let variant = Variance::select(&names, &request.headers).variant_key(key.hash());
                 let slot = *blake3::hash(&variant).as_bytes();
-                if slot != fill_slot {
+                if slot != fill_slot && hops < MAX_HOPS {
+                    hops += 1;
                     let mut job = fill_job(request, peer, &key, stale.clone());
                     job.slot = slot;
                     fill_slot = slot;
@@ -873,6 +884,9 @@ async fn answer_from_fill(
         );
     }
 }
+
+/// How many fills of other slots a request joins before it fetches on its own.
+const MAX_HOPS: u32 = 4;
 
 /// RFC 5861 §4: the origin failed and the stale response may stand in for it.
 async fn serve_stale_on_error(
@@ -1108,13 +1122,10 @@ async fn respond_to_range(
                     return build(StatusCode::PARTIAL_CONTENT, headers, part);
                 }
                 Some((length, Selection::Several(parts))) => {
-                    let mut gathered = Vec::with_capacity(parts.len());
-                    for part in &parts {
-                        match fill.gather(offsets(part)).await {
-                            Some(bytes) => gathered.push(bytes),
-                            None => return build(status, headers, payload.into_body()),
-                        }
-                    }
+                    let wanted: Vec<_> = parts.iter().map(offsets).collect();
+                    let Some(gathered) = fill.gather(&wanted).await else {
+                        return build(status, headers, payload.into_body());
+                    };
                     let mut gathered = gathered.into_iter();
                     let multipart =
                         range::several(&headers, &parts, length, |_| gathered.next().ok_or(()));
