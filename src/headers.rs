@@ -251,8 +251,9 @@ impl CacheStatus {
             None if self.detail == Some("only-if-cached") => "miss",
             None if self.detail == Some("options") => "local",
             None => "error",
-            Some(Forward::Method) => "bypass",
+            // The origin failed, or the client's upload did: whatever the method.
             Some(_) if self.fwd_status.is_none() => "error",
+            Some(Forward::Method) => "bypass",
             Some(Forward::Stale) if self.fwd_status == Some(304) && self.stored => "revalidated",
             Some(_) if self.stored => "miss",
             Some(_) => "pass",

@@ -143,16 +143,27 @@ impl Node {
             clients,
             stop.clone(),
             move |peer, request| proxy::handle(proxy.clone(), peer, request),
+            {
+                let edge = edge.clone();
+                move |peer, status| proxy::rejected(&edge, peer, status)
+            },
         );
-        let admin = listener::serve(admin, limits, None, stop.clone(), move |_, request| {
-            admin_app
-                .clone()
-                .oneshot(request)
-                .map(|answer| match answer {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                })
-        });
+        let admin = listener::serve(
+            admin,
+            limits,
+            None,
+            stop.clone(),
+            move |_, request| {
+                admin_app
+                    .clone()
+                    .oneshot(request)
+                    .map(|answer| match answer {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    })
+            },
+            |_, _| {},
+        );
         let main = tokio::spawn(main);
         let admin = tokio::spawn(admin);
         stop.cancelled().await;

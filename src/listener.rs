@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use axum::response::Response;
 use futures_util::FutureExt;
+use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -70,17 +71,20 @@ impl Limits {
 /// A listener (the main one or the admin one): HTTP/1.1 and HTTP/2 (prior knowledge)
 /// connections, every request to `handle` with the client's address, until `stop`; then no new
 /// connections, and the open ones close as their requests end. Its connections, and those closed
-/// on a limit, are counted in `metrics`, if given.
-pub async fn serve<H, F>(
+/// on a limit, are counted in `metrics`, if given. A request hyper answers itself, because its
+/// head did not parse, goes to `rejected` with the status hyper sent.
+pub async fn serve<H, F, R>(
     listener: TcpListener,
     limits: Limits,
     metrics: Option<ClientMetrics>,
     stop: CancellationToken,
     handle: H,
+    rejected: R,
 ) -> std::io::Result<()>
 where
     H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
+    R: Fn(std::net::SocketAddr, StatusCode) + Clone + Send + 'static,
 {
     let protocols = Arc::new(Protocols {
         http1: hyper::server::conn::http1::Builder::new(),
@@ -113,6 +117,7 @@ where
             handle.clone(),
         );
         let metrics = metrics.as_ref().map(Counted::new);
+        let rejected = rejected.clone();
         connections.spawn(async move {
             match connection.await {
                 Ok(None) => {}
@@ -122,7 +127,12 @@ where
                         metrics.0.disconnected(why);
                     }
                 }
-                Err(err) => tracing::debug!(%peer, %err, "client connection ended"),
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "client connection ended");
+                    if let Some(status) = answered_by_hyper(&err) {
+                        rejected(peer, status);
+                    }
+                }
             }
         });
     }
@@ -130,6 +140,25 @@ where
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// The status hyper's HTTP/1 server answered a request head it could not parse with, if it did
+/// (`on_error` in hyper's `proto/h1/role.rs`): 400, 414 for a URI too long, 431 for a head too
+/// large. (Over HTTP/2, a malformed request resets its stream.)
+fn answered_by_hyper(err: &hyper::Error) -> Option<StatusCode> {
+    if err.is_parse_too_large() {
+        // Its two kinds are told apart only by their messages.
+        let uri = err.to_string().contains("URI too long");
+        Some(if uri {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        })
+    } else if err.is_parse() && !err.is_parse_version_h2() && !err.is_parse_status() {
+        Some(StatusCode::BAD_REQUEST)
+    } else {
+        None
+    }
 }
 
 /// A connection counted open in the metrics until this is dropped, however its task ends.

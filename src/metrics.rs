@@ -131,7 +131,7 @@ impl Metrics {
         let bytes_served = Counter::default();
         registry.register(
             "served_bytes",
-            "Response body bytes sent to clients",
+            "Response body bytes handed to client connections (a response cut short counts what was in send buffers too)",
             bytes_served.clone(),
         );
         let collapsed = Counter::default();
@@ -265,24 +265,24 @@ impl Collector for CacheCollector {
         gauge(
             &mut encoder,
             "cache_entries",
-            "Objects held per tier (memory: URIs with all their variants; disk: records)",
+            "Objects held per tier (memory: URIs with all their variants; disk: records).",
             &|s| s.entries,
         )?;
         gauge(
             &mut encoder,
             "cache_bytes",
-            "Bytes held per tier (disk: its whole footprint as the budget counts it)",
+            "Bytes held per tier (disk: its whole footprint as the budget counts it).",
             &|s| s.bytes,
         )?;
         gauge(
             &mut encoder,
             "cache_capacity_bytes",
-            "Bytes a tier may hold now (disk: cache.disk.capacity, or less when its file system has less room than that beyond cache.disk.min_free)",
+            "Bytes a tier may hold now (disk: cache.disk.capacity, or less when its file system has less room than that beyond cache.disk.min_free).",
             &|s| s.capacity,
         )?;
         let mut family = encoder.encode_descriptor(
             "cache_evictions",
-            "Objects evicted to keep a tier within its capacity",
+            "Objects evicted to keep a tier within its capacity.",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -295,7 +295,7 @@ impl Collector for CacheCollector {
         let failures = ConstCounter::new(stats.integrity_failures);
         failures.encode(encoder.encode_descriptor(
             "disk_integrity_failures",
-            "Disk records dropped because they failed verification",
+            "Disk records dropped because they failed verification.",
             None,
             failures.metric_type(),
         )?)?;
@@ -303,14 +303,14 @@ impl Collector for CacheCollector {
             let up = ConstGauge::new(i64::from(on));
             up.encode(encoder.encode_descriptor(
                 "disk_up",
-                "1 while the disk tier is on; 0 while its store, which failed a write (a full file system), is off and being reopened",
+                "1 while the disk tier is on; 0 while its store, which failed a write (a full file system), is off and being reopened.",
                 None,
                 up.metric_type(),
             )?)?;
             let failures = ConstCounter::new(stats.disk_failures);
             failures.encode(encoder.encode_descriptor(
                 "disk_failures",
-                "Times the disk tier went off because its store failed a write",
+                "Times the disk tier went off because its store failed a write.",
                 None,
                 failures.metric_type(),
             )?)?;

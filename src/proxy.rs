@@ -161,7 +161,7 @@ pub fn handle(
         };
         let (mut response, outcome) = if !host_is_valid(&request) {
             let body = "edge: a request needs one valid Host, and no user in its authority\n";
-            local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default())
+            local_response(StatusCode::BAD_REQUEST, body, said(INVALID))
         } else if method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
         } else {
@@ -237,7 +237,7 @@ async fn purge_request(
     peer: SocketAddr,
     request: &Parts,
 ) -> Answer {
-    let status = CacheStatus::default();
+    let status = said("purge");
     if !config::allowed(&settings.purge.allow, peer.ip()) {
         warn!(client = %peer.ip(), uri = %request.uri, "PURGE refused: client not in purge.allow");
         return local_response(
@@ -260,13 +260,13 @@ async fn purge_request(
         // Not taken for a hard purge: asked for, a soft one may have been meant.
         Some(_) => {
             let body = "edge: Edge-Soft-Purge is 1 (or true) or 0 (or false)\n";
-            return local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default());
+            return local_response(StatusCode::BAD_REQUEST, body, said("purge"));
         }
     };
     let purged = purge_url(edge, &url, soft).await;
     let key = CacheKey::new(&url);
     let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
-    json_response(StatusCode::OK, &body, CacheStatus::default())
+    json_response(StatusCode::OK, &body, status)
 }
 
 /// Purges every variant of `url` from both tiers (or marks them stale); returns how many. The
@@ -367,6 +367,26 @@ impl AccessRecord {
             origin_ms = self.origin_time.map(millis),
             complete,
             cache_status = self.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        );
+    }
+}
+
+/// A request whose head hyper could not parse, and answered itself with `status` before edge saw
+/// it: counted, and logged as nginx logs one (no method or target), so that every response has
+/// its line.
+pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode) {
+    edge.metrics.request("error", false);
+    if edge.config().log.access {
+        tracing::info!(
+            target: "edge::access",
+            client = %peer.ip(),
+            method = "-",
+            uri = "-",
+            status = status.as_u16(),
+            cache = "error",
+            bytes = 0,
+            complete = true,
+            cache_status = "",
         );
     }
 }
@@ -532,14 +552,14 @@ fn route(
             .filter(|coding| !coding.trim_ascii().is_empty());
         if codings.next().is_some() && codings.next().is_some() {
             let body = "edge: no transfer coding but chunked is understood\n";
-            return local_response(StatusCode::NOT_IMPLEMENTED, body, CacheStatus::default());
+            return local_response(StatusCode::NOT_IMPLEMENTED, body, said("transfer-coding"));
         }
         // TRACE echoes the request back, cookies and credentials included, to whatever script
         // got a client to send it; edge answers it itself, as nginx does.
         if request.method == Method::TRACE {
             let body = "edge: TRACE is not allowed\n";
             let (mut response, outcome) =
-                local_response(StatusCode::METHOD_NOT_ALLOWED, body, CacheStatus::default());
+                local_response(StatusCode::METHOD_NOT_ALLOWED, body, said("trace"));
             response
                 .headers_mut()
                 .insert(header::ALLOW, allowed_methods());
@@ -553,7 +573,7 @@ fn route(
                 _ if request.uri.path() == "*" => return options_answer(),
                 Err(()) => {
                     let body = "edge: invalid Max-Forwards\n";
-                    return local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default());
+                    return local_response(StatusCode::BAD_REQUEST, body, said(INVALID));
                 }
                 Ok(Some(0)) => return options_answer(),
                 Ok(Some(n)) => {
@@ -598,11 +618,7 @@ fn max_forwards(headers: &HeaderMap) -> Result<Option<u64>, ()> {
 
 /// edge's own answer to an `OPTIONS` that goes no further.
 fn options_answer() -> Answer {
-    let status = CacheStatus {
-        detail: Some("options"),
-        ..CacheStatus::default()
-    };
-    let (mut response, outcome) = local_response(StatusCode::OK, "", status);
+    let (mut response, outcome) = local_response(StatusCode::OK, "", said("options"));
     let headers = response.headers_mut();
     headers.insert(header::ALLOW, allowed_methods());
     headers.remove(header::CONTENT_TYPE);
@@ -611,8 +627,19 @@ fn options_answer() -> Answer {
 
 fn invalid_target() -> Answer {
     let body = "edge: invalid request target\n";
-    local_response(StatusCode::BAD_REQUEST, body, CacheStatus::default())
+    local_response(StatusCode::BAD_REQUEST, body, said(INVALID))
 }
+
+/// The `Cache-Status` of an answer edge makes itself, saying why.
+fn said(detail: &'static str) -> CacheStatus {
+    CacheStatus {
+        detail: Some(detail),
+        ..CacheStatus::default()
+    }
+}
+
+/// Why edge answered a malformed request itself.
+const INVALID: &str = "invalid-request";
 
 /// lookup and decide, for GET and HEAD.
 #[expect(
@@ -671,12 +698,8 @@ fn serve_cacheable(
         };
         // RFC 9111 §5.2.1.7: nothing usable is stored, and the client forbids going forward.
         if request_cc.has("only-if-cached") {
-            let status = CacheStatus {
-                detail: Some("only-if-cached"),
-                ..CacheStatus::default()
-            };
             let body = "edge: not in cache (only-if-cached)\n";
-            return local_response(StatusCode::GATEWAY_TIMEOUT, body, status);
+            return local_response(StatusCode::GATEWAY_TIMEOUT, body, said("only-if-cached"));
         }
         let partial = request.headers.contains_key(header::RANGE);
         if pass {
@@ -748,7 +771,10 @@ async fn answer_from_fill(
             Role::Waiter(ticket) => (ticket, false),
         };
         let wait = (!leader).then_some(settings.cache.collapse_wait.0);
+        let asked = Instant::now();
         let head = ticket.fill.head(wait).await;
+        // What this request waited for the origin: a waiter, not all of the leader's time.
+        let waited = asked.elapsed();
         let now = edge.clock.now();
         // RFC 5861 §4: a 500, 502, 503 or 504, or no answer at all, may be covered by stale.
         let stale_on_error = |status: Option<StatusCode>| {
@@ -801,7 +827,9 @@ async fn answer_from_fill(
                     status.stored = true;
                     status.collapsed = !leader;
                     status.ttl = Some(ttl);
-                    return respond_shared(request, &shared, ticket, status, now).await;
+                    let origin_time = if leader { shared.origin_time } else { waited };
+                    return respond_shared(request, &shared, ticket, status, origin_time, now)
+                        .await;
                 }
                 // Other Vary values, or a response too old for this request: collapse with the
                 // requests in the same case, in a slot for this request's values.
@@ -930,12 +958,14 @@ fn respond_stored(
     respond(request, entry.status, headers, payload, outcome)
 }
 
-/// A response from a shareable fill, streamed as it arrives.
+/// A response from a shareable fill, streamed as it arrives; `origin_time` is how long this
+/// request waited for its head.
 fn respond_shared(
     request: &Parts,
     shared: &SharedHead,
     ticket: Ticket,
     status: CacheStatus,
+    origin_time: Duration,
     now: SystemTime,
 ) -> impl Future<Output = Answer> {
     let mut headers = shared.headers.clone();
@@ -952,7 +982,7 @@ fn respond_shared(
         status,
         freshness: Some(shared.freshness),
         variance: Some(shared.variance.clone()),
-        origin_time: Some(shared.origin_time),
+        origin_time: Some(origin_time),
     };
     respond(request, shared.status, headers, payload, outcome)
 }

@@ -36,6 +36,29 @@ async fn healthz_answers_while_serving() {
     );
 }
 
+/// A request whose origin failed is an `error` whatever its method: an upload that got a 502 is
+/// not a `bypass`.
+#[tokio::test]
+async fn a_failed_upload_counts_as_an_error() {
+    let h = Harness::new().await;
+    let nothing = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let edge = h.edge_before(nothing).await;
+    let answer = edge.send(Method::POST, "/upload", &[]).await;
+    assert_eq!(answer.status, 502, "{}", answer.cache_status());
+    let text = edge.metrics().await;
+    let requests = |status: &str| {
+        sample(
+            &text,
+            &format!("edge_requests_total{{cache_status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(
+        (requests("error"), requests("bypass")),
+        (1.0, 0.0),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_what_the_cache_did() {
     let h = Harness::new().await;

@@ -752,7 +752,10 @@ async fn a_request_target_climbing_out_of_the_origin_prefix_is_rejected() {
     let response = raw_request(edge.addr, &request).await;
     assert_eq!(response.status, 400, "{:?}", response);
     // Edge answered itself: no hit, nothing forwarded.
-    assert_eq!(response.header("cache-status"), Some("edge"));
+    assert_eq!(
+        response.header("cache-status"),
+        Some("edge; detail=invalid-request")
+    );
     assert_ne!(response.body, b"outside the prefix");
     assert!(
         h.origin.received().is_empty(),
@@ -1321,6 +1324,7 @@ async fn trace_is_not_forwarded() {
     let response = raw_request(edge.addr, &request).await;
     assert_eq!(response.status, 405, "{response:?}");
     assert!(response.header("allow").is_some(), "{response:?}");
+    assert_eq!(response.header("cache-status"), Some("edge; detail=trace"));
     assert_eq!(h.origin.hits("/t"), 0);
 }
 
@@ -1413,6 +1417,8 @@ async fn a_request_body_in_an_unknown_transfer_coding_gets_a_501() {
         );
         let response = raw_request(edge.addr, &request).await;
         assert_eq!(response.status, 501, "{coding}: {response:?}");
+        let said = response.header("cache-status");
+        assert_eq!(said, Some("edge; detail=transfer-coding"), "{coding}");
     }
     assert_eq!(h.origin.hits("/up"), 0);
     let request = "POST /up HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\

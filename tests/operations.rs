@@ -333,6 +333,98 @@ async fn access_log_says_a_fully_sent_response_is_complete() {
     );
 }
 
+/// 1e. A request that joined another's fetch logs how long it waited for the origin, not the
+/// whole of the other's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collapsed_request_logs_its_own_wait_for_the_origin() {
+    let origin = origin().await;
+    origin.reply(
+        "/slow",
+        cacheable("worth it\n").delay(Duration::from_millis(800)),
+    );
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let edge = Edge::start(dir, &mut conf, None).await;
+    let leader = edge.get("/slow");
+    let waiter = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        edge.get("/slow").await
+    };
+    let (_, (_, waiter_status, _)) = tokio::join!(leader, waiter);
+    assert!(waiter_status.contains("collapsed"), "{waiter_status}");
+    let lines = edge.wait_lines(2, is_access).await;
+    let number = |line: &str, name: &str| -> f64 {
+        field(line, name)
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap()
+    };
+    let waiter = lines
+        .iter()
+        .find(|line| line.contains("collapsed"))
+        .unwrap();
+    let leader = lines
+        .iter()
+        .find(|line| !line.contains("collapsed"))
+        .unwrap();
+    assert!(number(leader, "origin_ms") >= 800.0, "{leader}");
+    let (waited, took) = (number(waiter, "origin_ms"), number(waiter, "duration_ms"));
+    assert!(waited <= took && waited < 700.0, "{waiter}");
+}
+
+/// 1d. A request whose head hyper cannot parse is answered by hyper before edge sees it (400, 414
+/// for a target too long, 431 for a head too large); it still gets its access line, as nginx
+/// logs one (`method="-"`), and is counted as an `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_hyper_rejects_is_logged_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = origin().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    let edge = Edge::start(dir, &mut conf, None).await;
+    let long = format!("GET /{} HTTP/1.1\r\nHost: edge\r\n\r\n", "a".repeat(70_000));
+    let large = format!(
+        "GET / HTTP/1.1\r\nHost: edge\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(500_000)
+    );
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_owned(), "400"),
+        ("GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(), "400"),
+        (long, "414"),
+        (large, "431"),
+    ];
+    for (i, (request, status)) in cases.iter().enumerate() {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", edge.listen))
+            .await
+            .unwrap();
+        // The head may be refused before all of it is written.
+        let _ = client.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        let lines = edge.wait_lines(i + 1, is_access).await;
+        let line = &lines[i];
+        assert_eq!(field(line, "status"), Some(*status), "{line}");
+        assert_eq!(field(line, "method"), Some("\"-\""), "{line}");
+        assert_eq!(field(line, "cache"), Some("\"error\""), "{line}");
+    }
+    let metrics = edge
+        .client
+        .get(format!("http://127.0.0.1:{}/metrics", edge.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors = "edge_requests_total{cache_status=\"error\"} 4";
+    assert!(metrics.contains(errors), "{metrics}");
+}
+
 /// 1c. A client that leaves before its answer (here it half-closes its connection, as `nc -N`
 /// does, then waits) gets a line of its own, `status=499 cache="abandoned"` as nginx logs it, and
 /// is counted in `edge_requests_total`; the fill it started still stores the response.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::HeaderName;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::CacheConfig;
 use disk::{DiskTier, Spool};
@@ -228,12 +228,13 @@ impl Cache {
     /// the write, so an invalidation racing it wins either way.
     pub async fn store(&self, key: &CacheKey, entry: Arc<StoredEntry>, fetched: u64) {
         if self.purged_since(key, &entry, fetched) {
-            return;
+            return not_stored_for_purge(key);
         }
         self.memory.insert(*key.hash(), entry.clone());
         self.store_on_disk(key, entry.clone()).await;
         if self.purged_since(key, &entry, fetched) {
             self.remove(key).await;
+            not_stored_for_purge(key);
         }
     }
 
@@ -297,7 +298,7 @@ impl Cache {
     ) {
         let Some(disk) = &self.disk else { return };
         if self.purged_since(key, &entry, fetched) {
-            return;
+            return not_stored_for_purge(key);
         }
         // An older, smaller copy in memory would otherwise be found first.
         self.memory.remove(key.hash());
@@ -324,6 +325,7 @@ impl Cache {
         };
         if self.purged_since(key, &entry, fetched) {
             self.remove(key).await;
+            not_stored_for_purge(key);
         }
     }
 
@@ -434,4 +436,13 @@ impl Cache {
             warn!(%err, "flushing the disk tier failed");
         }
     }
+}
+
+/// A response fetched before its URI (or a tag it carries) was purged or invalidated is not
+/// stored: it may predate the change. Said, since its answer had already said `stored`.
+fn not_stored_for_purge(key: &CacheKey) {
+    info!(
+        url = key.url(),
+        "purged or invalidated while it was fetched; not storing it"
+    );
 }
