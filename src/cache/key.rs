@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use http::HeaderMap;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 
 /// The primary key of a stored response: the path and query edge asks the origin for (HEAD maps
 /// to GET). The origin's scheme and authority are not part of it, so that pointing edge at another
@@ -48,17 +48,22 @@ impl CacheKey {
 }
 
 /// The request header values named by a stored response's `Vary`, normalised so that requests
-/// that differ only in ways the header's semantics ignore select the same response: whitespace
-/// and line folding always; for the content-negotiation fields, letter case; for `Accept-Encoding`
-/// and `Accept-Charset`, the order of list members too (their preference comes from `q` weights).
-/// The order of `Accept` and `Accept-Language` members is kept: among equal weights, servers take
-/// the first (RFC 9110 §12.5.4 says as much of languages), so it is not known to mean nothing,
-/// as RFC 9111 §4.1 asks of a normalisation.
+/// that differ only in ways the header's semantics ignore select the same response (RFC 9111
+/// §4.1), and no further: the content-negotiation fields are lists, whose whitespace and line
+/// folding, letter case, and for `Accept-Encoding` and `Accept-Charset` order of members (their
+/// preference comes from `q` weights) mean nothing. The order of `Accept` and `Accept-Language`
+/// members is kept: among equal weights, servers take the first (RFC 9110 §12.5.4 says as much of
+/// languages). `Cookie`'s lines and pairs are joined with `; ` as edge forwards them (RFC 9113
+/// §8.2.3); a comma is part of a cookie's value. Any other field (`User-Agent`, `Origin`, an
+/// `X-` one) is compared as the origin sees it, its lines joined: not knowing its syntax, edge
+/// cannot tell which differences mean nothing to it, and one client could otherwise have its
+/// answer stored for another's value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variance(Vec<(HeaderName, Option<String>)>);
 
-/// Fields whose list members are compared without regard to case.
-const CASELESS: [HeaderName; 4] = [
+/// The fields compared as comma-separated lists of members (RFC 9110 §12.5), without regard to
+/// whitespace or letter case.
+const LISTS: [HeaderName; 4] = [
     header::ACCEPT,
     header::ACCEPT_CHARSET,
     header::ACCEPT_ENCODING,
@@ -152,26 +157,50 @@ impl Variance {
     }
 }
 
-/// All lines of a header as one normalised list, or `None` when the request does not carry it.
+/// A field line's value as text. Each byte past ASCII is spelled out after a NUL, which no field
+/// value holds: two different values must not read alike (as both would with U+FFFD), or one
+/// client's variant would be served to another.
+fn text_of(value: &HeaderValue) -> Cow<'_, str> {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(value.as_bytes().iter().fold(String::new(), |mut text, &b| {
+            if b.is_ascii() {
+                text.push(char::from(b));
+            } else {
+                text.push_str(&format!("\0{b:02x}"));
+            }
+            text
+        })),
+    }
+}
+
+/// All lines of a header as one normalised value, or `None` when the request does not carry it.
 fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut lines = request.get_all(name).iter().peekable();
+    lines.peek()?;
+    let ows: &[char] = &[' ', '\t'];
+    if *name == header::COOKIE {
+        let mut pairs: Vec<String> = Vec::new();
+        for value in lines {
+            let text = text_of(value);
+            let pairs_of_line = text.split(';').map(|pair| pair.trim_matches(ows));
+            pairs.extend(
+                pairs_of_line
+                    .filter(|pair| !pair.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        return Some(pairs.join("; "));
+    }
+    if !LISTS.contains(name) {
+        let lines: Vec<String> = lines
+            .map(|value| text_of(value).trim_matches(ows).to_owned())
+            .collect();
+        return Some(lines.join(", "));
+    }
     let mut members: Vec<String> = Vec::new();
-    let mut present = false;
-    for value in request.get_all(name) {
-        present = true;
-        let text = match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => Cow::Borrowed(text),
-            // Each byte past ASCII spelled out after a NUL, which no field value holds: two
-            // different values must not read alike (as both would with U+FFFD), or one client's
-            // variant would be served to another.
-            Err(_) => Cow::Owned(value.as_bytes().iter().fold(String::new(), |mut text, &b| {
-                if b.is_ascii() {
-                    text.push(char::from(b));
-                } else {
-                    text.push_str(&format!("\0{b:02x}"));
-                }
-                text
-            })),
-        };
+    for value in lines {
+        let text = text_of(value);
         members.extend(
             text.split(',')
                 // SP and HTAB only (RFC 9110 §5.6.3): a value with another space in it (U+00A0)
@@ -186,13 +215,8 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
                 .filter(|member| !member.is_empty()),
         );
     }
-    if !present {
-        return None;
-    }
-    if CASELESS.contains(name) {
-        for member in &mut members {
-            member.make_ascii_lowercase();
-        }
+    for member in &mut members {
+        member.make_ascii_lowercase();
     }
     if UNORDERED.contains(name) {
         members.sort();
@@ -251,6 +275,42 @@ mod tests {
             variance.variant_key(&[1; 32]),
             variance.variant_key(&[2; 32])
         );
+    }
+
+    /// `Cookie` is not a comma list: its lines (HTTP/2 sends one per pair) and pairs are joined
+    /// with `; `, as edge forwards them, and a comma stays part of a value. Fields edge does not
+    /// know the syntax of are compared as sent, their lines joined.
+    #[test]
+    fn variance_compares_cookies_by_pairs_and_other_fields_as_sent() {
+        let vary = |names: &'static str| {
+            let mut response = HeaderMap::new();
+            response.insert(header::VARY, HeaderValue::from_static(names));
+            response
+        };
+        let asking = |name: &'static str, lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(name, HeaderValue::from_static(line));
+            }
+            headers
+        };
+        let cookie = Variance::capture(&vary("Cookie"), &asking("cookie", &["a=1; b=2"])).unwrap();
+        assert!(cookie.matches(&asking("cookie", &["a=1", "b=2"])));
+        assert!(cookie.matches(&asking("cookie", &["a=1;b=2 "])));
+        assert!(!cookie.matches(&asking("cookie", &["a=1, b=2"])));
+        assert!(!cookie.matches(&asking("cookie", &["b=2; a=1"])));
+        let split = Variance::capture(&vary("Cookie"), &asking("cookie", &["a=1", "b=2"])).unwrap();
+        assert_eq!(split.variant_key(&[1; 32]), cookie.variant_key(&[1; 32]));
+
+        let agent = "Mozilla/5.0 (KHTML, like Gecko)";
+        let ua = Variance::capture(&vary("User-Agent"), &asking("user-agent", &[agent])).unwrap();
+        assert!(ua.matches(&asking("user-agent", &[agent])));
+        for other in [
+            "Mozilla/5.0 (KHTML,like Gecko)",
+            "Mozilla/5.0  (KHTML, like Gecko)",
+        ] {
+            assert!(!ua.matches(&asking("user-agent", &[other])), "{other}");
+        }
     }
 
     #[test]
