@@ -40,15 +40,17 @@ use crate::config::CacheConfig;
 use crate::origin::{self, OriginError, Upstream};
 use crate::proxy::Edge;
 
-/// Request header fields that make a request conditional or partial. A fill asks the origin for
-/// the whole, current representation; edge answers the client's conditions itself.
-const CLIENT_CONDITIONS: [header::HeaderName; 6] = [
+/// Request header fields a fill does not pass on: those that make a request conditional or
+/// partial (a fill asks the origin for the whole, current representation; edge answers the
+/// client's conditions itself), and `Expect`, as a fill sends no content (RFC 9110 §10.1.1).
+const CLIENT_CONDITIONS: [header::HeaderName; 7] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
     header::IF_UNMODIFIED_SINCE,
     header::IF_RANGE,
     header::RANGE,
+    header::EXPECT,
 ];
 
 /// What one fill needs to ask the origin.

@@ -283,6 +283,9 @@ impl Origin {
                     Err(OriginError::ClientBody(error_chain(&*err)))
                 }
                 Ok(Err(err)) if timed_out(&*err) => Err(OriginError::Timeout(self.timeout)),
+                Ok(Err(err)) if unparsable(&*err) => {
+                    Err(OriginError::Invalid("a response head that does not parse"))
+                }
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
                 Ok(Ok((mut response, sender))) => {
                     let reuse = match check_framing(&mut response, head) {
@@ -828,6 +831,14 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 }
 
 /// The I/O errors in an error's chain of causes, the error itself first.
+/// Whether the origin answered with a response head hyper could not parse (a control byte, a
+/// folded line): an answer, not a failure to reach it.
+fn unparsable(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |cause| cause.source())
+        .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
+        .any(hyper::Error::is_parse)
+}
+
 fn io_errors<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a std::io::Error> {
@@ -866,6 +877,14 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     }
     if version == Version::HTTP_2 {
         join_cookies(&mut headers);
+    }
+    // A field on several lines (a cheap test: more values than names). The request's framing was
+    // checked already: several `Content-Length` lines agree, and go on as one (RFC 9112 §6.3), as
+    // an origin may refuse the request otherwise.
+    if headers.len() > headers.keys_len()
+        && let Some(length) = headers.get(header::CONTENT_LENGTH).cloned()
+    {
+        headers.insert(header::CONTENT_LENGTH, length);
     }
     // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored; the origin is not to wait
     // to be asked for the body either.

@@ -159,8 +159,7 @@ pub fn handle(
             log: settings.log.access,
             edge: &edge,
         };
-        let (mut response, outcome) = if !host_is_valid(&request) {
-            let body = "edge: a request needs one valid Host, and no user in its authority\n";
+        let (mut response, outcome) = if let Err(body) = head_is_valid(&request) {
             local_response(StatusCode::BAD_REQUEST, body, said(INVALID))
         } else if method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
@@ -207,26 +206,44 @@ pub fn handle(
 /// literal in brackets).
 static IN_HOST: [bool; 256] = origin::printable_except(b"\"#/<>?@\\^`{|}");
 
-/// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any HTTP/1 request at most one,
-/// and its value is made of the characters of a host and port (HTTP/2 has `:authority`
-/// instead). A target's authority with
-/// user information is refused too (RFC 9110 §4.2.4: likely there to disguise the host).
-fn host_is_valid(request: &Parts) -> bool {
+/// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any request at most one, and
+/// its value is made of the characters of a host and port (HTTP/2 has `:authority` instead, and
+/// may leave `Host` out). A target's authority with user information is refused too (RFC 9110
+/// §4.2.4: likely there to disguise the host). `Err` says what is wrong.
+fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
+    const HOST: &str = "edge: a request needs one valid Host, and no user in its authority\n";
     if (request.uri.authority()).is_some_and(|authority| authority.as_str().contains('@')) {
-        return false;
+        return Err(HOST);
     }
+    let valid = |host: &HeaderValue| host.as_bytes().iter().all(|&b| IN_HOST[usize::from(b)]);
     if request.version > Version::HTTP_11 {
-        return true;
+        // RFC 9113 §8.2.1: a field value that begins or ends with whitespace makes the request
+        // malformed, and it may not be forwarded (§8.1.1). (HTTP/1's parser trims it.)
+        let mut hosts = 0;
+        for (name, value) in &request.headers {
+            let ends = [value.as_bytes().first(), value.as_bytes().last()];
+            if ends.iter().any(|end| matches!(end, Some(b' ' | b'\t'))) {
+                return Err("edge: a field value begins or ends with whitespace\n");
+            }
+            if name == header::HOST {
+                hosts += 1;
+                if hosts > 1 || !valid(value) {
+                    return Err(HOST);
+                }
+            }
+        }
+        return Ok(());
     }
     // A walk over the few fields of a request costs less than hashing a name to look it up.
     let mut hosts = (request.headers.iter())
         .filter(|&(name, _)| name == header::HOST)
         .map(|(_, value)| value);
-    match (hosts.next(), hosts.next()) {
+    let ok = match (hosts.next(), hosts.next()) {
         (None, _) => request.version < Version::HTTP_11,
-        (Some(host), None) => host.as_bytes().iter().all(|&b| IN_HOST[usize::from(b)]),
+        (Some(host), None) => valid(host),
         (Some(_), Some(_)) => false,
-    }
+    };
+    if ok { Ok(()) } else { Err(HOST) }
 }
 
 /// `PURGE <path>` on the main listener: removes every variant of one URL from both tiers, for
@@ -529,9 +546,11 @@ fn route(
             // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped,
             // and so is its `Content-Length`: the origin would otherwise wait for a body that is
             // never sent, and every request joining that fill with it. (`Transfer-Encoding` is
-            // hop-by-hop, removed on the way.)
+            // hop-by-hop, removed on the way.) Nor may a request without content expect `100
+            // Continue` (§10.1.1).
             if !body.is_end_stream() {
                 request.headers.remove(header::CONTENT_LENGTH);
+                request.headers.remove(header::EXPECT);
             }
             return match key {
                 Some(key) => serve_cacheable(edge, settings, peer, request, key).await,

@@ -954,6 +954,21 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
     assert_eq!(r.status, 502);
     assert_eq!(r.param("detail"), Some("origin-invalid"));
 
+    // A head that does not parse (a control byte, a folded line) is an invalid answer too, not
+    // an origin out of reach.
+    for response in [
+        b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok".as_slice(),
+        b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let response: &'static [u8] = response;
+        let (origin, _) = raw_origin(response).await;
+        let edge = h.edge_before(origin).await;
+        let r = edge.get("/a").await;
+        let shown = String::from_utf8_lossy(response);
+        assert_eq!(r.status, 502, "{shown}");
+        assert_eq!(r.param("detail"), Some("origin-invalid"), "{shown}");
+    }
+
     // A Content-Length list of one value (RFC 9110 §8.6) is that value; the client got no answer.
     for response in [
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2, 2\r\n\r\nok".as_slice(),
@@ -1444,4 +1459,103 @@ async fn an_http10_expectation_goes_no_further() {
         received.headers
     );
     assert_eq!(received.body, "hello");
+}
+
+/// RFC 9113 §8.2.1, §8.1.1: over HTTP/2 a field value that begins or ends with whitespace makes
+/// the request malformed, and it is not forwarded; nor is one with two `Host` fields or a `Host`
+/// with a user in it, as over HTTP/1.1 (RFC 9112 §3.2).
+#[tokio::test]
+async fn a_malformed_http2_request_is_refused_not_forwarded() {
+    let h = Harness::new().await;
+    h.origin.reply("/m", Reply::ok("fine"));
+    let edge = h.edge().await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let bad: [&[(&str, &str)]; 5] = [
+        &[("x-a", "  padded  ")],
+        &[("x-a", "\tv")],
+        &[("x-a", " ")],
+        &[("host", "a.test"), ("host", "b.test")],
+        &[("host", "user@a.test")],
+    ];
+    for fields in bad {
+        let mut request = h2.get(edge.url("/m"));
+        for (name, value) in fields {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 400, "{fields:?}");
+        let said = response.headers()["cache-status"].to_str().unwrap();
+        assert_eq!(said, "edge; detail=invalid-request", "{fields:?}");
+    }
+    assert_eq!(h.origin.hits("/m"), 0);
+    let fine = h2
+        .get(edge.url("/m"))
+        .header("x-a", "in the middle ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+    assert_eq!(h.origin.hits("/m"), 1);
+}
+
+/// RFC 9112 §6.3: `Content-Length` on two lines that agree is one length; it goes on as one line
+/// (an origin may refuse a request with two). Over HTTP/2 both lines reach edge.
+#[tokio::test]
+async fn a_content_length_sent_twice_goes_on_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nhello") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = head_tx.send(String::from_utf8_lossy(&got).to_lowercase());
+        let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+        socket.write_all(answer).await.unwrap();
+        let _ = socket.read(&mut buf).await;
+    });
+    let h = Harness::new().await;
+    let edge = h.edge_before(origin).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut fields = reqwest::header::HeaderMap::new();
+    fields.append("content-length", "5".parse().unwrap());
+    fields.append("content-length", "5".parse().unwrap());
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("hello"))]);
+    let response = (h2.post(edge.url("/up")).headers(fields))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let head = head_rx.await.unwrap();
+    assert_eq!(head.matches("content-length: 5\r\n").count(), 1, "{head}");
+}
+
+/// RFC 9110 §10.1.1: a request without content may not expect `100 Continue`; a fill sends none,
+/// so a client's `Expect` on a GET goes no further.
+#[tokio::test]
+async fn a_get_expectation_goes_no_further() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/g", Reply::ok("got").header("cache-control", "max-age=60"));
+    let edge = h.edge().await;
+    let answer = edge.get_with("/g", &[("expect", "100-continue")]).await;
+    assert_eq!(answer.text(), "got");
+    let received = h.origin.last("/g").unwrap();
+    assert_eq!(received.headers.get("expect"), None);
 }
