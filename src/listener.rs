@@ -108,14 +108,16 @@ where
         // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
         // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
         let _ = tcp.set_nodelay(true);
-        let connection = serve_connection(
+        // Boxed: the connection's future is several KiB, which the task would otherwise be
+        // copied whole as it is spawned.
+        let connection = Box::pin(serve_connection(
             tcp,
             peer,
             protocols.clone(),
             limits,
             stop.clone(),
             handle.clone(),
-        );
+        ));
         let metrics = metrics.as_ref().map(Counted::new);
         let rejected = rejected.clone();
         connections.spawn(async move {
