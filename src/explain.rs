@@ -166,6 +166,12 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         Some("no-freshness") => "no freshness (s-maxage, max-age, Expires, Last-Modified) and no validator to revalidate with".to_owned(),
         Some("too-large") => "the body is larger than cache.max_object_size".to_owned(),
         Some("only-if-cached") => "nothing stored, and the request said only-if-cached".to_owned(),
+        Some("invalid-request") => "edge answered a malformed request itself".to_owned(),
+        Some("trace") => "edge answered a TRACE itself (not allowed)".to_owned(),
+        Some("transfer-coding") => {
+            "edge answered a body in a transfer coding other than chunked itself".to_owned()
+        }
+        Some("purge") => "edge answered a purge itself".to_owned(),
         Some("origin-unreachable") => "the origin could not be reached".to_owned(),
         Some("origin-timeout") => "the origin did not answer in time (origin.timeout)".to_owned(),
         _ if status.fwd == Some(Forward::Method) => {

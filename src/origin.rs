@@ -830,7 +830,6 @@ fn timed_out(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     io_errors(err).any(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
-/// The I/O errors in an error's chain of causes, the error itself first.
 /// Whether the origin answered with a response head hyper could not parse (a control byte, a
 /// folded line): an answer, not a failure to reach it.
 fn unparsable(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -839,6 +838,7 @@ fn unparsable(err: &(dyn std::error::Error + 'static)) -> bool {
         .any(hyper::Error::is_parse)
 }
 
+/// The I/O errors in an error's chain of causes, the error itself first.
 fn io_errors<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a std::io::Error> {
@@ -875,16 +875,15 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
             headers.remove(name);
         }
     }
-    if version == Version::HTTP_2 {
+    // A field on several lines (a cheap test: more values than names).
+    if headers.len() > headers.keys_len() {
         join_cookies(&mut headers);
-    }
-    // A field on several lines (a cheap test: more values than names). The request's framing was
-    // checked already: several `Content-Length` lines agree, and go on as one (RFC 9112 §6.3), as
-    // an origin may refuse the request otherwise.
-    if headers.len() > headers.keys_len()
-        && let Some(length) = headers.get(header::CONTENT_LENGTH).cloned()
-    {
-        headers.insert(header::CONTENT_LENGTH, length);
+        // Several `Content-Length` lines agree (hyper refuses an HTTP/1 request whose do not,
+        // and h2 an HTTP/2 stream's), and go on as one (RFC 9112 §6.3), as an origin may refuse
+        // the request otherwise.
+        if let Some(length) = headers.get(header::CONTENT_LENGTH).cloned() {
+            headers.insert(header::CONTENT_LENGTH, length);
+        }
     }
     // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored; the origin is not to wait
     // to be asked for the body either.
@@ -942,7 +941,8 @@ fn names_another_target(name: &HeaderName) -> bool {
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 lets a client send `Cookie` as several fields; they are joined with
-/// `; ` before going on as HTTP/1.1, where an origin reads one.
+/// `; ` before going on as HTTP/1.1, where an origin reads one (RFC 6265 §5.4), as are an HTTP/1
+/// client's several lines, which the cache's `Vary` selection reads that way too.
 fn join_cookies(headers: &mut HeaderMap) {
     let cookies = headers.get_all(header::COOKIE);
     if cookies.iter().nth(1).is_none() {

@@ -1559,3 +1559,19 @@ async fn a_get_expectation_goes_no_further() {
     let received = h.origin.last("/g").unwrap();
     assert_eq!(received.headers.get("expect"), None);
 }
+
+/// RFC 6265 §5.4: an HTTP/1.1 origin reads one `Cookie` line. A client's several lines go on as
+/// one, joined with `; ` as HTTP/2's are (RFC 9113 §8.2.3), which is how `Vary: Cookie` reads
+/// them too.
+#[tokio::test]
+async fn several_cookie_lines_go_on_as_one() {
+    let h = Harness::new().await;
+    h.origin.reply("/c", Reply::ok("crumbs"));
+    let edge = h.edge().await;
+    let request = "GET /c HTTP/1.1\r\nHost: edge\r\nCookie: a=1\r\nCookie: b=2\r\n\
+                   Connection: close\r\n\r\n";
+    assert_eq!(raw_request(edge.addr, request).await.status, 200);
+    let received = h.origin.last("/c").unwrap();
+    let cookies: Vec<_> = received.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}

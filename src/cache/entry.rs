@@ -30,12 +30,13 @@ use crate::config::HeuristicConfig;
 const MAGIC: &[u8; 3] = b"EDG";
 /// A Vary marker: the request header names the variants of a URI are selected by.
 const VARY_MAGIC: &[u8; 3] = b"EDV";
-/// Version 3: the request values a variant was stored under keep the order of `Accept` and
-/// `Accept-Language` members, and are split on ASCII whitespace only. A version 2 entry that varies
-/// is read as a miss (its values may match requests it does not answer); others are read as
-/// before, and so are version 2 Vary markers.
-const VERSION: u8 = 3;
-const VERSION_2: u8 = 2;
+/// Version 4: the request values a variant was stored under are normalised as lists only for the
+/// `Accept*` fields, `Cookie` by its pairs, any other field as sent, its lines kept apart (version
+/// 3 normalised every field as a list; version 2 sorted `Accept-Language` members and split on any
+/// whitespace). An earlier entry that varies is read as a miss (its values may match requests it
+/// does not answer); others are read as before, and so are earlier Vary markers.
+const VERSION: u8 = 4;
+const EARLIER: [u8; 2] = [2, 3];
 /// Where a record's body is: in the record, or in a file of the disk tier.
 const BODY_INLINE: u8 = 0;
 const BODY_IN_FILE: u8 = 1;
@@ -92,7 +93,8 @@ impl Record {
             buf: &record[..checked],
             pos: 3,
         };
-        if !matches!(r.u8()?, VERSION | VERSION_2) {
+        let version = r.u8()?;
+        if version != VERSION && !EARLIER.contains(&version) {
             return Err(DecodeError::Version);
         }
         let count = r.u16()? as usize;
@@ -543,7 +545,7 @@ impl StoredEntry {
             return Err(DecodeError::Version);
         }
         let version = r.u8()?;
-        if !matches!(version, VERSION | VERSION_2) {
+        if version != VERSION && !EARLIER.contains(&version) {
             return Err(DecodeError::Version);
         }
         let placement = r.u8()?;
@@ -577,7 +579,7 @@ impl StoredEntry {
         if vary_count > MAX_FIELDS {
             return Err(DecodeError::Invalid);
         }
-        if version == VERSION_2 && vary_count > 0 {
+        if EARLIER.contains(&version) && vary_count > 0 {
             return Err(DecodeError::Obsolete);
         }
         let mut vary = Vec::with_capacity(vary_count);
@@ -724,20 +726,23 @@ mod tests {
         assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
-    /// Variants stored before version 3 were selected by values normalised differently
-    /// (`Accept-Language` members sorted): such a record is read as a miss, not as a variant
-    /// for requests it does not answer.
+    /// Variants stored before version 4 were selected by values normalised differently (every
+    /// field as a list; before 3, `Accept-Language` members sorted): such a record is read as a
+    /// miss, not as a variant for requests it does not answer.
     #[test]
-    fn a_version_2_entry_that_varies_is_not_read() {
+    fn an_earlier_entry_that_varies_is_not_read() {
         let heuristic = HeuristicConfig::default();
-        let mut record = sample().encode(true);
+        let record = sample().encode(true);
         assert!(StoredEntry::decode_checked(Bytes::from(record.clone()), &heuristic, true).is_ok());
         assert_eq!(record[3], VERSION);
-        record[3] = VERSION_2;
-        assert!(matches!(
-            StoredEntry::decode_checked(Bytes::from(record), &heuristic, true),
-            Err(DecodeError::Obsolete)
-        ));
+        for earlier in EARLIER {
+            let mut record = record.clone();
+            record[3] = earlier;
+            assert!(matches!(
+                StoredEntry::decode_checked(Bytes::from(record), &heuristic, true),
+                Err(DecodeError::Obsolete)
+            ));
+        }
     }
 
     fn sample() -> StoredEntry {

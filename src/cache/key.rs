@@ -55,7 +55,7 @@ impl CacheKey {
 /// members is kept: among equal weights, servers take the first (RFC 9110 §12.5.4 says as much of
 /// languages). `Cookie`'s lines and pairs are joined with `; ` as edge forwards them (RFC 9113
 /// §8.2.3); a comma is part of a cookie's value. Any other field (`User-Agent`, `Origin`, an
-/// `X-` one) is compared as the origin sees it, its lines joined: not knowing its syntax, edge
+/// `X-` one) is compared as the origin sees it, line by line: not knowing its syntax, edge
 /// cannot tell which differences mean nothing to it, and one client could otherwise have its
 /// answer stored for another's value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,10 +193,13 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
         return Some(pairs.join("; "));
     }
     if !LISTS.contains(name) {
+        // Lines kept apart by a byte no field value holds: a field that is not a list may not be
+        // split over lines (RFC 9110 §5.3), and an origin reads two as it will (the first, both,
+        // or a 400), so one line must not match two.
         let lines: Vec<String> = lines
             .map(|value| text_of(value).trim_matches(ows).to_owned())
             .collect();
-        return Some(lines.join(", "));
+        return Some(lines.join("\n"));
     }
     let mut members: Vec<String> = Vec::new();
     for value in lines {
@@ -311,6 +314,8 @@ mod tests {
         ] {
             assert!(!ua.matches(&asking("user-agent", &[other])), "{other}");
         }
+        let split = asking("user-agent", &["Mozilla/5.0 (KHTML", "like Gecko)"]);
+        assert!(!ua.matches(&split), "one line is not two");
     }
 
     #[test]
