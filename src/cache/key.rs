@@ -282,7 +282,7 @@ mod tests {
 
     /// `Cookie` is not a comma list: its lines (HTTP/2 sends one per pair) and pairs are joined
     /// with `; `, as edge forwards them, and a comma stays part of a value. Fields edge does not
-    /// know the syntax of are compared as sent, their lines joined.
+    /// know the syntax of are compared as sent, line by line.
     #[test]
     fn variance_compares_cookies_by_pairs_and_other_fields_as_sent() {
         let vary = |names: &'static str| {
