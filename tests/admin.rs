@@ -46,12 +46,7 @@ async fn a_failed_upload_counts_as_an_error() {
     let answer = edge.send(Method::POST, "/upload", &[]).await;
     assert_eq!(answer.status, 502, "{}", answer.cache_status());
     let text = edge.metrics().await;
-    let requests = |status: &str| {
-        sample(
-            &text,
-            &format!("edge_requests_total{{cache_status=\"{status}\"}}"),
-        )
-    };
+    let requests = |label: &str| common::requests(&text, label);
     assert_eq!(
         (requests("error"), requests("bypass")),
         (1.0, 0.0),
@@ -87,12 +82,7 @@ async fn metrics_count_requests_by_what_the_cache_did() {
     edge.send(Method::POST, "/a", &[]).await; // bypass
 
     let text = edge.metrics().await;
-    let requests = |status: &str| {
-        sample(
-            &text,
-            &format!("edge_requests_total{{cache_status=\"{status}\"}}"),
-        )
-    };
+    let requests = |label: &str| common::requests(&text, label);
     assert_eq!(requests("hit"), 2.0, "{text}");
     assert_eq!(requests("miss"), 2.0, "{text}");
     assert_eq!(requests("revalidated"), 1.0, "{text}");

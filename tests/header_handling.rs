@@ -538,11 +538,7 @@ async fn the_client_host_does_not_reach_the_origin() {
     assert_eq!(seen.get("x-forwarded-proto").unwrap(), "http");
 
     // HTTP/2 carries the host in `:authority`; a field the client adds is not passed on either.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     let response = h2
         .get(edge.url("/b"))
         .header("x-forwarded-host", "evil.example")
@@ -1029,11 +1025,7 @@ async fn http2_cookie_fields_reach_the_origin_as_one() {
     let h = Harness::new().await;
     h.origin.reply("/a", Reply::ok("a"));
     let edge = h.edge().await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     let response = h2
         .get(edge.url("/a"))
         .header("cookie", "a=1")
@@ -1352,11 +1344,7 @@ async fn a_204_goes_on_without_the_content_length_its_origin_gave_it() {
     let (origin, requests) = raw_origin(NO_CONTENT).await;
     let h = Harness::new().await;
     let edge = h.edge_before(origin).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     for path in ["/nc", "/nc", "/nc?pass"] {
         let response = if path.ends_with("pass") {
             h2.post(edge.url(path)).send().await.unwrap()
@@ -1469,11 +1457,7 @@ async fn a_malformed_http2_request_is_refused_not_forwarded() {
     let h = Harness::new().await;
     h.origin.reply("/m", Reply::ok("fine"));
     let edge = h.edge().await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     let bad: [&[(&str, &str)]; 5] = [
         &[("x-a", "  padded  ")],
         &[("x-a", "\tv")],
@@ -1527,11 +1511,7 @@ async fn a_content_length_sent_twice_goes_on_once() {
     });
     let h = Harness::new().await;
     let edge = h.edge_before(origin).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     let mut fields = reqwest::header::HeaderMap::new();
     fields.append("content-length", "5".parse().unwrap());
     fields.append("content-length", "5".parse().unwrap());

@@ -644,11 +644,7 @@ async fn an_http2_location_on_edges_own_authority_is_invalidated() {
         "/a",
         Reply::ok("").status(201).header("location", &location),
     );
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = common::h2_client();
     let post = h2.post(edge.url("/a")).send().await.unwrap();
     assert_eq!(post.version(), http::Version::HTTP_2);
     assert_eq!(post.status(), 201);

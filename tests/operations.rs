@@ -149,6 +149,13 @@ impl Edge {
         format!("http://127.0.0.1:{}{path}", self.listen)
     }
 
+    /// What the admin listener's `/metrics` says.
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let response = self.client.get(url).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     async fn get(&self, path: &str) -> (u16, String, String) {
         let response = self.client.get(self.url(path)).send().await.unwrap();
         let status = response.status().as_u16();
@@ -412,15 +419,7 @@ async fn a_request_hyper_rejects_is_logged_and_counted() {
         assert_eq!(field(line, "method"), Some("\"-\""), "{line}");
         assert_eq!(field(line, "cache"), Some("\"error\""), "{line}");
     }
-    let metrics = edge
-        .client
-        .get(format!("http://127.0.0.1:{}/metrics", edge.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     let errors = "edge_requests_total{cache_status=\"error\"} 4";
     assert!(metrics.contains(errors), "{metrics}");
 }
@@ -462,15 +461,7 @@ async fn a_request_whose_client_left_is_logged_as_a_499() {
     client.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"", "the connection was closed without an answer");
 
-    let metrics = edge
-        .client
-        .get(format!("http://127.0.0.1:{}/metrics", edge.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     let abandoned = "edge_requests_total{cache_status=\"abandoned\"} 1";
     assert!(metrics.contains(abandoned), "{metrics}");
     // The fill ran on without it: a later request is a hit (one that comes before the response

@@ -624,11 +624,7 @@ async fn uploads_origin() -> (
 async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_reusable() {
     let (addr, connections, bodies) = uploads_origin().await;
     let edge = edge_in_front_of(addr).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let client = common::h2_client();
     // One of length 0 sent the same way (an empty stream), then three with a body.
     let uploads: [&[&[u8]]; 4] = [&[], &[b"abc", b"def"], &[b"abc", b"def"], &[b"abc", b"def"]];
     for pieces in uploads {

@@ -749,10 +749,7 @@ async fn a_304_that_adds_set_cookie_or_private_is_not_stored_or_shared() {
     );
     // Counted as a pass (fetched, not stored), not as a stored response refreshed.
     let metrics = edge.metrics().await;
-    let requests = |label: &str| {
-        let name = format!("edge_requests_total{{cache_status=\"{label}\"}}");
-        common::sample(&metrics, &name)
-    };
+    let requests = |label: &str| common::requests(&metrics, label);
     assert_eq!((requests("pass"), requests("revalidated")), (1.0, 0.0));
 
     h.origin.reply(

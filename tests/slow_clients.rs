@@ -418,11 +418,7 @@ async fn an_http2_request_reset_before_its_answer_is_counted_as_abandoned() {
     );
     h.origin.reply("/now", Reply::ok("now"));
     let edge = h.edge().await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let client = common::h2_client();
     let slow = tokio::spawn(client.get(edge.url("/slow")).send());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while h.origin.hits("/slow") == 0 {

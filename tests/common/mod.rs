@@ -565,6 +565,21 @@ pub fn sample(metrics: &str, name: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// How many client requests `metrics` counts under `label` (`hit`, `miss`, `pass`, `error`, …).
+pub fn requests(metrics: &str, label: &str) -> f64 {
+    let name = format!("edge_requests_total{{cache_status=\"{label}\"}}");
+    sample(metrics, &name)
+}
+
+/// A client that speaks HTTP/2 from the start (prior knowledge), as h2c clients do.
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 /// How many client connections `metrics` says edge closed for `reason` (`idle`, `slow_head`,
 /// `slow_read`).
 pub fn disconnects(metrics: &str, reason: &str) -> f64 {
