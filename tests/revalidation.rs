@@ -488,6 +488,65 @@ async fn a_304_for_another_etag_makes_one_unconditional_refetch() {
     assert_eq!(origin.heads().len(), 3);
 }
 
+/// RFC 9111 §4.3.4: a 304 with a strong entity-tag selects only a response stored with that same
+/// strong tag, and `W/"v1"` is not `"v1"` by strong comparison (RFC 9110 §8.8.3.2). nginx's gzip
+/// filter sends just that: a weakened tag on the compressed 200, the strong one on its 304. The
+/// stored body went out refreshed under the strong tag.
+#[tokio::test]
+async fn a_304_with_a_strong_etag_does_not_refresh_a_response_stored_with_a_weak_one() {
+    let h = Harness::new().await;
+    let clock = h.clock.clone();
+    let origin = RawOrigin::start(move |index, head| {
+        let date = http_date(clock.now());
+        let (etag, body) = if index == 0 {
+            ("W/\"v1\"", "gz")
+        } else if raw_header(head, "if-none-match").is_some() {
+            return raw_response(
+                "304 Not Modified",
+                &[
+                    ("date", &date),
+                    ("etag", "\"v1\""),
+                    ("cache-control", "max-age=60"),
+                ],
+                "",
+            );
+        } else {
+            ("\"v1\"", "v1")
+        };
+        let cache_control = if index == 0 {
+            "max-age=10"
+        } else {
+            "max-age=60"
+        };
+        raw_response(
+            "200 OK",
+            &[
+                ("date", &date),
+                ("cache-control", cache_control),
+                ("etag", etag),
+                ("content-length", "2"),
+            ],
+            body,
+        )
+    })
+    .await;
+    let edge = h.edge_with(|c| c.origin.url = origin.url()).await;
+    assert_eq!(edge.get("/a").await.text(), "gz");
+    h.clock.advance(Duration::from_secs(15));
+
+    let refetched = edge.get("/a").await;
+    assert_eq!(refetched.text(), "v1", "{}", refetched.cache_status());
+    assert_eq!(refetched.header("etag"), Some("\"v1\""));
+    assert_eq!(
+        refetched.cache_status(),
+        "edge; fwd=stale; fwd-status=200; stored; ttl=60"
+    );
+    let heads = origin.heads();
+    assert_eq!(heads.len(), 3, "one conditional request, then one more");
+    assert_eq!(raw_header(&heads[1], "if-none-match"), Some("W/\"v1\""));
+    assert_eq!(raw_header(&heads[2], "if-none-match"), None);
+}
+
 /// RFC 9111 §4.1: a 304 that adds a `Vary` would leave the stored response chosen by fields it
 /// no longer varies on, as edge holds only the values of the old ones: it is asked for again,
 /// unconditionally. It was refreshed in place, and served to every `Accept-Encoding`.

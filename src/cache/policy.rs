@@ -656,18 +656,21 @@ pub fn decide(
 }
 
 /// RFC 9111 §4.3.4: does a 304 select the stored response? A validator the 304 carries must be
-/// the stored one (entity-tags compared weakly, §8.8.3.2 of RFC 9110); a 304 that carries no
-/// validator is taken to answer the conditional request edge sent. A 304 whose `Vary` names other
+/// the stored one: a strong entity-tag only the same strong tag, a weak one by weak comparison
+/// (§8.8.3.2 of RFC 9110); a 304 that carries no validator is taken to answer the conditional request edge sent. A 304 whose `Vary` names other
 /// fields does not: the stored response would be chosen by fields it no longer varies on (§4.1),
 /// and edge holds only the values of the old ones.
 pub fn not_modified_matches(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
-    let tag = |h: &HeaderMap| {
+    fn tag(h: &HeaderMap) -> Option<&str> {
         h.get(header::ETAG)
             .and_then(|v| v.to_str().ok())
-            .map(|t| t.trim().trim_start_matches("W/").to_owned())
-    };
+            .map(str::trim)
+    }
     let validator = match (tag(stored), tag(not_modified)) {
-        (_, Some(new)) => tag(stored).is_some_and(|old| old == new),
+        (old, Some(new)) => old.is_some_and(|old| match new.strip_prefix("W/") {
+            Some(weak) => old.trim_start_matches("W/") == weak,
+            None => old == new,
+        }),
         (_, None) => match not_modified.get(header::LAST_MODIFIED) {
             Some(new) => stored.get(header::LAST_MODIFIED) == Some(new),
             None => true,
@@ -747,5 +750,21 @@ mod tests {
         // Sent at t0, received 3 s later: apparent age 3, corrected age 10 + 3.
         let age = initial_age(&headers, t0, t0, t0 + Duration::from_secs(3));
         assert_eq!(age, Duration::from_secs(13));
+    }
+
+    #[test]
+    fn a_strong_tag_in_a_304_selects_only_the_same_strong_tag() {
+        let etag = |tag: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ETAG, HeaderValue::from_static(tag));
+            headers
+        };
+        let matches =
+            |stored, not_modified| not_modified_matches(&etag(stored), &etag(not_modified));
+        assert!(matches("\"v1\"", "\"v1\""));
+        assert!(!matches("W/\"v1\"", "\"v1\""));
+        assert!(matches("W/\"v1\"", "W/\"v1\""));
+        assert!(matches("\"v1\"", "W/\"v1\""));
+        assert!(!matches("\"v1\"", "W/\"v2\""));
     }
 }
