@@ -750,7 +750,8 @@ impl http_body::Body for OriginBody {
 /// as an error"; a coding other than `chunked` would reach the cache still encoded, and no longer
 /// labelled. A `Content-Length` list of one value (`2, 2` or two lines of `2`, RFC 9110 §8.6),
 /// which hyper reads but would not send on, becomes that one number. Edge asks for no upgrade
-/// (`Upgrade` is not forwarded), so a 101 is an answer to nothing.
+/// (`Upgrade` is not forwarded), so a 101 is an answer to nothing. A status past 599 is invalid, and
+/// RFC 9110 §15 has a client take it as a 5xx.
 ///
 /// A response that has no body whatever its fields say (to a HEAD; a 204 or 304) may announce
 /// one: its fields are not checked, but a body an origin sends anyway, a moment later, would be
@@ -762,6 +763,9 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
     let status = response.status();
     if status == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err("101 Switching Protocols, to a request for no upgrade");
+    }
+    if status.as_u16() > 599 {
+        return Err("a status code past 599");
     }
     let headers = response.headers_mut();
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Reply, disconnects, http_date, raw_origin, sample, start_time};
+use common::{Harness, Reply, disconnects, http_date, raw_origin, requests, sample, start_time};
 use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -949,6 +949,19 @@ async fn a_response_framed_two_ways_or_with_an_unknown_transfer_coding_is_a_502(
     let r = edge.get("/a").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.param("detail"), Some("origin-invalid"));
+
+    // RFC 9110 §15: a status outside 100–599 is invalid, to be taken as a 5xx. It was passed on
+    // to the client while the origin metric counted an error.
+    let (origin, _) = raw_origin(
+        b"HTTP/1.1 600 Weird\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let edge = h.edge_before(origin).await;
+    let r = edge.get("/a").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.param("detail"), Some("origin-invalid"));
+    let metrics = edge.metrics().await;
+    assert_eq!(requests(&metrics, "error"), 1.0, "{metrics}");
 
     // A head that does not parse (a control byte, a folded line) is an invalid answer too, not
     // an origin out of reach.
