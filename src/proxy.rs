@@ -1377,9 +1377,13 @@ async fn invalidate_after_unsafe(
 }
 
 /// Removes what is stored for `key`, and keeps a fill in flight for it from storing afterwards.
+/// What it removed is flushed before the response goes on, as a purge's is: otherwise a crash
+/// within sled's flush interval brings the invalidated response back.
 async fn invalidate(edge: &Edge, key: &CacheKey) {
     edge.fills.invalidate(key);
-    edge.cache.invalidate(key).await;
+    if edge.cache.invalidate(key).await > 0 {
+        edge.cache.flush().await;
+    }
 }
 
 /// Whether `url` names edge itself as the client addressed it: same scheme (edge listens on
