@@ -222,6 +222,16 @@ impl Fills {
         lock(&self.inflight).retain(|_, fill| fill.primary != *key.hash());
     }
 
+    /// The tag was purged: no fill in flight whose response may carry it takes new joiners, and
+    /// which do is known only once a response head has arrived. (Their stores are refused by the
+    /// cache's tag epoch.)
+    pub fn invalidate_tag(&self, tag: &str) {
+        lock(&self.inflight).retain(|_, fill| match &lock(&fill.state).head {
+            Head::Shared(head) => !crate::headers::surrogate_keys(&head.headers).any(|t| t == tag),
+            _ => false,
+        });
+    }
+
     /// The fill has no more to offer late joiners: take it out of the map.
     fn retire(&self, slot: &[u8; 32], fill: &Fill) {
         let mut inflight = lock(&self.inflight);

@@ -308,6 +308,7 @@ pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
     let (work, tag) = (edge.clone(), tag.to_owned());
     run_to_end(edge, async move {
         work.cache.purge_tag_from_now(&tag);
+        work.fills.invalidate_tag(&tag);
         let mut purged = 0;
         for key in work.cache.tagged(&tag).await {
             purged += purge_key(&work, &CacheKey::from_text(key), soft).await;

@@ -73,7 +73,9 @@ async fn a_soft_purge_under_load_is_not_undone_by_a_disk_promotion() {
     purge_under_load(true).await;
 }
 
-/// A purge (by URL or by tag) while a cold fetch is in flight keeps its old response out.
+/// A purge (by URL or by tag) while a cold fetch is in flight keeps its old response out: it is
+/// not stored, and a request made after the purge does not join the fetch. (A tag purge let it
+/// join: the fetch's tags were not known yet.)
 async fn purge_during_a_cold_fill(query: &str) {
     let h = Harness::new().await;
     let edge = Arc::new(h.edge().await);
@@ -91,6 +93,8 @@ async fn purge_during_a_cold_fill(query: &str) {
     h.origin
         .reply("/p", cached("v2").header("surrogate-key", "product-42"));
     purge(&edge, query).await;
+    let during = edge.get("/p").await;
+    assert_eq!(during.text(), "v2", "{query}: {}", during.cache_status());
     assert_eq!(first.await.unwrap().text(), "v1");
     let after = edge.get("/p").await;
     assert_eq!(after.text(), "v2", "{query}: {}", after.cache_status());
