@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -231,10 +231,26 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
 /// purge runs to its end even if the client goes away.
 async fn purge(
     State(edge): State<Arc<Edge>>,
-    Query(mut query): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
     body: axum::body::Bytes,
 ) -> Response {
-    query.extend(form_urlencoded::parse(&body).into_owned());
+    // From the query and a form body alike; each parameter once, as a purge names one thing.
+    let mut query = HashMap::new();
+    let raw = raw.unwrap_or_default();
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()).chain(form_urlencoded::parse(&body))
+    {
+        if !matches!(&*name, "url" | "tag" | "soft") {
+            return bad_request(format!(
+                "unknown parameter {name:?} (a url with a query of its own is percent-encoded, or sent as a form body)"
+            ));
+        }
+        if query.contains_key(&*name) {
+            return bad_request(format!(
+                "{name} given more than once: one purge names one thing"
+            ));
+        }
+        query.insert(name.into_owned(), value.into_owned());
+    }
     let soft = match query.get("soft").map(String::as_str) {
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,

@@ -344,11 +344,33 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         "tag=",
         "url=/a&soft=maybe",
         "url=relative",
+        // Named twice, or with a parameter edge does not know (here, the rest of an unencoded
+        // query): it answered 200 and purged only the last URL, or the URL cut short.
+        "url=/d1&url=/d2",
+        "tag=a&tag=b",
+        "url=/search?q=a&page=2",
+        "url=/a&sotf=true",
     ] {
         let (status, body) = admin(&edge, Method::POST, &format!("/purge?{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains("error"), "{body}");
     }
+    // A name in the query and again in a form body is named twice too.
+    h.origin.reply("/d1", cached("d1"));
+    edge.get("/d1").await;
+    let twice = edge
+        .client
+        .post(format!("http://{}/purge?url=/d2", edge.admin_addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("url=/d1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    assert!(
+        edge.get("/d1").await.is_hit(),
+        "a refused purge purges nothing"
+    );
     // JSON, and labelled so (it was sent as text/plain).
     let url = format!("http://{}/purge?tag=", edge.admin_addr);
     let refused = edge.client.post(url).send().await.unwrap();
