@@ -141,6 +141,19 @@ pub struct OriginConfig {
     pub timeout: Seconds,
 }
 
+/// The disk tier's directory. One that exists must be a directory: edge would take a file there
+/// for a broken store and move it aside.
+fn store_directory<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    match std::fs::metadata(&path) {
+        Ok(meta) if !meta.is_dir() => Err(de::Error::custom(format!(
+            "{} is not a directory (the disk tier is kept in one)",
+            path.display()
+        ))),
+        _ => Ok(path),
+    }
+}
+
 /// A limit that cannot be turned off with `0s`: it would leave no time at all.
 fn more_than_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
     let limit = Seconds::deserialize(d)?;
@@ -190,7 +203,7 @@ pub struct MemoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    #[serde(default = "defaults::disk_path")]
+    #[serde(default = "defaults::disk_path", deserialize_with = "store_directory")]
     pub path: PathBuf,
     #[serde(default = "defaults::disk_capacity")]
     pub capacity: ByteSize,
@@ -412,6 +425,20 @@ impl Config {
 
     /// Parses config text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config = Self::deserialize_located(text, file)?;
+        if clashing(config.listen, config.admin.listen) {
+            let key = "admin.listen";
+            let message = format!(
+                "{} is where listen ({}) is too: the two listeners need addresses of their own",
+                config.admin.listen, config.listen
+            );
+            let at = locate_key(text, key).or_else(|| locate_key(text, "listen"));
+            return Err(ConfigError::at(file, at, key.to_owned(), message));
+        }
+        Ok(config)
+    }
+
+    fn deserialize_located(text: &str, file: &str) -> Result<Self, ConfigError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = match err.path().to_string() {
@@ -421,61 +448,90 @@ impl Config {
             let inner = err.into_inner();
             let message = bare_message(&inner);
             // For a value edge rejects itself, the YAML parser points at the start of the
-            // enclosing mapping; name the key's own line instead when it can be found.
-            let location = match locate_key(text, &key) {
-                Some(at) => Some(at),
-                None => inner.location().map(|at| (at.line(), at.column())),
+            // enclosing mapping; name the key's own line instead when it can be found (for a key
+            // written twice, the second time).
+            let found = match message
+                .strip_prefix("duplicate field `")
+                .and_then(|rest| rest.split_once('`'))
+            {
+                Some((name, _)) if key.starts_with('(') => key_positions(text, name).nth(1),
+                Some((name, _)) => key_positions(text, &format!("{key}.{name}")).nth(1),
+                None => locate_key(text, &key),
             };
-            match location {
-                Some((line, column)) => ConfigError::Invalid {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    key,
-                    message,
-                },
-                None => ConfigError::InvalidNoPosition {
-                    file: file.to_owned(),
-                    key,
-                    message,
-                },
-            }
+            let location = found.or_else(|| inner.location().map(|at| (at.line(), at.column())));
+            ConfigError::at(file, location, key, message)
         })
     }
 }
 
-/// serde_yaml_ng's message without the path prefix and position suffix it adds itself, since the
-/// error we report carries both in a fixed place.
+impl ConfigError {
+    /// An invalid value of `key`, at a line and column if known.
+    fn at(file: &str, at: Option<(usize, usize)>, key: String, message: String) -> Self {
+        let file = file.to_owned();
+        match at {
+            Some((line, column)) => Self::Invalid {
+                file,
+                line,
+                column,
+                key,
+                message,
+            },
+            None => Self::InvalidNoPosition { file, key, message },
+        }
+    }
+}
+
+/// Whether two listeners' addresses would take the same port (port 0 takes a free one each). An
+/// unspecified address takes it on every address of its family (`::` on IPv4's too).
+fn clashing(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// The line and column of the key at `path` (`cache.memory.capacity`) in block-style YAML, if it
 /// is written there; `None` for paths into sequences or flow mappings, which the parser's own
 /// position describes better.
 fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
-    if path.contains('[') || path.starts_with('(') {
-        return None;
-    }
-    let wanted: Vec<&str> = path.split('.').collect();
+    key_positions(text, path).next()
+}
+
+/// Every place the key at `path` is written in block-style YAML, in order.
+fn key_positions<'a>(text: &'a str, path: &str) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let wanted: Vec<String> = if path.contains('[') || path.starts_with('(') {
+        Vec::new()
+    } else {
+        path.split('.').map(str::to_owned).collect()
+    };
     let mut stack: Vec<(usize, &str)> = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    text.lines().enumerate().filter_map(move |(number, line)| {
         let content = line.trim_start();
-        if content.is_empty() || content.starts_with('#') || content.starts_with('-') {
-            continue;
+        if wanted.is_empty()
+            || content.is_empty()
+            || content.starts_with('#')
+            || content.starts_with('-')
+        {
+            return None;
         }
-        let Some((key, _)) = content.split_once(':') else {
-            continue;
-        };
+        let (key, _) = content.split_once(':')?;
         let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
         let indent = line.len() - content.len();
         while stack.last().is_some_and(|&(i, _)| i >= indent) {
             stack.pop();
         }
         stack.push((indent, key));
-        if stack.len() == wanted.len() && stack.iter().map(|&(_, k)| k).eq(wanted.iter().copied()) {
-            return Some((number + 1, indent + 1));
-        }
-    }
-    None
+        (stack.len() == wanted.len()
+            && stack
+                .iter()
+                .map(|&(_, k)| k)
+                .eq(wanted.iter().map(String::as_str)))
+        .then_some((number + 1, indent + 1))
+    })
 }
 
+/// serde_yaml_ng's message without the path prefix and position suffix it adds itself, since the
+/// error we report carries both in a fixed place.
 fn bare_message(err: &serde_yaml_ng::Error) -> String {
     let mut text = err.to_string();
     if let Some(at) = err.location() {
@@ -609,6 +665,12 @@ impl<'de> Deserialize<'de> for OriginUrl {
             return Err(de::Error::custom(format!(
                 "invalid URL {text:?}: the scheme must be http or https"
             )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Not echoed: the text holds a password.
+            return Err(de::Error::custom(
+                "invalid URL: user:password@ is not taken (edge sends the origin no credentials of its own)",
+            ));
         }
         if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
             return Err(de::Error::custom(format!(

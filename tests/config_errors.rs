@@ -138,6 +138,78 @@ fn an_unusable_origin_host_and_an_endless_duration_are_named() {
     }
 }
 
+/// Values found by the operations audit that `check` passed: a disk path that is a file (start-up
+/// took it for a broken store and renamed the operator's file aside), an origin URL with
+/// credentials (dropped, and the password logged), one address for both listeners (the second
+/// failed to bind only at start-up), and a key written twice (named on its parent's line).
+#[test]
+fn a_file_as_the_disk_path_credentials_one_address_twice_and_a_repeated_key_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious.db");
+    std::fs::write(&precious, "operator data\n").unwrap();
+    let disk = format!("{GOOD}cache:\n  disk:\n    path: {}\n", precious.display());
+    let cases = [
+        (disk.as_str(), "cache.disk.path", ":5:", "not a directory"),
+        (
+            "origin:\n  url: http://user:secret@127.0.0.1:9000\n",
+            "origin.url",
+            ":2:",
+            "user:password@",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:8080\norigin:\n  url: http://o\n",
+            "admin.listen",
+            ":3:",
+            "addresses of their own",
+        ),
+        (
+            "origin:\n  url: http://o\nadmin:\n  listen: 127.0.0.1:8080\n",
+            "admin.listen",
+            ":4:",
+            "0.0.0.0:8080",
+        ),
+        (
+            "origin:\n  url: http://o\ncache:\n  collapse_wait: 5s\n  collapse_wait: 6s\n",
+            "duplicate field `collapse_wait`",
+            ":5:",
+            "cache",
+        ),
+        (
+            "origin:\n  url: http://o\ncache: {}\nlog: {}\ncache: {}\n",
+            "duplicate field `cache`",
+            ":5:",
+            "",
+        ),
+    ];
+    for (yaml, key, line, why) in cases {
+        let output = check(yaml);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{yaml}: {err}");
+        assert!(
+            err.contains(key) && err.contains(line) && err.contains(why),
+            "expected {key} at {line} ({why}): {err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "operator data\n"
+    );
+    // Listeners on different addresses, or free ports, are fine.
+    for listen in [
+        "127.0.0.1:8080\nadmin:\n  listen: 127.0.0.2:8080",
+        "127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0",
+    ] {
+        let output = check(&format!("listen: {listen}\n{GOOD}"));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{listen}: {}",
+            stderr(&output)
+        );
+    }
+}
+
 #[test]
 fn malformed_yaml_names_the_line() {
     let output = check("origin:\n  url: http://127.0.0.1:9000\ncache: [\n  memory\n");
