@@ -172,6 +172,7 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
             "edge answered a body in a transfer coding other than chunked itself".to_owned()
         }
         Some("purge") => "edge answered a purge itself".to_owned(),
+        Some("not-allowed") => "a PURGE from an address outside purge.allow".to_owned(),
         Some("origin-unreachable") => "the origin could not be reached".to_owned(),
         Some("origin-timeout") => "the origin did not answer in time (origin.timeout)".to_owned(),
         _ if status.fwd == Some(Forward::Method) => {

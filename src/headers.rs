@@ -10,6 +10,8 @@ use crate::cache::policy::{Forward, NotStored};
 
 /// The cache's name in `Cache-Status` and its pseudonym in `Via`.
 pub const CACHE_NAME: &str = "edge";
+/// The `Cache-Status` detail of a purge edge made (`PURGE` on the main listener).
+pub const PURGED: &str = "purge";
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -235,8 +237,9 @@ impl CacheStatus {
     /// `pass` (fetched, not storable), `bypass` (a method edge does not cache), `purge`, `local`
     /// (an `OPTIONS` edge answered itself), or `error` (edge answered itself because the request
     /// or the origin failed). A request whose client left before its answer is `abandoned`.
-    pub fn label(&self, method: &http::Method) -> &'static str {
-        if method.as_str() == "PURGE" {
+    pub fn label(&self) -> &'static str {
+        // A PURGE edge refused, as malformed or from outside `purge.allow`, is an `error`.
+        if self.detail == Some(PURGED) {
             return "purge";
         }
         if self.hit.is_some() {

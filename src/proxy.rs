@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::conditional;
 use crate::config::{self, Config};
 use crate::fill::{self, FillJob, Fills, Head, Role, SharedHead, Ticket};
-use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, SURROGATE_KEY};
+use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, PURGED, SURROGATE_KEY};
 use crate::metrics::Metrics;
 use crate::origin::{self, Origin, OriginError, Upstream};
 use crate::range::{self, RangeOutcome, Selection};
@@ -167,7 +167,7 @@ pub fn handle(
             route(&edge, &settings, peer, &mut request, body).await
         };
         std::mem::forget(pending);
-        let label = outcome.status.label(&method);
+        let label = outcome.status.label();
         edge.metrics.request(label, outcome.status.collapsed);
         if explain {
             crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
@@ -254,13 +254,12 @@ async fn purge_request(
     peer: SocketAddr,
     request: &Parts,
 ) -> Answer {
-    let status = said("purge");
     if !config::allowed(&settings.purge.allow, peer.ip()) {
         warn!(client = %peer.ip(), uri = %request.uri, "PURGE refused: client not in purge.allow");
         return local_response(
             StatusCode::FORBIDDEN,
             "edge: PURGE is not allowed from this address\n",
-            status,
+            said("not-allowed"),
         );
     }
     let Some(url) = settings.origin.url_for(&request.uri) else {
@@ -277,13 +276,13 @@ async fn purge_request(
         // Not taken for a hard purge: asked for, a soft one may have been meant.
         Some(_) => {
             let body = "edge: Edge-Soft-Purge is 1 (or true) or 0 (or false)\n";
-            return local_response(StatusCode::BAD_REQUEST, body, said("purge"));
+            return local_response(StatusCode::BAD_REQUEST, body, said(INVALID));
         }
     };
     let purged = purge_url(edge, &url, soft).await;
     let key = CacheKey::new(&url);
     let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
-    json_response(StatusCode::OK, &body, status)
+    json_response(StatusCode::OK, &body, said(PURGED))
 }
 
 /// Purges every variant of `url` from both tiers (or marks them stale); returns how many. The

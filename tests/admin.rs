@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Reply, TestEdge, sample};
+use common::{Harness, Reply, TestEdge, requests, sample};
 use http::Method;
 use serde_json::Value;
 
@@ -410,8 +410,16 @@ async fn purge_method_from_other_addresses_is_forbidden() {
         .send(Method::from_bytes(b"PURGE").unwrap(), "/p", &[])
         .await;
     assert_eq!(answer.status, 403);
+    assert_eq!(answer.cache_status(), "edge; detail=not-allowed");
     assert!(edge.get("/p").await.is_hit(), "nothing was purged");
     assert_eq!(h.origin.hits("/p"), 1);
+    // Refused, so an `error`, not a purge.
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        (requests(&metrics, "error"), requests(&metrics, "purge")),
+        (1.0, 0.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -463,11 +471,20 @@ async fn edge_soft_purge_takes_true_and_refuses_what_it_does_not_know() {
         .send(purge.clone(), "/p", &[("edge-soft-purge", "yes please")])
         .await;
     assert_eq!(refused.status, 400);
+    assert_eq!(refused.cache_status(), "edge; detail=invalid-request");
     assert!(edge.get("/p").await.is_hit(), "nothing was purged");
     let answer = edge.send(purge, "/p", &[("edge-soft-purge", "true")]).await;
     let json: Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(
         (json["purged"].clone(), json["soft"].clone()),
         (1.into(), true.into())
+    );
+    assert_eq!(answer.cache_status(), "edge; detail=purge");
+    // The malformed one counted as an `error`, the other as a purge.
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        (requests(&metrics, "error"), requests(&metrics, "purge")),
+        (1.0, 1.0),
+        "{metrics}"
     );
 }
