@@ -124,8 +124,12 @@ async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
     );
     let dir = Arc::new(TempDir::new().unwrap());
     let store = dir.path().join("store");
-    // Not a sled store at all: a file where the directory should be.
-    std::fs::write(&store, b"this is not a database").unwrap();
+    // Not a sled store at all: garbage where its files should be. (A file in place of the
+    // directory is a configuration error.)
+    std::fs::create_dir_all(store.join("index")).unwrap();
+    std::fs::write(store.join("layout"), b"edge disk 3\n").unwrap();
+    std::fs::write(store.join("index/conf"), b"this is not a database").unwrap();
+    std::fs::write(store.join("index/db"), b"this is not a database").unwrap();
     let config = base_config(&h.origin.url(), dir.path());
     let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
 
@@ -139,7 +143,10 @@ async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
         1,
         "the broken store is kept beside the new one"
     );
-    assert_eq!(std::fs::read(&aside[0]).unwrap(), b"this is not a database");
+    assert_eq!(
+        std::fs::read(aside[0].join("index/db")).unwrap(),
+        b"this is not a database"
+    );
 }
 
 #[tokio::test]
@@ -451,6 +458,42 @@ async fn leftover_and_damaged_body_files_are_dropped_after_start_up() {
     let kept = edge.get("/kept").await;
     assert!(kept.is_hit(), "{}", kept.cache_status());
     assert_eq!(kept.body, vec![3u8; 50_000]);
+}
+
+/// An index lost (deleted, or emptied) between runs beside body files: the files cannot be taken
+/// back as they were. A soft purge, which lived in the index, came back as a fresh hit, and the
+/// new index's ids named new files with the numbers of old ones, which then escaped eviction.
+#[tokio::test]
+async fn a_lost_index_beside_body_files_starts_the_tier_empty() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok(vec![b'1'; 20_000])
+            .header("cache-control", "max-age=600")
+            .header("etag", "\"1\""),
+    );
+    let edge = h.edge().await;
+    assert!(edge.get("/a").await.stored());
+    let url = format!("http://{}/purge?url=/a&soft=true", edge.admin_addr);
+    let purged = edge.client.post(url).send().await.unwrap();
+    assert_eq!(purged.status(), 200);
+    let old_file = body_file(&edge);
+    let (config, clock) = (edge.config.clone(), edge.clock.clone());
+    let dir = edge.stop().await;
+    std::fs::remove_dir_all(config.cache.disk.path.join("index")).unwrap();
+
+    h.origin.reply(
+        "/a",
+        Reply::ok(vec![b'2'; 20_000]).header("cache-control", "max-age=600"),
+    );
+    let edge = TestEdge::start(config, clock, dir).await;
+    let after = edge.get("/a").await;
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    // Its name may be taken by the new response's file.
+    let old = std::fs::read(&old_file).unwrap_or_default();
+    assert!(!old.starts_with(b"1"), "the old body file is deleted");
+    assert_eq!(after.body, vec![b'2'; 20_000]);
+    assert_eq!(h.origin.hits("/a"), 2);
 }
 
 #[tokio::test]

@@ -897,25 +897,31 @@ fn drop_unfinished_snapshots(index_dir: &Path) -> bool {
 /// Deletes what a store holds (its index and body files), keeping the directories, which may
 /// be mount points.
 fn empty(path: &Path) -> std::io::Result<()> {
-    for dir in ["index", "bodies"] {
-        let entries = match std::fs::read_dir(path.join(dir)) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == ErrorKind::NotFound => continue,
-            Err(err) => return Err(err),
-        };
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_name() == "lost+found" {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
+    empty_dir(&path.join("index"))?;
+    empty_dir(&path.join("bodies")).map(drop)
+}
+
+/// Deletes what `dir` holds (but a file system's `lost+found`); returns whether it held anything.
+fn empty_dir(dir: &Path) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let mut held = false;
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() == "lost+found" {
+            continue;
+        }
+        held = true;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
         }
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Bytes free for unprivileged users on the file system of `path` (`f_bavail`), as `df` shows
@@ -1018,6 +1024,16 @@ impl Inner {
             }
             opened => opened?,
         };
+        // A new index beside body files (the index was lost or emptied): they cannot be taken
+        // back as they are. Soft purges lived in the index, and its new ids would name new files
+        // with the numbers of old ones, which would take their places in the eviction order. A
+        // new index is flushed at once, so that a crash before sled's first flush leaves one.
+        if !db.was_recovered() {
+            if empty_dir(&bodies)? {
+                warn!(path = %path.display(), "the disk tier's index was missing or empty beside body files: they are deleted, and the tier starts empty");
+            }
+            db.flush()?;
+        }
         let records = db.open_tree("records")?;
         let tags = db.open_tree("tags")?;
         let soft = db.open_tree("soft")?;
