@@ -634,12 +634,10 @@ impl Drop for Closer<'_> {
 }
 
 async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
-    // A 304 refreshes the stored response. A body kept in a file stays there: the refreshed
-    // record goes into a copy of that file that the kernel makes (`disk::Inner::write_file`).
-    let mut validating = job
-        .stale
-        .as_deref()
-        .filter(|stale| has_validator(&stale.headers.to_map()));
+    // A 304 refreshes the stored response (one without validators too, RFC 9111 §4.3.4, though
+    // asked for unconditionally). A body kept in a file stays there: the refreshed record goes
+    // into a copy of that file that the kernel makes (`disk::Inner::write_file`).
+    let mut validating = job.stale.as_deref();
     loop {
         let mut outgoing = origin::request_headers(job.request.clone(), job.client, job.version);
         for name in &CLIENT_CONDITIONS {
@@ -1254,10 +1252,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-fn has_validator(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
 
 /// RFC 9111 §4.3.1: validate with the stored entity-tag and, for GET, the stored Last-Modified.

@@ -199,6 +199,34 @@ async fn a_stale_entry_without_validators_is_fetched_unconditionally() {
     assert!(sent.get("if-modified-since").is_none());
 }
 
+/// RFC 9111 §4.3.4: a 304 without a validator selects the one stored response when that has none
+/// either, whatever made the origin send it to an unconditional request. The client, which sent
+/// no condition, got the bare 304, and the key became hit-for-pass.
+#[tokio::test]
+async fn a_304_to_the_refetch_of_an_entry_without_validators_refreshes_it() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("v1").header("cache-control", "max-age=10"));
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(15));
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(304)
+            .header("cache-control", "max-age=100"),
+    );
+    let refreshed = edge.get("/a").await;
+    assert_eq!((refreshed.status, refreshed.text()), (200, "v1"));
+    assert_eq!(
+        refreshed.cache_status(),
+        "edge; fwd=stale; fwd-status=304; stored; ttl=100"
+    );
+    let hit = edge.get("/a").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
 #[tokio::test]
 async fn the_clients_conditions_and_range_are_not_sent_to_the_origin_on_a_fill() {
     let h = Harness::new().await;
