@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, Reply, TestEdge, base_config};
+use common::{Harness, Reply, TestEdge, base_config, sample};
 use tempfile::TempDir;
 
 #[tokio::test]
@@ -496,6 +496,46 @@ async fn a_lost_index_beside_body_files_starts_the_tier_empty() {
     assert_eq!(h.origin.hits("/a"), 2);
 }
 
+/// A purged response's body file that cannot be deleted (here `chattr +i` on the directory,
+/// which stops root too; in the field EIO, EPERM, EBUSY) was only logged, and the next start-up
+/// took the file back: the purged response was served again. It is emptied instead.
+#[tokio::test]
+async fn a_purge_whose_body_file_cannot_be_deleted_stays_purged_after_a_restart() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok(vec![b'1'; 20_000]).header("cache-control", "max-age=600"),
+    );
+    let edge = h.edge().await;
+    assert!(edge.get("/a").await.stored());
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&bodies)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i needs root and a file system that takes it");
+        return;
+    }
+    let url = format!("http://{}/purge?url=/a", edge.admin_addr);
+    let purged = edge.client.post(url).send().await.unwrap();
+    assert!(chattr("-i"), "the directory is writable again");
+    assert_eq!(purged.status(), 200);
+
+    h.origin.reply(
+        "/a",
+        Reply::ok(vec![b'2'; 20_000]).header("cache-control", "max-age=600"),
+    );
+    let edge = edge.restart().await;
+    let after = edge.get("/a").await;
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(after.body, vec![b'2'; 20_000]);
+}
+
 #[tokio::test]
 async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
     let h = Harness::new().await;
@@ -520,6 +560,46 @@ async fn a_body_file_changed_after_it_was_verified_is_verified_again() {
     assert_eq!(after.body, body, "{}", after.cache_status());
     assert!(!after.is_hit(), "{}", after.cache_status());
     assert_eq!(h.origin.hits("/file"), 2);
+}
+
+/// A body file replaced by another key's while edge runs was a miss (the lookup compares URLs),
+/// but silently: neither logged nor counted, and left in place. The start-up check already
+/// dropped such a file.
+#[tokio::test]
+async fn a_body_file_holding_another_keys_record_is_an_integrity_failure() {
+    let h = Harness::new().await;
+    for (path, byte) in [("/a", b'a'), ("/b", b'b')] {
+        h.origin.reply(
+            path,
+            Reply::ok(vec![byte; 20_000]).header("cache-control", "max-age=600"),
+        );
+    }
+    // A memory tier that holds nothing: every lookup reads the disk tier.
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = 1024).await;
+    edge.get("/a").await;
+    edge.get("/b").await;
+    assert!(edge.get("/a").await.is_hit());
+    let bodies = edge.config.cache.disk.path.join("bodies");
+    let file_of = |byte: u8| {
+        std::fs::read_dir(&bodies)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| std::fs::read(path).is_ok_and(|bytes| bytes.first() == Some(&byte)))
+            .unwrap()
+    };
+    let a = file_of(b'a');
+    std::fs::copy(file_of(b'b'), &a).unwrap();
+
+    let after = edge.get("/a").await;
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(after.body, vec![b'a'; 20_000]);
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_disk_integrity_failures_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(edge.get("/b").await.is_hit(), "/b's own file is untouched");
 }
 
 /// A disk hit of a body file verified before hashes neither its body nor its record again; a

@@ -1348,6 +1348,10 @@ impl Inner {
             Err(DecodeError::Obsolete) => return self.drop_obsolete(key, seq),
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
         };
+        // A sound file of another key's, copied or moved over this one.
+        if !seen && !holds_record_for(key, &entry) {
+            return self.drop_failed(key, seq, FOR_ANOTHER_KEY);
+        }
         if body_ref.len > self.stream_over {
             if !seen {
                 // Hashing the whole body is for the blocking pool.
@@ -1697,11 +1701,26 @@ impl Inner {
         if !self.tags.is_empty() {
             self.unindex_tags(&gone);
         }
-        if gone.value.is_none()
-            && let Err(err) = std::fs::remove_file(self.body_path(&gone.key, gone.seq))
-            && err.kind() != ErrorKind::NotFound
-        {
-            warn!(key = %hex(&gone.key), %err, "cannot delete a body file");
+        if gone.value.is_none() {
+            let path = self.body_path(&gone.key, gone.seq);
+            if let Err(err) = std::fs::remove_file(&path)
+                && err.kind() != ErrorKind::NotFound
+            {
+                // Left whole, the next start-up would take the file back (a purged response
+                // served again); emptied, it fails the start-up check.
+                let emptied = std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| file.set_len(0));
+                match emptied {
+                    Ok(()) => {
+                        warn!(key = %hex(&gone.key), %err, "cannot delete a body file; emptied it instead")
+                    }
+                    Err(also) => {
+                        error!(key = %hex(&gone.key), %err, %also, "cannot delete or empty a body file: after a restart, what it holds may be served again")
+                    }
+                }
+            }
         }
     }
 
@@ -2099,16 +2118,13 @@ fn check_files(tier: Weak<Inner>, files: Vec<FileName>) {
                     continue;
                 };
                 let failure = match read_record(&file, len, None, &inner.heuristic(), true) {
-                    Ok(Ok((entry, _)))
-                        if key.get(..32)
-                            == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..]) =>
-                    {
+                    Ok(Ok((entry, _))) if holds_record_for(&key, &entry) => {
                         if let Err(err) = inner.restore_tags(&key, seq, &entry) {
                             debug!(key = %hex(&key), %err, "cannot restore a body file's tag rows");
                         }
                         continue;
                     }
-                    Ok(Ok(_)) => "its record is for another key".to_owned(),
+                    Ok(Ok(_)) => FOR_ANOTHER_KEY.to_owned(),
                     Ok(Err(err)) => err.to_string(),
                     Err(err) => err.to_string(),
                 };
@@ -2158,6 +2174,13 @@ fn parse_name(name: &str) -> Option<FileName> {
 }
 
 /// Whether a record value (sequence number, then record) holds a response, not a Vary marker.
+/// Whether a body file's record is one stored under `key` (its URL's hash, then the variant).
+fn holds_record_for(key: &[u8], entry: &StoredEntry) -> bool {
+    key.get(..32) == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..])
+}
+
+const FOR_ANOTHER_KEY: &str = "its record is for another key";
+
 fn is_response(value: &[u8]) -> bool {
     value.get(8..11) == Some(b"EDG")
 }
