@@ -70,7 +70,8 @@ pub struct FillJob {
 /// The fills in flight, and the keys that recently turned out not to be storable.
 pub struct Fills {
     inflight: Mutex<HashMap<[u8; 32], Arc<Fill>>>,
-    passes: moka::sync::Cache<[u8; 32], (), KeyHasher>,
+    /// Whether each pass is for a body of unannounced length that outgrew `max_object_size`.
+    passes: moka::sync::Cache<[u8; 32], bool, KeyHasher>,
 }
 
 /// How a request takes part in a fill.
@@ -168,8 +169,13 @@ impl Fills {
         self.passes.contains_key(key.hash())
     }
 
-    /// `key`'s response may be stored again: the next request fills.
-    pub fn end_pass(&self, key: &CacheKey) {
+    /// `key`'s response, with `headers`, could be stored: the next request fills. Not when the
+    /// key passes for a body of unannounced length that outgrew `max_object_size` and these
+    /// headers announce none either: only its body can say, and it may outgrow it again.
+    pub fn end_pass(&self, key: &CacheKey, headers: &HeaderMap) {
+        if content_length(headers).is_none() && self.passes.get(key.hash()) == Some(true) {
+            return;
+        }
         self.passes.invalidate(key.hash());
     }
 
@@ -748,7 +754,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             Err(reason) => {
                 // Errors pass; remembering them would stop collapsing while the origin recovers.
                 if is_about_the_response(reason) && !server_error {
-                    edge.fills.passes.insert(*job.key.hash(), ());
+                    edge.fills.passes.insert(*job.key.hash(), false);
                 }
                 let body = axum::body::Body::new(upstream.into_body());
                 publish_private(
@@ -949,7 +955,7 @@ async fn stream_and_store(
                 limit, "body outgrew max_object_size; not storing it"
             );
             edge.fills.retire(&job.slot, fill);
-            edge.fills.passes.insert(*job.key.hash(), ());
+            edge.fills.passes.insert(*job.key.hash(), true);
             passing = true;
             // The spool is written no more, but kept until the body is read, so that its file
             // (which its readers may not have finished) stays within the disk tier's budget.

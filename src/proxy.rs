@@ -1319,7 +1319,7 @@ fn forward(
             let at = (request_time, response_time);
             match fill::not_storable(config, authorized, &request_cc, status, &headers, at) {
                 Some(reason) => cache_status = cache_status.not_stored(reason),
-                None => edge.fills.end_pass(&key),
+                None => edge.fills.end_pass(&key, &headers),
             }
         }
         cache_status.fwd_status = Some(status.as_u16());

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Reply, holding_back_origin};
+use common::{Harness, Reply, chunked_response, holding_back_origin, raw_origin};
 use futures_util::future::join_all;
 
 /// Waits (up to 10 s) until the body files under `bodies` hold `at_least` bytes; returns how
@@ -830,4 +830,34 @@ async fn a_reader_that_stops_reading_an_unstorable_body_is_cut_off_after_the_ori
         "the stalled client's response was cut off ({} bytes)",
         rest.len()
     );
+}
+
+/// A body of unannounced length that outgrows `cache.max_object_size` makes its key a pass for
+/// `cache.hit_for_pass`. The pass ended at the next request, whose headers alone looked
+/// storable: every other request was a fill again, spooling to disk a body it could not store
+/// and answering `stored`.
+#[tokio::test]
+async fn a_chunked_body_too_large_to_store_stays_a_pass() {
+    let h = Harness::new().await;
+    let body: Vec<u8> = (0..(3usize << 20)).map(|i| (i % 251) as u8).collect();
+    let response = chunked_response("HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n", &body);
+    let (addr, requests) = raw_origin(Box::leak(response.into_boxed_slice())).await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+            c.cache.memory.max_object_size.0 = 256 << 10;
+            c.cache.max_object_size.0 = 1 << 20;
+        })
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = edge.get("/chunked").await;
+        assert!(r.body[..] == body[..], "every client gets the whole body");
+        statuses.push(r.cache_status().to_owned());
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 4);
+    // The first head went out before the body's length was known.
+    for status in &statuses[1..] {
+        assert!(!status.contains("stored"), "{statuses:#?}");
+    }
 }
