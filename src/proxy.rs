@@ -1121,8 +1121,8 @@ async fn respond_to_range(
 ) -> Response {
     let whole = match &mut payload {
         Payload::Whole(body) => Some(body.clone()),
-        // The ranges of a large stored body are read from its file: one as it is sent, several
-        // into one multipart body (at most the body's size, the parts being coalesced).
+        // The ranges of a large stored body are read from its file as they are sent, in blocks,
+        // one after the other.
         Payload::File(spilled) => {
             let length = usize::try_from(spilled.len).unwrap_or(usize::MAX);
             match range::select(&request.headers, &headers, length) {
@@ -1135,25 +1135,32 @@ async fn respond_to_range(
                     return build(StatusCode::PARTIAL_CONTENT, headers, part);
                 }
                 Selection::Several(parts) => {
-                    let (spilled, fields) = (spilled.clone(), headers.clone());
-                    let read = tokio::task::spawn_blocking(move || {
-                        range::several(&fields, &parts, length, |part| {
-                            let len = part.end() - part.start() + 1;
-                            spilled.read_at(*part.start() as u64, len as u64)
-                        })
-                    });
-                    if let Ok(Ok((headers, body))) = read.await {
-                        return build(StatusCode::PARTIAL_CONTENT, headers, Body::from(body));
-                    }
-                    None
+                    use futures_util::StreamExt;
+                    let (headers, pieces) = range::several(&headers, &parts, length);
+                    let spilled = spilled.clone();
+                    let body =
+                        futures_util::stream::iter(pieces).flat_map(move |piece| match piece {
+                            range::Piece::Framing(framing) => {
+                                futures_util::stream::once(async { Ok(framing) }).boxed()
+                            }
+                            range::Piece::Part(part) => {
+                                file_stream(spilled.clone(), offsets(&part)).boxed()
+                            }
+                        });
+                    return build(
+                        StatusCode::PARTIAL_CONTENT,
+                        headers,
+                        Body::from_stream(body),
+                    );
                 }
             }
         }
         // One range of a body still arriving is sent as its bytes arrive; several are gathered
-        // part by part, and sent once the last is in. A body of unannounced length is sent whole,
-        // as it arrives, as nginx does (§14.2 lets a server ignore Range): waiting for all of it
-        // would hold a copy of up to cache.max_object_size per request. Once it is stored, its
-        // length is known and its ranges are answered.
+        // part by part, and sent once the last is in, if they come to at most GATHERED_MAX. A
+        // body of unannounced length, or more ranges of it, are sent whole, as they arrive, as
+        // nginx does (§14.2 lets a server ignore Range): waiting for all of it would hold a copy
+        // of up to cache.max_object_size per request. Once it is stored, its length is known and
+        // its ranges are answered.
         Payload::Streaming(fill) => {
             let length = crate::fill::content_length(&headers)
                 .and_then(|length| usize::try_from(length).ok());
@@ -1172,16 +1179,23 @@ async fn respond_to_range(
                 }
                 Some((length, Selection::Several(parts))) => {
                     let wanted: Vec<_> = parts.iter().map(offsets).collect();
+                    let size: u64 = wanted.iter().map(|part| part.end - part.start).sum();
+                    if size > GATHERED_MAX {
+                        return build(status, headers, payload.into_body());
+                    }
                     let Some(gathered) = fill.gather(&wanted).await else {
                         return build(status, headers, payload.into_body());
                     };
                     let mut gathered = gathered.into_iter();
-                    let multipart =
-                        range::several(&headers, &parts, length, |_| gathered.next().ok_or(()));
-                    if let Ok((headers, body)) = multipart {
-                        return build(StatusCode::PARTIAL_CONTENT, headers, Body::from(body));
-                    }
-                    None
+                    let (headers, pieces) = range::several(&headers, &parts, length);
+                    let body: Vec<Bytes> = pieces
+                        .into_iter()
+                        .map(|piece| match piece {
+                            range::Piece::Framing(framing) => framing,
+                            range::Piece::Part(_) => gathered.next().unwrap_or_default(),
+                        })
+                        .collect();
+                    return build(StatusCode::PARTIAL_CONTENT, headers, pieces_body(body));
                 }
             }
         }
@@ -1192,7 +1206,7 @@ async fn respond_to_range(
     match range::apply(&request.headers, &headers, &whole) {
         RangeOutcome::Full => build(status, headers, Body::from(whole)),
         RangeOutcome::Partial { headers, body } => {
-            build(StatusCode::PARTIAL_CONTENT, headers, Body::from(body))
+            build(StatusCode::PARTIAL_CONTENT, headers, pieces_body(body))
         }
         RangeOutcome::Unsatisfiable { headers: range } => unsatisfiable(headers, range),
     }
@@ -1200,6 +1214,20 @@ async fn respond_to_range(
 
 /// The byte offsets of a range as the body's readers take them: from its first byte to past its
 /// last.
+/// The most bytes of a body still arriving that the parts of one multipart answer are gathered
+/// into, in memory, before it is sent; more are answered with the whole body.
+const GATHERED_MAX: u64 = 1 << 20;
+
+/// A body sent as `pieces`, each as it is (slices of a stored body are not copied).
+fn pieces_body(mut pieces: Vec<Bytes>) -> Body {
+    match pieces.len() {
+        1 => Body::from(pieces.remove(0)),
+        _ => Body::from_stream(futures_util::stream::iter(
+            pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+        )),
+    }
+}
+
 fn offsets(range: &std::ops::RangeInclusive<usize>) -> std::ops::Range<u64> {
     *range.start() as u64..*range.end() as u64 + 1
 }

@@ -7,7 +7,6 @@
 //! arriving from the origin).
 
 use std::collections::hash_map::RandomState;
-use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::RangeInclusive;
 
@@ -29,8 +28,12 @@ pub enum RangeOutcome {
     /// Serve the 200 as it is: no Range, one edge ignores, or a failed `If-Range`.
     Full,
     /// 206 Partial Content: every field of the 200 except those this replaces (`Content-Range`,
-    /// `Content-Length`, and for several parts `Content-Type`), and the content to send.
-    Partial { headers: HeaderMap, body: Bytes },
+    /// `Content-Length`, and for several parts `Content-Type`), and the content to send, in
+    /// pieces: slices of the body and, for several parts, the multipart framing around them.
+    Partial {
+        headers: HeaderMap,
+        body: Vec<Bytes>,
+    },
     /// 416 Range Not Satisfiable: only `Content-Range: bytes */length` (§15.5.17); the caller adds
     /// what it adds to any response and sends no content.
     Unsatisfiable { headers: HeaderMap },
@@ -173,37 +176,56 @@ pub fn apply(request: &HeaderMap, response_headers: &HeaderMap, body: &Bytes) ->
         Selection::Unsatisfiable { headers } => RangeOutcome::Unsatisfiable { headers },
         Selection::One { headers, range } => RangeOutcome::Partial {
             headers,
-            body: body.slice(range),
+            body: vec![body.slice(range)],
         },
         Selection::Several(parts) => {
-            let cut = |part: RangeInclusive<usize>| Ok::<_, Infallible>(body.slice(part));
-            let Ok((headers, body)) = several(response_headers, &parts, body.len(), cut);
+            let (headers, pieces) = several(response_headers, &parts, body.len());
+            let body = pieces
+                .into_iter()
+                .map(|piece| match piece {
+                    Piece::Framing(framing) => framing,
+                    Piece::Part(part) => body.slice(part),
+                })
+                .collect();
             RangeOutcome::Partial { headers, body }
         }
     }
 }
 
+/// A piece of a `multipart/byteranges` body, in order: framing edge writes, or a part of the
+/// representation for the caller to read, as it is sent (never the whole body at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Framing(Bytes),
+    Part(RangeInclusive<usize>),
+}
+
 /// The 206 of several `parts` of a representation of `length` bytes whose 200 would carry
-/// `response_headers`: its fields, and its `multipart/byteranges` content, each part's bytes
-/// got from `bytes`.
-pub fn several<E>(
+/// `response_headers`: its fields, and its `multipart/byteranges` content, as pieces.
+pub fn several(
     response_headers: &HeaderMap,
     parts: &[RangeInclusive<usize>],
     length: usize,
-    bytes: impl FnMut(RangeInclusive<usize>) -> Result<Bytes, E>,
-) -> Result<(HeaderMap, Bytes), E> {
+) -> (HeaderMap, Vec<Piece>) {
     let mut headers = response_headers.clone();
     let boundary = boundary();
     let content_type = headers.get(header::CONTENT_TYPE);
-    let multipart = multipart(parts, length, content_type, &boundary, bytes)?;
+    let pieces = multipart(parts, length, content_type, &boundary);
+    let size: usize = pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Framing(framing) => framing.len(),
+            Piece::Part(part) => part.end() - part.start() + 1,
+        })
+        .sum();
     headers.remove(header::CONTENT_RANGE);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::try_from(format!("multipart/byteranges; boundary={boundary}"))
             .expect("the boundary is hexadecimal"),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len()));
-    Ok((headers, multipart))
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    (headers, pieces)
 }
 
 /// What `request` asks of a representation of `length` bytes whose 200 would carry
@@ -277,44 +299,41 @@ fn boundary() -> String {
 
 /// The `multipart/byteranges` content of §14.6: each part with the representation's
 /// `Content-Type`, if it has one, and its own `Content-Range`.
-fn multipart<E>(
+fn multipart(
     parts: &[RangeInclusive<usize>],
     length: usize,
     content_type: Option<&HeaderValue>,
     boundary: &str,
-    mut bytes: impl FnMut(RangeInclusive<usize>) -> Result<Bytes, E>,
-) -> Result<Bytes, E> {
-    let overhead = 128 + boundary.len() + content_type.map_or(0, HeaderValue::len);
-    let size: usize = parts
-        .iter()
-        .map(|r| r.end() - r.start() + 1 + overhead)
-        .sum();
-    let mut out = BytesMut::with_capacity(size + overhead);
+) -> Vec<Piece> {
+    let mut pieces = Vec::with_capacity(parts.len() * 2 + 1);
+    let mut framing = BytesMut::new();
     for part in parts {
         // RFC 2046 §5.1.1: the CRLF before a delimiter belongs to the delimiter, not the part.
-        if !out.is_empty() {
-            out.put_slice(b"\r\n");
+        if !pieces.is_empty() {
+            framing.put_slice(b"\r\n");
         }
-        out.put_slice(b"--");
-        out.put_slice(boundary.as_bytes());
-        out.put_slice(b"\r\n");
+        framing.put_slice(b"--");
+        framing.put_slice(boundary.as_bytes());
+        framing.put_slice(b"\r\n");
         if let Some(content_type) = content_type {
-            out.put_slice(b"Content-Type: ");
-            out.put_slice(content_type.as_bytes());
-            out.put_slice(b"\r\n");
+            framing.put_slice(b"Content-Type: ");
+            framing.put_slice(content_type.as_bytes());
+            framing.put_slice(b"\r\n");
         }
         let range = format!(
             "Content-Range: bytes {}-{}/{length}\r\n\r\n",
             part.start(),
             part.end()
         );
-        out.put_slice(range.as_bytes());
-        out.put_slice(&bytes(part.clone())?);
+        framing.put_slice(range.as_bytes());
+        pieces.push(Piece::Framing(framing.split().freeze()));
+        pieces.push(Piece::Part(part.clone()));
     }
-    out.put_slice(b"\r\n--");
-    out.put_slice(boundary.as_bytes());
-    out.put_slice(b"--\r\n");
-    Ok(out.freeze())
+    framing.put_slice(b"\r\n--");
+    framing.put_slice(boundary.as_bytes());
+    framing.put_slice(b"--\r\n");
+    pieces.push(Piece::Framing(framing.freeze()));
+    pieces
 }
 
 #[cfg(test)]
@@ -359,6 +378,10 @@ mod tests {
         let RangeOutcome::Partial { headers, body } = outcome else {
             panic!("expected 206, got {outcome:?}");
         };
+        let [body] = &body[..] else {
+            panic!("one part is one piece: {body:?}");
+        };
+        let body = body.clone();
         assert_eq!(headers[header::CONTENT_LENGTH], body.len().to_string());
         assert_eq!(headers[header::CONTENT_TYPE], "text/plain");
         assert_eq!(headers[header::ETAG], r#""v1""#);
@@ -376,6 +399,7 @@ mod tests {
         let RangeOutcome::Partial { headers, body } = outcome else {
             panic!("expected 206, got {outcome:?}");
         };
+        let body = body.concat();
         assert_eq!(headers[header::CONTENT_LENGTH], body.len().to_string());
         assert!(!headers.contains_key(header::CONTENT_RANGE));
         let content_type = headers[header::CONTENT_TYPE].to_str().unwrap();
@@ -586,6 +610,26 @@ mod tests {
         assert_eq!(single(ask("bytes=0-,-26")).0, "bytes 0-25/26");
     }
 
+    /// The parts of a multipart answer are slices of the stored body between framing pieces, so
+    /// that no request holds a copy of it.
+    #[test]
+    fn several_parts_are_slices_of_the_stored_body() {
+        let body = Bytes::from_static(BODY);
+        let request = headers(&[("range", "bytes=0-1,20-25")]);
+        let RangeOutcome::Partial {
+            headers,
+            body: pieces,
+        } = apply(&request, &stored(), &body)
+        else {
+            panic!("expected 206");
+        };
+        assert_eq!(pieces.len(), 5, "framing, part, framing, part, framing");
+        assert_eq!(pieces[1].as_ptr(), body.as_ptr());
+        assert_eq!(pieces[3].as_ptr(), body[20..].as_ptr());
+        let length: usize = pieces.iter().map(Bytes::len).sum();
+        assert_eq!(headers[header::CONTENT_LENGTH], length.to_string());
+    }
+
     #[test]
     fn parts_omit_content_type_when_the_representation_has_none() {
         let mut response = stored();
@@ -596,6 +640,7 @@ mod tests {
         else {
             panic!("expected 206");
         };
+        let body = body.concat();
         let text = std::str::from_utf8(&body).unwrap();
         assert!(!text.contains("Content-Type"));
         assert_eq!(text.matches("Content-Range: bytes ").count(), 2);

@@ -206,6 +206,19 @@ async fn a_range_of_a_body_still_arriving_is_sent_once_its_bytes_are_in() {
             let at = find(&several.body, part.as_bytes()).expect("the part's header") + part.len();
             assert!(several.body[at..=at + last - first] == body[first..=last]);
         }
+        // Several that come to more than edge gathers in memory (1 MiB): the whole body, sent
+        // as it arrives. They were gathered whole, a copy per request, before anything was sent.
+        let whole = edge
+            .client
+            .get(edge.url("/video"))
+            .header("range", "bytes=0-0,2-1200000")
+            .send();
+        let whole = tokio::time::timeout(Duration::from_secs(5), whole)
+            .await
+            .expect("answered before the rest of the body arrives")
+            .unwrap();
+        assert_eq!(whole.status(), 200, "{memory_max}");
+        drop(whole);
         // A range in the second half waits for its bytes, then gets exactly them.
         let late = tokio::spawn({
             let (client, url) = (edge.client.clone(), edge.url("/video"));
