@@ -661,16 +661,16 @@ impl<'de> Deserialize<'de> for OriginUrl {
         let text = String::deserialize(d)?;
         let url = url::Url::parse(text.trim())
             .map_err(|e| de::Error::custom(format!("invalid URL {text:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(de::Error::custom(format!(
-                "invalid URL {text:?}: the scheme must be http or https"
-            )));
-        }
         if !url.username().is_empty() || url.password().is_some() {
             // Not echoed: the text holds a password.
             return Err(de::Error::custom(
                 "invalid URL: user:password@ is not taken (edge sends the origin no credentials of its own)",
             ));
+        }
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(de::Error::custom(format!(
+                "invalid URL {text:?}: the scheme must be http or https"
+            )));
         }
         if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
             return Err(de::Error::custom(format!(

@@ -2173,7 +2173,6 @@ fn parse_name(name: &str) -> Option<FileName> {
     Some((unhex(key)?.into(), u64::from_be_bytes(seq)))
 }
 
-/// Whether a record value (sequence number, then record) holds a response, not a Vary marker.
 /// Whether a body file's record is one stored under `key` (its URL's hash, then the variant).
 fn holds_record_for(key: &[u8], entry: &StoredEntry) -> bool {
     key.get(..32) == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..])
@@ -2181,6 +2180,7 @@ fn holds_record_for(key: &[u8], entry: &StoredEntry) -> bool {
 
 const FOR_ANOTHER_KEY: &str = "its record is for another key";
 
+/// Whether a record value (sequence number, then record) holds a response, not a Vary marker.
 fn is_response(value: &[u8]) -> bool {
     value.get(8..11) == Some(b"EDG")
 }

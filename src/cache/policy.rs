@@ -657,9 +657,10 @@ pub fn decide(
 
 /// RFC 9111 §4.3.4: does a 304 select the stored response? A validator the 304 carries must be
 /// the stored one: a strong entity-tag only the same strong tag, a weak one by weak comparison
-/// (§8.8.3.2 of RFC 9110); a 304 that carries no validator is taken to answer the conditional request edge sent. A 304 whose `Vary` names other
-/// fields does not: the stored response would be chosen by fields it no longer varies on (§4.1),
-/// and edge holds only the values of the old ones.
+/// (§8.8.3.2 of RFC 9110); a 304 that carries no validator is taken to answer the conditional
+/// request edge sent. A 304 whose `Vary` names other fields does not: the stored response would
+/// be chosen by fields it no longer varies on (§4.1), and edge holds only the values of the old
+/// ones.
 pub fn not_modified_matches(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
     fn tag(h: &HeaderMap) -> Option<&str> {
         h.get(header::ETAG)
