@@ -1183,7 +1183,12 @@ async fn respond_to_range(
                     if size > GATHERED_MAX {
                         return build(status, headers, payload.into_body());
                     }
-                    let Some(gathered) = fill.gather(&wanted).await else {
+                    let gathered = fill.gather(&wanted).await.filter(|gathered| {
+                        let lengths = gathered.iter().map(|part| part.len() as u64);
+                        lengths.eq(wanted.iter().map(|part| part.end - part.start))
+                    });
+                    // The 206's Content-Length counts every part whole.
+                    let Some(gathered) = gathered else {
                         return build(status, headers, payload.into_body());
                     };
                     let mut gathered = gathered.into_iter();
