@@ -482,10 +482,11 @@ impl ConfigError {
 }
 
 /// Whether two listeners' addresses would take the same port (port 0 takes a free one each). An
-/// unspecified address takes it on every address of its family (`::` on IPv4's too).
+/// unspecified address takes it on every address of its family. (`::` may take IPv4's too, as
+/// `net.ipv6.bindv6only` says: not judged here, binding tells.)
 fn clashing(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |wild: SocketAddr, other: SocketAddr| {
-        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+        wild.ip().is_unspecified() && wild.is_ipv6() == other.is_ipv6()
     };
     a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
@@ -659,8 +660,16 @@ pub struct OriginUrl(pub url::Url);
 impl<'de> Deserialize<'de> for OriginUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
+        // A password is never echoed, whether the URL parses or not.
+        let shown = match text.split_once("://") {
+            Some((scheme, rest)) => match rest.split('/').next().and_then(|a| a.rsplit_once('@')) {
+                Some((_, host)) => format!("{scheme}://…@{host}"),
+                None => text.clone(),
+            },
+            None => text.clone(),
+        };
         let url = url::Url::parse(text.trim())
-            .map_err(|e| de::Error::custom(format!("invalid URL {text:?}: {e}")))?;
+            .map_err(|e| de::Error::custom(format!("invalid URL {shown:?}: {e}")))?;
         if !url.username().is_empty() || url.password().is_some() {
             // Not echoed: the text holds a password.
             return Err(de::Error::custom(

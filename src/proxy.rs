@@ -1217,8 +1217,6 @@ async fn respond_to_range(
     }
 }
 
-/// The byte offsets of a range as the body's readers take them: from its first byte to past its
-/// last.
 /// The most bytes of a body still arriving that the parts of one multipart answer are gathered
 /// into, in memory, before it is sent; more are answered with the whole body.
 const GATHERED_MAX: u64 = 1 << 20;
@@ -1233,6 +1231,8 @@ fn pieces_body(mut pieces: Vec<Bytes>) -> Body {
     }
 }
 
+/// The byte offsets of a range as the body's readers take them: from its first byte to past its
+/// last.
 fn offsets(range: &std::ops::RangeInclusive<usize>) -> std::ops::Range<u64> {
     *range.start() as u64..*range.end() as u64 + 1
 }
@@ -1373,6 +1373,8 @@ fn forward(
 
 /// RFC 9111 §4.4: the target URI, and `Location` / `Content-Location` when they are on the same
 /// origin. Edge's own host name (from the request) counts as the same origin as the origin's.
+/// What it removed is flushed, once, before the response goes on, as a purge's is: otherwise a
+/// crash within sled's flush interval brings the invalidated responses back.
 async fn invalidate_after_unsafe(
     edge: &Edge,
     target: &http::Uri,
@@ -1380,9 +1382,23 @@ async fn invalidate_after_unsafe(
     key: &CacheKey,
     response: &HeaderMap,
 ) {
-    invalidate(edge, key).await;
+    let removed = invalidate_uris(edge, target, public_host, key, response).await;
+    if removed > 0 {
+        edge.cache.flush().await;
+    }
+}
+
+/// [`invalidate_after_unsafe`]'s removals; returns how many responses went.
+async fn invalidate_uris(
+    edge: &Edge,
+    target: &http::Uri,
+    public_host: Option<HeaderValue>,
+    key: &CacheKey,
+    response: &HeaderMap,
+) -> usize {
+    let mut removed = invalidate(edge, key).await;
     let Some(url) = edge.config().origin.url_for(target) else {
-        return;
+        return removed;
     };
     let public_host = public_host.as_ref().and_then(|h| h.to_str().ok());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -1404,19 +1420,17 @@ async fn invalidate_after_unsafe(
             None
         };
         if let Some(target) = target {
-            invalidate(edge, &CacheKey::new(&target)).await;
+            removed += invalidate(edge, &CacheKey::new(&target)).await;
         }
     }
+    removed
 }
 
-/// Removes what is stored for `key`, and keeps a fill in flight for it from storing afterwards.
-/// What it removed is flushed before the response goes on, as a purge's is: otherwise a crash
-/// within sled's flush interval brings the invalidated response back.
-async fn invalidate(edge: &Edge, key: &CacheKey) {
+/// Removes what is stored for `key`, and keeps a fill in flight for it from storing afterwards;
+/// returns how many responses went.
+async fn invalidate(edge: &Edge, key: &CacheKey) -> usize {
     edge.fills.invalidate(key);
-    if edge.cache.invalidate(key).await > 0 {
-        edge.cache.flush().await;
-    }
+    edge.cache.invalidate(key).await
 }
 
 /// Whether `url` names edge itself as the client addressed it: same scheme (edge listens on

@@ -157,6 +157,12 @@ fn a_file_as_the_disk_path_credentials_one_address_twice_and_a_repeated_key_are_
             "user:password@",
         ),
         (
+            "origin:\n  url: http://user:secret@127.0.0.1:99999\n",
+            "origin.url",
+            ":2:",
+            "invalid port",
+        ),
+        (
             "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:8080\norigin:\n  url: http://o\n",
             "admin.listen",
             ":3:",

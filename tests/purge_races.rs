@@ -89,7 +89,10 @@ async fn purge_during_a_cold_fill(query: &str) {
         let edge = edge.clone();
         tokio::spawn(async move { edge.get("/p").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fetch is in flight once the origin has the request (it answers 400 ms later).
+    while h.origin.hits("/p") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     h.origin
         .reply("/p", cached("v2").header("surrogate-key", "product-42"));
     purge(&edge, query).await;

@@ -1707,7 +1707,9 @@ impl Inner {
                 && err.kind() != ErrorKind::NotFound
             {
                 // Left whole, the next start-up would take the file back (a purged response
-                // served again); emptied, it fails the start-up check.
+                // served again); emptied, it fails the start-up check. A client still reading it
+                // is cut off (an error it sees, never a wrong body): the price of a file system
+                // that refuses to delete.
                 let emptied = std::fs::File::options()
                     .write(true)
                     .open(&path)
