@@ -22,6 +22,18 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `edge check`'s stderr for `yaml`, checked to exit 2 naming `key` at `line` and saying `why`.
+fn refused(yaml: &str, key: &str, line: &str, why: &str) -> String {
+    let output = check(yaml);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{yaml}: {err}");
+    assert!(
+        err.contains(key) && err.contains(line) && err.contains(why),
+        "expected {key} at {line} ({why}): {err}"
+    );
+    err
+}
+
 const GOOD: &str = "origin:\n  url: http://127.0.0.1:9000\n";
 
 #[test]
@@ -127,13 +139,7 @@ fn an_unusable_origin_host_and_an_endless_duration_are_named() {
         ),
     ];
     for (yaml, key, line, why) in cases {
-        let output = check(yaml);
-        assert_eq!(output.status.code(), Some(2), "{yaml}: {}", stderr(&output));
-        let err = stderr(&output);
-        assert!(
-            err.contains(key) && err.contains(line) && err.contains(why),
-            "expected {key} at {line} ({why}): {err}"
-        );
+        let err = refused(yaml, key, line, why);
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -188,13 +194,7 @@ fn a_file_as_the_disk_path_credentials_one_address_twice_and_a_repeated_key_are_
         ),
     ];
     for (yaml, key, line, why) in cases {
-        let output = check(yaml);
-        let err = stderr(&output);
-        assert_eq!(output.status.code(), Some(2), "{yaml}: {err}");
-        assert!(
-            err.contains(key) && err.contains(line) && err.contains(why),
-            "expected {key} at {line} ({why}): {err}"
-        );
+        let err = refused(yaml, key, line, why);
         assert!(!err.contains("secret"), "{err}");
     }
     assert_eq!(

@@ -698,23 +698,10 @@ async fn counting_origin(
     (addr, release, written)
 }
 
-/// A client that asks for `path` and reads the response head, then nothing more, with a receive
-/// buffer of 4 KiB: what edge sends it stays in edge.
+/// [`common::stalled_client`] for a 200.
 async fn stalled_client(edge: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4 << 10).unwrap();
-    let mut stream = socket.connect(edge).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: edge\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while find(&head, b"\r\n\r\n").is_none() {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "edge closed before the response head");
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let (stream, head) = common::stalled_client(edge, path, "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     stream
 }
 

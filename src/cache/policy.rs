@@ -755,11 +755,7 @@ mod tests {
 
     #[test]
     fn a_strong_tag_in_a_304_selects_only_the_same_strong_tag() {
-        let etag = |tag: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::ETAG, HeaderValue::from_static(tag));
-            headers
-        };
+        let etag = |tag| HeaderMap::from_iter([(header::ETAG, HeaderValue::from_static(tag))]);
         let matches =
             |stored, not_modified| not_modified_matches(&etag(stored), &etag(not_modified));
         assert!(matches("\"v1\"", "\"v1\""));

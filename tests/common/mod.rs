@@ -586,3 +586,27 @@ pub fn disconnects(metrics: &str, reason: &str) -> f64 {
     let name = format!("edge_client_disconnects_total{{reason=\"{reason}\"}}");
     sample(metrics, &name)
 }
+
+/// A client that sends `GET path` with `headers` (each line ending in CRLF), reads the response
+/// head, then nothing more, with a receive buffer of 4 KiB: what edge sends it stays in edge.
+/// Returns the connection and the head.
+pub async fn stalled_client(
+    edge: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 << 10).unwrap();
+    let mut stream = socket.connect(edge).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: edge\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "edge closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
