@@ -130,6 +130,11 @@ async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
     std::fs::write(store.join("layout"), b"edge disk 3\n").unwrap();
     std::fs::write(store.join("index/conf"), b"this is not a database").unwrap();
     std::fs::write(store.join("index/db"), b"this is not a database").unwrap();
+    // One moved aside at an earlier start: outside the disk budget, it goes now, or a store
+    // breaking again and again would fill the file system.
+    let older = dir.path().join("store.broken-1000");
+    std::fs::create_dir_all(older.join("bodies")).unwrap();
+    std::fs::write(older.join("bodies/1"), vec![0; 100_000]).unwrap();
     let config = base_config(&h.origin.url(), dir.path());
     let edge = TestEdge::start(config, h.clock.clone(), dir.clone()).await;
 
@@ -141,7 +146,7 @@ async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
     assert_eq!(
         aside.len(),
         1,
-        "the broken store is kept beside the new one"
+        "the broken store is kept beside the new one, the older one deleted: {aside:?}"
     );
     assert_eq!(
         std::fs::read(aside[0].join("index/db")).unwrap(),

@@ -313,6 +313,7 @@ impl DiskTier {
             Err(err) => {
                 let aside = aside_path(path);
                 error!(path = %path.display(), aside = %aside.display(), %err, "disk tier does not open; moving it aside and starting empty");
+                remove_older_asides(path);
                 if let Err(err) = std::fs::rename(path, &aside) {
                     error!(%err, "cannot move the broken disk tier aside; running with the memory tier only");
                     return None;
@@ -2233,6 +2234,37 @@ fn allocated_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Deletes the stores moved aside before (`<path>.broken-*`): they sit outside the disk budget,
+/// so a store that breaks again and again would fill the file system. The one about to be
+/// moved aside is kept for a post-mortem, as the last core dump is.
+fn remove_older_asides(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".broken-");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().as_encoded_bytes().starts_with(prefix) {
+            continue;
+        }
+        let older = entry.path();
+        match std::fs::remove_dir_all(&older) {
+            Ok(()) => warn!(path = %older.display(), "deleted a disk tier moved aside before"),
+            Err(err) => {
+                warn!(path = %older.display(), %err, "cannot delete a disk tier moved aside before")
+            }
+        }
+    }
 }
 
 fn aside_path(path: &Path) -> PathBuf {
