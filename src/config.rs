@@ -81,19 +81,26 @@ fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Erro
 /// A list of networks (`10.0.0.0/8`, `::1/128`), where an address alone (`10.0.0.1`) stands for
 /// itself, as in nginx's `allow`.
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|text| {
+    // Item by item, so that an error names the item (`purge.allow[1]`) and its line.
+    struct Network(ipnet::IpNet);
+    impl<'de> Deserialize<'de> for Network {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
             let text = text.trim();
             (text.parse::<ipnet::IpNet>())
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(Network)
                 .map_err(|_| {
                     de::Error::custom(format!(
                         "invalid address {text:?}: expected an address or a network (10.0.0.1, 10.0.0.0/8, ::1)"
                     ))
                 })
-        })
-        .collect()
+        }
+    }
+    Ok(Vec::<Network>::deserialize(d)?
+        .into_iter()
+        .map(|Network(net)| net)
+        .collect())
 }
 
 /// Whether `addr` is in one of the networks of `allow`.
@@ -446,17 +453,31 @@ impl Config {
                 path => path,
             };
             let inner = err.into_inner();
-            let message = bare_message(&inner);
+            let mut message = bare_message(&inner);
             // For a value edge rejects itself, the YAML parser points at the start of the
-            // enclosing mapping; name the key's own line instead when it can be found (for a key
-            // written twice, the second time).
-            let found = match message
+            // enclosing mapping; name the key's own line instead when it can be found. A key
+            // written twice is named whole, on its second line.
+            let mut key = key;
+            let duplicate = message
                 .strip_prefix("duplicate field `")
                 .and_then(|rest| rest.split_once('`'))
-            {
-                Some((name, _)) if key.starts_with('(') => key_positions(text, name).nth(1),
-                Some((name, _)) => key_positions(text, &format!("{key}.{name}")).nth(1),
-                None => locate_key(text, &key),
+                .map(|(name, _)| name.to_owned());
+            let found = match duplicate {
+                Some(name) => {
+                    if !key.starts_with('(') {
+                        key = format!("{key}.{name}");
+                    } else {
+                        key = name;
+                    }
+                    let mut places = key_positions(text, &key);
+                    let first = places.next();
+                    message = match first {
+                        Some((line, _)) => format!("written twice (first on line {line})"),
+                        None => "written twice".to_owned(),
+                    };
+                    places.next()
+                }
+                None => locate(text, &key),
             };
             let location = found.or_else(|| inner.location().map(|at| (at.line(), at.column())));
             ConfigError::at(file, location, key, message)
@@ -496,6 +517,41 @@ fn clashing(a: SocketAddr, b: SocketAddr) -> bool {
 /// position describes better.
 fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
     key_positions(text, path).next()
+}
+
+/// The line and column of `path` in block-style YAML: a key (`cache.memory.capacity`), or an item
+/// of a list under one (`purge.allow[1]`, on the item's own line, or the key's for a flow list).
+fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let Some((list, index)) = path
+        .strip_suffix(']')
+        .and_then(|rest| rest.rsplit_once('['))
+        .and_then(|(list, index)| Some((list, index.parse::<usize>().ok()?)))
+    else {
+        return locate_key(text, path);
+    };
+    let (line, column) = locate_key(text, list)?;
+    let key_indent = column - 1;
+    let mut items = None;
+    let mut seen = 0;
+    for (number, row) in text.lines().enumerate().skip(line) {
+        let content = row.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = row.len() - content.len();
+        let item = content == "-" || content.starts_with("- ");
+        if indent < key_indent || (indent == key_indent && !item) {
+            break;
+        }
+        // The list's own items, not those of a list nested in one.
+        if item && *items.get_or_insert(indent) == indent {
+            if seen == index {
+                return Some((number + 1, indent + 1));
+            }
+            seen += 1;
+        }
+    }
+    Some((line, column))
 }
 
 /// Every place the key at `path` is written in block-style YAML, in order.

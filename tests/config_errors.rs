@@ -147,7 +147,8 @@ fn an_unusable_origin_host_and_an_endless_duration_are_named() {
 /// Values found by the operations audit that `check` passed: a disk path that is a file (start-up
 /// took it for a broken store and renamed the operator's file aside), an origin URL with
 /// credentials (dropped, and the password logged), one address for both listeners (the second
-/// failed to bind only at start-up), and a key written twice (named on its parent's line).
+/// failed to bind only at start-up), a key written twice (named on its parent's line), and an
+/// item of a list (named on the list's line).
 #[test]
 fn a_file_as_the_disk_path_credentials_one_address_twice_and_a_repeated_key_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,15 +183,34 @@ fn a_file_as_the_disk_path_credentials_one_address_twice_and_a_repeated_key_are_
         ),
         (
             "origin:\n  url: http://o\ncache:\n  collapse_wait: 5s\n  collapse_wait: 6s\n",
-            "duplicate field `collapse_wait`",
+            ":5:3: cache.collapse_wait: ",
             ":5:",
-            "cache",
+            "written twice (first on line 4)",
         ),
         (
             "origin:\n  url: http://o\ncache: {}\nlog: {}\ncache: {}\n",
-            "duplicate field `cache`",
+            ":5:1: cache: ",
             ":5:",
-            "",
+            "written twice (first on line 3)",
+        ),
+        // An item of a list, on its own line (it was the list's key line).
+        (
+            "origin:\n  url: http://o\npurge:\n  allow:\n    - 127.0.0.1\n    # a comment\n\n    - nonsense\n",
+            "purge.allow[1]",
+            ":8:5:",
+            "invalid address \"nonsense\"",
+        ),
+        (
+            "origin:\n  url: http://o\nexplain:\n  allow:\n  - ::1\n  - 10.0.0.0/8\n  - 10.0.0.300\nlisten: 127.0.0.1:1\n",
+            "explain.allow[2]",
+            ":7:3:",
+            "invalid address \"10.0.0.300\"",
+        ),
+        (
+            "origin:\n  url: http://o\npurge:\n  allow: [127.0.0.1, nonsense]\n",
+            "purge.allow[1]",
+            ":4:",
+            "invalid address \"nonsense\"",
         ),
     ];
     for (yaml, key, line, why) in cases {
