@@ -835,6 +835,12 @@ async fn answer_from_fill(
                             None
                         }
                     }
+                } else if !leader && (shared.freshness.no_cache || shared.ttl <= 0) {
+                    // A response to be validated before each use (`no-cache`, `max-age=0`, or
+                    // stored only for its validator) answers the request it was fetched for, not
+                    // another (RFC 9111 §4, §5.2.2.4): the origin answered the leader's cookies
+                    // and credentials, and may have another page for this request's.
+                    None
                 } else {
                     Some(shared.ttl)
                 };

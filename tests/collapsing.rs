@@ -136,6 +136,58 @@ async fn waiters_of_an_uncacheable_response_fetch_on_their_own() {
     }
 }
 
+/// A response that must be validated before each use (`no-cache`, `max-age=0`, or stored only
+/// for its validator) answers the request it was fetched for, not the others waiting on it
+/// (RFC 9111 §4, §5.2.2.4): the origin answered the leader's cookies, and may answer another
+/// client's with another page. Each waiter goes to the origin with its own request.
+#[tokio::test]
+async fn waiters_do_not_share_a_response_that_must_be_validated_first() {
+    for (path, cache_control) in [
+        ("/no-cache", Some("no-cache")),
+        ("/max-age-0", Some("max-age=0")),
+        ("/validator-only", None),
+    ] {
+        let h = Harness::new().await;
+        let mut reply = Reply::ok("your account")
+            .header("etag", "\"v1\"")
+            .delay(Duration::from_millis(500));
+        if let Some(cache_control) = cache_control {
+            reply = reply.header("cache-control", cache_control);
+        }
+        h.origin.reply(path, reply);
+        let edge = h.edge().await;
+        let leader = edge.get_with(path, &[("cookie", "session=first")]);
+        let waiter = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            edge.get_with(path, &[("cookie", "session=second")]).await
+        };
+        let (leader, waiter) = tokio::join!(leader, waiter);
+        assert_eq!(leader.status, 200, "{path}");
+        assert_eq!(waiter.status, 200, "{path}");
+        assert!(
+            !waiter.cache_status().contains("collapsed"),
+            "{path}: {}",
+            waiter.cache_status()
+        );
+        assert_eq!(
+            h.origin.hits(path),
+            2,
+            "{path}: each client asked the origin"
+        );
+        let cookies: Vec<_> = (h.origin.received().iter())
+            .filter_map(|r| {
+                r.headers
+                    .get("cookie")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+            .collect();
+        assert!(
+            cookies.contains(&"session=second".to_owned()),
+            "{path}: {cookies:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_waiter_whose_leader_is_too_slow_fetches_on_its_own() {
     let h = Harness::new().await;
