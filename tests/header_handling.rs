@@ -550,6 +550,38 @@ async fn the_client_host_does_not_reach_the_origin() {
     seen_by_origin("/b");
 }
 
+/// A method override (`X-HTTP-Method-Override: POST` and its kin) tunnels another method through
+/// a POST; on a GET or HEAD, which edge answers from its cache, an origin that honours it would
+/// have the answer to another method stored for every client of the URL (the HTTP Method
+/// Override cache-poisoned denial of service). A POST keeps it: that is what it is for.
+#[tokio::test]
+async fn a_method_override_does_not_reach_the_origin_on_a_get_or_head() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/m", Reply::ok("m").header("cache-control", "max-age=60"));
+    h.origin.reply("/p", Reply::ok("p"));
+    let edge = h.edge().await;
+    let overrides = [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+    ];
+    let response = edge.get_with("/m", &overrides).await;
+    assert!(response.stored(), "{}", response.cache_status());
+    let seen = h.origin.last("/m").unwrap().headers;
+    for (name, _) in overrides {
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the origin on a GET"
+        );
+    }
+    edge.send(http::Method::POST, "/p", &overrides).await;
+    let seen = h.origin.last("/p").unwrap().headers;
+    for (name, value) in overrides {
+        assert_eq!(seen.get(name).unwrap(), value, "{name} on a POST");
+    }
+}
+
 /// Content in a GET has no meaning (RFC 9110 §9.3.1) and edge drops it; its `Content-Length`
 /// must go too, or the origin waits for a body that never comes, and the fill with it.
 #[tokio::test]
