@@ -195,3 +195,39 @@ async fn a_field_named_in_connection_does_not_choose_the_variant_stored() {
     assert_eq!(h.origin.hits("/lang"), 2);
     assert!(edge.get("/lang").await.is_hit());
 }
+
+/// The request header values a variant was selected by are kept with it, and a client chooses
+/// them: with `Vary: X-Foo` and 32 KiB of `X-Foo` per request, the memory tier weighed each
+/// variant by its one-byte body and headers only, and held 64 of them (2 MiB of values) within a
+/// capacity of 1 MiB: a budget that many clients' values could outgrow without limit.
+#[tokio::test]
+async fn the_memory_tier_weighs_the_request_values_a_variant_was_selected_by() {
+    const VALUE: usize = 32 << 10;
+    const CAPACITY: u64 = 1 << 20;
+    let h = Harness::new().await;
+    let edge = h.edge_with(|c| c.cache.memory.capacity.0 = CAPACITY).await;
+    for i in 0..64 {
+        let path = format!("/v{i}");
+        h.origin.reply(
+            &path,
+            Reply::ok("v")
+                .header("cache-control", "max-age=600")
+                .header("vary", "X-Foo"),
+        );
+        let value = format!("{i:04}{}", "f".repeat(VALUE - 4));
+        let stored = edge.get_with(&path, &[("x-foo", &value)]).await;
+        assert!(stored.stored(), "{}", stored.cache_status());
+    }
+    let metrics = edge.metrics().await;
+    let entries = common::sample(&metrics, "edge_cache_entries{tier=\"memory\"}") as u64;
+    let bytes = common::sample(&metrics, "edge_cache_bytes{tier=\"memory\"}") as u64;
+    assert!(entries > 0, "{metrics}");
+    assert!(
+        bytes >= entries * VALUE as u64,
+        "{entries} variants of {VALUE} bytes of request values each weighed {bytes} bytes"
+    );
+    assert!(
+        entries * VALUE as u64 <= CAPACITY,
+        "{entries} variants of {VALUE} bytes of request values each in a tier of {CAPACITY} bytes"
+    );
+}

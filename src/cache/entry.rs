@@ -473,7 +473,15 @@ impl StoredEntry {
             .iter()
             .map(|(n, v, _)| n.as_str().len() + v.len() + 32)
             .sum();
-        let total = self.body.len() + headers + self.url.len() + 256;
+        // The request header values the variant was selected by: a client chooses them (up to a
+        // request head's size each), so they are weighed like the rest.
+        let variance: usize = self
+            .variance
+            .fields()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, String::len) + 32)
+            .sum();
+        let total = self.body.len() + headers + variance + self.url.len() + 256;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
