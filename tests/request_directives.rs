@@ -184,6 +184,37 @@ async fn max_stale_never_serves_a_no_cache_response_without_the_origin() {
     max_stale_is_refused_for("no-cache, max-age=10").await;
 }
 
+/// A response that was never fresh (stored only for its validator: `max-age=0`, or no freshness
+/// at all beside an `ETag`, as frameworks send for personalised pages) answered the cookies of
+/// the request it was fetched for: a client's `max-stale` does not hand it to another client.
+#[tokio::test]
+async fn max_stale_never_serves_a_response_that_was_never_fresh() {
+    for (path, cache_control) in [("/zero", Some("max-age=0")), ("/etag-only", None)] {
+        let h = Harness::new().await;
+        let mut reply = Reply::ok("your account").header("etag", "\"v1\"");
+        if let Some(cache_control) = cache_control {
+            reply = reply.header("cache-control", cache_control);
+        }
+        h.origin.reply(path, reply);
+        let edge = h.edge().await;
+        let first = edge.get_with(path, &[("cookie", "session=first")]).await;
+        assert!(first.stored(), "{path}: {}", first.cache_status());
+        h.clock.advance(Duration::from_secs(5));
+
+        let other = edge
+            .get_with(
+                path,
+                &[("cookie", "session=second"), ("cache-control", "max-stale")],
+            )
+            .await;
+        assert!(!other.is_hit(), "{path}: {}", other.cache_status());
+        assert_eq!(other.fwd(), Some("stale"), "{path}");
+        assert_eq!(h.origin.hits(path), 2, "{path}");
+        let last = h.origin.last(path).unwrap();
+        assert_eq!(last.headers.get("cookie").unwrap(), "session=second");
+    }
+}
+
 #[tokio::test]
 async fn max_stale_with_an_argument_bounds_how_stale() {
     let h = Harness::new().await;

@@ -644,6 +644,45 @@ async fn operator_stale_if_error_is_never_used_for_must_revalidate_or_no_cache()
     }
 }
 
+/// A response that was never fresh (stored only for its validator) answered the cookies of the
+/// request it was fetched for: the operator's window does not hand it to everyone while the
+/// origin fails; the origin's own `stale-if-error` still does.
+#[tokio::test]
+async fn operator_stale_if_error_is_never_used_for_a_response_that_was_never_fresh() {
+    let h = Harness::new().await;
+    let cases = [
+        ("/zero", Some("max-age=0"), 503),
+        ("/etag-only", None, 503),
+        ("/granted", Some("max-age=0, stale-if-error=60"), 200),
+    ];
+    for (path, cc, _) in cases {
+        let mut reply = Reply::ok("good").header("etag", "\"v1\"");
+        if let Some(cc) = cc {
+            reply = reply.header("cache-control", cc);
+        }
+        h.origin.reply(path, reply);
+    }
+    let edge = h.edge_with(operator_stale_if_error).await;
+    for (path, _, _) in cases {
+        assert!(edge.get(path).await.stored(), "{path}");
+    }
+    h.clock.advance(Duration::from_secs(20));
+    for (path, _, _) in cases {
+        h.origin.reply(path, Reply::ok("broken").status(503));
+    }
+    for (path, _, status) in cases {
+        let response = edge.get(path).await;
+        assert_eq!(
+            response.status,
+            status,
+            "{path}: {}",
+            response.cache_status()
+        );
+        let body = if status == 200 { "good" } else { "broken" };
+        assert_eq!(response.text(), body, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn concurrent_requests_during_an_origin_error_make_one_origin_request_and_all_get_stale() {
     let h = Harness::new().await;

@@ -463,7 +463,7 @@ impl Freshness {
             return false;
         }
         let granted = self.stale_if_error.unwrap_or_default();
-        let asked = if self.forbids_stale {
+        let asked = if self.forbids_stale || self.never_fresh() {
             Duration::ZERO
         } else {
             window(request_cc, "stale-if-error")
@@ -472,6 +472,16 @@ impl Freshness {
         };
         let allowed = granted.max(asked);
         !allowed.is_zero() && self.staleness(now) <= allowed
+    }
+
+    /// Whether the response had no freshness lifetime at all (no explicit one, `max-age=0`, an
+    /// `Expires` not after its `Date`, and no heuristic): stored only for its validator, to ask
+    /// the origin with. It answered the cookies and credentials of the request it was fetched
+    /// for, so only the origin's own `stale-while-revalidate` / `stale-if-error` serve it stale,
+    /// never a client's `max-stale` or request `stale-if-error` nor the operator's
+    /// `cache.stale_if_error` (RFC 9111 allows them; nginx and Varnish would not have stored it).
+    pub fn never_fresh(&self) -> bool {
+        self.lifetime.is_zero() && self.source != LifetimeSource::Purged
     }
 
     /// Makes the response stale from `at` on, if it would be fresh longer (a soft purge): its
@@ -641,8 +651,9 @@ pub fn decide(
     if fresh {
         return Ok(ttl);
     }
-    // §5.2.1.2 and §4.2.4: max-stale never revives what the response forbids serving stale.
-    if stored.no_cache || stored.forbids_stale {
+    // §5.2.1.2 and §4.2.4: max-stale never revives what the response forbids serving stale, nor
+    // (edge's choice) what was never fresh.
+    if stored.no_cache || stored.forbids_stale || stored.never_fresh() {
         return Err(Forward::Stale);
     }
     match request_cc.argument("max-stale") {
