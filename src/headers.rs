@@ -257,7 +257,13 @@ impl CacheStatus {
             // The origin failed, or the client's upload did: whatever the method.
             Some(_) if self.fwd_status.is_none() => "error",
             Some(Forward::Method) => "bypass",
-            Some(Forward::Stale) if self.fwd_status == Some(304) && self.stored => "revalidated",
+            // Stale, or fresh and sent on by the request's own `no-cache`, `max-age` or
+            // `min-fresh` (a browser's reload): either way a 304 refreshed what was stored.
+            Some(Forward::Stale | Forward::Request)
+                if self.fwd_status == Some(304) && self.stored =>
+            {
+                "revalidated"
+            }
             Some(_) if self.stored => "miss",
             Some(_) => "pass",
         }

@@ -113,6 +113,39 @@ async fn metrics_count_requests_by_what_the_cache_did() {
     );
 }
 
+/// A fresh stored response that a request's `no-cache` or `max-age=0` (a browser's reload) sends
+/// to the origin, and that a 304 refreshes, is `revalidated`, as one that had gone stale is: not
+/// a `miss`, which fetched a body.
+#[tokio::test]
+async fn a_revalidation_the_request_asked_for_counts_as_revalidated() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply(
+        "/v",
+        Reply::ok("v1")
+            .header("cache-control", "max-age=600")
+            .header("etag", "\"v1\""),
+    );
+    edge.get("/v").await; // miss
+    h.origin
+        .reply("/v", Reply::ok("").status(304).header("etag", "\"v1\""));
+    for asked in ["no-cache", "max-age=0"] {
+        // Still fresh, but older than `max-age=0` accepts (each 304 makes it new again).
+        h.clock.advance(Duration::from_secs(5));
+        let answer = edge.get_with("/v", &[("cache-control", asked)]).await;
+        assert_eq!(answer.fwd(), Some("request"), "{}", answer.cache_status());
+        assert_eq!(answer.param("fwd-status"), Some("304"));
+        assert!(answer.stored(), "{}", answer.cache_status());
+    }
+    let text = edge.metrics().await;
+    let requests = |label: &str| common::requests(&text, label);
+    assert_eq!(
+        (requests("miss"), requests("revalidated")),
+        (1.0, 2.0),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn metrics_report_entries_per_tier_collapsed_requests_and_purges() {
     let h = Harness::new().await;
