@@ -103,9 +103,58 @@ pub struct Cache {
     /// invalidation must not leave its older response behind.
     epoch: AtomicU64,
     /// The epoch of each key's latest invalidation, kept long enough to outlive any fill.
-    invalidated: moka::sync::Cache<[u8; 32], u64, KeyHasher>,
+    invalidated: Marks<[u8; 32], KeyHasher>,
     /// The same for purged tags: a response fetched before its tag was purged is not stored.
-    tags_purged: moka::sync::Cache<String, u64>,
+    tags_purged: Marks<String, std::collections::hash_map::RandomState>,
+}
+
+/// The epoch at which each of the latest keys (or tags) was invalidated, up to `MARKS` of them for
+/// an hour. Every POST answered 2xx leaves one, for a URI that may hold nothing: they were kept up
+/// to 2^20 (~360 MB). A mark that goes early takes its epoch into `forgotten`, and a response
+/// fetched before that is not stored whatever its key: conservative, never stale.
+struct Marks<K, S> {
+    marks: moka::sync::Cache<K, u64, S>,
+    forgotten: Arc<AtomicU64>,
+}
+
+/// ~22 MB at most (~345 bytes of resident memory a mark, measured with 300,000 POSTs).
+const MARKS: u64 = 1 << 16;
+
+impl<K, S> Marks<K, S>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    S: std::hash::BuildHasher + Clone + Default + Send + Sync + 'static,
+{
+    fn new(capacity: u64) -> Self {
+        let forgotten = Arc::new(AtomicU64::new(0));
+        let floor = forgotten.clone();
+        let marks = moka::sync::Cache::builder()
+            // LRU, not TinyLFU: every invalidation must be admitted, however many there are.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .max_capacity(capacity)
+            .time_to_live(Duration::from_secs(3600))
+            .eviction_listener(move |_, epoch: u64, cause| {
+                if cause.was_evicted() {
+                    floor.fetch_max(epoch, Ordering::SeqCst);
+                }
+            })
+            .build_with_hasher(S::default());
+        Self { marks, forgotten }
+    }
+
+    fn mark(&self, key: K, epoch: u64) {
+        self.marks.insert(key, epoch);
+    }
+
+    /// Whether `key` was invalidated after `epoch`, or may have been (its mark is gone).
+    fn since<Q>(&self, key: &Q, epoch: u64) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        epoch < self.forgotten.load(Ordering::SeqCst)
+            || self.marks.get(key).is_some_and(|at| at > epoch)
+    }
 }
 
 impl Cache {
@@ -128,17 +177,8 @@ impl Cache {
             memory: MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0),
             disk,
             epoch: AtomicU64::new(0),
-            // LRU, not TinyLFU: every invalidation must be admitted, however many there are.
-            invalidated: moka::sync::Cache::builder()
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .max_capacity(1 << 20)
-                .time_to_live(Duration::from_secs(3600))
-                .build_with_hasher(KeyHasher::default()),
-            tags_purged: moka::sync::Cache::builder()
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .max_capacity(1 << 16)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+            invalidated: Marks::new(MARKS),
+            tags_purged: Marks::new(MARKS),
         }
     }
 
@@ -149,22 +189,20 @@ impl Cache {
     }
 
     fn invalidated_since(&self, key: &CacheKey, epoch: u64) -> bool {
-        self.invalidated
-            .get(key.hash())
-            .is_some_and(|at| at > epoch)
+        self.invalidated.since(key.hash(), epoch)
     }
 
     /// Whether `key`, or a tag `entry` carries, was purged after `epoch`.
     fn purged_since(&self, key: &CacheKey, entry: &StoredEntry, epoch: u64) -> bool {
         self.invalidated_since(key, epoch)
             || crate::headers::stored_surrogate_keys(&entry.headers)
-                .any(|tag| self.tags_purged.get(tag).is_some_and(|at| at > epoch))
+                .any(|tag| self.tags_purged.since(tag, epoch))
     }
 
     /// Starts a purge of `tag`: responses carrying it that are being fetched now are not stored.
     pub fn purge_tag_from_now(&self, tag: &str) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.tags_purged.insert(tag.to_owned(), epoch);
+        self.tags_purged.mark(tag.to_owned(), epoch);
     }
 
     /// Whether the memory tier holds any variant of `key`: a lookup would look no further for a
@@ -343,7 +381,7 @@ impl Cache {
 
     fn bump_epoch(&self, key: &CacheKey) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.invalidated.insert(*key.hash(), epoch);
+        self.invalidated.mark(*key.hash(), epoch);
     }
 
     /// How many responses were stored for `key`, in whichever tier holds more of them (memory
@@ -445,4 +483,32 @@ fn not_stored_for_purge(key: &CacheKey) {
         url = key.url(),
         "purged or invalidated while it was fetched; not storing it"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Marks are bounded; one that went early still refuses what was fetched before it.
+    #[test]
+    fn invalidation_marks_are_bounded_and_forgetting_one_is_conservative() {
+        let marks: Marks<u64, std::collections::hash_map::RandomState> = Marks::new(MARKS);
+        // A fill begins at epoch 0; then an invalidation flood, each at an epoch of its own.
+        for key in 1..=MARKS * 4 {
+            marks.mark(key, key);
+        }
+        marks.marks.run_pending_tasks();
+        assert!(
+            marks.marks.entry_count() <= MARKS,
+            "{} marks kept",
+            marks.marks.entry_count()
+        );
+        // The first key's mark is gone: the fill begun before it must still not store.
+        assert!(marks.marks.get(&1).is_none());
+        assert!(marks.since(&1, 0));
+        // A fetch begun after all of them stores; one begun before a kept mark does not.
+        assert!(!marks.since(&1, MARKS * 4));
+        assert!(marks.since(&(MARKS * 4), MARKS * 4 - 1));
+        assert!(!marks.since(&(MARKS * 4), MARKS * 4));
+    }
 }
