@@ -143,9 +143,14 @@ pub fn handle(
                 .headers
                 .get(&EDGE_DEBUG)
                 .is_some_and(|v| v.as_bytes() != b"0");
-        // Only copied for the explanation and the access log line, which read it.
+        // Only copied for the explanation and the access log line, which read it: the path and
+        // query, as nginx logs them, also for an absolute target (HTTP/2's `:authority` is the
+        // client's to choose).
         let uri = if explain || settings.log.access {
-            request.uri.clone()
+            match request.uri.path_and_query() {
+                Some(target) if request.uri.scheme().is_some() => http::Uri::from(target.clone()),
+                _ => request.uri.clone(),
+            }
         } else {
             http::Uri::default()
         };

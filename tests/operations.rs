@@ -305,6 +305,18 @@ async fn access_log_human_has_one_line_per_request_with_its_outcome() {
     assert!(origin_ms.parse::<f64>().unwrap() >= 0.0, "{}", access[0]);
     assert_eq!(field(&access[1], "origin_ms"), None, "{}", access[1]);
     assert_eq!(origin.hits("/a?q=1"), 1);
+
+    // Over HTTP/2 the target is `:scheme`, `:authority` and `:path`: the line names the path, as
+    // nginx's does, not an absolute URI whose host the client chose.
+    let response = common::h2_client()
+        .get(edge.url("/a?q=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), body);
+    let access = edge.wait_lines(3, is_access).await;
+    assert_eq!(field(&access[2], "uri"), Some("/a?q=1"), "{}", access[2]);
 }
 
 /// 1b. The access line's `complete` field says whether the whole body was sent: also for a miss
