@@ -409,6 +409,29 @@ async fn vary_star_is_never_stored() {
     assert_not_reused(&h, &edge, "/a").await;
 }
 
+/// The origin saw `X-Forwarded-For` with the client's address, which edge appends: chosen by the
+/// client's own `X-Forwarded-For` (none, for most), one client's variant would be every client's.
+#[tokio::test]
+async fn a_response_varying_on_the_client_address_is_not_stored() {
+    for vary in ["X-Forwarded-For", "Accept-Language, x-forwarded-for"] {
+        let h = Harness::new().await;
+        h.origin.reply(
+            "/a",
+            Reply::ok("for 127.0.0.1")
+                .header("cache-control", "max-age=60")
+                .header("vary", vary),
+        );
+        let edge = h.edge().await;
+        let first = edge.get("/a").await;
+        assert_eq!(
+            first.cache_status(),
+            "edge; fwd=uri-miss; fwd-status=200; detail=vary-client",
+            "{vary}"
+        );
+        assert_not_reused(&h, &edge, "/a").await;
+    }
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }

@@ -237,6 +237,10 @@ pub enum NotStored {
     Status,
     /// `Vary: *` can never be matched (§4.1).
     VaryStar,
+    /// `Vary` names `X-Forwarded-For`: the origin chose by the client's address, which edge adds
+    /// to the field itself, so the client's own value (none, for most) would select it for other
+    /// clients.
+    VaryClient,
     /// Neither fresh for any time nor revalidatable: storing it would serve nobody.
     NoFreshness,
     /// The body is larger than `cache.max_object_size`.
@@ -254,6 +258,7 @@ impl NotStored {
             NotStored::ProxyAuthenticate => "proxy-authenticate",
             NotStored::Status => "status",
             NotStored::VaryStar => "vary-star",
+            NotStored::VaryClient => "vary-client",
             NotStored::NoFreshness => "no-freshness",
             NotStored::TooLarge => "too-large",
         }
@@ -345,8 +350,12 @@ pub fn check_storable(
     {
         return Err(NotStored::ProxyAuthenticate);
     }
-    if Variance::names(response).is_none() {
-        return Err(NotStored::VaryStar);
+    match Variance::names(response) {
+        None => return Err(NotStored::VaryStar),
+        Some(names) if names.iter().any(|n| n == "x-forwarded-for") => {
+            return Err(NotStored::VaryClient);
+        }
+        Some(_) => {}
     }
     let explicit = (response.contains_key(header::EXPIRES) && !response_cc.targeted)
         || response_cc.has("max-age")
