@@ -67,12 +67,21 @@ pub struct FillJob {
     pub slot: [u8; 32],
 }
 
-/// The fills in flight, and the keys that recently turned out not to be storable.
+/// The fills in flight, the keys that recently turned out not to be storable, and those whose
+/// revalidation recently failed.
 pub struct Fills {
     inflight: Mutex<HashMap<[u8; 32], Arc<Fill>>>,
     /// Whether each pass is for a body of unannounced length that outgrew `max_object_size`.
     passes: moka::sync::Cache<[u8; 32], bool, KeyHasher>,
+    /// When a revalidation of each slot last failed, by edge's clock (which tests move by hand).
+    /// moka's own time to live, in real time, only clears records long past.
+    failed_refreshes: moka::sync::Cache<[u8; 32], SystemTime, KeyHasher>,
 }
+
+/// How long after a revalidation of a key fails a stale-while-revalidate hit on it starts no
+/// background refresh: otherwise each stale hit would ask the failing origin again as soon as the
+/// last refresh failed, at the rate of the requests.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How a request takes part in a fill.
 pub enum Role {
@@ -158,9 +167,14 @@ impl Fills {
             .max_capacity(100_000)
             .time_to_live(config.hit_for_pass.0.max(Duration::from_millis(1)))
             .build_with_hasher(KeyHasher::default());
+        let failed_refreshes = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(REFRESH_BACKOFF * 10)
+            .build_with_hasher(KeyHasher::default());
         Self {
             inflight: Mutex::new(HashMap::new()),
             passes,
+            failed_refreshes,
         }
     }
 
@@ -216,9 +230,32 @@ impl Fills {
         ticket
     }
 
-    /// Starts a fill for the job's key unless one is in flight (background revalidation).
+    /// Starts a fill for the job's key unless one is in flight, or a revalidation of it failed
+    /// less than [`REFRESH_BACKOFF`] ago (background revalidation).
     pub fn start(&self, edge: &Arc<Edge>, job: FillJob) {
+        let failed = self.failed_refreshes.get(&job.slot);
+        // A clock that went back ends the back-off rather than prolonging it.
+        let now = edge.clock.now();
+        if failed.is_some_and(|at| now.duration_since(at).is_ok_and(|d| d < REFRESH_BACKOFF)) {
+            return;
+        }
         drop(self.join(edge, job));
+    }
+
+    /// The job's revalidation failed (no answer, a server error, a body cut short): no background
+    /// refresh of its slot for [`REFRESH_BACKOFF`]. Recorded before the fill leaves the in-flight
+    /// map, so that no stale hit in between starts another.
+    fn refresh_failed(&self, job: &FillJob, at: SystemTime) {
+        if job.stale.is_some() {
+            self.failed_refreshes.insert(job.slot, at);
+        }
+    }
+
+    /// The job's revalidation brought a response to store: stale hits refresh as before.
+    fn refresh_answered(&self, job: &FillJob) {
+        if job.stale.is_some() {
+            self.failed_refreshes.invalidate(&job.slot);
+        }
     }
 
     /// The URI was invalidated (RFC 9111 §4.4): a fill in flight for it may bring a response from
@@ -668,6 +705,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             Ok(upstream) => upstream,
             Err(err) => {
                 warn!(url = job.key.url(), %err, "origin request failed");
+                edge.fills.refresh_failed(job, edge.clock.now());
                 fill.update(|state| state.head = Head::Failed(Arc::new(err)));
                 return;
             }
@@ -721,6 +759,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         };
         match admitted {
             Ok(entry) => {
+                edge.fills.refresh_answered(job);
                 // Too large for memory: the body goes to its file as it arrives, and is read back
                 // from there.
                 let spool =
@@ -755,6 +794,9 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 // Errors pass; remembering them would stop collapsing while the origin recovers.
                 if is_about_the_response(reason) && !server_error {
                     edge.fills.passes.insert(*job.key.hash(), false);
+                }
+                if server_error {
+                    edge.fills.refresh_failed(job, response_time);
                 }
                 let body = axum::body::Body::new(upstream.into_body());
                 publish_private(
@@ -874,6 +916,7 @@ async fn refresh(
         freshness: entry.freshness,
         origin_time: received.origin_time,
     };
+    edge.fills.refresh_answered(job);
     store(edge, job, entry.clone(), received.epoch).await;
     edge.fills.retire(&job.slot, fill);
     fill.update(|state| {
@@ -939,6 +982,7 @@ async fn stream_and_store(
             Some(Ok(chunk)) => chunk,
             Some(Err(err)) => {
                 warn!(url = job.key.url(), %err, "origin body failed; not storing it");
+                edge.fills.refresh_failed(job, edge.clock.now());
                 fill.update(|state| state.end = Some(End::Failed));
                 return;
             }
@@ -1021,6 +1065,7 @@ async fn stream_and_store(
             url = job.key.url(),
             received, "origin body length differs from Content-Length; not storing it"
         );
+        edge.fills.refresh_failed(job, edge.clock.now());
     }
     entry.url = job.key.url().to_owned();
     if let Some(spool) = spool.filter(|_| complete && !passing) {

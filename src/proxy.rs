@@ -725,7 +725,8 @@ fn serve_cacheable(
                             .freshness
                             .may_serve_while_revalidating(&request_cc, now) =>
                     {
-                        // RFC 5861 §3: answer now, refresh in the background (one fill per key).
+                        // RFC 5861 §3: answer now, refresh in the background (one fill per key,
+                        // none for a second after one failed).
                         let job = fill_job(request, peer, &key, Some(entry.clone()));
                         edge.fills.start(edge, job);
                         let mut status = CacheStatus::hit(tier, entry.freshness.ttl(now));

@@ -306,6 +306,93 @@ async fn s_maxage_with_stale_while_revalidate_allows_serving_stale() {
     assert_eq!(fresh.text(), "v2");
 }
 
+/// After a refresh fails, stale-while-revalidate hits go on being served stale but start no other
+/// refresh for a second (of edge's clock): a failing origin is not asked at the rate of the
+/// requests. A request that is not served stale still goes to the origin, and once the second has
+/// passed, the next stale hit refreshes again.
+#[tokio::test]
+async fn a_failed_background_refresh_is_not_retried_for_a_second() {
+    let h = Harness::new().await;
+    let cc = "max-age=1, stale-while-revalidate=600";
+    h.origin.reply(
+        "/a",
+        Reply::ok("v1")
+            .header("cache-control", cc)
+            .header("etag", "\"v1\""),
+    );
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(2));
+    h.origin.reply("/a", Reply::ok("broken").status(503));
+
+    for _ in 0..50 {
+        let stale = edge.get("/a").await;
+        assert_eq!(stale.text(), "v1");
+        assert_eq!(
+            stale.cache_status(),
+            "edge; hit; ttl=-1; detail=stale-while-revalidate"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.origin.hits("/a"), 2, "one refresh for fifty stale hits");
+
+    // Not served stale: asked of the origin all the same.
+    let no_cache = edge.get_with("/a", &[("cache-control", "no-cache")]).await;
+    assert_eq!(no_cache.status, 503, "{}", no_cache.cache_status());
+    assert_eq!(h.origin.hits("/a"), 3);
+
+    h.clock.advance(Duration::from_secs(1));
+    for _ in 0..10 {
+        let stale = edge.get("/a").await;
+        assert_eq!(stale.text(), "v1");
+        assert_eq!(stale.param("detail"), Some("stale-while-revalidate"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.origin.hits("/a"), 4, "one more refresh a second later");
+
+    // A refresh that succeeds stores as before.
+    h.clock.advance(Duration::from_secs(1));
+    h.origin.reply(
+        "/a",
+        Reply::ok("v2")
+            .header("cache-control", "max-age=100")
+            .header("etag", "\"v2\""),
+    );
+    assert_eq!(edge.get("/a").await.text(), "v1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = edge.get("/a").await;
+    assert_eq!(fresh.text(), "v2");
+    assert_eq!(fresh.cache_status(), "edge; hit; ttl=100; detail=memory");
+    assert_eq!(h.origin.hits("/a"), 5);
+}
+
+/// The same when the origin cannot be reached: one attempt, not one per stale hit.
+#[tokio::test]
+async fn a_background_refresh_that_finds_the_origin_unreachable_is_not_retried_for_a_second() {
+    let h = Harness::new().await;
+    let cc = "max-age=1, stale-while-revalidate=600";
+    let addr = origin_answering_once(raw_ok(&h, cc, "v1")).await;
+    let edge = h.edge_with(|c| c.origin.url = origin_url(addr)).await;
+    assert_eq!(edge.get("/a").await.text(), "v1");
+    h.clock.advance(Duration::from_secs(2));
+
+    let failed = "edge_origin_requests_total{status=\"error\"}";
+    for _ in 0..50 {
+        let stale = edge.get("/a").await;
+        assert_eq!(stale.text(), "v1");
+        assert_eq!(stale.param("detail"), Some("stale-while-revalidate"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(common::sample(&edge.metrics().await, failed), 1.0);
+
+    h.clock.advance(Duration::from_secs(1));
+    for _ in 0..10 {
+        assert_eq!(edge.get("/a").await.text(), "v1");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(common::sample(&edge.metrics().await, failed), 2.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // stale-if-error (RFC 5861 §4)
 
