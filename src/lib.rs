@@ -188,7 +188,13 @@ impl Node {
                 main.and(admin).map_err(ServeError::from)
             }
             Err(why) => {
-                warn!("{why}; cutting off the requests still in flight");
+                // A connection may hold no request: one part-way through its head, which hyper
+                // waits for, holds the stop for the whole shutdown_timeout as well.
+                let open = edge.metrics.clients.open();
+                warn!(
+                    connections = open,
+                    "{why}; closing the client connections still open, with any request in flight on them"
+                );
                 edge.cut_off
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())

@@ -71,6 +71,11 @@ impl ClientMetrics {
         self.connections.dec();
     }
 
+    /// Client connections open now.
+    pub fn open(&self) -> i64 {
+        self.connections.get()
+    }
+
     pub fn disconnected(&self, why: Disconnect) {
         self.disconnects[why as usize].inc();
     }

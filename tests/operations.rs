@@ -960,8 +960,14 @@ async fn quit_stops_gracefully_usr1_is_ignored_and_a_second_signal_hurries() {
         signalled.elapsed()
     );
     assert!(exit.success(), "exit 0: {exit}\n{}", edge.stderr());
-    edge.wait_line("a second stop signal came; cutting off")
+    let line = edge
+        .wait_line("a second stop signal came; closing the client connections still open")
         .await;
+    // The stuck request's connection at least.
+    assert!(
+        line.contains("connections=") && !line.contains("connections=0"),
+        "{line}"
+    );
     assert!(edge.stderr().contains("edge stopped"), "{}", edge.stderr());
     assert_eq!(request.await.unwrap(), None, "no answer came");
 }
