@@ -1026,7 +1026,7 @@ fn config_errors_for_the_operations_keys_name_the_key_and_line() {
     let cases = [
         (
             "purge:\n  allow: [not-a-net]\n",
-            "purge.allow",
+            "purge.allow[0]",
             "invalid address \"not-a-net\": expected an address or a network",
         ),
         (
