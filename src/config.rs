@@ -146,6 +146,43 @@ pub struct OriginConfig {
     /// more of an upload, and between two reads of its body.
     #[serde(default = "defaults::timeout", deserialize_with = "more_than_zero")]
     pub timeout: Seconds,
+    /// Most requests in flight to the origin at once, so most connections open to it; 0 is no
+    /// limit. A request past it waits up to `connect_timeout` for one to finish, then gets 503.
+    #[serde(
+        default = "defaults::max_connections",
+        deserialize_with = "connection_limit"
+    )]
+    pub max_connections: usize,
+}
+
+/// The most `origin.max_connections` may be: more would not be a limit on any machine
+/// (each is a file descriptor).
+const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
+
+fn connection_limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct Limit;
+    impl de::Visitor<'_> for Limit {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(
+                f,
+                "a whole number from 0 (no limit) to {MAX_CONNECTIONS_CEILING}"
+            )
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            match usize::try_from(v) {
+                Ok(v) if v <= MAX_CONNECTIONS_CEILING => Ok(v),
+                _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(Limit)
 }
 
 /// The disk tier's directory. One that exists must be a directory: edge would take a file there
@@ -283,6 +320,9 @@ mod defaults {
     }
     pub fn timeout() -> Seconds {
         Seconds(Duration::from_secs(30))
+    }
+    pub fn max_connections() -> usize {
+        1024
     }
     pub fn memory_capacity() -> ByteSize {
         ByteSize(256 << 20)
@@ -856,6 +896,7 @@ mod tests {
         assert_eq!(config.listen, defaults::listen());
         assert_eq!(config.cache.max_object_size, ByteSize(64 << 20));
         assert_eq!(config.origin.timeout.0, Duration::from_secs(30));
+        assert_eq!(config.origin.max_connections, 1024);
     }
 
     #[test]

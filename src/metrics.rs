@@ -105,6 +105,7 @@ pub struct Metrics {
     requests: [Counter; CACHE_STATUSES.len()],
     origin_requests: [Counter; ORIGIN_STATUSES.len()],
     origin_seconds: Histogram,
+    origin_busy: Counter,
     bytes_served: Counter,
     collapsed: Counter,
     purges: Family<PurgeLabel, Counter>,
@@ -132,6 +133,12 @@ impl Metrics {
             "origin_response_seconds",
             "Time from sending a request to the origin to its response head",
             origin_seconds.clone(),
+        );
+        let origin_busy = Counter::default();
+        registry.register(
+            "origin_busy",
+            "Requests not sent to the origin: origin.max_connections were in flight for origin.connect_timeout (503)",
+            origin_busy.clone(),
         );
         let bytes_served = Counter::default();
         registry.register(
@@ -185,6 +192,7 @@ impl Metrics {
             requests,
             origin_requests,
             origin_seconds,
+            origin_busy,
             bytes_served,
             collapsed,
             purges,
@@ -214,6 +222,11 @@ impl Metrics {
         };
         self.origin_requests[class].inc();
         self.origin_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request not sent: `origin.max_connections` were in flight.
+    pub fn origin_busy(&self) {
+        self.origin_busy.inc();
     }
 
     pub fn served(&self, bytes: u64) {

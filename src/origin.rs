@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use url::{Position, Url};
 
@@ -48,6 +49,10 @@ pub enum OriginError {
     Timeout(Duration),
     #[error("origin sent an invalid response: {0}")]
     Invalid(&'static str),
+    /// Not sent: `origin.max_connections` requests were in flight for as long as
+    /// `origin.connect_timeout`.
+    #[error("not sent: {0} requests in flight to the origin (origin.max_connections) for {1:?}")]
+    Busy(usize, Duration),
     /// Not the origin's fault: the client sent none of the body it announced for this long.
     #[error("the client sent nothing of its request body for {0:?}")]
     ClientTimeout(Duration),
@@ -72,6 +77,25 @@ pub struct Origin {
     timeout: Duration,
     /// `client_body_timeout`; `None` is no limit.
     client_body_timeout: Option<Duration>,
+    /// `None`: no limit on requests in flight.
+    slots: Option<Slots>,
+}
+
+/// A permit per request in flight to the origin (`origin.max_connections`), and how long a
+/// request waits for one (`origin.connect_timeout`).
+struct Slots {
+    free: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl Slots {
+    async fn wait_for_one(&self) -> Result<OwnedSemaphorePermit, OriginError> {
+        match tokio::time::timeout(self.wait, self.free.clone().acquire_owned()).await {
+            Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
+            Err(_) => Err(OriginError::Busy(self.limit, self.wait)),
+        }
+    }
 }
 
 type Sender = http1::SendRequest<Body>;
@@ -153,6 +177,11 @@ impl Origin {
             host,
             timeout: config.timeout.0,
             client_body_timeout: (!client_body_timeout.is_zero()).then_some(client_body_timeout),
+            slots: (config.max_connections > 0).then(|| Slots {
+                free: Arc::new(Semaphore::new(config.max_connections)),
+                limit: config.max_connections,
+                wait: config.connect_timeout.0,
+            }),
         }
     }
 
@@ -228,6 +257,16 @@ impl Origin {
             let path = PathAndQuery::try_from(target).map_err(|err| {
                 OriginError::Unreachable(format!("invalid origin target {target}: {err}"))
             })?;
+            // Held until the response body has been read to its end or dropped: as long as the
+            // request keeps a connection to itself.
+            let slot = match &self.slots {
+                None => None,
+                Some(slots) => match slots.free.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    // Boxed: only a request that has to wait carries the timer.
+                    Err(_) => Some(Box::pin(slots.wait_for_one()).await?),
+                },
+            };
             headers.insert(header::HOST, self.host.clone());
             // A connection goes back to the pool only once its request has been sent whole: an
             // origin may answer before it has read an upload, and the next request would queue
@@ -300,6 +339,7 @@ impl Origin {
                         armed: false,
                         home: reuse.then(|| (sender, self.idle.clone())),
                         uploaded,
+                        slot,
                     }))
                 }
             }
@@ -421,18 +461,24 @@ pub struct OriginBody {
     home: Option<(Sender, Arc<Idle>)>,
     /// How the request's body is going; `None` for a request without one.
     uploaded: Option<Arc<Progress>>,
+    /// Its place among the requests in flight (`origin.max_connections`).
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl OriginBody {
+    /// Once the exchange is over both ways: lends its connection to the next request (when it
+    /// can carry one) and gives up its slot.
     fn release(&mut self) {
         if http_body::Body::is_end_stream(&self.inner)
             && self
                 .uploaded
                 .as_ref()
                 .is_none_or(|progress| progress.done.load(Ordering::Acquire))
-            && let Some((sender, idle)) = self.home.take()
         {
-            idle.put(sender);
+            if let Some((sender, idle)) = self.home.take() {
+                idle.put(sender);
+            }
+            self.slot = None;
         }
     }
 }
@@ -1003,6 +1049,7 @@ mod tests {
                 url: OriginUrl(url.parse().unwrap()),
                 connect_timeout: Seconds(Duration::from_secs(1)),
                 timeout: Seconds(Duration::from_secs(1)),
+                max_connections: 0,
             },
             Duration::from_secs(1),
         )

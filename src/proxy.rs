@@ -86,13 +86,14 @@ impl Edge {
             let started = Instant::now();
             let result = settings.origin.send(method, target, headers, body).await;
             let took = started.elapsed();
-            // A client that stalled its upload is not the origin's failure.
-            if !matches!(
-                result,
-                Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_))
-            ) {
-                let status = result.as_ref().ok().map(Upstream::status);
-                self.metrics.origin(status, took);
+            match &result {
+                // A client that stalled its upload is not the origin's failure.
+                Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_)) => {}
+                Err(OriginError::Busy(..)) => self.metrics.origin_busy(),
+                _ => {
+                    let status = result.as_ref().ok().map(Upstream::status);
+                    self.metrics.origin(status, took);
+                }
             }
             (result, took)
         }
@@ -940,7 +941,11 @@ async fn answer_from_fill(
                 }
                 // Asking again for each waiter would send every collapsed request at once to an
                 // origin that has just failed: they ask again together, once.
-                if !leader && !rejoined && !matches!(*err, OriginError::Timeout(_)) {
+                // Not after a timeout, or a wait for a slot: they have waited as long already.
+                if !leader
+                    && !rejoined
+                    && !matches!(*err, OriginError::Timeout(_) | OriginError::Busy(..))
+                {
                     rejoined = true;
                     role = edge
                         .fills
@@ -1477,7 +1482,8 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
         && url.port_or_known_default() == public.port_or_known_default()
 }
 
-/// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5);
+/// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5),
+/// 503 when edge has as many requests in flight to it as it may (§15.6.4);
 /// 408 when the client is too slow with its request's body (§15.5.9), 400 when that body is
 /// malformed or cut short.
 fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
@@ -1496,6 +1502,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             StatusCode::BAD_GATEWAY,
             "edge: origin sent an invalid response\n",
             "origin-invalid",
+        ),
+        OriginError::Busy(..) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "edge: too many requests in flight to the origin\n",
+            "origin-busy",
         ),
         OriginError::ClientTimeout(_) => (
             StatusCode::REQUEST_TIMEOUT,

@@ -137,6 +137,24 @@ fn an_unusable_origin_host_and_an_endless_duration_are_named() {
             ":3:",
             "at most 100 years",
         ),
+        (
+            "origin:\n  url: http://127.0.0.1:9000\n  max_connections: -1\n",
+            "origin.max_connections",
+            ":3:",
+            "invalid value: integer `-1`, expected a whole number from 0 (no limit)",
+        ),
+        (
+            "origin:\n  url: http://127.0.0.1:9000\n  max_connections: 2000000\n",
+            "origin.max_connections",
+            ":3:",
+            "expected a whole number from 0 (no limit) to 1048576",
+        ),
+        (
+            "origin:\n  url: http://127.0.0.1:9000\n  max_connections: -1\n",
+            "origin.max_connections",
+            ":3:",
+            "invalid value",
+        ),
     ];
     for (yaml, key, line, why) in cases {
         let err = refused(yaml, key, line, why);

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Harness, TestEdge, base_config, raw_origin, raw_origin_closing, start_time};
+use common::{
+    Harness, Reply, TestEdge, base_config, raw_origin, raw_origin_closing, sample, start_time,
+};
 use edge::clock::Clock;
 use http::Method;
 use tempfile::TempDir;
@@ -749,4 +751,174 @@ async fn an_upload_that_expects_100_continue_waits_for_the_origin() {
     assert!(first.starts_with("HTTP/1.1 100"), "{first}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(last.unwrap().starts_with("HTTP/1.1 201"));
+}
+
+// origin.max_connections: a bound on requests in flight to the origin (as Varnish's backend
+// `.max_connections`, nginx's `max_conns`).
+
+/// `n` uncacheable paths the fixture origin answers after `delay`.
+fn slow_passes(h: &Harness, n: usize, delay: Duration) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let path = format!("/slow/{i}");
+            let reply = Reply::ok(format!("body {i}"))
+                .header("cache-control", "no-store")
+                .delay(delay);
+            h.origin.reply(&path, reply);
+            path
+        })
+        .collect()
+}
+
+/// Waits (up to 5 s) until the fixture origin is answering `n` requests.
+async fn until_in_flight(h: &Harness, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.origin.in_flight() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} in flight",
+            h.origin.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_past_max_connections_wait_for_a_slot_and_are_then_sent() {
+    let h = Harness::new().await;
+    let paths = slow_passes(&h, 6, Duration::from_millis(300));
+    let edge = h.edge_with(|c| c.origin.max_connections = 2).await;
+    let edge = Arc::new(edge);
+    let started = Instant::now();
+    let requests = paths.iter().map(|path| {
+        let (edge, path) = (edge.clone(), path.clone());
+        tokio::spawn(async move { edge.get(&path).await })
+    });
+    let responses = futures_util::future::join_all(requests).await;
+    for (i, response) in responses.into_iter().enumerate() {
+        let response = response.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), format!("body {i}"));
+    }
+    assert_eq!(h.origin.max_in_flight(), 2, "at most two at once");
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "three rounds"
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(sample(&metrics, "edge_origin_busy_total"), 0.0);
+}
+
+#[tokio::test]
+async fn max_connections_0_is_no_limit() {
+    let h = Harness::new().await;
+    let paths = slow_passes(&h, 6, Duration::from_millis(300));
+    let edge = Arc::new(h.edge_with(|c| c.origin.max_connections = 0).await);
+    let requests = paths.iter().map(|path| {
+        let (edge, path) = (edge.clone(), path.clone());
+        tokio::spawn(async move { edge.get(&path).await.status })
+    });
+    for status in futures_util::future::join_all(requests).await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(h.origin.max_in_flight(), 6);
+}
+
+#[tokio::test]
+async fn a_request_that_finds_no_slot_within_connect_timeout_gets_a_503_and_is_not_sent() {
+    let h = Harness::new().await;
+    let paths = slow_passes(&h, 1, Duration::from_millis(1500));
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
+    let edge = Arc::new(
+        h.edge_with(|c| {
+            c.origin.max_connections = 1;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await,
+    );
+    let holder = {
+        let (edge, path) = (edge.clone(), paths[0].clone());
+        tokio::spawn(async move { edge.get(&path).await })
+    };
+    until_in_flight(&h, 1).await;
+
+    let waited = Instant::now();
+    let refused = edge.get("/other").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.param("detail"), Some("origin-busy"));
+    assert!(refused.text().contains("in flight to the origin"));
+    assert!(waited.elapsed() >= Duration::from_millis(250), "it waited");
+    assert_eq!(h.origin.hits("/other"), 0, "not sent");
+    let metrics = edge.metrics().await;
+    assert_eq!(sample(&metrics, "edge_origin_busy_total"), 1.0);
+
+    // The slot comes back when the response has been read.
+    let held = holder.await.unwrap();
+    assert_eq!((held.status, held.text()), (200, "body 0"));
+    let after = edge.get("/other").await;
+    assert_eq!((after.status, after.text()), (200, "other"));
+    assert_eq!(h.origin.hits("/other"), 1);
+}
+
+/// Clients that ask for unique slow URLs and go at once leave their fills running (they would
+/// be stored); those are bounded too, where 8,000 such clients had 4,684 requests in flight.
+#[tokio::test]
+async fn fills_left_running_by_clients_that_went_are_bounded_too() {
+    let h = Harness::new().await;
+    for i in 0..12 {
+        h.origin.reply(
+            &format!("/page/{i}"),
+            Reply::ok("page")
+                .header("cache-control", "max-age=60")
+                .delay(Duration::from_millis(400)),
+        );
+    }
+    let edge = h.edge_with(|c| c.origin.max_connections = 3).await;
+    for i in 0..12 {
+        use tokio::io::AsyncWriteExt;
+        let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let head = format!("GET /page/{i} HTTP/1.1\r\nHost: edge\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        drop(client);
+    }
+    until_in_flight(&h, 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.origin.max_in_flight(), 3);
+    let fetched: usize = (0..12).map(|i| h.origin.hits(&format!("/page/{i}"))).sum();
+    assert!(
+        fetched >= 9,
+        "the fills went on, three at a time: {fetched}"
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_stands_in_when_no_slot_is_free() {
+    let h = Harness::new().await;
+    let paths = slow_passes(&h, 1, Duration::from_millis(1500));
+    h.origin.reply(
+        "/kept",
+        Reply::ok("kept").header("cache-control", "max-age=10, stale-if-error=60"),
+    );
+    let edge = Arc::new(
+        h.edge_with(|c| {
+            c.origin.max_connections = 1;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await,
+    );
+    assert_eq!(edge.get("/kept").await.text(), "kept");
+    h.clock.advance(Duration::from_secs(20));
+    let holder = {
+        let (edge, path) = (edge.clone(), paths[0].clone());
+        tokio::spawn(async move { edge.get(&path).await })
+    };
+    until_in_flight(&h, 1).await;
+    let stale = edge.get("/kept").await;
+    assert_eq!((stale.status, stale.text()), (200, "kept"));
+    assert_eq!(stale.param("detail"), Some("stale-if-error"));
+    assert_eq!(h.origin.hits("/kept"), 1, "not sent");
+    assert_eq!(holder.await.unwrap().status, 200);
 }

@@ -90,6 +90,29 @@ struct OriginState {
     replies: HashMap<String, Reply>,
     hits: HashMap<String, usize>,
     received: Vec<Received>,
+    /// Requests being answered now, and the most there have been at once.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a request in flight until it is answered or its connection goes.
+struct InFlight(Arc<Mutex<OriginState>>);
+
+impl InFlight {
+    fn new(state: Arc<Mutex<OriginState>>) -> Self {
+        {
+            let mut state = state.lock().unwrap();
+            state.in_flight += 1;
+            state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        }
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 /// The fixture origin. Replies are keyed by path and query (`/a?x=1`); anything unscripted gets a
@@ -149,6 +172,16 @@ impl Origin {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// Requests the origin is answering now (waiting out their `delay`).
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap().in_flight
+    }
+
+    /// The most requests the origin has been answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// The last request received for `path_and_query`.
     pub fn last(&self, path_and_query: &str) -> Option<Received> {
         self.received()
@@ -163,6 +196,7 @@ async fn answer(
     clock: Clock,
     request: Request,
 ) -> http::Response<Body> {
+    let _in_flight = InFlight::new(state.clone());
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
