@@ -810,9 +810,26 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     },
                     reason,
                 );
+                if is_about_the_response(reason) && !server_error {
+                    drop_superseded(edge, job).await;
+                }
             }
         }
         return;
+    }
+}
+
+/// A revalidation was answered by a full response that is not stored (`no-store`, `private`,
+/// too large, not worth storing): the stored response it was to refresh is not suitable any more
+/// (RFC 9111 §4.3.3), so it goes rather than being served stale on, each stale hit asking again
+/// (the key is a hit-for-pass now). Server errors leave it, for stale-if-error.
+async fn drop_superseded(edge: &Edge, job: &FillJob) {
+    if job.stale.is_some() {
+        debug!(
+            url = job.key.url(),
+            "a revalidation brought a response that is not stored; the stale one goes"
+        );
+        edge.cache.invalidate(&job.key).await;
     }
 }
 
@@ -1004,6 +1021,7 @@ async fn stream_and_store(
             // The spool is written no more, but kept until the body is read, so that its file
             // (which its readers may not have finished) stays within the disk tier's budget.
             stop_spooling(fill);
+            drop_superseded(edge, job).await;
         }
         if !passing && let Some(writing) = spool.take() {
             let data = chunk.clone();

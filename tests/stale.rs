@@ -366,6 +366,85 @@ async fn a_failed_background_refresh_is_not_retried_for_a_second() {
     assert_eq!(h.origin.hits("/a"), 5);
 }
 
+/// A revalidation answered by a full response that edge does not store (here `no-store`, too
+/// large by its Content-Length, or too large once streamed without one) says the stored response
+/// is no longer suitable (RFC 9111 §4.3.3): it is not served stale on (each stale hit starting
+/// another refresh); requests after the refresh go to the origin and get its answer.
+#[tokio::test]
+async fn a_refresh_answered_by_a_response_not_stored_ends_the_stale_one() {
+    let big = "x".repeat(4096);
+    let replacements = [
+        (
+            "/no-store",
+            Reply::ok("v2").header("cache-control", "no-store"),
+        ),
+        (
+            "/too-large",
+            Reply::ok(big.clone()).header("cache-control", "max-age=100"),
+        ),
+        (
+            "/too-large-streamed",
+            Reply::ok(big.clone())
+                .header("cache-control", "max-age=100")
+                .chunked(),
+        ),
+    ];
+    let h = Harness::new().await;
+    let cc = "max-age=1, stale-while-revalidate=600";
+    for (path, _) in &replacements {
+        let stored = Reply::ok("v1")
+            .header("cache-control", cc)
+            .header("etag", "\"v1\"");
+        h.origin.reply(path, stored);
+    }
+    let edge = h
+        .edge_with(|c| c.cache.max_object_size = edge::config::ByteSize(1024))
+        .await;
+    for (path, _) in &replacements {
+        assert!(edge.get(path).await.stored(), "{path}");
+    }
+    h.clock.advance(Duration::from_secs(2));
+    for (path, replacement) in replacements {
+        h.origin.reply(path, replacement.clone());
+        let stale = edge.get(path).await;
+        assert_eq!(stale.text(), "v1", "{path}");
+        assert_eq!(stale.param("detail"), Some("stale-while-revalidate"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(h.origin.hits(path), 2, "{path}: refreshed");
+        for i in 0..3 {
+            let after = edge.get(path).await;
+            let body = &after.body;
+            assert!(
+                *body == replacement.body,
+                "{path}: {}",
+                after.cache_status()
+            );
+            assert_eq!(after.fwd(), Some("uri-miss"), "{path}");
+            assert_eq!(h.origin.hits(path), 3 + i, "{path}");
+        }
+    }
+}
+
+/// A server error does not end it: it may stand in for the error (stale-if-error).
+#[tokio::test]
+async fn a_refresh_answered_by_a_server_error_keeps_the_stale_one() {
+    let h = Harness::new().await;
+    let cc = "max-age=1, stale-while-revalidate=10, stale-if-error=600";
+    h.origin
+        .reply("/a", Reply::ok("v1").header("cache-control", cc));
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(2));
+    h.origin.reply("/a", Reply::ok("broken").status(500));
+    assert_eq!(edge.get("/a").await.text(), "v1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.origin.hits("/a"), 2);
+    h.clock.advance(Duration::from_secs(100));
+    let covered = edge.get("/a").await;
+    assert_eq!(covered.text(), "v1");
+    assert_eq!(covered.param("detail"), Some("stale-if-error"));
+}
+
 /// The same when the origin cannot be reached: one attempt, not one per stale hit.
 #[tokio::test]
 async fn a_background_refresh_that_finds_the_origin_unreachable_is_not_retried_for_a_second() {

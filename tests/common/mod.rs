@@ -48,6 +48,8 @@ pub struct Reply {
     pub body: Bytes,
     /// Wait this long before answering.
     pub delay: Option<Duration>,
+    /// Send the body chunked, without a Content-Length.
+    pub chunked: bool,
 }
 
 impl Reply {
@@ -57,6 +59,7 @@ impl Reply {
             headers: Vec::new(),
             body: body.into(),
             delay: None,
+            chunked: false,
         }
     }
 
@@ -72,6 +75,11 @@ impl Reply {
 
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
         self
     }
 }
@@ -221,7 +229,13 @@ async fn answer(
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
     }
-    let mut response = http::Response::new(Body::from(reply.body.clone()));
+    let body = if reply.chunked {
+        let chunk = Ok::<_, std::io::Error>(reply.body.clone());
+        Body::from_stream(futures_util::stream::iter([chunk]))
+    } else {
+        Body::from(reply.body.clone())
+    };
+    let mut response = http::Response::new(body);
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
     let headers = response.headers_mut();
     for (name, value) in &reply.headers {
