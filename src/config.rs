@@ -153,6 +153,46 @@ pub struct OriginConfig {
         deserialize_with = "connection_limit"
     )]
     pub max_connections: usize,
+    /// Certificates (PEM) trusted for an https origin instead of the built-in (Mozilla) roots.
+    #[serde(default, deserialize_with = "ca_file")]
+    pub ca_file: Option<CaFile>,
+}
+
+/// `origin.ca_file`, read and checked when the configuration is.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub roots: std::sync::Arc<rustls::RootCertStore>,
+}
+
+fn ca_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CaFile>, D::Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let path = PathBuf::deserialize(d)?;
+    let shown = path.display();
+    let pem = std::fs::read(&path)
+        .map_err(|err| de::Error::custom(format!("cannot read {shown}: {err}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|err| {
+            de::Error::custom(format!("{shown}: certificate {} is not PEM: {err}", i + 1))
+        })?;
+        roots.add(cert).map_err(|err| {
+            de::Error::custom(format!(
+                "{shown}: certificate {} is not usable: {err}",
+                i + 1
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(de::Error::custom(format!(
+            "{shown} holds no certificate (-----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    Ok(Some(CaFile {
+        path,
+        roots: std::sync::Arc::new(roots),
+    }))
 }
 
 /// The most `origin.max_connections` may be: more would not be a limit on any machine

@@ -155,12 +155,22 @@ impl Origin {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout.0));
-        // rustls with the webpki roots for https origins; plain TCP for http.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        // rustls for https origins, trusting the webpki (Mozilla) roots or `origin.ca_file`'s;
+        // plain TCP for http.
+        let tls = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = match &config.ca_file {
+            None => tls.with_webpki_roots(),
+            Some(ca_file) => tls.with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports rustls's default protocol versions")
+                .with_root_certificates(ca_file.roots.clone())
+                .with_no_client_auth(),
+            ),
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
         let base = config.url.0.clone();
         let prefix = base.path().trim_end_matches('/').to_owned();
         let authority = &base[Position::BeforeHost..Position::AfterPort];
@@ -1050,6 +1060,7 @@ mod tests {
                 connect_timeout: Seconds(Duration::from_secs(1)),
                 timeout: Seconds(Duration::from_secs(1)),
                 max_connections: 0,
+                ca_file: None,
             },
             Duration::from_secs(1),
         )

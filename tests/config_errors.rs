@@ -296,3 +296,31 @@ fn help_and_version() {
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// `origin.ca_file` is read when the configuration is: a file that is missing, holds no
+/// certificate, or holds a broken one is named with the key and line, not found at the first
+/// https request.
+#[test]
+fn an_unusable_origin_ca_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    let no_certificate = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge.yaml");
+    let cases = [
+        (&missing, "cannot read"),
+        (&no_certificate, "holds no certificate"),
+        (&broken, "certificate 1 is not usable"),
+    ];
+    for (path, why) in cases {
+        let yaml = format!(
+            "origin:\n  url: https://127.0.0.1:9443\n  ca_file: {}\n",
+            path.display()
+        );
+        refused(&yaml, "origin.ca_file", ":3:", why);
+    }
+}

@@ -922,3 +922,97 @@ async fn stale_if_error_stands_in_when_no_slot_is_free() {
     assert_eq!(h.origin.hits("/kept"), 1, "not sent");
     assert_eq!(holder.await.unwrap().status, 200);
 }
+
+// https origins: the built-in (Mozilla) roots, or `origin.ca_file`'s.
+
+/// An https origin on 127.0.0.1 whose certificate a fresh CA issued: its address, the CA's PEM,
+/// and how many requests it has answered (each `cache-control: max-age=60`, body `secure`).
+async fn tls_origin() -> (
+    std::net::SocketAddr,
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let private = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], private.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let response = http::Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body(http_body_util::Full::new(Bytes::from_static(b"secure")))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca.pem(), answered)
+}
+
+#[tokio::test]
+async fn an_https_origin_whose_ca_is_in_origin_ca_file_is_trusted_and_its_answers_cached() {
+    let (addr, ca_pem, answered) = tls_origin().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let ca_path = dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mut config = base_config(&format!("https://{addr}"), dir.path());
+    let text = format!(
+        "origin:\n  url: https://{addr}\n  ca_file: {}\n",
+        ca_path.display()
+    );
+    config.origin = edge::config::Config::parse(&text, "t.yaml").unwrap().origin;
+    // The origin dates its answers by the real clock.
+    let edge = TestEdge::start(config, Clock::system(), dir).await;
+    let first = edge.get("/page").await;
+    assert_eq!((first.status, first.text()), (200, "secure"));
+    assert!(first.stored(), "{}", first.cache_status());
+    let second = edge.get("/page").await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.text(), "secure");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_https_origin_whose_ca_is_not_trusted_is_not_spoken_to() {
+    let (addr, _, answered) = tls_origin().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let config = base_config(&format!("https://{addr}"), dir.path());
+    let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
+    let response = edge.get("/page").await;
+    assert_eq!(response.status, 502);
+    assert_eq!(response.param("detail"), Some("origin-unreachable"));
+    assert_eq!(answered.load(Ordering::SeqCst), 0);
+}
