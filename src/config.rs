@@ -156,6 +156,38 @@ pub struct OriginConfig {
     /// Certificates (PEM) trusted for an https origin instead of the built-in (Mozilla) roots.
     #[serde(default, deserialize_with = "ca_file")]
     pub ca_file: Option<CaFile>,
+    /// `Host` sent to the origin, and the name its TLS certificate must bear, instead of `url`'s
+    /// host and port (Varnish's `.host_header`).
+    #[serde(default, deserialize_with = "host_header")]
+    pub host_header: Option<HostHeader>,
+}
+
+/// `origin.host_header`: a host and optional port.
+#[derive(Debug, Clone)]
+pub struct HostHeader {
+    pub value: http::HeaderValue,
+    /// The host alone (an IP address without brackets): the TLS server name.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+fn host_header<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HostHeader>, D::Error> {
+    let text = String::deserialize(d)?;
+    let invalid = |why: &str| {
+        de::Error::custom(format!(
+            "invalid host {text:?}: {why} (expected a host and optional port, e.g. www.example.com)"
+        ))
+    };
+    let authority: http::uri::Authority = text.parse().map_err(|_| invalid("not a host"))?;
+    if authority.as_str().contains('@') || authority.as_str() != text {
+        return Err(invalid("not a host alone"));
+    }
+    let host = authority.host();
+    let host = (host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))).unwrap_or(host);
+    let server_name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| invalid("not a host name or address"))?;
+    let value =
+        http::HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("not ASCII"))?;
+    Ok(Some(HostHeader { value, server_name }))
 }
 
 /// `origin.ca_file`, read and checked when the configuration is.

@@ -170,14 +170,24 @@ impl Origin {
                 .with_no_client_auth(),
             ),
         };
-        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+        let tls = tls.https_or_http();
+        let tls = match &config.host_header {
+            None => tls,
+            Some(host) => tls.with_server_name_resolver(
+                hyper_rustls::FixedServerNameResolver::new(host.server_name.clone()),
+            ),
+        };
+        let connector = tls.enable_http1().wrap_connector(http);
         let base = config.url.0.clone();
         let prefix = base.path().trim_end_matches('/').to_owned();
         let authority = &base[Position::BeforeHost..Position::AfterPort];
         let root = base[..Position::AfterPort]
             .parse()
             .expect("a URL's scheme, host and port are a URI");
-        let host = HeaderValue::from_str(authority).expect("a URL's host and port are ASCII");
+        let host = match &config.host_header {
+            Some(host) => host.value.clone(),
+            None => HeaderValue::from_str(authority).expect("a URL's host and port are ASCII"),
+        };
         Self {
             connector,
             idle: Arc::default(),
@@ -1061,6 +1071,7 @@ mod tests {
                 timeout: Seconds(Duration::from_secs(1)),
                 max_connections: 0,
                 ca_file: None,
+                host_header: None,
             },
             Duration::from_secs(1),
         )

@@ -324,3 +324,23 @@ fn an_unusable_origin_ca_file_is_named() {
         refused(&yaml, "origin.ca_file", ":3:", why);
     }
 }
+
+#[test]
+fn an_origin_host_header_that_is_not_a_host_is_named() {
+    for value in [
+        "http://www.example.com",
+        "user@www.example.com",
+        "\"a b\"",
+        "www.example.com/x",
+    ] {
+        let yaml = format!("origin:\n  url: http://10.0.0.1\n  host_header: {value}\n");
+        refused(
+            &yaml,
+            "origin.host_header",
+            ":3:",
+            "expected a host and optional port",
+        );
+    }
+    let ok = check("origin:\n  url: http://10.0.0.1\n  host_header: \"[::1]:8080\"\n");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}

@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -925,13 +925,10 @@ async fn stale_if_error_stands_in_when_no_slot_is_free() {
 
 // https origins: the built-in (Mozilla) roots, or `origin.ca_file`'s.
 
-/// An https origin on 127.0.0.1 whose certificate a fresh CA issued: its address, the CA's PEM,
-/// and how many requests it has answered (each `cache-control: max-age=60`, body `secure`).
-async fn tls_origin() -> (
-    std::net::SocketAddr,
-    String,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+/// An https origin on 127.0.0.1 whose certificate a fresh CA issued for `name`: its address,
+/// the CA's PEM, and the `Host` of each request it answered (each `cache-control: max-age=60`,
+/// body `secure`).
+async fn tls_origin(name: &str) -> (std::net::SocketAddr, String, Arc<Mutex<Vec<String>>>) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -939,7 +936,7 @@ async fn tls_origin() -> (
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let leaf = CertificateParams::new(vec![name.to_owned()])
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
@@ -955,17 +952,21 @@ async fn tls_origin() -> (
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = answered.clone();
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let hosts = answered.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            let (acceptor, hosts) = (acceptor.clone(), hosts.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |_request| {
-                    counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    let host = request.headers().get("host").map(|h| h.to_str().unwrap());
+                    hosts
+                        .lock()
+                        .unwrap()
+                        .push(host.unwrap_or_default().to_owned());
                     let response = http::Response::builder()
                         .header("cache-control", "max-age=60")
                         .body(http_body_util::Full::new(Bytes::from_static(b"secure")))
@@ -984,35 +985,73 @@ async fn tls_origin() -> (
 
 #[tokio::test]
 async fn an_https_origin_whose_ca_is_in_origin_ca_file_is_trusted_and_its_answers_cached() {
-    let (addr, ca_pem, answered) = tls_origin().await;
-    let dir = Arc::new(TempDir::new().unwrap());
-    let ca_path = dir.path().join("origin-ca.pem");
-    std::fs::write(&ca_path, ca_pem).unwrap();
-    let mut config = base_config(&format!("https://{addr}"), dir.path());
-    let text = format!(
-        "origin:\n  url: https://{addr}\n  ca_file: {}\n",
-        ca_path.display()
-    );
-    config.origin = edge::config::Config::parse(&text, "t.yaml").unwrap().origin;
-    // The origin dates its answers by the real clock.
-    let edge = TestEdge::start(config, Clock::system(), dir).await;
+    let (addr, ca_pem, answered) = tls_origin("127.0.0.1").await;
+    let edge = edge_before_tls_origin(addr, &ca_pem, "").await;
     let first = edge.get("/page").await;
     assert_eq!((first.status, first.text()), (200, "secure"));
     assert!(first.stored(), "{}", first.cache_status());
     let second = edge.get("/page").await;
     assert!(second.is_hit(), "{}", second.cache_status());
     assert_eq!(second.text(), "secure");
-    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    assert_eq!(*answered.lock().unwrap(), [addr.to_string()]);
+}
+
+/// An edge in front of the https origin at `addr`, trusting `ca_pem`, with `more` origin settings
+/// (YAML lines indented by two spaces). On the real clock, which the origin dates its answers by.
+async fn edge_before_tls_origin(addr: std::net::SocketAddr, ca_pem: &str, more: &str) -> TestEdge {
+    let dir = Arc::new(TempDir::new().unwrap());
+    let ca_path = dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mut config = base_config(&format!("https://{addr}"), dir.path());
+    let text = format!(
+        "origin:\n  url: https://{addr}\n  ca_file: {}\n{more}",
+        ca_path.display()
+    );
+    config.origin = edge::config::Config::parse(&text, "t.yaml").unwrap().origin;
+    TestEdge::start(config, Clock::system(), dir).await
+}
+
+/// The origin is reached by address, but known by a name (its public one, which points at
+/// edge): `origin.host_header` is the `Host` it sees and the name its certificate is checked
+/// against.
+#[tokio::test]
+async fn origin_host_header_is_the_host_sent_and_the_name_the_certificate_must_bear() {
+    let (addr, ca_pem, answered) = tls_origin("www.example.com").await;
+    let named = edge_before_tls_origin(addr, &ca_pem, "  host_header: www.example.com\n").await;
+    let response = named.get("/page").await;
+    assert_eq!((response.status, response.text()), (200, "secure"));
+    assert_eq!(*answered.lock().unwrap(), ["www.example.com"]);
+
+    // Without it, the certificate does not name the address edge connects to.
+    let unnamed = edge_before_tls_origin(addr, &ca_pem, "").await;
+    let response = unnamed.get("/page").await;
+    assert_eq!(response.status, 502);
+    assert_eq!(answered.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn origin_host_header_is_the_host_a_plain_http_origin_sees() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let text = format!(
+        "origin:\n  url: {}\n  host_header: \"www.example.com:8443\"\n",
+        h.origin.url()
+    );
+    let origin = edge::config::Config::parse(&text, "t.yaml").unwrap().origin;
+    let edge = h.edge_with(|c| c.origin = origin).await;
+    assert_eq!(edge.get("/a").await.text(), "a");
+    let host = h.origin.last("/a").unwrap().headers["host"].clone();
+    assert_eq!(host, "www.example.com:8443");
 }
 
 #[tokio::test]
 async fn an_https_origin_whose_ca_is_not_trusted_is_not_spoken_to() {
-    let (addr, _, answered) = tls_origin().await;
+    let (addr, _, answered) = tls_origin("127.0.0.1").await;
     let dir = Arc::new(TempDir::new().unwrap());
     let config = base_config(&format!("https://{addr}"), dir.path());
     let edge = TestEdge::start(config, Clock::manual(start_time()), dir).await;
     let response = edge.get("/page").await;
     assert_eq!(response.status, 502);
     assert_eq!(response.param("detail"), Some("origin-unreachable"));
-    assert_eq!(answered.load(Ordering::SeqCst), 0);
+    assert!(answered.lock().unwrap().is_empty());
 }
