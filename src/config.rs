@@ -190,10 +190,9 @@ fn host_header<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HostHeader>, D:
     Ok(Some(HostHeader { value, server_name }))
 }
 
-/// `origin.ca_file`, read and checked when the configuration is.
+/// `origin.ca_file`'s certificates, read and checked when the configuration is.
 #[derive(Debug, Clone)]
 pub struct CaFile {
-    pub path: PathBuf,
     pub roots: std::sync::Arc<rustls::RootCertStore>,
 }
 
@@ -222,7 +221,6 @@ fn ca_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CaFile>, D::Error> 
         )));
     }
     Ok(Some(CaFile {
-        path,
         roots: std::sync::Arc::new(roots),
     }))
 }
