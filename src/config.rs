@@ -340,6 +340,10 @@ pub struct HeuristicConfig {
     /// Freshness of a 404 or 410 without explicit expiration (0 = only what RFC 9111 gives).
     #[serde(default = "defaults::zero")]
     pub negative_ttl: Seconds,
+    /// Freshness of any other response without explicit expiration or `Last-Modified` that may
+    /// be given one (0 = none).
+    #[serde(default = "defaults::zero")]
+    pub default_ttl: Seconds,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,6 +472,7 @@ impl Default for HeuristicConfig {
             fraction: defaults::heuristic_fraction(),
             max: defaults::heuristic_max(),
             negative_ttl: defaults::zero(),
+            default_ttl: defaults::zero(),
         }
     }
 }

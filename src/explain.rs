@@ -64,6 +64,10 @@ pub fn add_headers(
                 settings.cache.heuristic.fraction.0 * 100.0,
                 humantime::format_duration(settings.cache.heuristic.max.0)
             ),
+            LifetimeSource::Default => {
+                "cache.heuristic.default_ttl: no s-maxage, max-age, Expires or Last-Modified"
+                    .to_owned()
+            }
             LifetimeSource::None => {
                 "none: no s-maxage, max-age, Expires or Last-Modified; revalidated on every use"
                     .to_owned()

@@ -35,7 +35,7 @@ use crate::cache::KeyHasher;
 use crate::cache::disk::Spool;
 use crate::cache::entry::StoredEntry;
 use crate::cache::key::{CacheKey, Variance};
-use crate::cache::policy::{self, CacheControl, Freshness, NotStored};
+use crate::cache::policy::{self, CacheControl, Freshness, LifetimeSource, NotStored};
 use crate::config::CacheConfig;
 use crate::origin::{self, OriginError, Upstream};
 use crate::proxy::Edge;
@@ -1244,7 +1244,9 @@ fn admit(
     let (request_time, response_time) = (received.request_time, received.response_time);
     let at = (request_time, response_time);
     let authorized = job.request.contains_key(header::AUTHORIZATION);
-    if let Some(reason) = not_storable(config, authorized, request_cc, status, headers, at) {
+    let cookie = job.request.contains_key(header::COOKIE);
+    if let Some(reason) = not_storable(config, authorized, cookie, request_cc, status, headers, at)
+    {
         return Err(reason);
     }
     // Stored under the values of the request the origin answered (RFC 9111 §4.1): without the
@@ -1272,11 +1274,12 @@ fn admit(
 }
 
 /// Why a response to a GET would not be stored (RFC 9111 §3, and edge's own limits); `None` when
-/// it would. `authorized`: the request carried `Authorization`; `request_cc`: its directives.
-/// `at`: when it was asked for, and when it arrived.
+/// it would. `authorized`, `cookie`: the request carried `Authorization`, `Cookie`;
+/// `request_cc`: its directives. `at`: when it was asked for, and when it arrived.
 pub fn not_storable(
     config: &CacheConfig,
     authorized: bool,
+    cookie: bool,
     request_cc: &CacheControl,
     status: StatusCode,
     headers: &HeaderMap,
@@ -1302,6 +1305,9 @@ pub fn not_storable(
         response_time,
         heuristic,
     );
+    if freshness.source == LifetimeSource::Default && cookie {
+        return Some(NotStored::Cookie);
+    }
     (!freshness.worth_storing(headers)).then_some(NotStored::NoFreshness)
 }
 
@@ -1309,7 +1315,10 @@ pub fn not_storable(
 fn is_about_the_response(reason: NotStored) -> bool {
     !matches!(
         reason,
-        NotStored::Method | NotStored::Authorization | NotStored::RequestNoStore
+        NotStored::Method
+            | NotStored::Authorization
+            | NotStored::RequestNoStore
+            | NotStored::Cookie
     )
 }
 

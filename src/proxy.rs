@@ -1340,6 +1340,10 @@ fn forward(
         // they go to the origin.
         let request_cc = cacheable_method.then(|| CacheControl::of(&parts.headers));
         let authorized = cacheable_method && parts.headers.contains_key(header::AUTHORIZATION);
+        // Asked only where it can matter (`cache.heuristic.default_ttl`), off a pass-through's path.
+        let cookie = cacheable_method
+            && !settings.cache.heuristic.default_ttl.0.is_zero()
+            && parts.headers.contains_key(header::COOKIE);
         // The target's authority, when it has one (absolute form; HTTP/2's `:authority`), and
         // not `Host` (RFC 9112 §3.2.2).
         let public_host = if safe {
@@ -1386,7 +1390,16 @@ fn forward(
         if let Some(request_cc) = request_cc {
             let config = &settings.cache;
             let at = (request_time, response_time);
-            match fill::not_storable(config, authorized, &request_cc, status, &headers, at) {
+            let stored = fill::not_storable(
+                config,
+                authorized,
+                cookie,
+                &request_cc,
+                status,
+                &headers,
+                at,
+            );
+            match stored {
                 Some(reason) => cache_status = cache_status.not_stored(reason),
                 None => edge.fills.end_pass(&key, &headers),
             }

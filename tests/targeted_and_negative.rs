@@ -204,3 +204,124 @@ async fn operator_negative_ttl_stores_404_and_410_for_that_long() {
     assert!(!edge.get("/missing").await.is_hit());
     assert_eq!(h.origin.hits("/missing"), 2);
 }
+
+/// `cache.heuristic.default_ttl`: a response the origin says nothing of caching (nginx's
+/// `proxy_cache_valid`, Varnish's `default_ttl`) is fresh for that long, where RFC 9111 allows a
+/// heuristic; explicit freshness and `Last-Modified` still decide where present.
+#[tokio::test]
+async fn operator_default_ttl_stores_responses_without_caching_headers_for_that_long() {
+    let h = Harness::new().await;
+    h.origin.reply("/plain", Reply::ok("plain"));
+    h.origin.reply("/moved", Reply::ok("moved").status(301));
+    h.origin.reply("/found", Reply::ok("found").status(302));
+    h.origin.reply(
+        "/explicit",
+        Reply::ok("e").header("cache-control", "max-age=5"),
+    );
+    h.origin.reply(
+        "/private",
+        Reply::ok("p").header("cache-control", "private"),
+    );
+    h.origin.reply(
+        "/modified",
+        Reply::ok("m").header(
+            "last-modified",
+            &http_date(start_time() - Duration::from_secs(1000)),
+        ),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.heuristic.default_ttl.0 = Duration::from_secs(60))
+        .await;
+    for path in ["/plain", "/moved"] {
+        let miss = edge.get(path).await;
+        assert!(miss.stored(), "{path}: {}", miss.cache_status());
+        assert_eq!(miss.param("ttl"), Some("60"), "{path}");
+        assert!(edge.get(path).await.is_hit(), "{path}");
+    }
+    // 302 is not heuristically cacheable (RFC 9110 §15.4.3); explicit freshness, private and
+    // the Last-Modified heuristic (10% of 1000 s) are as before.
+    assert_eq!(edge.get("/found").await.param("detail"), Some("status"));
+    assert_eq!(edge.get("/explicit").await.param("ttl"), Some("5"));
+    assert_eq!(edge.get("/private").await.param("detail"), Some("private"));
+    assert_eq!(edge.get("/modified").await.param("ttl"), Some("100"));
+
+    h.clock.advance(Duration::from_secs(60));
+    let refetched = edge.get("/plain").await;
+    assert_eq!(
+        refetched.fwd(),
+        Some("stale"),
+        "{}",
+        refetched.cache_status()
+    );
+    assert_eq!(h.origin.hits("/plain"), 2);
+}
+
+/// Off (0s, the default), such a response is not stored, as RFC 9111 gives no freshness to it.
+#[tokio::test]
+async fn without_default_ttl_a_response_without_caching_headers_is_not_stored() {
+    let h = Harness::new().await;
+    h.origin.reply("/plain", Reply::ok("plain"));
+    let edge = h.edge().await;
+    let first = edge.get("/plain").await;
+    assert_eq!(
+        first.param("detail"),
+        Some("no-freshness"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(!edge.get("/plain").await.is_hit());
+    assert_eq!(h.origin.hits("/plain"), 2);
+}
+
+/// The default is the operator's guess, not the origin's word: an answer to a request with
+/// `Cookie` may be that client's own page, so it is not stored on the default (as Varnish's
+/// built-in rules pass such requests), and the next client without cookies stores it.
+#[tokio::test]
+async fn default_ttl_does_not_store_an_answer_to_a_request_with_cookies() {
+    let h = Harness::new().await;
+    h.origin.reply("/page", Reply::ok("page"));
+    let edge = h
+        .edge_with(|c| c.cache.heuristic.default_ttl.0 = Duration::from_secs(60))
+        .await;
+    let with_cookie = edge.get_with("/page", &[("cookie", "session=alice")]).await;
+    assert_eq!(
+        with_cookie.param("detail"),
+        Some("cookie"),
+        "{}",
+        with_cookie.cache_status()
+    );
+    let without = edge.get("/page").await;
+    assert!(without.stored(), "{}", without.cache_status());
+    assert!(edge.get("/page").await.is_hit());
+    assert_eq!(h.origin.hits("/page"), 2);
+}
+
+/// Nor does it reach a response with a validator: one without freshness is stored to be
+/// revalidated on every use (perhaps from a request with cookies), and freshness is worked out
+/// again when a record is read from disk, so the default would turn such a page fresh for
+/// everyone after a restart.
+#[tokio::test]
+async fn default_ttl_does_not_make_a_response_with_a_validator_fresh_even_after_a_restart() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/page", Reply::ok("alice's page").header("etag", "\"a\""));
+    let edge = h.edge().await;
+    let stored = edge.get_with("/page", &[("cookie", "session=alice")]).await;
+    assert!(
+        stored.stored(),
+        "stored for its validator: {}",
+        stored.cache_status()
+    );
+    let dir = edge.stop().await;
+    let mut config = common::base_config(&h.origin.url(), dir.path());
+    config.cache.heuristic.default_ttl.0 = Duration::from_secs(60);
+    let edge = common::TestEdge::start(config, h.clock.clone(), dir).await;
+    let other = edge.get("/page").await;
+    assert_eq!(
+        other.fwd(),
+        Some("stale"),
+        "revalidated: {}",
+        other.cache_status()
+    );
+    assert_eq!(h.origin.hits("/page"), 2);
+}

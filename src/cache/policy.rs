@@ -243,6 +243,9 @@ pub enum NotStored {
     VaryClient,
     /// Neither fresh for any time nor revalidatable: storing it would serve nobody.
     NoFreshness,
+    /// Fresh only by `cache.heuristic.default_ttl`, and the request carried `Cookie`: the origin
+    /// said nothing of caching a response that may be that client's own.
+    Cookie,
     /// The body is larger than `cache.max_object_size`.
     TooLarge,
 }
@@ -255,6 +258,7 @@ impl NotStored {
             NotStored::Private => "private",
             NotStored::Authorization => "authorization",
             NotStored::SetCookie => "set-cookie",
+            NotStored::Cookie => "cookie",
             NotStored::ProxyAuthenticate => "proxy-authenticate",
             NotStored::Status => "status",
             NotStored::VaryStar => "vary-star",
@@ -374,6 +378,8 @@ pub enum LifetimeSource {
     MaxAge,
     Expires,
     Heuristic,
+    /// The operator's `cache.heuristic.default_ttl`: no explicit expiration, no `Last-Modified`.
+    Default,
     /// No explicit expiration and no heuristic applies: stale from the start.
     None,
     /// A soft purge made it stale.
@@ -572,6 +578,18 @@ fn lifetime(
             .min(heuristic.max.0);
         let whole_seconds = Duration::from_secs(lifetime.as_secs());
         return (whole_seconds, LifetimeSource::Heuristic);
+    }
+    // The operator's default (nginx's proxy_cache_valid, Varnish's default_ttl), still a
+    // heuristic to RFC 9111 §4.2.2, so only where one is allowed; and only for a response without
+    // a validator. One with a validator and no freshness is stored to be revalidated on every use,
+    // perhaps from a request with cookies: freshness is worked out again when a record is read
+    // from disk, and the default would make such a stored page fresh for everyone.
+    if (heuristically_cacheable(status) || cc.has("public"))
+        && !heuristic.default_ttl.0.is_zero()
+        && !response.contains_key(header::ETAG)
+        && !response.contains_key(header::LAST_MODIFIED)
+    {
+        return (heuristic.default_ttl.0, LifetimeSource::Default);
     }
     (Duration::ZERO, LifetimeSource::None)
 }
