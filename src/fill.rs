@@ -822,14 +822,17 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
 /// A revalidation was answered by a full response that is not stored (`no-store`, `private`,
 /// too large, not worth storing): the stored response it was to refresh is not suitable any more
 /// (RFC 9111 §4.3.3), so it goes rather than being served stale on, each stale hit asking again
-/// (the key is a hit-for-pass now). Server errors leave it, for stale-if-error.
+/// (the key is a hit-for-pass now). Server errors leave it, for stale-if-error. Only that
+/// response goes: the URI's other `Vary` variants were not what was asked about, and may be fresh.
 async fn drop_superseded(edge: &Edge, job: &FillJob) {
-    if job.stale.is_some() {
+    if let Some(stale) = &job.stale {
         debug!(
             url = job.key.url(),
             "a revalidation brought a response that is not stored; the stale one goes"
         );
-        edge.cache.invalidate(&job.key).await;
+        edge.cache
+            .invalidate_variant(&job.key, &stale.variance)
+            .await;
     }
 }
 

@@ -945,3 +945,70 @@ async fn an_error_during_revalidation_never_replaces_the_stale_entry() {
         assert_eq!(response.param("detail"), Some("stale-if-error"));
     }
 }
+
+/// A revalidation that ends the stale variant it refreshed (its answer is not stored) leaves the
+/// key's other variants: they were not what the answer was to, and are still fresh.
+#[tokio::test]
+async fn a_refresh_answered_by_a_response_not_stored_leaves_the_other_variants() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/v",
+        Reply::ok("en v1")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"en\"")
+            .header("vary", "accept-language"),
+    );
+    let edge = h.edge().await;
+    assert!(
+        edge.get_with("/v", &[("accept-language", "en")])
+            .await
+            .stored()
+    );
+    h.origin.reply(
+        "/v",
+        Reply::ok("fr v1")
+            .header("cache-control", "max-age=600")
+            .header("vary", "accept-language"),
+    );
+    assert!(
+        edge.get_with("/v", &[("accept-language", "fr")])
+            .await
+            .stored()
+    );
+    h.clock.advance(Duration::from_secs(2));
+    assert!(
+        edge.get_with("/v", &[("accept-language", "fr")])
+            .await
+            .is_hit()
+    );
+
+    // The en variant is stale; its revalidation brings a response not to be stored.
+    h.origin.reply(
+        "/v",
+        Reply::ok("en v2")
+            .header("cache-control", "no-store")
+            .header("vary", "accept-language"),
+    );
+    let refreshed = edge.get_with("/v", &[("accept-language", "en")]).await;
+    assert_eq!(refreshed.text(), "en v2");
+    assert_eq!(h.origin.hits("/v"), 3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let fr = edge.get_with("/v", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.text(), "fr v1", "{}", fr.cache_status());
+    assert!(fr.is_hit(), "{}", fr.cache_status());
+    assert_eq!(h.origin.hits("/v"), 3);
+    // The en variant is gone, not served stale.
+    let en = edge.get_with("/v", &[("accept-language", "en")]).await;
+    assert_eq!(en.text(), "en v2", "{}", en.cache_status());
+    assert_eq!(h.origin.hits("/v"), 4);
+
+    // So on disk: after a restart, fr is still a hit and en is not there.
+    let edge = edge.restart().await;
+    let fr = edge.get_with("/v", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.text(), "fr v1", "{}", fr.cache_status());
+    assert!(fr.is_hit(), "{}", fr.cache_status());
+    let en = edge.get_with("/v", &[("accept-language", "en")]).await;
+    assert_eq!(en.text(), "en v2", "{}", en.cache_status());
+    assert_eq!(h.origin.hits("/v"), 5);
+}

@@ -20,6 +20,7 @@ use moka::sync::Cache;
 
 use super::KeyHasher;
 use super::entry::StoredEntry;
+use super::key::Variance;
 
 /// At most this many variants of one URI are kept in memory; the oldest goes first.
 const MAX_VARIANTS: usize = 32;
@@ -126,6 +127,32 @@ impl MemoryTier {
         self.entries
             .remove(primary)
             .map_or(0, |variants| variants.0.len())
+    }
+
+    /// Removes the variant of the URI stored for `variance`, leaving the others; returns how
+    /// many went (0 or 1).
+    pub fn remove_variant(&self, primary: &[u8; 32], variance: &Variance) -> usize {
+        let mut removed = 0;
+        self.entries
+            .entry(*primary)
+            .and_compute_with(|current| match current {
+                Some(current) => {
+                    let kept: Vec<_> = (current.value().0.iter())
+                        .filter(|entry| entry.variance != *variance)
+                        .cloned()
+                        .collect();
+                    removed = current.value().0.len() - kept.len();
+                    if removed == 0 {
+                        Op::Nop
+                    } else if kept.is_empty() {
+                        Op::Remove
+                    } else {
+                        Op::Put(Arc::new(Variants(kept)))
+                    }
+                }
+                None => Op::Nop,
+            });
+        removed
     }
 
     /// Replaces every variant of the URI with `change(variant)`, atomically with respect to other

@@ -379,6 +379,31 @@ impl Cache {
         removed
     }
 
+    /// Removes the one response stored for `key` under `variance` (the variant a revalidation
+    /// found unsuitable), as [`Cache::invalidate`] does, and leaves the URI's other variants; a
+    /// response that does not vary is all there is, and goes as in [`Cache::invalidate`].
+    pub async fn invalidate_variant(&self, key: &CacheKey, variance: &Variance) -> usize {
+        if variance.is_empty() {
+            return self.invalidate(key).await;
+        }
+        self.bump_epoch(key);
+        let on_disk = match &self.disk {
+            // A variant's key is the URI's followed by its own: a prefix of nothing else.
+            Some(disk) => match disk.purge(variance.variant_key(key.hash())).await {
+                Ok(count) => count,
+                Err(err) => {
+                    warn!(url = key.url(), %err, "disk tier invalidation failed");
+                    0
+                }
+            },
+            None => 0,
+        };
+        // As in `invalidate`: a promotion of the record racing this undoes itself.
+        self.bump_epoch(key);
+        let in_memory = self.memory.remove_variant(key.hash(), variance);
+        in_memory.max(on_disk)
+    }
+
     fn bump_epoch(&self, key: &CacheKey) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.invalidated.mark(*key.hash(), epoch);
