@@ -913,6 +913,10 @@ async fn answer_from_fill(
                 if let Some(private) = private {
                     if request.headers.contains_key(header::RANGE) {
                         // The representation is not storable; let the origin answer the range.
+                        // The whole response goes first: unread, it holds its connection and
+                        // its slot (`origin.max_connections`), and this request would wait
+                        // for a second while holding the first.
+                        drop(private);
                         let status = CacheStatus::forward(fwd).not_stored(reason);
                         let forwarded =
                             forward(edge, settings, peer, request, Body::empty(), key, status);

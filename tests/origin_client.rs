@@ -1055,3 +1055,62 @@ async fn an_https_origin_whose_ca_is_not_trusted_is_not_spoken_to() {
     assert_eq!(response.param("detail"), Some("origin-unreachable"));
     assert!(answered.lock().unwrap().is_empty());
 }
+
+/// A `Range` request whose fill brings a response edge does not store is forwarded to the origin
+/// for its range; the whole response the fill brought, unread, must not keep its slot meanwhile,
+/// or the request needs two at once (with one, it waited out `connect_timeout` for its own).
+#[tokio::test]
+async fn a_range_of_a_response_not_stored_needs_one_slot() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/private",
+        Reply::ok("0123456789").header("cache-control", "private"),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.origin.max_connections = 1;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(500));
+        })
+        .await;
+    let started = Instant::now();
+    let ranged = edge.get_with("/private", &[("range", "bytes=0-3")]).await;
+    assert_ne!(ranged.param("detail"), Some("origin-busy"));
+    assert_eq!(ranged.status, 200, "{}", ranged.cache_status());
+    assert_eq!(ranged.text(), "0123456789");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "it waited for itself"
+    );
+    assert_eq!(h.origin.hits("/private"), 2, "the fill, then the range");
+    // And the slot is free afterwards.
+    let after = edge.get("/private").await;
+    assert_eq!(after.status, 200);
+}
+
+/// A 304 for another validator than the one stored is followed by an unconditional request: the
+/// 304's slot goes back first.
+#[tokio::test]
+async fn a_refetch_after_a_mismatched_304_needs_one_slot() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("v1")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\""),
+    );
+    let edge = h
+        .edge_with(|c| {
+            c.origin.max_connections = 1;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(500));
+        })
+        .await;
+    assert!(edge.get("/a").await.stored());
+    h.clock.advance(Duration::from_secs(2));
+    h.origin
+        .reply("/a", Reply::ok("").status(304).header("etag", "\"other\""));
+    let started = Instant::now();
+    let refetched = edge.get("/a").await;
+    assert_ne!(refetched.param("detail"), Some("origin-busy"));
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!(h.origin.hits("/a"), 3);
+}
