@@ -98,6 +98,10 @@ impl Slots {
     }
 }
 
+/// A request's place among those in flight to the origin (`origin.max_connections`), from
+/// [`Origin::slot`]; `None` inside when there is no limit.
+pub struct Slot(Option<OwnedSemaphorePermit>);
+
 type Sender = http1::SendRequest<Body>;
 
 /// How long an idle connection is kept, and how many are.
@@ -259,9 +263,29 @@ impl Origin {
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
-    /// Sends one request to the origin and waits for its response head. `target` is a path and
-    /// query on this origin: a [`CacheKey::url`]. (An `async move` block rather than an async fn,
-    /// as on the rest of the request path: see `proxy::route`.)
+    /// A slot for one request to the origin: at once when one is free, or once one is, within
+    /// `origin.connect_timeout` (else [`OriginError::Busy`]). Taken apart from [`Origin::send`],
+    /// so that the wait for it is not counted as the origin's time.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
+    pub fn slot(&self) -> impl Future<Output = Result<Slot, OriginError>> {
+        async move {
+            match &self.slots {
+                None => Ok(Slot(None)),
+                Some(slots) => match slots.free.clone().try_acquire_owned() {
+                    Ok(permit) => Ok(Slot(Some(permit))),
+                    // Boxed: only a request that has to wait carries the timer.
+                    Err(_) => Ok(Slot(Some(Box::pin(slots.wait_for_one()).await?))),
+                },
+            }
+        }
+    }
+
+    /// Sends one request to the origin in `slot` and waits for its response head. `target` is a
+    /// path and query on this origin: a [`CacheKey::url`]. (An `async move` block rather than an
+    /// async fn, as on the rest of the request path: see `proxy::route`.)
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would hold its arguments twice"
@@ -272,6 +296,7 @@ impl Origin {
         target: &str,
         mut headers: HeaderMap,
         body: Body,
+        slot: Slot,
     ) -> impl Future<Output = Result<Upstream, OriginError>> {
         async move {
             let path = PathAndQuery::try_from(target).map_err(|err| {
@@ -279,14 +304,7 @@ impl Origin {
             })?;
             // Held until the response body has been read to its end or dropped: as long as the
             // request keeps a connection to itself.
-            let slot = match &self.slots {
-                None => None,
-                Some(slots) => match slots.free.clone().try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    // Boxed: only a request that has to wait carries the timer.
-                    Err(_) => Some(Box::pin(slots.wait_for_one()).await?),
-                },
-            };
+            let Slot(slot) = slot;
             headers.insert(header::HOST, self.host.clone());
             // A connection goes back to the pool only once its request has been sent whole: an
             // origin may answer before it has read an upload, and the next request would queue

@@ -83,13 +83,22 @@ impl Edge {
         body: Body,
     ) -> impl Future<Output = (Result<Upstream, OriginError>, Duration)> {
         async move {
+            // The wait for a slot is edge's own: not in the origin's response time.
+            let slot = match settings.origin.slot().await {
+                Ok(slot) => slot,
+                Err(err) => {
+                    self.metrics.origin_busy();
+                    return (Err(err), Duration::ZERO);
+                }
+            };
             let started = Instant::now();
-            let result = settings.origin.send(method, target, headers, body).await;
+            let result = (settings.origin)
+                .send(method, target, headers, body, slot)
+                .await;
             let took = started.elapsed();
             match &result {
                 // A client that stalled its upload is not the origin's failure.
                 Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_)) => {}
-                Err(OriginError::Busy(..)) => self.metrics.origin_busy(),
                 _ => {
                     let status = result.as_ref().ok().map(Upstream::status);
                     self.metrics.origin(status, took);

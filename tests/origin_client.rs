@@ -1114,3 +1114,28 @@ async fn a_refetch_after_a_mismatched_304_needs_one_slot() {
     assert!(started.elapsed() < Duration::from_millis(400));
     assert_eq!(h.origin.hits("/a"), 3);
 }
+
+/// The time a request waited for a slot is edge's, not the origin's: it is not in the origin's
+/// response time (`edge_origin_response_seconds`).
+#[tokio::test]
+async fn the_wait_for_a_slot_is_not_the_origins_response_time() {
+    let h = Harness::new().await;
+    let paths = slow_passes(&h, 1, Duration::from_millis(1000));
+    h.origin.reply(
+        "/quick",
+        Reply::ok("quick").header("cache-control", "no-store"),
+    );
+    let edge = Arc::new(h.edge_with(|c| c.origin.max_connections = 1).await);
+    let holder = {
+        let (edge, path) = (edge.clone(), paths[0].clone());
+        tokio::spawn(async move { edge.get(&path).await })
+    };
+    until_in_flight(&h, 1).await;
+    let quick = edge.get("/quick").await;
+    assert_eq!(quick.status, 200);
+    assert_eq!(holder.await.unwrap().status, 200);
+    let metrics = edge.metrics().await;
+    let total = sample(&metrics, "edge_origin_response_seconds_sum");
+    // The slow path's second, and next to nothing for /quick.
+    assert!(total < 1.5, "origin response seconds: {total}");
+}
