@@ -265,6 +265,11 @@ impl Fills {
         lock(&self.inflight).retain(|_, fill| fill.primary != *key.hash());
     }
 
+    /// Everything was invalidated: no fill in flight takes new joiners.
+    pub fn invalidate_all(&self) {
+        lock(&self.inflight).clear();
+    }
+
     /// The tag was purged: no fill in flight whose response may carry it takes new joiners, and
     /// which do is known only once a response head has arrived. (Their stores are refused by the
     /// cache's tag epoch.)

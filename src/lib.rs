@@ -231,7 +231,8 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     response
 }
 
-/// `POST /purge?url=<path or absolute URL>` or `POST /purge?tag=<surrogate key>`, with
+/// `POST /purge?url=<path or absolute URL>`, `POST /purge?tag=<surrogate key>` or
+/// `POST /purge?all=true` (everything), with
 /// `soft=true` to mark stale instead of deleting; the parameters may also come as a form body
 /// (`curl --data-urlencode url=/a?b=1&c=2`). Answers with how many responses were affected. The
 /// purge runs to its end even if the client goes away.
@@ -245,7 +246,7 @@ async fn purge(
     let raw = raw.unwrap_or_default();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()).chain(form_urlencoded::parse(&body))
     {
-        if !matches!(&*name, "url" | "tag" | "soft") {
+        if !matches!(&*name, "url" | "tag" | "all" | "soft") {
             return bad_request(format!(
                 "unknown parameter {name:?} (a url with a query of its own is percent-encoded, or sent as a form body)"
             ));
@@ -264,7 +265,19 @@ async fn purge(
             return bad_request(format!("soft must be true or false, not {other:?}"));
         }
     };
+    let all = match query.get("all").map(String::as_str) {
+        None => false,
+        Some("true" | "1") => true,
+        Some(other) => return bad_request(format!("all must be true, not {other:?}")),
+    };
     let body = match (query.get("url"), query.get("tag")) {
+        (None, None) if all => {
+            let purged = proxy::purge_all(&edge, soft).await;
+            serde_json::json!({ "all": true, "purged": purged, "soft": soft })
+        }
+        _ if all => {
+            return bad_request("all=true purges everything: give no url or tag with it".into());
+        }
         (Some(url), None) => {
             let Some(target) = purge_target(&edge, url) else {
                 return bad_request(format!(
@@ -279,7 +292,11 @@ async fn purge(
             let purged = proxy::purge_tag(&edge, tag, soft).await;
             serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
         }
-        _ => return bad_request("give exactly one of url=<path or URL> or tag=<tag>".into()),
+        _ => {
+            return bad_request(
+                "give exactly one of url=<path or URL>, tag=<tag> or all=true".into(),
+            );
+        }
     };
     let mut response = format!("{body}\n").into_response();
     response.headers_mut().insert(

@@ -335,6 +335,25 @@ pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
     .await
 }
 
+/// Purges everything stored, both tiers (or marks it all stale); runs to its end like
+/// [`purge_url`]. Returns how many responses.
+pub async fn purge_all(edge: &Arc<Edge>, soft: bool) -> usize {
+    let work = edge.clone();
+    run_to_end(edge, async move {
+        work.fills.invalidate_all();
+        let purged = if soft {
+            work.cache.mark_all_stale(work.clock.now()).await
+        } else {
+            work.cache.invalidate_all().await
+        };
+        work.cache.flush().await;
+        work.metrics.purge("all", soft, purged);
+        tracing::info!(purged, soft, "purge of everything");
+        purged
+    })
+    .await
+}
+
 /// One URI, every variant, both tiers; a fill in flight for it takes no new joiners.
 async fn purge_key(edge: &Edge, key: &CacheKey, soft: bool) -> usize {
     edge.fills.invalidate(key);

@@ -341,6 +341,96 @@ async fn soft_purge_marks_stale_so_the_next_request_revalidates() {
     assert_eq!(h.origin.hits("/s"), 3);
 }
 
+/// `all=true`: everything, both tiers (a deploy that changed every page); a fetch in flight
+/// then is not stored.
+#[tokio::test]
+async fn purge_all_removes_everything_from_both_tiers() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin
+        .reply("/v", cached("variant").header("vary", "accept-language"));
+    h.origin.reply("/a", cached("a"));
+    h.origin
+        .reply("/slow", cached("slow").delay(Duration::from_millis(500)));
+    edge.get_with("/v", &[("accept-language", "en")]).await;
+    edge.get_with("/v", &[("accept-language", "fr")]).await;
+    edge.get("/a").await;
+    assert!(edge.get("/a").await.is_hit());
+    let slow = {
+        let client = edge.client.clone();
+        let url = edge.url("/slow");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().text().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let answer = purge(&edge, "all=true").await;
+    assert_eq!(answer["purged"], 3, "{answer}");
+    assert_eq!(
+        (answer["all"].clone(), answer["soft"].clone()),
+        (true.into(), false.into())
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), "slow");
+    for (path, language) in [("/v", "en"), ("/v", "fr"), ("/a", ""), ("/slow", "")] {
+        let after = edge.get_with(path, &[("accept-language", language)]).await;
+        assert!(
+            !after.is_hit(),
+            "{path} {language}: {}",
+            after.cache_status()
+        );
+    }
+    assert_eq!(h.origin.hits("/v"), 4);
+    assert_eq!(
+        h.origin.hits("/slow"),
+        2,
+        "the fetch in flight was not stored"
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_purges_total{by=\"all\",mode=\"hard\"}"),
+        1.0
+    );
+
+    // Stored again, purged again, and after a restart nothing comes back from disk.
+    assert!(edge.get("/a").await.is_hit());
+    assert_eq!(purge(&edge, "all=1").await["purged"], 4);
+    let edge = edge.restart().await;
+    assert_eq!(edge.get("/a").await.fwd(), Some("uri-miss"));
+    assert_eq!(h.origin.hits("/a"), 3);
+}
+
+#[tokio::test]
+async fn soft_purge_all_marks_everything_stale() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for path in ["/s1", "/s2"] {
+        h.origin.reply(path, cached("soft").header("etag", "\"s\""));
+        edge.get(path).await;
+    }
+    let answer = purge(&edge, "all=true&soft=true").await;
+    assert_eq!(
+        (answer["purged"].clone(), answer["soft"].clone()),
+        (2.into(), true.into())
+    );
+    for path in ["/s1", "/s2"] {
+        h.origin
+            .reply(path, Reply::ok("").status(304).header("etag", "\"s\""));
+        let after = edge.get(path).await;
+        assert_eq!(
+            after.fwd(),
+            Some("stale"),
+            "{path}: {}",
+            after.cache_status()
+        );
+        assert_eq!(after.param("fwd-status"), Some("304"));
+        assert_eq!(after.text(), "soft");
+        assert!(edge.get(path).await.is_hit());
+    }
+    // On disk too.
+    purge(&edge, "all=true&soft=true").await;
+    let edge = edge.restart().await;
+    assert_eq!(edge.get("/s1").await.fwd(), Some("stale"));
+}
+
 #[tokio::test]
 async fn soft_purge_leaves_stale_while_revalidate_to_answer_at_once() {
     let h = Harness::new().await;
@@ -383,6 +473,10 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         "tag=a&tag=b",
         "url=/search?q=a&page=2",
         "url=/a&sotf=true",
+        "all=maybe",
+        "all=false",
+        "all=true&url=/a",
+        "all=true&tag=t",
     ] {
         let (status, body) = admin(&edge, Method::POST, &format!("/purge?{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");

@@ -181,6 +181,23 @@ impl MemoryTier {
         count
     }
 
+    /// Removes everything; returns how many responses (variants) there were.
+    pub fn clear(&self) -> usize {
+        let held = self
+            .entries
+            .iter()
+            .map(|(_, variants)| variants.0.len())
+            .sum();
+        self.entries.invalidate_all();
+        held
+    }
+
+    /// [`MemoryTier::rewrite`] for every URI held; returns how many responses there were.
+    pub fn rewrite_all(&self, change: impl Fn(&StoredEntry) -> StoredEntry) -> usize {
+        let keys: Vec<_> = self.entries.iter().map(|(key, _)| *key).collect();
+        keys.iter().map(|key| self.rewrite(key, &change)).sum()
+    }
+
     /// The URLs of stored responses for which `tagged` holds.
     pub fn urls_where(&self, tagged: impl Fn(&StoredEntry) -> bool) -> Vec<String> {
         let mut urls = Vec::new();

@@ -146,6 +146,11 @@ where
         self.marks.insert(key, epoch);
     }
 
+    /// Every key counts as invalidated at `epoch`: a response fetched before it is not stored.
+    fn mark_all(&self, epoch: u64) {
+        self.forgotten.fetch_max(epoch, Ordering::SeqCst);
+    }
+
     /// Whether `key` was invalidated after `epoch`, or may have been (its mark is gone).
     fn since<Q>(&self, key: &Q, epoch: u64) -> bool
     where
@@ -402,6 +407,55 @@ impl Cache {
         self.bump_epoch(key);
         let in_memory = self.memory.remove_variant(key.hash(), variance);
         in_memory.max(on_disk)
+    }
+
+    /// Removes every stored response from both tiers (a purge of everything), and keeps stores
+    /// of responses fetched before now from bringing any back. Returns how many went.
+    pub async fn invalidate_all(&self) -> usize {
+        self.bump_epoch_all();
+        let on_disk = match &self.disk {
+            Some(disk) => match disk.purge(Vec::new()).await {
+                Ok(count) => count,
+                Err(err) => {
+                    warn!(%err, "disk tier invalidation of everything failed");
+                    0
+                }
+            },
+            None => 0,
+        };
+        // As in `invalidate`: a promotion that read a record before it went undoes itself.
+        self.bump_epoch_all();
+        let in_memory = self.memory.clear();
+        in_memory.max(on_disk)
+    }
+
+    /// Marks every stored response stale as of `at` (a soft purge of everything); returns how
+    /// many were marked.
+    pub async fn mark_all_stale(&self, at: std::time::SystemTime) -> usize {
+        self.bump_epoch_all();
+        let on_disk = match &self.disk {
+            Some(disk) => match disk.mark_stale(Vec::new(), at).await {
+                Ok(count) => count,
+                Err(err) => {
+                    warn!(%err, "disk tier soft purge of everything failed; removing instead");
+                    let _ = disk.purge(Vec::new()).await;
+                    0
+                }
+            },
+            None => 0,
+        };
+        self.bump_epoch_all();
+        let in_memory = self.memory.rewrite_all(|entry| {
+            let mut entry = entry.clone();
+            entry.freshness.expire(at);
+            entry
+        });
+        in_memory.max(on_disk)
+    }
+
+    fn bump_epoch_all(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.mark_all(epoch);
     }
 
     fn bump_epoch(&self, key: &CacheKey) {
