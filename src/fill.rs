@@ -748,7 +748,11 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         }
 
         let request_cc = CacheControl::of(&job.request);
-        let server_error = matches!(status.as_u16(), 500 | 502 | 503 | 504);
+        // The origin failing (RFC 5861 §4's errors) or shedding load (429, RFC 6585 §4): such an
+        // answer says nothing of the resource. It replaces no stored response, makes no key a
+        // hit-for-pass (which would end collapsing just when the origin needs it) and holds
+        // background refreshes back, as a failed revalidation does.
+        let server_error = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
         let admitted = if server_error && job.stale.is_some() {
             // An error never replaces the response it might have to stand in for (RFC 5861 §4).
             Err(NotStored::Status)

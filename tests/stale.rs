@@ -1012,3 +1012,45 @@ async fn a_refresh_answered_by_a_response_not_stored_leaves_the_other_variants()
     assert_eq!(en.text(), "en v2", "{}", en.cache_status());
     assert_eq!(h.origin.hits("/v"), 5);
 }
+
+/// A 429 (the origin shedding load) is taken as the failure it is, not as the resource's answer:
+/// a stale response a background refresh met it with stays and is served stale on, the refresh
+/// is held back for a second, and the key does not become a hit-for-pass, which would end
+/// collapsing while the origin is overloaded.
+#[tokio::test]
+async fn a_429_neither_ends_a_stale_response_nor_makes_the_key_a_pass() {
+    let h = Harness::new().await;
+    let cc = "max-age=1, stale-while-revalidate=600";
+    h.origin
+        .reply("/a", Reply::ok("v1").header("cache-control", cc));
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(2));
+    h.origin.reply("/a", Reply::ok("slow down").status(429));
+    for _ in 0..20 {
+        let stale = edge.get("/a").await;
+        assert_eq!(stale.text(), "v1", "{}", stale.cache_status());
+        assert_eq!(stale.param("detail"), Some("stale-while-revalidate"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.origin.hits("/a"), 2, "one refresh for twenty stale hits");
+
+    // A miss answered 429, then concurrent misses: still collapsed into one request.
+    h.origin.reply("/b", Reply::ok("slow down").status(429));
+    assert_eq!(edge.get("/b").await.status, 429);
+    h.origin.reply(
+        "/b",
+        Reply::ok("b")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(300)),
+    );
+    let edge = std::sync::Arc::new(edge);
+    let requests = (0..10).map(|_| {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.get("/b").await.text().to_owned() })
+    });
+    for body in join_all(requests).await {
+        assert_eq!(body.unwrap(), "b");
+    }
+    assert_eq!(h.origin.hits("/b"), 2, "the ten made one request");
+}
