@@ -254,8 +254,9 @@ impl CacheStatus {
             None if self.detail == Some("only-if-cached") => "miss",
             None if self.detail == Some("options") => "local",
             None => "error",
-            // The origin failed, or the client's upload did: whatever the method.
-            Some(_) if self.fwd_status.is_none() => "error",
+            // The origin failed, or the client's upload did: whatever the method. (Or it answered
+            // another request's fetch with an error, which this one shares as edge's own.)
+            Some(_) if self.fwd_status.is_none() || self.detail == Some("origin-error") => "error",
             Some(Forward::Method) => "bypass",
             // Stale, or fresh and sent on by the request's own `no-cache`, `max-age` or
             // `min-fresh` (a browser's reload): either way a 304 refreshed what was stored.

@@ -932,6 +932,24 @@ async fn answer_from_fill(
                     let fwd_status = Some(origin_status.as_u16());
                     return serve_stale_on_error(request, &entry, fwd, fwd_status, now).await;
                 }
+                // The origin answered the leader that it is failing or shedding load. Each waiter
+                // asking on its own, at once, would send it as many requests: they ask again
+                // together, in one fill (the error may have been the leader's alone), and share
+                // edge's word for a second error; the body was the leader's.
+                if !leader && matches!(origin_status.as_u16(), 429 | 500 | 502 | 503 | 504) {
+                    if !rejoined {
+                        rejoined = true;
+                        let job = fill_job(request, peer, &key, stale.clone());
+                        role = edge.fills.join(edge, job);
+                        continue;
+                    }
+                    let mut status = CacheStatus::forward(fwd);
+                    status.fwd_status = Some(origin_status.as_u16());
+                    status.collapsed = true;
+                    status.detail = Some("origin-error");
+                    let body = "edge: the origin answered with an error\n";
+                    return local_response(origin_status, body, status);
+                }
                 // Only the leader may take it: to anyone else it is another client's response.
                 let private = if leader {
                     ticket.fill.take_private()

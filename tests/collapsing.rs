@@ -605,3 +605,70 @@ async fn a_request_joining_a_response_under_way_has_its_own_directives_honoured(
         assert_eq!(&leader.bytes().await.unwrap()[..], b"first-last");
     }
 }
+
+/// The origin answers the fill's request with an error (here 503): the waiters do not each ask
+/// at once an origin that is failing. They ask again together, in one fill, and share what it
+/// brings: a second error as edge's own answer with the origin's status, or a good response.
+#[tokio::test]
+async fn waiters_of_a_fill_answered_with_an_error_ask_again_together_once() {
+    let h = Harness::new().await;
+    let failing = || {
+        Reply::ok("busy")
+            .status(503)
+            .delay(Duration::from_millis(300))
+    };
+    h.origin.reply("/hot", failing());
+    let edge = Arc::new(h.edge().await);
+    let many = |path: &'static str| {
+        let requests = (0..10).map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get(path).await })
+        });
+        join_all(requests)
+    };
+    let answers = many("/hot").await;
+    assert_eq!(h.origin.hits("/hot"), 2, "the fill's request, and one more");
+    let mut shared = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, 503);
+        if answer.param("detail") == Some("origin-error") {
+            assert!(
+                answer.cache_status().contains("collapsed"),
+                "{}",
+                answer.cache_status()
+            );
+            assert_eq!(answer.param("fwd-status"), Some("503"));
+            shared += 1;
+        } else {
+            assert_eq!(answer.text(), "busy", "the origin's own answer");
+        }
+    }
+    assert_eq!(shared, 8, "all but the two that asked");
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        common::requests(&metrics, "error"),
+        8.0,
+        "edge's own answers"
+    );
+
+    // The origin recovers while the first fill is out: the rest share the second one's answer.
+    h.origin.reply("/warm", failing());
+    let answers = tokio::spawn(many("/warm"));
+    while h.origin.hits("/warm") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.origin.reply(
+        "/warm",
+        Reply::ok("warm").header("cache-control", "max-age=60"),
+    );
+    let statuses: Vec<u16> = (answers.await.unwrap().into_iter())
+        .map(|answer| answer.unwrap().status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(h.origin.hits("/warm"), 2);
+}
