@@ -1317,8 +1317,16 @@ pub fn not_storable(
         response_time,
         heuristic,
     );
-    if freshness.source == LifetimeSource::Default && cookie {
-        return Some(NotStored::Cookie);
+    if freshness.source == LifetimeSource::Default {
+        if cookie {
+            return Some(NotStored::Cookie);
+        }
+        // `must-revalidate` alone lets an answer to a request with credentials be stored (RFC
+        // 9111 §3.5) but gives it no freshness: the default would serve that user's page to
+        // everyone. `public` says it is everyone's.
+        if authorized && !response_cc.has("public") {
+            return Some(NotStored::Authorization);
+        }
     }
     (!freshness.worth_storing(headers)).then_some(NotStored::NoFreshness)
 }

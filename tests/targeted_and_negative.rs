@@ -325,3 +325,30 @@ async fn default_ttl_does_not_make_a_response_with_a_validator_fresh_even_after_
     );
     assert_eq!(h.origin.hits("/page"), 2);
 }
+
+/// An answer to a request with `Authorization` may be stored only because `must-revalidate`
+/// (or `public`, `s-maxage`) allows it (RFC 9111 §3.5); with only `must-revalidate`, the origin
+/// gave no freshness: the default would make that user's page fresh for everyone else, as it
+/// would a page asked for with cookies.
+#[tokio::test]
+async fn default_ttl_does_not_store_an_authorized_answer_that_is_only_must_revalidate() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/account",
+        Reply::ok("alice's account").header("cache-control", "must-revalidate"),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.heuristic.default_ttl.0 = Duration::from_secs(60))
+        .await;
+    let alice = edge
+        .get_with("/account", &[("authorization", "Bearer alice")])
+        .await;
+    assert!(!alice.stored(), "{}", alice.cache_status());
+    h.origin.reply(
+        "/account",
+        Reply::ok("sign in").header("cache-control", "must-revalidate"),
+    );
+    let anonymous = edge.get("/account").await;
+    assert_eq!(anonymous.text(), "sign in", "{}", anonymous.cache_status());
+    assert_eq!(h.origin.hits("/account"), 2);
+}
