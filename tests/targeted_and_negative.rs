@@ -352,3 +352,40 @@ async fn default_ttl_does_not_store_an_authorized_answer_that_is_only_must_reval
     assert_eq!(anonymous.text(), "sign in", "{}", anonymous.cache_status());
     assert_eq!(h.origin.hits("/account"), 2);
 }
+
+/// A 429, 500, 502, 503 or 504 says the origin is failing or shedding load, not what the
+/// resource is: `public` alone (which some servers add to every answer) does not make the
+/// operator's default keep it, or one error would be served to everyone for `default_ttl` after
+/// the origin recovered.
+#[tokio::test]
+async fn default_ttl_does_not_keep_an_origin_error_marked_public() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| c.cache.heuristic.default_ttl.0 = Duration::from_secs(600))
+        .await;
+    for (path, status) in [
+        ("/a", 429),
+        ("/b", 500),
+        ("/c", 502),
+        ("/d", 503),
+        ("/e", 504),
+    ] {
+        h.origin.reply(
+            path,
+            Reply::ok("failing")
+                .status(status)
+                .header("cache-control", "public"),
+        );
+        let error = edge.get(path).await;
+        assert_eq!(error.status, status);
+        assert!(!error.stored(), "{path}: {}", error.cache_status());
+        h.origin.reply(path, Reply::ok("recovered"));
+        let after = edge.get(path).await;
+        assert_eq!(
+            (after.status, after.text()),
+            (200, "recovered"),
+            "{path}: {}",
+            after.cache_status()
+        );
+    }
+}

@@ -584,7 +584,11 @@ fn lifetime(
     // a validator. One with a validator and no freshness is stored to be revalidated on every use,
     // perhaps from a request with cookies: freshness is worked out again when a record is read
     // from disk, and the default would make such a stored page fresh for everyone.
+    // Nor for an answer that says the origin is failing or shedding load (as a fill takes a 429,
+    // 500, 502, 503 or 504), not what the resource is: `public` alone, which some servers add to
+    // every answer, would have one error served to everyone for `default_ttl`.
     if (heuristically_cacheable(status) || cc.has("public"))
+        && !matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
         && !heuristic.default_ttl.0.is_zero()
         && !response.contains_key(header::ETAG)
         && !response.contains_key(header::LAST_MODIFIED)
