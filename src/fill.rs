@@ -302,6 +302,8 @@ pub enum Head {
     Private {
         status: StatusCode,
         reason: NotStored,
+        /// Its `Retry-After`, which the requests that share an error it ends with are given.
+        retry_after: Option<http::HeaderValue>,
     },
     /// The origin did not answer: every joined request answers with the failure.
     Failed(Arc<OriginError>),
@@ -856,9 +858,14 @@ struct Received {
 
 fn publish_private(fill: &Fill, private: PrivateResponse, reason: NotStored) {
     let status = private.status;
+    let retry_after = private.headers.get(header::RETRY_AFTER).cloned();
     fill.update(|state| {
         state.private = Some(private);
-        state.head = Head::Private { status, reason };
+        state.head = Head::Private {
+            status,
+            reason,
+            retry_after,
+        };
         state.end = Some(End::Complete);
     });
 }

@@ -927,6 +927,7 @@ async fn answer_from_fill(
             Some(Head::Private {
                 status: origin_status,
                 reason,
+                retry_after,
             }) => {
                 if let Some(entry) = stale_on_error(Some(origin_status)) {
                     let fwd_status = Some(origin_status.as_u16());
@@ -939,7 +940,8 @@ async fn answer_from_fill(
                 if !leader && matches!(origin_status.as_u16(), 429 | 500 | 502 | 503 | 504) {
                     if !rejoined {
                         rejoined = true;
-                        let job = fill_job(request, peer, &key, stale.clone());
+                        let mut job = fill_job(request, peer, &key, stale.clone());
+                        job.slot = fill_slot;
                         role = edge.fills.join(edge, job);
                         continue;
                     }
@@ -948,7 +950,14 @@ async fn answer_from_fill(
                     status.collapsed = true;
                     status.detail = Some("origin-error");
                     let body = "edge: the origin answered with an error\n";
-                    return local_response(origin_status, body, status);
+                    let (mut response, outcome) = local_response(origin_status, body, status);
+                    // When to ask again is the origin's to say (RFC 9110 §10.2.3).
+                    if let Some(retry_after) = retry_after {
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, retry_after);
+                    }
+                    return (response, outcome);
                 }
                 // Only the leader may take it: to anyone else it is another client's response.
                 let private = if leader {

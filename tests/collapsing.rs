@@ -615,6 +615,7 @@ async fn waiters_of_a_fill_answered_with_an_error_ask_again_together_once() {
     let failing = || {
         Reply::ok("busy")
             .status(503)
+            .header("retry-after", "5")
             .delay(Duration::from_millis(300))
     };
     h.origin.reply("/hot", failing());
@@ -639,6 +640,7 @@ async fn waiters_of_a_fill_answered_with_an_error_ask_again_together_once() {
                 answer.cache_status()
             );
             assert_eq!(answer.param("fwd-status"), Some("503"));
+            assert_eq!(answer.header("retry-after"), Some("5"), "the origin's word");
             shared += 1;
         } else {
             assert_eq!(answer.text(), "busy", "the origin's own answer");
