@@ -754,8 +754,8 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         // answer says nothing of the resource. It replaces no stored response, makes no key a
         // hit-for-pass (which would end collapsing just when the origin needs it) and holds
         // background refreshes back, as a failed revalidation does.
-        let server_error = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
-        let admitted = if server_error && job.stale.is_some() {
+        let failing = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
+        let admitted = if failing && job.stale.is_some() {
             // An error never replaces the response it might have to stand in for (RFC 5861 §4).
             Err(NotStored::Status)
         } else {
@@ -803,10 +803,10 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             }
             Err(reason) => {
                 // Errors pass; remembering them would stop collapsing while the origin recovers.
-                if is_about_the_response(reason) && !server_error {
+                if is_about_the_response(reason) && !failing {
                     edge.fills.passes.insert(*job.key.hash(), false);
                 }
-                if server_error {
+                if failing {
                     edge.fills.refresh_failed(job, response_time);
                 }
                 let body = axum::body::Body::new(upstream.into_body());
@@ -821,7 +821,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     },
                     reason,
                 );
-                if is_about_the_response(reason) && !server_error {
+                if is_about_the_response(reason) && !failing {
                     drop_superseded(edge, job).await;
                 }
             }
