@@ -754,7 +754,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         // answer says nothing of the resource. It replaces no stored response, makes no key a
         // hit-for-pass (which would end collapsing just when the origin needs it) and holds
         // background refreshes back, as a failed revalidation does.
-        let failing = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
+        let failing = policy::origin_failing(status);
         let admitted = if failing && job.stale.is_some() {
             // An error never replaces the response it might have to stand in for (RFC 5861 §4).
             Err(NotStored::Status)

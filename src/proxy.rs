@@ -937,7 +937,7 @@ async fn answer_from_fill(
                 // asking on its own, at once, would send it as many requests: they ask again
                 // together, in one fill (the error may have been the leader's alone), and share
                 // edge's word for a second error; the body was the leader's.
-                if !leader && matches!(origin_status.as_u16(), 429 | 500 | 502 | 503 | 504) {
+                if !leader && policy::origin_failing(origin_status) {
                     if !rejoined {
                         rejoined = true;
                         let mut job = fill_job(request, peer, &key, stale.clone());

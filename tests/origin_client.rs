@@ -783,6 +783,27 @@ async fn until_in_flight(h: &Harness, n: usize) {
     }
 }
 
+/// One slot to the origin (`origin.max_connections: 1`), waited for up to `wait`.
+fn one_slot(wait: Duration) -> impl FnOnce(&mut edge::config::Config) {
+    move |c| {
+        c.origin.max_connections = 1;
+        c.origin.connect_timeout = edge::config::Seconds(wait);
+    }
+}
+
+/// A request for the slow `path` that holds a slot until the origin answers it: its answer, once
+/// the origin is answering it.
+async fn hold_a_slot(
+    h: &Harness,
+    edge: &Arc<TestEdge>,
+    path: &str,
+) -> tokio::task::JoinHandle<common::Resp> {
+    let (edge, path) = (edge.clone(), path.to_owned());
+    let holder = tokio::spawn(async move { edge.get(&path).await });
+    until_in_flight(h, 1).await;
+    holder
+}
+
 #[tokio::test]
 async fn requests_past_max_connections_wait_for_a_slot_and_are_then_sent() {
     let h = Harness::new().await;
@@ -832,18 +853,8 @@ async fn a_request_that_finds_no_slot_within_connect_timeout_gets_a_503_and_is_n
         "/other",
         Reply::ok("other").header("cache-control", "no-store"),
     );
-    let edge = Arc::new(
-        h.edge_with(|c| {
-            c.origin.max_connections = 1;
-            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
-        })
-        .await,
-    );
-    let holder = {
-        let (edge, path) = (edge.clone(), paths[0].clone());
-        tokio::spawn(async move { edge.get(&path).await })
-    };
-    until_in_flight(&h, 1).await;
+    let edge = Arc::new(h.edge_with(one_slot(Duration::from_millis(300))).await);
+    let holder = hold_a_slot(&h, &edge, &paths[0]).await;
 
     let waited = Instant::now();
     let refused = edge.get("/other").await;
@@ -902,20 +913,10 @@ async fn stale_if_error_stands_in_when_no_slot_is_free() {
         "/kept",
         Reply::ok("kept").header("cache-control", "max-age=10, stale-if-error=60"),
     );
-    let edge = Arc::new(
-        h.edge_with(|c| {
-            c.origin.max_connections = 1;
-            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
-        })
-        .await,
-    );
+    let edge = Arc::new(h.edge_with(one_slot(Duration::from_millis(300))).await);
     assert_eq!(edge.get("/kept").await.text(), "kept");
     h.clock.advance(Duration::from_secs(20));
-    let holder = {
-        let (edge, path) = (edge.clone(), paths[0].clone());
-        tokio::spawn(async move { edge.get(&path).await })
-    };
-    until_in_flight(&h, 1).await;
+    let holder = hold_a_slot(&h, &edge, &paths[0]).await;
     let stale = edge.get("/kept").await;
     assert_eq!((stale.status, stale.text()), (200, "kept"));
     assert_eq!(stale.param("detail"), Some("stale-if-error"));
@@ -1066,12 +1067,7 @@ async fn a_range_of_a_response_not_stored_needs_one_slot() {
         "/private",
         Reply::ok("0123456789").header("cache-control", "private"),
     );
-    let edge = h
-        .edge_with(|c| {
-            c.origin.max_connections = 1;
-            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(500));
-        })
-        .await;
+    let edge = h.edge_with(one_slot(Duration::from_millis(500))).await;
     let started = Instant::now();
     let ranged = edge.get_with("/private", &[("range", "bytes=0-3")]).await;
     assert_ne!(ranged.param("detail"), Some("origin-busy"));
@@ -1098,12 +1094,7 @@ async fn a_refetch_after_a_mismatched_304_needs_one_slot() {
             .header("cache-control", "max-age=1")
             .header("etag", "\"v1\""),
     );
-    let edge = h
-        .edge_with(|c| {
-            c.origin.max_connections = 1;
-            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(500));
-        })
-        .await;
+    let edge = h.edge_with(one_slot(Duration::from_millis(500))).await;
     assert!(edge.get("/a").await.stored());
     h.clock.advance(Duration::from_secs(2));
     h.origin
@@ -1126,11 +1117,7 @@ async fn the_wait_for_a_slot_is_not_the_origins_response_time() {
         Reply::ok("quick").header("cache-control", "no-store"),
     );
     let edge = Arc::new(h.edge_with(|c| c.origin.max_connections = 1).await);
-    let holder = {
-        let (edge, path) = (edge.clone(), paths[0].clone());
-        tokio::spawn(async move { edge.get(&path).await })
-    };
-    until_in_flight(&h, 1).await;
+    let holder = hold_a_slot(&h, &edge, &paths[0]).await;
     let quick = edge.get("/quick").await;
     assert_eq!(quick.status, 200);
     assert_eq!(holder.await.unwrap().status, 200);

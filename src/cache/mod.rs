@@ -392,17 +392,8 @@ impl Cache {
             return self.invalidate(key).await;
         }
         self.bump_epoch(key);
-        let on_disk = match &self.disk {
-            // A variant's key is the URI's followed by its own: a prefix of nothing else.
-            Some(disk) => match disk.purge(variance.variant_key(key.hash())).await {
-                Ok(count) => count,
-                Err(err) => {
-                    warn!(url = key.url(), %err, "disk tier invalidation failed");
-                    0
-                }
-            },
-            None => 0,
-        };
+        // A variant's key is the URI's followed by its own: a prefix of nothing else.
+        let on_disk = (self.purge_disk(variance.variant_key(key.hash()), key.url())).await;
         // As in `invalidate`: a promotion of the record racing this undoes itself.
         self.bump_epoch(key);
         let in_memory = self.memory.remove_variant(key.hash(), variance);
@@ -413,16 +404,7 @@ impl Cache {
     /// of responses fetched before now from bringing any back. Returns how many went.
     pub async fn invalidate_all(&self) -> usize {
         self.bump_epoch_all();
-        let on_disk = match &self.disk {
-            Some(disk) => match disk.purge(Vec::new()).await {
-                Ok(count) => count,
-                Err(err) => {
-                    warn!(%err, "disk tier invalidation of everything failed");
-                    0
-                }
-            },
-            None => 0,
-        };
+        let on_disk = self.purge_disk(Vec::new(), "*").await;
         // As in `invalidate`: a promotion that read a record before it went undoes itself.
         self.bump_epoch_all();
         let in_memory = self.memory.clear();
@@ -433,23 +415,9 @@ impl Cache {
     /// many were marked.
     pub async fn mark_all_stale(&self, at: std::time::SystemTime) -> usize {
         self.bump_epoch_all();
-        let on_disk = match &self.disk {
-            Some(disk) => match disk.mark_stale(Vec::new(), at).await {
-                Ok(count) => count,
-                Err(err) => {
-                    warn!(%err, "disk tier soft purge of everything failed; removing instead");
-                    let _ = disk.purge(Vec::new()).await;
-                    0
-                }
-            },
-            None => 0,
-        };
+        let on_disk = self.mark_disk_stale(Vec::new(), at, "*").await;
         self.bump_epoch_all();
-        let in_memory = self.memory.rewrite_all(|entry| {
-            let mut entry = entry.clone();
-            entry.freshness.expire(at);
-            entry
-        });
+        let in_memory = self.memory.rewrite_all(expired(at));
         in_memory.max(on_disk)
     }
 
@@ -466,18 +434,38 @@ impl Cache {
     /// How many responses were stored for `key`, in whichever tier holds more of them (memory
     /// holds a subset of disk, except when a disk write failed).
     async fn remove(&self, key: &CacheKey) -> usize {
-        let on_disk = match &self.disk {
-            Some(disk) => match disk.purge(key.hash().to_vec()).await {
-                Ok(count) => count,
-                Err(err) => {
-                    warn!(url = key.url(), %err, "disk tier invalidation failed");
-                    0
-                }
-            },
-            None => 0,
-        };
+        let on_disk = self.purge_disk(key.hash().to_vec(), key.url()).await;
         let in_memory = self.memory.remove(key.hash());
         in_memory.max(on_disk)
+    }
+
+    /// Removes the disk tier's records under `prefix` (`url` names them in a log line should that
+    /// fail); returns how many responses went.
+    async fn purge_disk(&self, prefix: Vec<u8>, url: &str) -> usize {
+        let Some(disk) = &self.disk else { return 0 };
+        disk.purge(prefix).await.unwrap_or_else(|err| {
+            warn!(url, %err, "disk tier invalidation failed");
+            0
+        })
+    }
+
+    /// Marks the disk tier's responses under `prefix` stale as of `at`, or removes them should
+    /// that fail; returns how many were marked.
+    async fn mark_disk_stale(
+        &self,
+        prefix: Vec<u8>,
+        at: std::time::SystemTime,
+        url: &str,
+    ) -> usize {
+        let Some(disk) = &self.disk else { return 0 };
+        match disk.mark_stale(prefix.clone(), at).await {
+            Ok(count) => count,
+            Err(err) => {
+                warn!(url, %err, "disk tier soft purge failed; removing instead");
+                let _ = disk.purge(prefix).await;
+                0
+            }
+        }
     }
 
     /// Marks every response stored for `key` stale as of `at` (a soft purge), so that its next
@@ -485,25 +473,13 @@ impl Cache {
     /// marked.
     pub async fn mark_stale(&self, key: &CacheKey, at: std::time::SystemTime) -> usize {
         self.bump_epoch(key);
-        let on_disk = match &self.disk {
-            Some(disk) => match disk.mark_stale(key.hash().to_vec(), at).await {
-                Ok(count) => count,
-                Err(err) => {
-                    warn!(url = key.url(), %err, "disk tier soft purge failed; removing instead");
-                    let _ = disk.purge(key.hash().to_vec()).await;
-                    0
-                }
-            },
-            None => 0,
-        };
+        let on_disk = self
+            .mark_disk_stale(key.hash().to_vec(), at, key.url())
+            .await;
         // As in `invalidate`: disk first, then a second epoch, then memory, so that a promotion
         // of the unmarked record racing this either undoes itself or is marked here.
         self.bump_epoch(key);
-        let in_memory = self.memory.rewrite(key.hash(), |entry| {
-            let mut entry = entry.clone();
-            entry.freshness.expire(at);
-            entry
-        });
+        let in_memory = self.memory.rewrite(key.hash(), expired(at));
         in_memory.max(on_disk)
     }
 
@@ -552,6 +528,15 @@ impl Cache {
         {
             warn!(%err, "flushing the disk tier failed");
         }
+    }
+}
+
+/// A soft purge at `at`: the entry as it is, but stale from `at` on.
+fn expired(at: std::time::SystemTime) -> impl Fn(&StoredEntry) -> StoredEntry {
+    move |entry| {
+        let mut entry = entry.clone();
+        entry.freshness.expire(at);
+        entry
     }
 }
 

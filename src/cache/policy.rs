@@ -269,6 +269,12 @@ impl NotStored {
     }
 }
 
+/// An answer that says the origin is failing (RFC 5861 §4's errors) or shedding load (429, RFC
+/// 6585 §4), not what the resource is.
+pub fn origin_failing(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
 /// RFC 9110 §15.1: status codes that are heuristically cacheable.
 pub fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
@@ -588,7 +594,7 @@ fn lifetime(
     // 500, 502, 503 or 504), not what the resource is: `public` alone, which some servers add to
     // every answer, would have one error served to everyone for `default_ttl`.
     if (heuristically_cacheable(status) || cc.has("public"))
-        && !matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+        && !origin_failing(status)
         && !heuristic.default_ttl.0.is_zero()
         && !response.contains_key(header::ETAG)
         && !response.contains_key(header::LAST_MODIFIED)
