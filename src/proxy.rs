@@ -226,7 +226,7 @@ static IN_HOST: [bool; 256] = origin::printable_except(b"\"#/<>?@\\^`{|}");
 /// may leave `Host` out). A target's authority with user information is refused too (RFC 9110
 /// §4.2.4: likely there to disguise the host). `Err` says what is wrong.
 fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
-    const HOST: &str = "edge: a request needs one valid Host, and no user in its authority\n";
+    const HOST: &str = "edge: a request needs one valid Host (over HTTP/2, naming its :authority), and no user in its authority\n";
     if (request.uri.authority()).is_some_and(|authority| authority.as_str().contains('@')) {
         return Err(HOST);
     }
@@ -242,7 +242,15 @@ fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
             }
             if name == header::HOST {
                 hosts += 1;
-                if hosts > 1 || !valid(value) {
+                // RFC 9113 §8.3.1: a `Host` naming another authority than `:authority` makes
+                // the request malformed (which one would the client have meant?).
+                let other = (request.uri.authority()).is_some_and(|authority| {
+                    !authority
+                        .as_str()
+                        .as_bytes()
+                        .eq_ignore_ascii_case(value.as_bytes())
+                });
+                if hosts > 1 || !valid(value) || other {
                     return Err(HOST);
                 }
             }
@@ -1006,9 +1014,9 @@ async fn answer_from_fill(
                     && !matches!(*err, OriginError::Timeout(_) | OriginError::Busy(..))
                 {
                     rejoined = true;
-                    role = edge
-                        .fills
-                        .join(edge, fill_job(request, peer, &key, stale.clone()));
+                    let mut job = fill_job(request, peer, &key, stale.clone());
+                    job.slot = fill_slot;
+                    role = edge.fills.join(edge, job);
                     continue;
                 }
                 let mut status = CacheStatus::forward(fwd);

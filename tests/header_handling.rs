@@ -1496,19 +1496,21 @@ async fn an_http10_expectation_goes_no_further() {
 
 /// RFC 9113 §8.2.1, §8.1.1: over HTTP/2 a field value that begins or ends with whitespace makes
 /// the request malformed, and it is not forwarded; nor is one with two `Host` fields or a `Host`
-/// with a user in it, as over HTTP/1.1 (RFC 9112 §3.2).
+/// with a user in it, as over HTTP/1.1 (RFC 9112 §3.2), nor one whose `Host` names another
+/// authority than its `:authority` (RFC 9113 §8.3.1).
 #[tokio::test]
 async fn a_malformed_http2_request_is_refused_not_forwarded() {
     let h = Harness::new().await;
     h.origin.reply("/m", Reply::ok("fine"));
     let edge = h.edge().await;
     let h2 = common::h2_client();
-    let bad: [&[(&str, &str)]; 5] = [
+    let bad: [&[(&str, &str)]; 6] = [
         &[("x-a", "  padded  ")],
         &[("x-a", "\tv")],
         &[("x-a", " ")],
         &[("host", "a.test"), ("host", "b.test")],
         &[("host", "user@a.test")],
+        &[("host", "elsewhere.test")],
     ];
     for fields in bad {
         let mut request = h2.get(edge.url("/m"));
@@ -1530,6 +1532,15 @@ async fn a_malformed_http2_request_is_refused_not_forwarded() {
         .unwrap();
     assert_eq!(fine.status(), 200);
     assert_eq!(h.origin.hits("/m"), 1);
+    // A `Host` that names the same authority is no conflict.
+    let same = edge.addr.to_string();
+    let fine = h2
+        .get(edge.url("/m"))
+        .header("host", same)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
 }
 
 /// RFC 9112 §6.3: `Content-Length` on two lines that agree is one length; it goes on as one line
