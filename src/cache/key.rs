@@ -203,28 +203,55 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     }
     let mut members: Vec<String> = Vec::new();
     for value in lines {
-        let text = text_of(value);
-        members.extend(
-            text.split(',')
-                // SP and HTAB only (RFC 9110 §5.6.3): a value with another space in it (U+00A0)
-                // is another value to the origin, so it must not select the same variant.
-                .map(|member| {
-                    member
-                        .split_ascii_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .map(|member| member.replace(" ;", ";").replace("; ", ";"))
-                .filter(|member| !member.is_empty()),
-        );
-    }
-    for member in &mut members {
-        member.make_ascii_lowercase();
+        list_members(&text_of(value), &mut members);
     }
     if UNORDERED.contains(name) {
         members.sort();
     }
     Some(members.join(", "))
+}
+
+/// Appends the members of a list field line (RFC 9110 §5.6.1) to `members`, each written the one
+/// way its syntax allows: outside quoted strings, whitespace runs as one space (none beside a
+/// `;`) and letters in lowercase. A quoted string (a parameter's value, §5.6.4) is kept as sent,
+/// its commas, spaces and letter case included: to the origin they may mean something.
+fn list_members(text: &str, members: &mut Vec<String>) {
+    let mut member = String::new();
+    let (mut quoted, mut escaped, mut space) = (false, false, false);
+    for c in text.chars() {
+        if quoted {
+            member.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            // SP and HTAB only (§5.6.3): a value with another space in it (U+00A0) is another
+            // value to the origin, so it must not select the same variant.
+            ' ' | '\t' => space = true,
+            ',' => {
+                if !member.is_empty() {
+                    members.push(std::mem::take(&mut member));
+                }
+                space = false;
+            }
+            _ => {
+                if space && !member.is_empty() && c != ';' && !member.ends_with(';') {
+                    member.push(' ');
+                }
+                space = false;
+                quoted = c == '"';
+                member.push(c.to_ascii_lowercase());
+            }
+        }
+    }
+    if !member.is_empty() {
+        members.push(member);
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +299,13 @@ mod tests {
             !variance.matches(&request("gzip, br", "dark")),
             "X-Theme is case-sensitive"
         );
+        // A quoted string is one piece of a member, kept as sent: its commas do not split the
+        // list, and its letters are not lowered.
+        let quoted = Variance::capture(&response, &request("gzip;p=\"1, br\"", "Dark")).unwrap();
+        assert!(quoted.matches(&request("GZIP ; p=\"1, br\"", "Dark")));
+        for other in ["br\", gzip;p=\"1", "gzip;p=\"1, BR\"", "gzip;p=\"1,  br\""] {
+            assert!(!quoted.matches(&request(other, "Dark")), "{other}");
+        }
         let same = Variance::capture(&response, &request("br, GZIP", "Dark")).unwrap();
         assert_eq!(variance.variant_key(&[1; 32]), same.variant_key(&[1; 32]));
         assert_ne!(
