@@ -1364,7 +1364,10 @@ fn add_validators(outgoing: &mut HeaderMap, stored: &HeaderMap) {
     if let Some(etag) = stored.get(header::ETAG) {
         outgoing.insert(header::IF_NONE_MATCH, etag.clone());
     }
-    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+    // Only a valid date: the origin must ignore any other (RFC 9110 §13.1.3).
+    if let Some(modified) = stored.get(header::LAST_MODIFIED)
+        && policy::parse_http_date(Some(modified)).is_some()
+    {
         outgoing.insert(header::IF_MODIFIED_SINCE, modified.clone());
     }
 }

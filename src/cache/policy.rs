@@ -527,10 +527,16 @@ impl Freshness {
     /// Whether the response may be stored at all: some freshness, or a validator to revalidate
     /// with.
     pub fn worth_storing(&self, response: &HeaderMap) -> bool {
-        !self.lifetime.is_zero()
-            || response.contains_key(header::ETAG)
-            || response.contains_key(header::LAST_MODIFIED)
+        !self.lifetime.is_zero() || has_validator(response)
     }
+}
+
+/// Whether `response` can be revalidated: it has an `ETag`, or a `Last-Modified` that is an
+/// HTTP-date (RFC 9110 §8.8.2). Any other `Last-Modified` is no validator: an origin must ignore
+/// it sent back as `If-Modified-Since` (§13.1.3), so every use would fetch the whole response.
+pub fn has_validator(response: &HeaderMap) -> bool {
+    response.contains_key(header::ETAG)
+        || parse_http_date(response.get(header::LAST_MODIFIED)).is_some()
 }
 
 /// A delta-seconds directive as a window; invalid arguments count as absent.
@@ -596,8 +602,7 @@ fn lifetime(
     if (heuristically_cacheable(status) || cc.has("public"))
         && !origin_failing(status)
         && !heuristic.default_ttl.0.is_zero()
-        && !response.contains_key(header::ETAG)
-        && !response.contains_key(header::LAST_MODIFIED)
+        && !has_validator(response)
     {
         return (heuristic.default_ttl.0, LifetimeSource::Default);
     }
