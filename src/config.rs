@@ -87,14 +87,24 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let text = String::deserialize(d)?;
             let text = text.trim();
-            (text.parse::<ipnet::IpNet>())
+            let net = (text.parse::<ipnet::IpNet>())
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map(Network)
                 .map_err(|_| {
                     de::Error::custom(format!(
                         "invalid address {text:?}: expected an address or a network (10.0.0.1, 10.0.0.0/8, ::1)"
                     ))
-                })
+                })?;
+            // `10.0.0.1/8` allows all of 10.0.0.0/8: likely one address was meant (nginx warns
+            // of such "low address bits"; an allow list is no place to guess).
+            if net.addr() != net.network() {
+                let one = ipnet::IpNet::from(net.addr());
+                return Err(de::Error::custom(format!(
+                    "{text:?} has address bits past its /{}: write {} for the network, or {one} for the one address",
+                    net.prefix_len(),
+                    net.trunc(),
+                )));
+            }
+            Ok(Network(net))
         }
     }
     Ok(Vec::<Network>::deserialize(d)?
@@ -555,6 +565,16 @@ impl Config {
                 config.admin.listen, config.listen
             );
             let at = locate_key(text, key).or_else(|| locate_key(text, "listen"));
+            return Err(ConfigError::at(file, at, key.to_owned(), message));
+        }
+        // Either tier may be turned off with 0, not both: every response would say `stored`
+        // and be kept nowhere.
+        if config.cache.memory.capacity.0 == 0 && config.cache.disk.capacity.0 == 0 {
+            let key = "cache.disk.capacity";
+            let message = "0 here and in cache.memory.capacity turns both tiers off, and \
+                           nothing could be stored: give one of them room"
+                .to_owned();
+            let at = locate_key(text, key).or_else(|| locate_key(text, "cache.memory.capacity"));
             return Err(ConfigError::at(file, at, key.to_owned(), message));
         }
         Ok(config)

@@ -273,10 +273,8 @@ impl Collector for CacheCollector {
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
             for (tier, tier_stats) in &tiers {
-                if let Some(tier_stats) = tier_stats {
-                    let metric = ConstGauge::new(value(tier_stats) as i64);
-                    metric.encode(family.encode_family(&[("tier", *tier)])?)?;
-                }
+                let metric = ConstGauge::new(value(tier_stats) as i64);
+                metric.encode(family.encode_family(&[("tier", *tier)])?)?;
             }
             Ok(())
         };
@@ -305,10 +303,8 @@ impl Collector for CacheCollector {
             prometheus_client::metrics::MetricType::Counter,
         )?;
         for (tier, tier_stats) in &tiers {
-            if let Some(tier_stats) = tier_stats {
-                let metric = ConstCounter::new(tier_stats.evictions);
-                metric.encode(family.encode_family(&[("tier", *tier)])?)?;
-            }
+            let metric = ConstCounter::new(tier_stats.evictions);
+            metric.encode(family.encode_family(&[("tier", *tier)])?)?;
         }
         let failures = ConstCounter::new(stats.integrity_failures);
         failures.encode(encoder.encode_descriptor(
@@ -317,22 +313,20 @@ impl Collector for CacheCollector {
             None,
             failures.metric_type(),
         )?)?;
-        if let Some(on) = stats.disk_on {
-            let up = ConstGauge::new(i64::from(on));
-            up.encode(encoder.encode_descriptor(
-                "disk_up",
-                "1 while the disk tier is on; 0 while its store, which failed a write (a full file system), is off and being reopened.",
-                None,
-                up.metric_type(),
-            )?)?;
-            let failures = ConstCounter::new(stats.disk_failures);
-            failures.encode(encoder.encode_descriptor(
-                "disk_failures",
-                "Times the disk tier went off because its store failed a write.",
-                None,
-                failures.metric_type(),
-            )?)?;
-        }
+        let up = ConstGauge::new(i64::from(stats.disk_on));
+        up.encode(encoder.encode_descriptor(
+            "disk_up",
+            "1 while the disk tier is on; 0 while its store, which failed a write (a full file system), is off and being reopened, or when it could not be opened at start-up (until a restart).",
+            None,
+            up.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(stats.disk_failures);
+        failures.encode(encoder.encode_descriptor(
+            "disk_failures",
+            "Times the disk tier went off because its store failed a write.",
+            None,
+            failures.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -344,3 +344,30 @@ fn an_origin_host_header_that_is_not_a_host_is_named() {
     let ok = check("origin:\n  url: http://10.0.0.1\n  host_header: \"[::1]:8080\"\n");
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+/// `10.0.0.1/8` in an allow list allows all of 10.0.0.0/8, where likely one address was meant.
+#[test]
+fn an_allowed_network_with_address_bits_set_is_refused() {
+    let yaml = format!("{GOOD}purge:\n  allow:\n    - 127.0.0.1\n    - 10.0.0.1/8\n");
+    let err = refused(&yaml, "purge.allow[1]", ":5:", "10.0.0.0/8 for the network");
+    assert!(err.contains("10.0.0.1/32 for the one address"), "{err}");
+    assert!(
+        check(&format!(
+            "{GOOD}purge:\n  allow: [10.0.0.0/8, 10.0.0.1/32]\n"
+        ))
+        .status
+        .success()
+    );
+}
+
+/// Either tier may be off (capacity 0), not both: every response would say `stored` and be
+/// kept nowhere.
+#[test]
+fn both_tiers_off_is_refused() {
+    let yaml = format!("{GOOD}cache:\n  memory:\n    capacity: 0\n  disk:\n    capacity: 0B\n");
+    refused(&yaml, "cache.disk.capacity", ":7:", "turns both tiers off");
+    for one in ["memory", "disk"] {
+        let yaml = format!("{GOOD}cache:\n  {one}:\n    capacity: 0\n");
+        assert!(check(&yaml).status.success(), "{one} alone off");
+    }
+}

@@ -202,6 +202,31 @@ async fn disk_metric(edge: &TestEdge, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// A disk tier that cannot be opened at start-up (here: another node holds the store) shows in
+/// the metrics as `edge_disk_up 0` and a disk tier of nothing, where its series were left out
+/// and an alert on `edge_disk_up == 0` never fired. The node serves from memory meanwhile.
+#[tokio::test]
+async fn a_disk_tier_that_did_not_open_is_down_in_the_metrics() {
+    let h = Harness::new().await;
+    h.origin.reply("/m", cached(b"in memory".to_vec()));
+    let first = h.edge().await;
+    assert_eq!(disk_metric(&first, "edge_disk_up").await, 1);
+    let path = first.config.cache.disk.path.clone();
+    let second = h.edge_with(|c| c.cache.disk.path = path).await;
+    assert_eq!(disk_metric(&second, "edge_disk_up").await, 0);
+    let metrics = second.metrics().await;
+    for name in ["edge_cache_capacity_bytes", "edge_cache_entries"] {
+        let sample = format!("{name}{{tier=\"disk\"}} 0");
+        assert!(
+            metrics.lines().any(|l| l == sample),
+            "{sample} in\n{metrics}"
+        );
+    }
+    assert!(second.get("/m").await.stored());
+    let hit = second.get("/m").await;
+    assert_eq!((hit.text(), hit.is_hit()), ("in memory", true));
+}
+
 fn cached(body: Vec<u8>) -> Reply {
     Reply::ok(body).header("cache-control", "max-age=600")
 }

@@ -85,13 +85,14 @@ pub type KeyHasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
-    pub memory: Option<TierStats>,
-    /// `None` when edge runs without a disk tier.
-    pub disk: Option<TierStats>,
+    pub memory: TierStats,
+    /// All zero when the disk tier could not be opened at start-up.
+    pub disk: TierStats,
     pub integrity_failures: u64,
-    /// Whether the disk tier is on (`None` without one): off while its store, which failed a
-    /// write, is being reopened.
-    pub disk_on: Option<bool>,
+    /// Whether the disk tier is on: off while its store, which failed a write, is being
+    /// reopened, and for good when it could not be opened at start-up (edge then runs on the
+    /// memory tier alone until it is restarted).
+    pub disk_on: bool,
     /// How many times the disk tier went off.
     pub disk_failures: u64,
 }
@@ -502,10 +503,10 @@ impl Cache {
     /// Sizes and counters of both tiers; call [`Cache::settle`] first for current memory figures.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            memory: Some(self.memory.stats()),
-            disk: self.disk.as_ref().map(DiskTier::stats),
+            memory: self.memory.stats(),
+            disk: self.disk.as_ref().map(DiskTier::stats).unwrap_or_default(),
             integrity_failures: self.disk.as_ref().map_or(0, DiskTier::integrity_failures),
-            disk_on: self.disk.as_ref().map(DiskTier::is_on),
+            disk_on: self.disk.as_ref().is_some_and(DiskTier::is_on),
             disk_failures: self.disk.as_ref().map_or(0, DiskTier::failures),
         }
     }
