@@ -60,10 +60,13 @@ pub fn add_headers(
             LifetimeSource::MaxAge => "from max-age".to_owned(),
             LifetimeSource::Expires => "from Expires - Date".to_owned(),
             LifetimeSource::Heuristic => format!(
-                "heuristic: {}% of Date - Last-Modified, at most {} (cache.heuristic), or cache.heuristic.negative_ttl",
+                "heuristic: {}% of Date - Last-Modified, at most {} (cache.heuristic)",
                 settings.cache.heuristic.fraction.0 * 100.0,
                 humantime::format_duration(settings.cache.heuristic.max.0)
             ),
+            LifetimeSource::Negative => {
+                "cache.heuristic.negative_ttl: a 404 or 410 without explicit expiration".to_owned()
+            }
             LifetimeSource::Default => {
                 "cache.heuristic.default_ttl: no s-maxage, max-age, Expires or Last-Modified"
                     .to_owned()
@@ -177,7 +180,11 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         }
         Some("purge") => "edge answered a purge itself".to_owned(),
         Some("not-allowed") => "a PURGE from an address outside purge.allow".to_owned(),
+        Some("cookie") => "the request carried Cookie, and only cache.heuristic.default_ttl would have made the response fresh: it may be this client's own page".to_owned(),
         Some("origin-unreachable") => "the origin could not be reached".to_owned(),
+        Some("origin-invalid") => "the origin sent a response edge could not read".to_owned(),
+        Some("origin-busy") => "origin.max_connections requests were in flight to the origin for all of origin.connect_timeout".to_owned(),
+        Some("origin-error") => "the origin answered an error to this request and to those collapsed with it".to_owned(),
         Some("origin-timeout") => "the origin did not answer in time (origin.timeout)".to_owned(),
         _ if status.fwd == Some(Forward::Method) => {
             format!("{method} requests go to the origin uncached")

@@ -95,6 +95,33 @@ async fn where_the_lifetime_came_from() {
     );
 }
 
+/// The operator's lifetimes are named as such: `negative_ttl` was told as the Last-Modified
+/// heuristic "or negative_ttl", and a response `default_ttl` did not store for a request with
+/// `Cookie` was explained as a bare "no: cookie".
+#[tokio::test]
+async fn the_operators_own_lifetimes_are_named() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| {
+            c.cache.heuristic.negative_ttl.0 = Duration::from_secs(30);
+            c.cache.heuristic.default_ttl.0 = Duration::from_secs(60);
+        })
+        .await;
+    h.origin.reply("/gone", Reply::ok("gone").status(404));
+    h.origin.reply("/plain", Reply::ok("plain"));
+    let gone = edge.get_with("/gone", &[DEBUG]).await;
+    assert_eq!(
+        gone.header("edge-debug-freshness"),
+        Some("30s cache.heuristic.negative_ttl: a 404 or 410 without explicit expiration")
+    );
+    let with_cookie = edge.get_with("/plain", &[DEBUG, ("cookie", "a=1")]).await;
+    let stored = with_cookie.header("edge-debug-stored").unwrap();
+    assert!(
+        stored.starts_with("no: the request carried Cookie, and only cache.heuristic.default_ttl"),
+        "{stored}"
+    );
+}
+
 #[tokio::test]
 async fn why_a_response_was_not_stored() {
     let h = Harness::new().await;

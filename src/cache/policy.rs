@@ -384,6 +384,8 @@ pub enum LifetimeSource {
     MaxAge,
     Expires,
     Heuristic,
+    /// The operator's `cache.heuristic.negative_ttl`, for a 404 or 410.
+    Negative,
     /// The operator's `cache.heuristic.default_ttl`: no explicit expiration, no `Last-Modified`.
     Default,
     /// No explicit expiration and no heuristic applies: stale from the start.
@@ -579,7 +581,7 @@ fn lifetime(
     // §4.2.2: heuristics only where the status allows it, or `public` marks it cacheable.
     // The operator's default lifetime for "not found" answers (nginx's proxy_cache_valid 404).
     if matches!(status.as_u16(), 404 | 410) && !heuristic.negative_ttl.0.is_zero() {
-        return (heuristic.negative_ttl.0, LifetimeSource::Heuristic);
+        return (heuristic.negative_ttl.0, LifetimeSource::Negative);
     }
     if (heuristically_cacheable(status) || cc.has("public"))
         && let Some(last_modified) = parse_http_date(response.get(header::LAST_MODIFIED))
