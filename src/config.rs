@@ -614,7 +614,18 @@ impl Config {
                 }
                 None => locate(text, &key),
             };
-            let location = found.or_else(|| inner.location().map(|at| (at.line(), at.column())));
+            let mut location =
+                found.or_else(|| inner.location().map(|at| (at.line(), at.column())));
+            // A tab where YAML wants indentation: the parser stops on its line, under a key that
+            // may be lines above; name the line, and say what is wrong with it.
+            if let Some(at) = inner.location()
+                && message.contains("cannot start any token")
+                && (text.lines().nth(at.line().saturating_sub(1)))
+                    .is_some_and(|row| row.trim_start_matches(' ').starts_with('\t'))
+            {
+                location = Some((at.line(), at.column()));
+                message.push_str(" (a tab: YAML indents with spaces only)");
+            }
             ConfigError::at(file, location, key, message)
         })
     }

@@ -371,3 +371,16 @@ fn both_tiers_off_is_refused() {
         assert!(check(&yaml).status.success(), "{one} alone off");
     }
 }
+
+/// A YAML syntax error is named where the parser stopped; a tab in the indentation is said to be
+/// one. It was named at the start of the mapping it was in (`1:1`).
+#[test]
+fn a_tab_in_the_indentation_is_named_on_its_line() {
+    let err = refused(
+        "origin:\n\turl: http://127.0.0.1:9000\n",
+        "origin",
+        ":2:1:",
+        "a tab: YAML indents with spaces only",
+    );
+    assert!(!err.contains(":1:1:"), "{err}");
+}
