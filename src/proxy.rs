@@ -164,11 +164,17 @@ pub fn handle(
         } else {
             http::Uri::default()
         };
+        let told = if settings.log.access {
+            Told::of(&request)
+        } else {
+            Told::default()
+        };
         // Counted and logged (499, as nginx logs it) if the client leaves before its answer:
         // hyper then drops this future.
         let pending = Pending {
             method: &method,
             uri: &uri,
+            told: &told,
             started,
             client: peer.ip(),
             log: settings.log.access,
@@ -190,6 +196,7 @@ pub fn handle(
         let log = AccessRecord {
             method,
             uri,
+            told,
             status: response.status().as_u16(),
             cache: label,
             // Only copied for a line that will be written.
@@ -401,6 +408,7 @@ fn json_response(
 struct AccessRecord {
     method: Method,
     uri: http::Uri,
+    told: Told,
     status: u16,
     cache: &'static str,
     cache_status: Option<HeaderValue>,
@@ -419,6 +427,8 @@ impl AccessRecord {
             client = %self.client,
             method = %self.method,
             uri = %self.uri,
+            proto = ?self.told.version,
+            host = Told::text(&self.told.host),
             status = self.status,
             cache = self.cache,
             bytes,
@@ -426,7 +436,50 @@ impl AccessRecord {
             origin_ms = self.origin_time.map(millis),
             complete,
             cache_status = self.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            referer = Told::text(&self.told.referer),
+            user_agent = Told::text(&self.told.user_agent),
         );
+    }
+}
+
+/// What an access line tells of a request besides its method and target, as nginx's `combined`
+/// format and varnishncsa's do: its protocol, and the `Host` (HTTP/2: `:authority`), `Referer`
+/// and `User-Agent` it sent.
+#[derive(Clone, Default)]
+struct Told {
+    version: Version,
+    host: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Told {
+    fn of(request: &Parts) -> Self {
+        let mut told = Self {
+            version: request.version,
+            host: (request.uri.authority())
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+            ..Self::default()
+        };
+        // A walk over the few fields of a request costs less than three lookups by name.
+        for (name, value) in &request.headers {
+            let slot = if name == header::HOST {
+                &mut told.host
+            } else if name == header::REFERER {
+                &mut told.referer
+            } else if name == header::USER_AGENT {
+                &mut told.user_agent
+            } else {
+                continue;
+            };
+            slot.get_or_insert_with(|| value.clone());
+        }
+        told
+    }
+
+    /// A field as the line shows it: empty when absent (or not text).
+    fn text(value: &Option<HeaderValue>) -> &str {
+        value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 }
 
@@ -454,6 +507,7 @@ pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode) {
 struct Pending<'a> {
     method: &'a Method,
     uri: &'a http::Uri,
+    told: &'a Told,
     started: Instant,
     client: std::net::IpAddr,
     log: bool,
@@ -476,6 +530,7 @@ impl Drop for Pending<'_> {
             let record = AccessRecord {
                 method: self.method.clone(),
                 uri: self.uri.clone(),
+                told: self.told.clone(),
                 status,
                 cache: label,
                 cache_status: None,

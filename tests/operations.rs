@@ -278,8 +278,18 @@ async fn access_log_human_has_one_line_per_request_with_its_outcome() {
     let mut conf = Conf::new(dir.path(), &origin);
     let edge = Edge::start(dir, &mut conf, None).await;
 
-    let (status, cache_status, got) = edge.get("/a?q=1").await;
-    assert_eq!((status, got.as_str()), (200, body));
+    let response = client()
+        .get(edge.url("/a?q=1"))
+        .header("referer", "https://example.com/from")
+        .header("user-agent", "curl/8.0 (test)")
+        .send()
+        .await
+        .unwrap();
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.text().await.unwrap(), body);
     assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
     edge.wait_lines(1, is_access).await;
     let (status, cache_status, got) = edge.get("/a?q=1").await;
@@ -301,6 +311,21 @@ async fn access_log_human_has_one_line_per_request_with_its_outcome() {
         let duration = field(line, "duration_ms").unwrap_or_else(|| panic!("{line}"));
         assert!(duration.parse::<f64>().unwrap() >= 0.0, "{line}");
     }
+    // As nginx's `combined` format: the protocol, Host, Referer and User-Agent.
+    let first = &access[0];
+    let host = format!("\"127.0.0.1:{}\"", edge.listen);
+    assert_eq!(field(first, "proto"), Some("HTTP/1.1"), "{first}");
+    assert_eq!(field(first, "host"), Some(host.as_str()), "{first}");
+    assert_eq!(
+        field(first, "referer"),
+        Some("\"https://example.com/from\""),
+        "{first}"
+    );
+    assert_eq!(
+        field(first, "user_agent"),
+        Some("\"curl/8.0 (test)\""),
+        "{first}"
+    );
     let origin_ms = field(&access[0], "origin_ms").unwrap_or_else(|| panic!("{}", access[0]));
     assert!(origin_ms.parse::<f64>().unwrap() >= 0.0, "{}", access[0]);
     assert_eq!(field(&access[1], "origin_ms"), None, "{}", access[1]);
@@ -317,6 +342,18 @@ async fn access_log_human_has_one_line_per_request_with_its_outcome() {
     assert_eq!(response.text().await.unwrap(), body);
     let access = edge.wait_lines(3, is_access).await;
     assert_eq!(field(&access[2], "uri"), Some("/a?q=1"), "{}", access[2]);
+    assert_eq!(
+        field(&access[2], "proto"),
+        Some("HTTP/2.0"),
+        "{}",
+        access[2]
+    );
+    assert_eq!(
+        field(&access[2], "host"),
+        Some(host.as_str()),
+        "{}",
+        access[2]
+    );
 }
 
 /// 1b. The access line's `complete` field says whether the whole body was sent: also for a miss
