@@ -209,7 +209,7 @@ impl Fills {
                 return Role::Waiter(Ticket::new(fill.clone(), late));
             }
         }
-        let fill = Arc::new(Fill::new(*job.key.hash()));
+        let fill = Arc::new(Fill::new(job.key.clone()));
         inflight.insert(job.slot, fill.clone());
         drop(inflight);
         Role::Leader(self.spawn(edge, fill, job))
@@ -218,7 +218,7 @@ impl Fills {
     /// Starts a fill that no other request joins: for a request that may not wait for, or use,
     /// another's.
     pub fn solo(&self, edge: &Arc<Edge>, job: FillJob) -> Ticket {
-        self.spawn(edge, Arc::new(Fill::new(*job.key.hash())), job)
+        self.spawn(edge, Arc::new(Fill::new(job.key.clone())), job)
     }
 
     /// Runs `fill`'s task, its leader's place taken before it starts.
@@ -262,7 +262,12 @@ impl Fills {
     /// before the change, so no new request joins it. (Its store is refused by the cache's
     /// invalidation epoch.)
     pub fn invalidate(&self, key: &CacheKey) {
-        lock(&self.inflight).retain(|_, fill| fill.primary != *key.hash());
+        lock(&self.inflight).retain(|_, fill| fill.key.hash() != key.hash());
+    }
+
+    /// The URIs that start with `prefix` were purged: as [`Fills::invalidate`] for each.
+    pub fn invalidate_prefix(&self, prefix: &str) {
+        lock(&self.inflight).retain(|_, fill| !fill.key.url().starts_with(prefix));
     }
 
     /// Everything was invalidated: no fill in flight takes new joiners.
@@ -337,8 +342,8 @@ pub struct PrivateResponse {
 
 /// One fill's shared state.
 pub struct Fill {
-    /// The hash of the URI the fill fetches.
-    primary: [u8; 32],
+    /// The URI the fill fetches.
+    key: CacheKey,
     state: Mutex<State>,
     changed: watch::Sender<()>,
     /// Wakes the fill task when a reader has taken more of the body, or left.
@@ -394,7 +399,7 @@ enum End {
 }
 
 impl Fill {
-    fn new(primary: [u8; 32]) -> Self {
+    fn new(key: CacheKey) -> Self {
         let state = State {
             head: Head::Pending,
             chunks: VecDeque::new(),
@@ -407,7 +412,7 @@ impl Fill {
             next_reader: 0,
         };
         Self {
-            primary,
+            key,
             state: Mutex::new(state),
             changed: watch::Sender::new(()),
             taken: Notify::new(),
@@ -1397,7 +1402,7 @@ mod tests {
     /// stops reading.
     #[tokio::test]
     async fn a_request_yet_to_read_keeps_an_unstored_body_from_its_first_byte() {
-        let fill = Arc::new(Fill::new([0; 32]));
+        let fill = Arc::new(Fill::new(CacheKey::from_text("/".into())));
         let mut first = Box::pin(Ticket::new(fill.clone(), false).body());
         let waiter = Ticket::new(fill.clone(), false);
         let gone = Ticket::new(fill.clone(), false);
@@ -1422,7 +1427,7 @@ mod tests {
     /// held is read although chunks before it were dropped.
     #[tokio::test]
     async fn several_ranges_of_an_unstored_body_are_each_read_whole() {
-        let fill = Arc::new(Fill::new([0; 32]));
+        let fill = Arc::new(Fill::new(CacheKey::from_text("/".into())));
         let mut first = Box::pin(Ticket::new(fill.clone(), false).body());
         let mut ranged = Ticket::new(fill.clone(), false);
         take_all(&fill, &mut first).await;

@@ -231,11 +231,11 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     response
 }
 
-/// `POST /purge?url=<path or absolute URL>`, `POST /purge?tag=<surrogate key>` or
-/// `POST /purge?all=true` (everything), with
-/// `soft=true` to mark stale instead of deleting; the parameters may also come as a form body
-/// (`curl --data-urlencode url=/a?b=1&c=2`). Answers with how many responses were affected. The
-/// purge runs to its end even if the client goes away.
+/// `POST /purge?url=<path or absolute URL>`, `POST /purge?prefix=<path or absolute URL>` (every
+/// URL that starts with it), `POST /purge?tag=<surrogate key>` or `POST /purge?all=true`
+/// (everything), with `soft=true` to mark stale instead of deleting; the parameters may also
+/// come as a form body (`curl --data-urlencode url=/a?b=1&c=2`). Answers with how many
+/// responses were affected. The purge runs to its end even if the client goes away.
 async fn purge(
     State(edge): State<Arc<Edge>>,
     RawQuery(raw): RawQuery,
@@ -246,7 +246,7 @@ async fn purge(
     let raw = raw.unwrap_or_default();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()).chain(form_urlencoded::parse(&body))
     {
-        if !matches!(&*name, "url" | "tag" | "all" | "soft") {
+        if !matches!(&*name, "url" | "prefix" | "tag" | "all" | "soft") {
             return bad_request(format!(
                 "unknown parameter {name:?} (a url with a query of its own is percent-encoded, or sent as a form body)"
             ));
@@ -270,15 +270,13 @@ async fn purge(
         Some("true" | "1") => true,
         Some(other) => return bad_request(format!("all must be true, not {other:?}")),
     };
-    let body = match (query.get("url"), query.get("tag")) {
-        (None, None) if all => {
+    let named = |name: &str| query.get(name).map(String::as_str);
+    let body = match (named("url"), named("prefix"), named("tag"), all) {
+        (None, None, None, true) => {
             let purged = proxy::purge_all(&edge, soft).await;
             serde_json::json!({ "all": true, "purged": purged, "soft": soft })
         }
-        _ if all => {
-            return bad_request("all=true purges everything: give no url or tag with it".into());
-        }
-        (Some(url), None) => {
+        (Some(url), None, None, false) => {
             let Some(target) = purge_target(&edge, url) else {
                 return bad_request(format!(
                     "url {url:?} is not a path or an absolute URL edge serves"
@@ -288,13 +286,22 @@ async fn purge(
             let key = cache::key::CacheKey::new(&target);
             serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft })
         }
-        (None, Some(tag)) if !tag.is_empty() => {
+        (None, Some(prefix), None, false) => {
+            let Some(key_prefix) = purge_prefix(&edge, prefix) else {
+                return bad_request(format!(
+                    "prefix {prefix:?} is not a path (starting with /) or an absolute http(s) URL"
+                ));
+            };
+            let purged = proxy::purge_prefix(&edge, &key_prefix, soft).await;
+            serde_json::json!({ "prefix": key_prefix, "purged": purged, "soft": soft })
+        }
+        (None, None, Some(tag), false) if !tag.is_empty() => {
             let purged = proxy::purge_tag(&edge, tag, soft).await;
             serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
         }
         _ => {
             return bad_request(
-                "give exactly one of url=<path or URL>, tag=<tag> or all=true".into(),
+                "a purge names one thing: give exactly one of url=<path or URL>, prefix=<path or URL>, tag=<tag> or all=true".into(),
             );
         }
     };
@@ -312,6 +319,22 @@ fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
     let uri: http::Uri = url.parse().ok()?;
     let path: http::Uri = uri.path_and_query()?.as_str().parse().ok()?;
     edge.config().origin.url_for(&path)
+}
+
+/// The start of [`cache::key::CacheKey::url`] that a purge's `prefix` stands for: mapped as
+/// [`purge_target`] maps a `url`, but for its end, which may be part of a path segment
+/// (`/img/a` is a prefix of `/img/a.png`) and is not resolved as a whole one would be (`/img/.`
+/// is not `/img/`). `None` for what is neither a path nor an absolute http(s) URL.
+fn purge_prefix(edge: &Edge, prefix: &str) -> Option<String> {
+    let uri: http::Uri = prefix.parse().ok()?;
+    if !matches!(uri.scheme_str(), None | Some("http" | "https")) {
+        return None;
+    }
+    // Mapped with a character after it, which keeps its end from being taken for a whole
+    // segment, and then taken off again: percent-encoding is per character.
+    let target = purge_target(edge, &format!("{}x", uri.path_and_query()?))?;
+    let key = cache::key::CacheKey::new(&target);
+    key.url().strip_suffix('x').map(str::to_owned)
 }
 
 fn bad_request(message: String) -> Response {

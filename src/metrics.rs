@@ -28,7 +28,7 @@ struct OriginLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurgeLabel {
-    /// `url` or `tag`.
+    /// `url`, `tag`, `prefix` or `all`.
     by: &'static str,
     /// `hard` (deleted) or `soft` (marked stale).
     mode: &'static str,

@@ -338,16 +338,40 @@ pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
     run_to_end(edge, async move {
         work.cache.purge_tag_from_now(&tag);
         work.fills.invalidate_tag(&tag);
-        let mut purged = 0;
-        for key in work.cache.tagged(&tag).await {
-            purged += purge_key(&work, &CacheKey::from_text(key), soft).await;
-        }
-        work.cache.flush().await;
+        let purged = purge_each(&work, work.cache.tagged(&tag).await, soft).await;
         work.metrics.purge("tag", soft, purged);
         tracing::info!(tag, purged, soft, "purge");
         purged
     })
     .await
+}
+
+/// Purges every stored response whose URL (as [`CacheKey::url`]) starts with `prefix`, with all
+/// its variants; a fetch in flight for such a URL is not stored, and takes no new joiners.
+/// Returns how many responses; runs to its end like [`purge_url`]. Finding them reads the URL
+/// of every record on disk: there is no index by URL.
+pub async fn purge_prefix(edge: &Arc<Edge>, prefix: &str, soft: bool) -> usize {
+    let (work, prefix) = (edge.clone(), prefix.to_owned());
+    run_to_end(edge, async move {
+        work.cache.purge_prefix_from_now(&prefix);
+        work.fills.invalidate_prefix(&prefix);
+        let purged = purge_each(&work, work.cache.urls_under(&prefix).await, soft).await;
+        work.metrics.purge("prefix", soft, purged);
+        tracing::info!(prefix, purged, soft, "purge");
+        purged
+    })
+    .await
+}
+
+/// Purges each of `urls` (as [`CacheKey::url`]), then flushes the disk tier; returns how many
+/// responses.
+async fn purge_each(edge: &Edge, urls: Vec<String>, soft: bool) -> usize {
+    let mut purged = 0;
+    for url in urls {
+        purged += purge_key(edge, &CacheKey::from_text(url), soft).await;
+    }
+    edge.cache.flush().await;
+    purged
 }
 
 /// Purges everything stored, both tiers (or marks it all stale); runs to its end like

@@ -398,6 +398,27 @@ async fn purge_all_removes_everything_from_both_tiers() {
     assert_eq!(h.origin.hits("/a"), 3);
 }
 
+/// After a soft purge, the next request for `path` revalidates its response (stored with
+/// `ETag: "s"`), which the origin's 304 makes fresh again, its stored `body` kept.
+async fn revalidates_after_a_soft_purge(h: &Harness, edge: &TestEdge, path: &str, body: &str) {
+    h.origin
+        .reply(path, Reply::ok("").status(304).header("etag", "\"s\""));
+    let after = edge.get(path).await;
+    assert_eq!(
+        after.fwd(),
+        Some("stale"),
+        "{path}: {}",
+        after.cache_status()
+    );
+    assert_eq!(after.param("fwd-status"), Some("304"));
+    assert_eq!(after.text(), body, "the stored body is kept");
+    assert_eq!(
+        h.origin.last(path).unwrap().headers["if-none-match"],
+        "\"s\""
+    );
+    assert!(edge.get(path).await.is_hit(), "revalidated: fresh again");
+}
+
 #[tokio::test]
 async fn soft_purge_all_marks_everything_stale() {
     let h = Harness::new().await;
@@ -412,18 +433,7 @@ async fn soft_purge_all_marks_everything_stale() {
         (2.into(), true.into())
     );
     for path in ["/s1", "/s2"] {
-        h.origin
-            .reply(path, Reply::ok("").status(304).header("etag", "\"s\""));
-        let after = edge.get(path).await;
-        assert_eq!(
-            after.fwd(),
-            Some("stale"),
-            "{path}: {}",
-            after.cache_status()
-        );
-        assert_eq!(after.param("fwd-status"), Some("304"));
-        assert_eq!(after.text(), "soft");
-        assert!(edge.get(path).await.is_hit());
+        revalidates_after_a_soft_purge(&h, &edge, path, "soft").await;
     }
     // On disk too.
     purge(&edge, "all=true&soft=true").await;
@@ -613,5 +623,217 @@ async fn edge_soft_purge_takes_true_and_refuses_what_it_does_not_know() {
         (requests(&metrics, "error"), requests(&metrics, "purge")),
         (1.0, 1.0),
         "{metrics}"
+    );
+}
+
+/// The requests of the prefix purge tests: path and `Accept-Language`.
+const UNDER_STATIC: [(&str, &str); 5] = [
+    ("/static/a", ""),
+    ("/static/b?x=1", ""),
+    ("/static/large", ""),
+    ("/static/v", "en"),
+    ("/static/v", "fr"),
+];
+const BESIDE_STATIC: [(&str, &str); 2] = [("/staticfoo", ""), ("/other", "")];
+
+async fn get_in(edge: &TestEdge, (path, language): (&str, &str)) -> common::Resp {
+    edge.get_with(path, &[("accept-language", language)]).await
+}
+
+/// `prefix=`: every URL that starts with it, every variant, both tiers, and not a URL that only
+/// shares its letters. After a restart (memory empty) the purge finds them by reading the disk
+/// tier's records, in sled and in body files (`/static/large`).
+#[tokio::test]
+async fn purge_by_prefix_removes_every_url_under_it_from_both_tiers() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for (path, _) in UNDER_STATIC.into_iter().chain(BESIDE_STATIC) {
+        let reply = match path {
+            "/static/large" => cached(&"l".repeat(20_000)),
+            "/static/v" => cached("variant").header("vary", "accept-language"),
+            _ => cached(path),
+        };
+        h.origin.reply(path, reply);
+    }
+    for request in UNDER_STATIC.into_iter().chain(BESIDE_STATIC) {
+        let first = get_in(&edge, request).await;
+        assert!(first.stored(), "{request:?}: {}", first.cache_status());
+    }
+    let edge = edge.restart().await;
+    let answer = purge(&edge, "prefix=/static/").await;
+    assert_eq!(
+        answer,
+        serde_json::json!({ "prefix": "/static/", "purged": 5, "soft": false })
+    );
+    let check = async |edge: &TestEdge, fetched: usize| {
+        for request in UNDER_STATIC {
+            let after = get_in(edge, request).await;
+            // The first variant fetched again stores the URL's Vary marker again.
+            let fwd = if request.1 == "fr" {
+                "vary-miss"
+            } else {
+                "uri-miss"
+            };
+            assert_eq!(
+                after.fwd(),
+                Some(fwd),
+                "{request:?}: {}",
+                after.cache_status()
+            );
+        }
+        for request in BESIDE_STATIC {
+            let after = get_in(edge, request).await;
+            assert_eq!(after.param("detail"), Some("disk"), "{request:?}");
+            assert!(after.is_hit(), "{request:?}: {}", after.cache_status());
+        }
+        for path in ["/static/a", "/static/b?x=1", "/static/large"] {
+            assert_eq!(h.origin.hits(path), fetched, "{path}");
+        }
+        assert_eq!(h.origin.hits("/static/v"), 2 * fetched);
+        assert_eq!(h.origin.hits("/staticfoo") + h.origin.hits("/other"), 2);
+    };
+    check(&edge, 2).await;
+
+    // Stored again, in both tiers: purged again, and after a restart nothing comes back.
+    assert_eq!(purge(&edge, "prefix=/static/").await["purged"], 5);
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_purges_total{by=\"prefix\",mode=\"hard\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "edge_purged_objects_total"), 10.0);
+    let edge = edge.restart().await;
+    check(&edge, 3).await;
+}
+
+/// A prefix is matched against URLs as edge keeps them: a partial path segment starts the
+/// segments it is part of (`/img/a` is a prefix of `/img/a.png`), the prefix is normalised as a
+/// request target is (`{` percent-encoded, `..` resolved), and of an absolute URL its path is
+/// taken.
+#[tokio::test]
+async fn a_purge_prefix_is_matched_against_urls_as_edge_keeps_them() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    let paths = [
+        "/img/a.png",
+        "/img/abc/x",
+        "/img/b.png",
+        "/p/%7Ba%7D/1",
+        "/p/b",
+    ];
+    for path in paths {
+        h.origin.reply(path, cached(path));
+        assert!(edge.get(path).await.stored(), "{path}");
+    }
+    let answer = purge(&edge, "prefix=/img/a").await;
+    assert_eq!(
+        (&answer["prefix"], &answer["purged"]),
+        (&"/img/a".into(), &2.into())
+    );
+    let answer = edge.purge_form(&[("prefix", "/p/{a")]).await;
+    assert_eq!(
+        (&answer["prefix"], &answer["purged"]),
+        (&"/p/%7Ba".into(), &1.into())
+    );
+    for (path, purged) in paths.into_iter().zip([true, true, false, true, false]) {
+        let after = edge.get(path).await;
+        assert_eq!(!after.is_hit(), purged, "{path}: {}", after.cache_status());
+        assert_eq!(h.origin.hits(path), 1 + usize::from(purged), "{path}");
+    }
+    let answer = purge(&edge, "prefix=http://cdn.example/img/c/../b").await;
+    assert_eq!(
+        (&answer["prefix"], &answer["purged"]),
+        (&"/img/b".into(), &1.into())
+    );
+    assert!(!edge.get("/img/b.png").await.is_hit());
+}
+
+/// Under an origin URL with a path, a prefix is mapped under it as a `url=` purge's URL is.
+#[tokio::test]
+async fn a_purge_prefix_is_mapped_under_the_origin_base_path() {
+    let h = Harness::new().await;
+    let base = format!("{}/base", h.origin.url()).parse().unwrap();
+    let edge = h
+        .edge_with(|c| c.origin.url = edge::config::OriginUrl(base))
+        .await;
+    h.origin.reply("/base/static/a", cached("a"));
+    h.origin.reply("/base/staticfoo", cached("foo"));
+    edge.get("/static/a").await;
+    edge.get("/staticfoo").await;
+    let answer = purge(&edge, "prefix=/static/").await;
+    assert_eq!(
+        (&answer["prefix"], &answer["purged"]),
+        (&"/base/static/".into(), &1.into())
+    );
+    assert!(!edge.get("/static/a").await.is_hit());
+    assert!(edge.get("/staticfoo").await.is_hit());
+    assert_eq!(h.origin.hits("/base/static/a"), 2);
+}
+
+#[tokio::test]
+async fn a_soft_purge_by_prefix_marks_stale_so_the_next_request_revalidates() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    for path in ["/s/1", "/s/2", "/t"] {
+        h.origin
+            .reply(path, cached("soft body").header("etag", "\"s\""));
+        edge.get(path).await;
+    }
+    let answer = purge(&edge, "prefix=/s/&soft=true").await;
+    assert_eq!(
+        answer,
+        serde_json::json!({ "prefix": "/s/", "purged": 2, "soft": true })
+    );
+    for path in ["/s/1", "/s/2"] {
+        revalidates_after_a_soft_purge(&h, &edge, path, "soft body").await;
+        assert_eq!(h.origin.hits(path), 2);
+    }
+    assert!(edge.get("/t").await.is_hit());
+
+    // On disk too.
+    assert_eq!(purge(&edge, "prefix=/s/&soft=1").await["purged"], 2);
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        sample(&metrics, "edge_purges_total{by=\"prefix\",mode=\"soft\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "edge_purged_objects_total"), 4.0);
+    let edge = edge.restart().await;
+    let after = edge.get("/s/1").await;
+    assert_eq!(after.fwd(), Some("stale"), "{}", after.cache_status());
+    assert_eq!(edge.get("/t").await.param("detail"), Some("disk"));
+}
+
+/// A prefix that is not a path (or an absolute http(s) URL), or given with anything else a
+/// purge names, is refused with an error that says so, and purges nothing.
+#[tokio::test]
+async fn a_purge_prefix_that_is_not_a_path_or_comes_with_another_name_is_rejected() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/a", cached("a"));
+    edge.get("/a").await;
+    for (query, says) in [
+        ("prefix=a/", "is not a path"),
+        ("prefix=", "is not a path"),
+        ("prefix=ftp://cdn.example/a", "is not a path"),
+        ("prefix=/a&url=/a", "exactly one of"),
+        ("prefix=/a&tag=t", "exactly one of"),
+        ("prefix=/a&all=true", "exactly one of"),
+        ("prefix=/a&prefix=/b", "more than once"),
+    ] {
+        let (status, body) = admin(&edge, Method::POST, &format!("/purge?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains(says) && error.contains("prefix"),
+            "{query}: {error}"
+        );
+    }
+    assert!(
+        edge.get("/a").await.is_hit(),
+        "a refused purge purges nothing"
     );
 }

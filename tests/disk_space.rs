@@ -260,7 +260,7 @@ async fn edge_whose_disk_tier_failed(
         assert!(hit.is_hit() && hit.body == want, "{path}");
     }
     // A purge flushes sled: what it holds so far is on disk.
-    purge(&edge, "/elsewhere").await;
+    purge(&edge, "url=/elsewhere").await;
     assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
     let mut stores = 0;
     while disk_metric(&edge, "edge_disk_up").await == 1 {
@@ -277,21 +277,21 @@ async fn edge_whose_disk_tier_failed(
     Some((edge, index_fs, dir))
 }
 
-/// Purges `path` through the admin listener.
-async fn purge(edge: &TestEdge, path: &str) {
+/// Purges through the admin listener what `query` names.
+async fn purge(edge: &TestEdge, query: &str) {
     let purged = edge
         .client
-        .post(format!("http://{}/purge?url={path}", edge.admin_addr))
+        .post(format!("http://{}/purge?{query}", edge.admin_addr))
         .send()
         .await
         .unwrap();
     assert_eq!(purged.status(), 200);
 }
 
-/// Purges `/purged` while the tier is off, and changes it at the origin: the purged body is
-/// not served from disk.
-async fn purge_while_off(h: &Harness, edge: &TestEdge) {
-    purge(edge, "/purged").await;
+/// Purges `/purged` (by what `query` names) while the tier is off, and changes it at the
+/// origin: the purged body is not served from disk.
+async fn purge_while_off(h: &Harness, edge: &TestEdge, query: &str) {
+    purge(edge, query).await;
     h.origin.reply("/purged", cached(body(3, 2000)));
     let got = edge.get("/purged").await;
     assert!(got.body == body(3, 2000), "the purged body was served");
@@ -305,11 +305,21 @@ async fn purge_while_off(h: &Harness, edge: &TestEdge) {
 /// itself, with what it held, less what was purged while it was off.
 #[tokio::test]
 async fn a_disk_tier_whose_file_system_filled_comes_back_without_what_was_purged_meanwhile() {
+    comes_back_without_what_was_purged_meanwhile("url=/purged").await;
+}
+
+/// The same for a purge by URL prefix, which the reopened store makes by reading its records.
+#[tokio::test]
+async fn a_disk_tier_that_was_off_comes_back_without_what_a_prefix_purge_named_meanwhile() {
+    comes_back_without_what_was_purged_meanwhile("prefix=/pur").await;
+}
+
+async fn comes_back_without_what_was_purged_meanwhile(query: &str) {
     let h = Harness::new().await;
     let Some((edge, index_fs, _dir)) = edge_whose_disk_tier_failed(&h).await else {
         return;
     };
-    purge_while_off(&h, &edge).await;
+    purge_while_off(&h, &edge, query).await;
     // No room yet: it stays off (it tries after 1 s, and 2 s after that).
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     assert_eq!(disk_metric(&edge, "edge_disk_up").await, 0);
@@ -353,7 +363,7 @@ async fn a_disk_tier_stopped_while_off_with_a_purge_missed_starts_empty() {
     let Some((edge, index_fs, _dir)) = edge_whose_disk_tier_failed(&h).await else {
         return;
     };
-    purge_while_off(&h, &edge).await;
+    purge_while_off(&h, &edge, "url=/purged").await;
     let config = edge.config.clone();
     let dir = edge.stop().await;
     index_fs.grow("64m");

@@ -73,9 +73,9 @@ async fn a_soft_purge_under_load_is_not_undone_by_a_disk_promotion() {
     purge_under_load(true).await;
 }
 
-/// A purge (by URL or by tag) while a cold fetch is in flight keeps its old response out: it is
-/// not stored, and a request made after the purge does not join the fetch. (A tag purge let it
-/// join: the fetch's tags were not known yet.)
+/// A purge (by URL, by tag or by URL prefix) while a cold fetch is in flight keeps its old
+/// response out: it is not stored, and a request made after the purge does not join the fetch.
+/// (A tag purge let it join: the fetch's tags were not known yet.)
 async fn purge_during_a_cold_fill(query: &str) {
     let h = Harness::new().await;
     let edge = Arc::new(h.edge().await);
@@ -114,6 +114,11 @@ async fn a_tag_purge_keeps_an_in_flight_fetch_from_being_stored() {
 }
 
 #[tokio::test]
+async fn a_prefix_purge_keeps_an_in_flight_fetch_from_being_stored() {
+    purge_during_a_cold_fill("prefix=/p").await;
+}
+
+#[tokio::test]
 async fn purge_parameters_may_come_as_a_form_body() {
     let h = Harness::new().await;
     let edge = h.edge().await;
@@ -121,20 +126,7 @@ async fn purge_parameters_may_come_as_a_form_body() {
         h.origin.reply(path, cached("x"));
         edge.get(path).await;
         assert!(edge.get(path).await.is_hit());
-        // What `curl --data-urlencode url=…` sends.
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("url", path)
-            .finish();
-        let r = edge
-            .client
-            .post(format!("http://{}/purge", edge.admin_addr))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let answer: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let answer = edge.purge_form(&[("url", path)]).await;
         assert_eq!(answer["purged"], 1, "{path}: {answer}");
         assert_eq!(answer["url"], path);
         assert!(!edge.get(path).await.is_hit(), "{path}");

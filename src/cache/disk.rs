@@ -185,6 +185,8 @@ enum Removal {
     Prefix(Vec<u8>),
     /// Every record tagged so.
     Tag(String),
+    /// Every record whose URL ([`super::key::CacheKey::url`]) starts with this.
+    UrlPrefix(String),
 }
 
 struct Inner {
@@ -509,11 +511,7 @@ impl DiskTier {
     /// removals that follow (or a record's replacement that took the tag away), it is made again
     /// when the store is reopened.
     pub async fn tagged(&self, tag: String) -> Result<Vec<String>, DiskError> {
-        let Some(inner) = self.current_or_note(|| Removal::Tag(tag.clone())) else {
-            return Ok(Vec::new());
-        };
-        let noted = Removal::Tag(tag.clone());
-        self.blocking(inner, Some(noted), move |inner| {
+        self.named(Removal::Tag(tag.clone()), move |inner| {
             let mut keys = Vec::new();
             for (record_key, seq, url) in inner.tag_rows(&tag)? {
                 if inner.current_seq(&record_key)? == Some(seq) {
@@ -526,6 +524,31 @@ impl DiskTier {
             Ok(keys)
         })
         .await
+    }
+
+    /// The keys (as [`super::key::CacheKey::url`]) of stored responses that start with `prefix`,
+    /// for a purge of the prefix, which is noted as a tag purge is (see
+    /// [`DiskTier::tagged`]). There is no index by URL: this reads the URL of every record, in
+    /// sled and at the end of every body file.
+    pub async fn urls_under(&self, prefix: String) -> Result<Vec<String>, DiskError> {
+        self.named(Removal::UrlPrefix(prefix.clone()), move |inner| {
+            let found = inner.urls_under(&prefix)?;
+            Ok(found.into_iter().map(|(_, url)| url).collect())
+        })
+        .await
+    }
+
+    /// Runs `find` off the runtime for the URLs that `removal` names, and notes the removal;
+    /// while the tier is off, only notes it (the reopened store makes it) and finds nothing.
+    async fn named(
+        &self,
+        removal: Removal,
+        find: impl FnOnce(&Arc<Inner>) -> Result<Vec<String>, DiskError> + Send + 'static,
+    ) -> Result<Vec<String>, DiskError> {
+        let Some(inner) = self.current_or_note(|| removal.clone()) else {
+            return Ok(Vec::new());
+        };
+        self.blocking(inner, Some(removal), find).await
     }
 
     /// Runs `work` on `inner` off the runtime, to its end even if the caller goes away; then
@@ -1096,19 +1119,57 @@ impl Inner {
 
     /// Makes a removal that a failed store may have missed.
     fn apply(&self, removal: &Removal) -> Result<(), DiskError> {
-        let prefixes = match removal {
-            Removal::Prefix(prefix) => vec![prefix.clone()],
-            // The whole URI of every record tagged so, as a tag purge removes it.
-            Removal::Tag(tag) => self
-                .tag_rows(tag)?
-                .into_iter()
-                .filter_map(|(key, _, _)| key.get(..32).map(<[u8]>::to_vec))
+        let keys: Vec<Vec<u8>> = match removal {
+            Removal::Prefix(prefix) => return self.remove_under(prefix).map(drop),
+            Removal::Tag(tag) => (self.tag_rows(tag)?.into_iter())
+                .map(|(key, _, _)| key)
+                .collect(),
+            Removal::UrlPrefix(prefix) => (self.urls_under(prefix)?.into_iter())
+                .map(|(key, _)| key)
                 .collect(),
         };
-        for prefix in prefixes {
-            self.remove_under(&prefix)?;
+        // The whole URI of every record named, as a purge by tag or URL prefix removes it.
+        for uri in keys.iter().filter_map(|key| key.get(..32)) {
+            self.remove_under(uri)?;
         }
         Ok(())
+    }
+
+    /// The records of responses whose URL starts with `prefix`: key and URL. A record whose URL
+    /// is not the one its key was made from (damaged, or a file put in another's place) is left
+    /// out: it is never served for that URL, and is dropped when it is read.
+    fn urls_under(&self, prefix: &str) -> Result<Vec<(Vec<u8>, String)>, DiskError> {
+        let mut found = Vec::new();
+        let mut take = |key: &[u8], record: &[u8]| {
+            if let Some(url) = StoredEntry::url_in(record)
+                && url.starts_with(prefix)
+                && is_key_of(key, url)
+            {
+                found.push((key.to_vec(), url.to_owned()));
+            }
+        };
+        for item in self.records.iter() {
+            let (key, value) = item?;
+            if is_response(&value) {
+                take(&key, &value[8..]);
+            }
+        }
+        let files: Vec<FileName> = (self.files().iter())
+            .map(|(key, &seq)| (key.clone(), seq))
+            .collect();
+        for (key, seq) in files {
+            // Gone since (evicted, replaced or removed), or unreadable, and so never served.
+            let Ok(file) = std::fs::File::open(self.body_path(&key, seq)) else {
+                continue;
+            };
+            let Ok(len) = file.metadata().map(|meta| meta.len()) else {
+                continue;
+            };
+            if let Ok(Ok((record, _))) = record_in(&file, len, None) {
+                take(&key, &record);
+            }
+        }
+        Ok(found)
     }
 
     /// The rows of the tag index for `tag`: record key, sequence number and URL.
@@ -1354,7 +1415,7 @@ impl Inner {
             Err(err) => return self.drop_failed(key, seq, &err.to_string()),
         };
         // A sound file of another key's, copied or moved over this one.
-        if !seen && !holds_record_for(key, &entry) {
+        if !seen && !is_key_of(key, &entry.url) {
             return self.drop_failed(key, seq, FOR_ANOTHER_KEY);
         }
         if body_ref.len > self.stream_over {
@@ -2002,6 +2063,26 @@ fn read_record(
     heuristic: &HeuristicConfig,
     check: bool,
 ) -> std::io::Result<Result<(Box<StoredEntry>, BodyRef), DecodeError>> {
+    let (record, body_len) = match record_in(file, len, whole)? {
+        Ok(found) => found,
+        Err(err) => return Ok(Err(err)),
+    };
+    let decoded = StoredEntry::decode_checked(record, heuristic, check);
+    Ok(match decoded {
+        Ok(Decoded::BodyElsewhere(entry, body)) if body.len == body_len => Ok((entry, body)),
+        Ok(Decoded::BodyElsewhere(..)) => Err(DecodeError::Length),
+        Ok(Decoded::Record(_)) => Err(DecodeError::Invalid),
+        Err(err) => Err(err),
+    })
+}
+
+/// The bytes of the record at the end of a body file of `len` bytes, undecoded, and the length
+/// of the body before it. `whole` is the file's bytes, if they were read already.
+fn record_in(
+    file: &std::fs::File,
+    len: u64,
+    whole: Option<&Bytes>,
+) -> std::io::Result<Result<(Bytes, u64), DecodeError>> {
     if len < TRAILER || whole.is_some_and(|whole| whole.len() as u64 != len) {
         return Ok(Err(DecodeError::Truncated));
     }
@@ -2040,13 +2121,7 @@ fn read_record(
         file.read_exact_at(&mut record, body_len)?;
         Bytes::from(record)
     };
-    let decoded = StoredEntry::decode_checked(record, heuristic, check);
-    Ok(match decoded {
-        Ok(Decoded::BodyElsewhere(entry, body)) if body.len == body_len => Ok((entry, body)),
-        Ok(Decoded::BodyElsewhere(..)) => Err(DecodeError::Length),
-        Ok(Decoded::Record(_)) => Err(DecodeError::Invalid),
-        Err(err) => Err(err),
-    })
+    Ok(Ok((record, body_len)))
 }
 
 /// The first `len` bytes of a body file, into memory that is not zeroed first, in one read where
@@ -2129,7 +2204,7 @@ fn check_files(tier: Weak<Inner>, files: Vec<FileName>) {
                     continue;
                 };
                 let failure = match read_record(&file, len, None, &inner.heuristic(), true) {
-                    Ok(Ok((entry, _))) if holds_record_for(&key, &entry) => {
+                    Ok(Ok((entry, _))) if is_key_of(&key, &entry.url) => {
                         if let Err(err) = inner.restore_tags(&key, seq, &entry) {
                             debug!(key = %hex(&key), %err, "cannot restore a body file's tag rows");
                         }
@@ -2184,9 +2259,10 @@ fn parse_name(name: &str) -> Option<FileName> {
     Some((unhex(key)?.into(), u64::from_be_bytes(seq)))
 }
 
-/// Whether a body file's record is one stored under `key` (its URL's hash, then the variant).
-fn holds_record_for(key: &[u8], entry: &StoredEntry) -> bool {
-    key.get(..32) == Some(&blake3::hash(entry.url.as_bytes()).as_bytes()[..])
+/// Whether `key` is a record key of `url` (its hash, then any variant's): whether a record for
+/// `url` was stored under it.
+fn is_key_of(key: &[u8], url: &str) -> bool {
+    key.get(..32) == Some(&blake3::hash(url.as_bytes()).as_bytes()[..])
 }
 
 const FOR_ANOTHER_KEY: &str = "its record is for another key";
@@ -2370,6 +2446,37 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(tier.tagged("red".into()).await.unwrap(), vec![url]);
+    }
+
+    /// A scan by URL prefix reads the records in sled and at the end of body files, a variant's
+    /// as well; not Vary markers, other URLs, or a record under a key not made from its URL (a
+    /// file copied over another's). The removal, made again as a reopened store makes it, takes
+    /// every record of the URLs found.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_url_prefix_scan_reads_the_records_in_sled_and_in_body_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        let inner = tier.inner();
+        let key = |url: &str| blake3::hash(url.as_bytes()).as_bytes().to_vec();
+        let mut variant = key("/s/v");
+        variant.extend_from_slice(&[7; 32]);
+        for (key, record) in [
+            (key("/s/small"), entry("/s/small", vec![1; 100])),
+            (key("/s/large"), entry("/s/large", vec![2; 64 << 10])),
+            (key("/s/v"), Record::Vary(vec![http::header::ACCEPT].into())),
+            (variant, entry("/s/v", vec![3; 100])),
+            (key("/sx"), entry("/sx", vec![4; 100])),
+            (key("/elsewhere"), entry("/s/copied", vec![5; 64 << 10])),
+        ] {
+            inner.put(&key, &record).unwrap();
+        }
+        let mut found = tier.urls_under("/s/".into()).await.unwrap();
+        found.sort();
+        assert_eq!(found, ["/s/large", "/s/small", "/s/v"]);
+        inner.apply(&Removal::UrlPrefix("/s/".into())).unwrap();
+        assert!(tier.urls_under("/s/".into()).await.unwrap().is_empty());
+        assert_eq!(tier.stats().entries, 2, "/sx and the copied file are left");
     }
 
     fn entry(url: &str, body: Vec<u8>) -> Record {

@@ -534,6 +534,22 @@ impl StoredEntry {
         out
     }
 
+    /// The URL an entry record holds, read without decoding the rest of it or checking its
+    /// checksums: for a scan of the disk tier by URL, which checks it against the record's key.
+    pub fn url_in(record: &[u8]) -> Option<&str> {
+        let mut r = Reader {
+            buf: record,
+            pos: 0,
+        };
+        if r.take(3).ok()? != MAGIC {
+            return None;
+        }
+        // Version, body placement, status, request and response times.
+        r.take(1 + 1 + 2 + 8 + 8).ok()?;
+        let len = r.u32().ok()? as usize;
+        std::str::from_utf8(r.take(len).ok()?).ok()
+    }
+
     /// Decodes an entry record; the body is a slice of `record`, not a copy. Its checksum (and an
     /// inline body's) is verified unless `check` is false: for a record verified before and unchanged since, read from a body
     /// file of the same length and modification time, or from the index under the same sequence
@@ -820,6 +836,18 @@ mod tests {
         assert_eq!(decoded.variance, entry.variance);
         assert_eq!(decoded.freshness, entry.freshness);
         assert_eq!(decoded.url, entry.url);
+    }
+
+    #[test]
+    fn the_url_is_read_from_a_record_without_decoding_it() {
+        let entry = sample();
+        for inline in [true, false] {
+            let record = entry.encode(inline);
+            assert_eq!(StoredEntry::url_in(&record), Some(&*entry.url));
+            assert_eq!(StoredEntry::url_in(&record[..30]), None, "cut short");
+        }
+        let vary = Record::Vary(vec![http::header::ACCEPT].into()).encode(true);
+        assert_eq!(StoredEntry::url_in(&vary), None);
     }
 
     #[test]

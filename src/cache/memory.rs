@@ -198,11 +198,11 @@ impl MemoryTier {
         keys.iter().map(|key| self.rewrite(key, &change)).sum()
     }
 
-    /// The URLs of stored responses for which `tagged` holds.
-    pub fn urls_where(&self, tagged: impl Fn(&StoredEntry) -> bool) -> Vec<String> {
+    /// The URLs of stored responses for which `holds` holds.
+    pub fn urls_where(&self, holds: impl Fn(&StoredEntry) -> bool) -> Vec<String> {
         let mut urls = Vec::new();
         for (_, variants) in self.entries.iter() {
-            if let Some(entry) = variants.0.iter().find(|entry| tagged(entry)) {
+            if let Some(entry) = variants.0.iter().find(|entry| holds(entry)) {
                 urls.push(entry.url.clone());
             }
         }

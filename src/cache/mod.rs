@@ -107,6 +107,8 @@ pub struct Cache {
     invalidated: Marks<[u8; 32], KeyHasher>,
     /// The same for purged tags: a response fetched before its tag was purged is not stored.
     tags_purged: Marks<String, std::collections::hash_map::RandomState>,
+    /// The same for purged URL prefixes.
+    prefixes_purged: PrefixMarks,
 }
 
 /// The epoch at which each of the latest keys (or tags) was invalidated, up to `MARKS` of them for
@@ -163,6 +165,54 @@ where
     }
 }
 
+/// The epochs of the latest URL prefix purges, up to [`PREFIX_MARKS`] of them: a store checks
+/// its URL against each, so they are a short list, not a map. A fetch begun after the latest
+/// one (every fetch but those in flight when one came) is told apart by one atomic load, and
+/// looks at none of them: stores do not get slower for the marks kept, and they need no expiry.
+/// The oldest goes first, its epoch into `forgotten` as with [`Marks`].
+struct PrefixMarks {
+    marks: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
+    /// The epoch of the latest mark.
+    latest: AtomicU64,
+    forgotten: AtomicU64,
+}
+
+/// Operators purge a path now and then; a script purging many in a row makes the fetches in
+/// flight before the oldest of the last 256 not stored, whatever their URL.
+const PREFIX_MARKS: usize = 256;
+
+impl PrefixMarks {
+    fn new() -> Self {
+        Self {
+            marks: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            latest: AtomicU64::new(0),
+            forgotten: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self, prefix: String, epoch: u64) {
+        let mut marks = crate::fill::lock(&self.marks);
+        if marks.len() == PREFIX_MARKS
+            && let Some((_, gone)) = marks.pop_front()
+        {
+            self.forgotten.fetch_max(gone, Ordering::SeqCst);
+        }
+        marks.push_back((prefix, epoch));
+        // After the mark is in the list: a store that sees this epoch finds the mark.
+        self.latest.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// Whether a prefix of `url` was purged after `epoch`, or may have been (its mark is gone).
+    fn since(&self, url: &str, epoch: u64) -> bool {
+        if epoch >= self.latest.load(Ordering::SeqCst) {
+            return false;
+        }
+        epoch < self.forgotten.load(Ordering::SeqCst)
+            || (crate::fill::lock(&self.marks).iter())
+                .any(|(prefix, at)| *at > epoch && url.starts_with(prefix.as_str()))
+    }
+}
+
 impl Cache {
     /// Opens both tiers. Never fails: a disk tier that cannot be opened leaves a memory-only cache.
     pub async fn open(config: &CacheConfig) -> Self {
@@ -185,6 +235,7 @@ impl Cache {
             epoch: AtomicU64::new(0),
             invalidated: Marks::new(MARKS),
             tags_purged: Marks::new(MARKS),
+            prefixes_purged: PrefixMarks::new(),
         }
     }
 
@@ -198,17 +249,29 @@ impl Cache {
         self.invalidated.since(key.hash(), epoch)
     }
 
-    /// Whether `key`, or a tag `entry` carries, was purged after `epoch`.
+    /// Whether `key`, a prefix of its URL, or a tag `entry` carries, was purged after `epoch`.
     fn purged_since(&self, key: &CacheKey, entry: &StoredEntry, epoch: u64) -> bool {
         self.invalidated_since(key, epoch)
+            || self.prefixes_purged.since(key.url(), epoch)
             || crate::headers::stored_surrogate_keys(&entry.headers)
                 .any(|tag| self.tags_purged.since(tag, epoch))
     }
 
     /// Starts a purge of `tag`: responses carrying it that are being fetched now are not stored.
     pub fn purge_tag_from_now(&self, tag: &str) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.tags_purged.mark(tag.to_owned(), epoch);
+        self.tags_purged.mark(tag.to_owned(), self.next_epoch());
+    }
+
+    /// Starts a purge of the URLs that start with `prefix`: responses for them that are being
+    /// fetched now are not stored.
+    pub fn purge_prefix_from_now(&self, prefix: &str) {
+        self.prefixes_purged
+            .mark(prefix.to_owned(), self.next_epoch());
+    }
+
+    /// A new invalidation epoch, after every one so far.
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Whether the memory tier holds any variant of `key`: a lookup would look no further for a
@@ -423,13 +486,11 @@ impl Cache {
     }
 
     fn bump_epoch_all(&self) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.invalidated.mark_all(epoch);
+        self.invalidated.mark_all(self.next_epoch());
     }
 
     fn bump_epoch(&self, key: &CacheKey) {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.invalidated.mark(*key.hash(), epoch);
+        self.invalidated.mark(*key.hash(), self.next_epoch());
     }
 
     /// How many responses were stored for `key`, in whichever tier holds more of them (memory
@@ -486,13 +547,38 @@ impl Cache {
 
     /// The URLs of stored responses tagged `tag` (by `Surrogate-Key` or `Cache-Tag`).
     pub async fn tagged(&self, tag: &str) -> Vec<String> {
-        let mut urls = self.memory.urls_where(|entry| {
+        let in_memory = |entry: &StoredEntry| {
             crate::headers::stored_surrogate_keys(&entry.headers).any(|t| t == tag)
-        });
+        };
+        let on_disk = |disk: DiskTier| async move { disk.tagged(tag.to_owned()).await };
+        self.urls_where(in_memory, on_disk, tag).await
+    }
+
+    /// The URLs of stored responses that start with `prefix` (as [`CacheKey::url`]). The disk
+    /// tier reads every record it holds to find them.
+    pub async fn urls_under(&self, prefix: &str) -> Vec<String> {
+        let in_memory = |entry: &StoredEntry| entry.url.starts_with(prefix);
+        let on_disk = |disk: DiskTier| async move { disk.urls_under(prefix.to_owned()).await };
+        self.urls_where(in_memory, on_disk, prefix).await
+    }
+
+    /// The URLs, each once, of the responses in memory for which `in_memory` holds and of those
+    /// that `on_disk` finds on disk; `named` (a tag, a prefix) names them in a log line should
+    /// the disk tier fail.
+    async fn urls_where<F>(
+        &self,
+        in_memory: impl Fn(&StoredEntry) -> bool,
+        on_disk: impl FnOnce(DiskTier) -> F,
+        named: &str,
+    ) -> Vec<String>
+    where
+        F: Future<Output = Result<Vec<String>, disk::DiskError>>,
+    {
+        let mut urls = self.memory.urls_where(in_memory);
         if let Some(disk) = &self.disk {
-            match disk.tagged(tag.to_owned()).await {
-                Ok(on_disk) => urls.extend(on_disk),
-                Err(err) => warn!(tag, %err, "disk tier tag lookup failed"),
+            match on_disk(disk.clone()).await {
+                Ok(found) => urls.extend(found),
+                Err(err) => warn!(named, %err, "disk tier lookup of what to purge failed"),
             }
         }
         urls.sort();
@@ -575,5 +661,27 @@ mod tests {
         assert!(!marks.since(&1, MARKS * 4));
         assert!(marks.since(&(MARKS * 4), MARKS * 4 - 1));
         assert!(!marks.since(&(MARKS * 4), MARKS * 4));
+    }
+
+    /// URL prefix marks too, and a fetch begun after the latest of them looks at none.
+    #[test]
+    fn prefix_marks_are_bounded_and_forgetting_one_is_conservative() {
+        let marks = PrefixMarks::new();
+        assert!(!marks.since("/a", 0), "nothing purged yet");
+        marks.mark("/static/".into(), 1);
+        assert!(marks.since("/static/a", 0));
+        assert!(!marks.since("/staticfoo", 0));
+        assert!(!marks.since("/static/a", 1), "fetched since the purge");
+        let last = 1 + PREFIX_MARKS as u64;
+        for epoch in 2..=last {
+            marks.mark(format!("/p{epoch}/"), epoch);
+        }
+        assert_eq!(crate::fill::lock(&marks.marks).len(), PREFIX_MARKS);
+        // The first mark went: what was fetched before it is not stored, whatever its URL.
+        assert!(marks.since("/static/a", 0));
+        assert!(marks.since("/other", 0));
+        assert!(!marks.since("/other", 1));
+        assert!(marks.since(&format!("/p{last}/x"), last - 1));
+        assert!(!marks.since(&format!("/p{last}/x"), last));
     }
 }

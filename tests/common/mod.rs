@@ -389,6 +389,24 @@ impl TestEdge {
         text
     }
 
+    /// `POST /purge` on the admin listener with `pairs` as a form body, as `curl
+    /// --data-urlencode` sends them; the answer, which must be a 200.
+    pub async fn purge_form(&self, pairs: &[(&str, &str)]) -> serde_json::Value {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        let response = self
+            .client
+            .post(format!("http://{}/purge", self.admin_addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.send(Method::GET, path, &[]).await
     }
