@@ -1,5 +1,6 @@
 //! Disk tier measurements: bytes on disk per stored byte for 16 KiB and 1 MiB objects, and how
-//! long the tier takes to open with 100k stored objects, inline and in files. `cargo bench --bench disk`.
+//! long the tier takes to open with 100k stored objects, inline and in files, and to scan them
+//! for a purge by URL prefix. `cargo bench --bench disk`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -126,6 +127,15 @@ async fn main() {
             count / 100,
             size >> 10,
             started.elapsed()
+        );
+        // What a purge by URL prefix reads to find its URLs: every record.
+        let started = Instant::now();
+        let found = tier.urls_under("http://origin/obj/1".into()).await.unwrap();
+        println!(
+            "URL prefix scan of {count} stored {} KiB objects: {:?} ({} under the prefix)",
+            size >> 10,
+            started.elapsed(),
+            found.len()
         );
     }
 }
