@@ -262,13 +262,15 @@ async fn purge(
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,
         Some(other) => {
-            return bad_request(format!("soft must be true or false, not {other:?}"));
+            return bad_request(format!(
+                "soft must be true (or 1) or false (or 0), not {other:?}"
+            ));
         }
     };
     let all = match query.get("all").map(String::as_str) {
         None => false,
         Some("true" | "1") => true,
-        Some(other) => return bad_request(format!("all must be true, not {other:?}")),
+        Some(other) => return bad_request(format!("all must be true (or 1), not {other:?}")),
     };
     let named = |name: &str| query.get(name).map(String::as_str);
     let body = match (named("url"), named("prefix"), named("tag"), all) {
@@ -295,7 +297,10 @@ async fn purge(
             let purged = proxy::purge_prefix(&edge, &key_prefix, soft).await;
             serde_json::json!({ "prefix": key_prefix, "purged": purged, "soft": soft })
         }
-        (None, None, Some(tag), false) if !tag.is_empty() => {
+        (None, None, Some(""), false) => {
+            return bad_request("tag is empty: name the tag to purge".into());
+        }
+        (None, None, Some(tag), false) => {
             let purged = proxy::purge_tag(&edge, tag, soft).await;
             serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
         }

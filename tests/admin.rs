@@ -492,6 +492,18 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains("error"), "{body}");
     }
+    // The answer says what is wrong, and which values are taken.
+    for (query, said) in [
+        ("tag=", "tag is empty"),
+        (
+            "url=/a&soft=maybe",
+            "soft must be true (or 1) or false (or 0)",
+        ),
+        ("all=maybe", "all must be true (or 1)"),
+    ] {
+        let (_, body) = admin(&edge, Method::POST, &format!("/purge?{query}")).await;
+        assert!(body.contains(said), "{query}: {body}");
+    }
     // A name in the query and again in a form body is named twice too.
     h.origin.reply("/d1", cached("d1"));
     edge.get("/d1").await;
