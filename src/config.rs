@@ -312,6 +312,21 @@ pub struct CacheConfig {
     /// without `stale-if-error` (never for `no-cache` or `must-revalidate` responses). 0 = off.
     #[serde(default = "defaults::zero")]
     pub stale_if_error: Seconds,
+    /// What a request's `no-cache`, `max-age` and `min-fresh` (a browser's reload) do.
+    #[serde(default)]
+    pub client_refresh: ClientRefresh,
+}
+
+/// `cache.client_refresh`: whether a request may have a fresh stored response validated with
+/// the origin before it is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientRefresh {
+    /// RFC 9111 §5.2.1: the request's `no-cache`, `max-age` and `min-fresh` are honoured.
+    #[default]
+    Revalidate,
+    /// As nginx, Varnish and most CDNs: they are ignored, and a fresh stored response answers.
+    Ignore,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -453,6 +468,7 @@ impl Default for CacheConfig {
             collapse_wait: defaults::collapse_wait(),
             hit_for_pass: defaults::hit_for_pass(),
             stale_if_error: defaults::zero(),
+            client_refresh: ClientRefresh::default(),
         }
     }
 }

@@ -813,7 +813,7 @@ fn serve_cacheable(
     key: CacheKey,
 ) -> impl Future<Output = Answer> {
     async move {
-        let request_cc = CacheControl::of(&request.headers);
+        let request_cc = CacheControl::of_request(&request.headers, settings.cache.client_refresh);
         // A hit-for-pass key is rarely stored at all: what the memory tier does not hold is not
         // looked for on disk (a request for it is forwarded, and may find the origin's answer
         // storable again). So when the memory tier holds nothing of it, there is nothing to look
@@ -919,7 +919,7 @@ async fn answer_from_fill(
     stale: Option<Arc<StoredEntry>>,
     mut role: Role,
 ) -> Answer {
-    let request_cc = CacheControl::of(&request.headers);
+    let request_cc = CacheControl::of_request(&request.headers, settings.cache.client_refresh);
     let mut fill_slot = *key.hash();
     let mut rejoined = false;
     // Fills of other slots joined: an origin whose `Vary` changes from one response to the next

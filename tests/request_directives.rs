@@ -43,6 +43,54 @@ async fn request_no_cache_goes_to_origin_and_replaces_the_stored_response() {
     assert_eq!(h.origin.hits("/a"), 2);
 }
 
+/// `cache.client_refresh: ignore` (as nginx, Varnish and most CDNs): a browser's reload
+/// (`max-age=0`), shift-reload (`no-cache`) or a `min-fresh` no longer sends a request for a
+/// fresh stored response to the origin; what shortens nothing (`max-stale`, `only-if-cached`)
+/// and the request's `no-store` still count, and a stale response is still validated.
+#[tokio::test]
+async fn client_refresh_ignore_answers_reloads_from_the_cache() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("v1").header("cache-control", "max-age=60"));
+    let edge = h
+        .edge_with(|c| c.cache.client_refresh = edge::config::ClientRefresh::Ignore)
+        .await;
+    assert!(edge.get("/a").await.stored());
+    h.clock.advance(Duration::from_secs(10));
+    for directives in [
+        "no-cache",
+        "max-age=0",
+        "min-fresh=3600",
+        "no-cache, max-age=0",
+    ] {
+        let reload = edge.get_with("/a", &[("cache-control", directives)]).await;
+        assert!(reload.is_hit(), "{directives}: {}", reload.cache_status());
+        assert_eq!(
+            (reload.text(), reload.age()),
+            ("v1", Some(10)),
+            "{directives}"
+        );
+    }
+    assert_eq!(h.origin.hits("/a"), 1);
+    h.origin
+        .reply("/b", Reply::ok("b").header("cache-control", "max-age=60"));
+    let not_stored = edge.get_with("/b", &[("cache-control", "no-store")]).await;
+    assert!(!not_stored.stored(), "{}", not_stored.cache_status());
+    // Stale: validated all the same, and max-stale still takes it as it is.
+    h.clock.advance(Duration::from_secs(60));
+    let stale_ok = edge.get_with("/a", &[("cache-control", "max-stale")]).await;
+    assert!(stale_ok.is_hit(), "{}", stale_ok.cache_status());
+    assert_eq!(h.origin.hits("/a"), 1);
+    let refreshed = edge.get_with("/a", &[("cache-control", "no-cache")]).await;
+    assert_eq!(
+        refreshed.fwd(),
+        Some("stale"),
+        "{}",
+        refreshed.cache_status()
+    );
+    assert_eq!(h.origin.hits("/a"), 2);
+}
+
 #[tokio::test]
 async fn request_max_age_rejects_an_older_entry_and_accepts_a_younger_one() {
     let h = Harness::new().await;

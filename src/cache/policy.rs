@@ -96,6 +96,17 @@ impl CacheControl {
         Self::from_field(headers, &header::CACHE_CONTROL)
     }
 
+    /// A request's directives as edge heeds them when it looks for a stored response to use:
+    /// without `no-cache`, `max-age` and `min-fresh` if `refresh` says to ignore them.
+    pub fn of_request(headers: &HeaderMap, refresh: crate::config::ClientRefresh) -> Self {
+        let mut cc = Self::of(headers);
+        if refresh == crate::config::ClientRefresh::Ignore {
+            (cc.directives)
+                .retain(|(name, _)| !matches!(&**name, "no-cache" | "max-age" | "min-fresh"));
+        }
+        cc
+    }
+
     /// Parses every line of the field `name`, with `Cache-Control` syntax.
     pub fn from_field(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut directives = Vec::new();
