@@ -105,6 +105,9 @@ where
             },
             () = stop.cancelled() => break,
         };
+        // An IPv4 client of a listener on `[::]` comes as `::ffff:a.b.c.d`: it is the IPv4
+        // address to allow lists (`127.0.0.0/8`), logs and `X-Forwarded-For`.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
         // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
         let _ = tcp.set_nodelay(true);

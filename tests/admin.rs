@@ -547,6 +547,28 @@ async fn purge_method_on_the_main_listener_from_allowed_addresses() {
     );
 }
 
+/// An IPv4 client of a listener on `[::]` is its IPv4 address: it came as `::ffff:127.0.0.1`,
+/// which the default `purge.allow` (loopback) refused, and which went on in `X-Forwarded-For`.
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI has IPv6");
+        eprintln!("skipped: no IPv6 here");
+        return;
+    }
+    let h = Harness::new().await;
+    let edge = h.edge_with(|c| c.listen = "[::]:0".parse().unwrap()).await;
+    h.origin.reply("/p", cached("p"));
+    let url = format!("http://127.0.0.1:{}/p", edge.addr.port());
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let sent = h.origin.last("/p").unwrap();
+    assert_eq!(sent.headers["x-forwarded-for"], "127.0.0.1");
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let answer = client.request(purge, &url).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "loopback may purge");
+}
+
 #[tokio::test]
 async fn purge_method_from_other_addresses_is_forbidden() {
     let h = Harness::new().await;
