@@ -208,6 +208,10 @@ async fn serve_node(
     let reopen = listen(SignalKind::user_defined1(), "SIGUSR1")?;
     if let Some(root) = demo_root {
         let url = &config.origin.url.0;
+        anyhow::ensure!(
+            url.scheme() == "http",
+            "the demo origin speaks plain HTTP: origin.url must be http://, not {url}"
+        );
         let address = format!(
             "{}:{}",
             url.host_str().unwrap_or("127.0.0.1"),

@@ -142,3 +142,34 @@ async fn demo_shows_a_miss_then_a_hit_and_survives_a_restart() {
     let exit = edge.0.wait().unwrap();
     assert!(exit.success(), "edge exits 0 on SIGTERM on one CPU: {exit}");
 }
+
+/// The demo origin speaks plain HTTP: with an `https` origin.url, `edge demo` says so and
+/// exits, where it started an HTTP origin on the https port and every request failed.
+#[test]
+fn the_demo_refuses_an_https_origin() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("edge.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:{}\norigin:\n  url: https://127.0.0.1:{}\nadmin:\n  listen: 127.0.0.1:{}\n\
+         cache:\n  disk:\n    path: {}\n",
+        free_port(),
+        free_port(),
+        free_port(),
+        dir.path().join("store").display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let log = dir.path().join("edge.log");
+    let mut edge = start(&config, &log, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = edge.0.try_wait().unwrap() {
+            break exit;
+        }
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(Instant::now() < deadline, "still running: {said}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!exit.success(), "{said}");
+    assert!(said.contains("origin.url must be http://"), "{said}");
+}
