@@ -21,8 +21,8 @@ struct CacheStatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OriginLabel {
-    /// `2xx` … `5xx`, or `error` when no response came.
+struct StatusLabel {
+    /// `1xx` … `5xx`; for the origin's, `error` when no response came.
     status: &'static str,
 }
 
@@ -103,6 +103,8 @@ pub struct Metrics {
     /// The counters of each label, made up front: a request does not look its label set up in
     /// the family's map (a SipHash and a lock per counter).
     requests: [Counter; CACHE_STATUSES.len()],
+    /// By status class: `responses[0]` is 1xx.
+    responses: [Counter; 5],
     origin_requests: [Counter; ORIGIN_STATUSES.len()],
     origin_seconds: Histogram,
     origin_busy: Counter,
@@ -122,7 +124,13 @@ impl Metrics {
             "Client requests by what the cache did (hit, stale, revalidated, miss, pass, bypass, purge, local, error, abandoned)",
             requests.clone(),
         );
-        let origin_requests = Family::<OriginLabel, Counter>::default();
+        let responses = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "responses",
+            "Responses to the main listener's requests, by status class; edge's own answers and 499s for clients that left included",
+            responses.clone(),
+        );
+        let origin_requests = Family::<StatusLabel, Counter>::default();
         registry.register(
             "origin_requests",
             "Requests sent to the origin, by response status class",
@@ -185,11 +193,14 @@ impl Metrics {
         let requests = CACHE_STATUSES.map(|cache_status| {
             (requests.get_or_create(&CacheStatusLabel { cache_status })).clone()
         });
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|status| (responses.get_or_create(&StatusLabel { status })).clone());
         let origin_requests = ORIGIN_STATUSES
-            .map(|status| (origin_requests.get_or_create(&OriginLabel { status })).clone());
+            .map(|status| (origin_requests.get_or_create(&StatusLabel { status })).clone());
         Self {
             registry,
             requests,
+            responses,
             origin_requests,
             origin_seconds,
             origin_busy,
@@ -201,11 +212,18 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, cache_status: &'static str, collapsed: bool) {
+    /// One client request: what the cache did, the status answered, and whether it was
+    /// answered by another's fetch.
+    pub fn request(&self, cache_status: &'static str, status: u16, collapsed: bool) {
         let i = CACHE_STATUSES.iter().position(|s| *s == cache_status);
         debug_assert!(i.is_some(), "{cache_status} is not in CACHE_STATUSES");
         if let Some(i) = i {
             self.requests[i].inc();
+        }
+        if let Some(class) = (usize::from(status / 100)).checked_sub(1)
+            && let Some(responses) = self.responses.get(class)
+        {
+            responses.inc();
         }
         if collapsed {
             self.collapsed.inc();

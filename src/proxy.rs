@@ -189,7 +189,7 @@ pub fn handle(
         };
         std::mem::forget(pending);
         let label = outcome.status.label();
-        edge.metrics.request(label, outcome.status.collapsed);
+        (edge.metrics).request(label, response.status().as_u16(), outcome.status.collapsed);
         if explain {
             crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
         }
@@ -511,7 +511,7 @@ impl Told {
 /// it: counted, and logged as nginx logs one (no method or target), so that every response has
 /// its line.
 pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode) {
-    edge.metrics.request("error", false);
+    edge.metrics.request("error", status.as_u16(), false);
     if edge.config().log.access {
         tracing::info!(
             target: "edge::access",
@@ -549,7 +549,7 @@ impl Drop for Pending<'_> {
         } else {
             (499, "abandoned")
         };
-        self.edge.metrics.request(label, false);
+        self.edge.metrics.request(label, status, false);
         if self.log {
             let record = AccessRecord {
                 method: self.method.clone(),

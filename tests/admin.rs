@@ -54,6 +54,40 @@ async fn a_failed_upload_counts_as_an_error() {
     );
 }
 
+/// Responses by status class, as a `5xx` rate alert needs them: edge's own answers (a 502 for an
+/// origin it cannot reach, a 400 for a malformed request, a PURGE's 403) count as well as the
+/// origin's, each once.
+#[tokio::test]
+async fn metrics_count_responses_by_status_class() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| c.purge.allow = vec!["10.0.0.0/8".parse().unwrap()])
+        .await;
+    h.origin.reply("/a", cached("aaaa"));
+    h.origin.reply("/gone", Reply::ok("no").status(404));
+    h.origin
+        .reply("/moved", Reply::ok("").status(301).header("location", "/a"));
+    for path in ["/a", "/a", "/gone", "/moved"] {
+        edge.get(path).await;
+    }
+    let purge = edge
+        .send(Method::from_bytes(b"PURGE").unwrap(), "/a", &[])
+        .await;
+    assert_eq!(purge.status, 403);
+    let bad = (edge.send(Method::GET, "/a", &[("host", "a.test"), ("host", "b.test")])).await;
+    assert_eq!(bad.status, 400);
+    let unreachable = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let failing = h.edge_before(unreachable).await;
+    assert_eq!(failing.get("/x").await.status, 502);
+    let count = |text: &str, class: &str| {
+        sample(text, &format!("edge_responses_total{{status=\"{class}\"}}"))
+    };
+    let text = edge.metrics().await;
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| count(&text, class));
+    assert_eq!(classes, [0.0, 2.0, 1.0, 3.0, 0.0], "{text}");
+    assert_eq!(count(&failing.metrics().await, "5xx"), 1.0);
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_what_the_cache_did() {
     let h = Harness::new().await;
