@@ -228,6 +228,32 @@ pub fn handle(
 /// literal in brackets).
 static IN_HOST: [bool; 256] = origin::printable_except(b"\"#/<>?@\\^`{|}");
 
+/// Whether two authorities (`host [":" port]`) name the same one after scheme-based
+/// normalisation (RFC 3986 §6.2.2.1, §6.2.3): the host's letter case, and an empty port or the
+/// scheme's default one (80 for http, 443 for https), mean nothing.
+fn same_authority(a: &[u8], b: &[u8], scheme: Option<&str>) -> bool {
+    let default_port: &[u8] = match scheme {
+        Some("http") => b"80",
+        Some("https") => b"443",
+        _ => b"",
+    };
+    let normalised = |authority: &[u8]| -> usize {
+        // The port follows the last colon, unless that colon is inside an IP literal.
+        match authority.iter().rposition(|&b| b == b':') {
+            Some(colon) if !authority[colon..].contains(&b']') => {
+                let port = &authority[colon + 1..];
+                if port.is_empty() || port == default_port {
+                    colon
+                } else {
+                    authority.len()
+                }
+            }
+            _ => authority.len(),
+        }
+    };
+    a[..normalised(a)].eq_ignore_ascii_case(&b[..normalised(b)])
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any request at most one, and
 /// its value is made of the characters of a host and port (HTTP/2 has `:authority` instead, and
 /// may leave `Host` out). A target's authority with user information is refused too (RFC 9110
@@ -250,12 +276,11 @@ fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
             if name == header::HOST {
                 hosts += 1;
                 // RFC 9113 §8.3.1: a `Host` naming another authority than `:authority` makes
-                // the request malformed (which one would the client have meant?).
+                // the request malformed (which one would the client have meant?). Compared
+                // after scheme-based normalisation, as it requires of an intermediary.
                 let other = (request.uri.authority()).is_some_and(|authority| {
-                    !authority
-                        .as_str()
-                        .as_bytes()
-                        .eq_ignore_ascii_case(value.as_bytes())
+                    let scheme = request.uri.scheme_str();
+                    !same_authority(authority.as_str().as_bytes(), value.as_bytes(), scheme)
                 });
                 if hosts > 1 || !valid(value) || other {
                     return Err(HOST);
@@ -1705,6 +1730,32 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// RFC 3986 §6.2.3 as RFC 9113 §8.3.1 asks: a default or empty port, and the host's letter
+    /// case, make no other authority; another port, host, or a colon inside an IP literal do.
+    #[test]
+    fn authorities_are_compared_after_scheme_based_normalisation() {
+        let same = |a: &str, b: &str, scheme| same_authority(a.as_bytes(), b.as_bytes(), scheme);
+        for (a, b, scheme) in [
+            ("a.test", "a.test:80", Some("http")),
+            ("a.test:443", "A.TEST", Some("https")),
+            ("a.test:", "a.test", Some("http")),
+            ("[::1]", "[::1]:80", Some("http")),
+            ("[::A]:8080", "[::a]:8080", Some("http")),
+        ] {
+            assert!(same(a, b, scheme), "{a} {b}");
+        }
+        for (a, b, scheme) in [
+            ("a.test", "a.test:443", Some("http")),
+            ("a.test", "a.test:80", Some("https")),
+            ("a.test", "a.test:8080", Some("http")),
+            ("a.test", "b.test", Some("http")),
+            ("a.test", "a.test:80", None),
+            ("[::1]", "[::1:80]", Some("http")),
+        ] {
+            assert!(!same(a, b, scheme), "{a} {b}");
+        }
+    }
 
     /// A body file's blocks are always ready, so the stream itself must let other tasks run: here
     /// one spawned on the same (current-thread) runtime gets its turn while a 2 MiB body is read,

@@ -1543,6 +1543,39 @@ async fn a_malformed_http2_request_is_refused_not_forwarded() {
     assert_eq!(fine.status(), 200);
 }
 
+/// RFC 9113 §8.3.1 compares `Host` with `:authority` after scheme-based normalisation (RFC 3986
+/// §6.2.3): the scheme's default port, or an empty one, written in one and not the other, and
+/// the host's letter case, make no other authority (they were answered 400). Another port does.
+#[tokio::test]
+async fn an_http2_host_differing_from_authority_only_by_default_port_or_case_is_served() {
+    let h = Harness::new().await;
+    h.origin.reply("/m", Reply::ok("fine"));
+    let edge = h.edge().await;
+    // `:authority: edge.test`, connected to edge's port.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .resolve("edge.test", edge.addr)
+        .build()
+        .unwrap();
+    for (host, status) in [
+        ("edge.test:80", 200),
+        ("EDGE.Test:80", 200),
+        ("edge.test:", 200),
+        ("edge.test:443", 400),
+        ("edge.test:8080", 400),
+    ] {
+        let response = h2
+            .get("http://edge.test/m")
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "Host: {host}");
+    }
+    assert_eq!(h.origin.hits("/m"), 3);
+}
+
 /// RFC 9112 §6.3: `Content-Length` on two lines that agree is one length; it goes on as one line
 /// (an origin may refuse a request with two). Over HTTP/2 both lines reach edge.
 #[tokio::test]
