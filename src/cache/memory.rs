@@ -45,6 +45,8 @@ impl Variants {
     }
 }
 
+/// A clone is another handle on the same entries.
+#[derive(Clone)]
 pub struct MemoryTier {
     entries: Cache<[u8; 32], Arc<Variants>, KeyHasher>,
     evictions: Arc<AtomicU64>,
