@@ -105,7 +105,7 @@ fn single_line<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Head
 
 /// An HTTP-date in any of the three formats of RFC 9110 §5.6.7.
 fn http_date(value: &HeaderValue) -> Option<SystemTime> {
-    httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
+    crate::cache::policy::http_date(value.to_str().ok()?)
 }
 
 /// Whether edge should answer this GET or HEAD with 304 rather than the 200 whose fields are
@@ -193,7 +193,7 @@ pub fn if_range_matches(request: &HeaderMap, response: &HeaderMap) -> bool {
     }
     let Some(date) = std::str::from_utf8(value)
         .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(crate::cache::policy::http_date)
     else {
         return false;
     };

@@ -393,45 +393,42 @@ async fn response_with_neither_freshness_nor_validator_is_not_stored() {
 /// RFC 9110 §8.8.2, §13.1.3: a `Last-Modified` that is not an HTTP-date is no validator (the
 /// origin must ignore it sent back as `If-Modified-Since`), so with no freshness either the
 /// response is not stored. It was, as `stored; ttl=0`, and each later request was a full fetch
-/// sent `If-Modified-Since: garbage`, counted stale and written to disk again.
+/// sent `If-Modified-Since: garbage`, counted stale and written to disk again. A date that names
+/// the wrong day of the week is a date all the same (as nginx reads it), sent back as it came.
 #[tokio::test]
 async fn a_last_modified_that_is_not_a_date_is_no_validator() {
     let h = Harness::new().await;
-    for (path, value) in [
-        ("/garbage", "garbage"),
+    h.origin.reply(
+        "/garbage",
+        Reply::ok("plain").header("last-modified", "garbage"),
+    );
+    let edge = h.edge().await;
+    let first = edge.get("/garbage").await;
+    assert_eq!(first.text(), "plain");
+    assert_eq!(
+        first.cache_status(),
+        "edge; fwd=uri-miss; fwd-status=200; detail=no-freshness"
+    );
+    assert_not_reused(&h, &edge, "/garbage").await;
+    let sent = h.origin.last("/garbage").unwrap();
+    assert!(!sent.headers.contains_key("if-modified-since"));
+
+    for (path, date) in [
+        ("/valid", "Tue, 01 Dec 2026 10:00:00 GMT"),
         // 1 December 2026 was a Tuesday.
         ("/weekday", "Mon, 01 Dec 2026 10:00:00 GMT"),
     ] {
-        h.origin
-            .reply(path, Reply::ok("plain").header("last-modified", value));
-    }
-    let edge = h.edge().await;
-    for path in ["/garbage", "/weekday"] {
-        let first = edge.get(path).await;
-        assert_eq!(first.text(), "plain");
-        assert_eq!(
-            first.cache_status(),
-            "edge; fwd=uri-miss; fwd-status=200; detail=no-freshness",
-            "{path}"
+        h.origin.reply(
+            path,
+            Reply::ok("plain")
+                .header("last-modified", date)
+                .header("cache-control", "no-cache"),
         );
-        assert_not_reused(&h, &edge, path).await;
+        assert!(edge.get(path).await.stored(), "{path}");
+        edge.get(path).await;
         let sent = h.origin.last(path).unwrap();
-        assert!(!sent.headers.contains_key("if-modified-since"), "{path}");
+        assert_eq!(sent.headers["if-modified-since"], date, "{path}");
     }
-    // A valid one is a validator: stored, and sent back.
-    h.origin.reply(
-        "/valid",
-        Reply::ok("plain")
-            .header("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")
-            .header("cache-control", "no-cache"),
-    );
-    assert!(edge.get("/valid").await.cache_status().contains("stored"));
-    edge.get("/valid").await;
-    let sent = h.origin.last("/valid").unwrap();
-    assert_eq!(
-        sent.headers["if-modified-since"],
-        "Tue, 01 Dec 2026 10:00:00 GMT"
-    );
 }
 
 #[tokio::test]

@@ -222,7 +222,41 @@ fn parse_delta_seconds(text: &str) -> Option<u64> {
 
 /// Parses an HTTP-date in any of the three formats of RFC 9110 §5.6.7.
 pub fn parse_http_date(value: Option<&http::HeaderValue>) -> Option<SystemTime> {
-    httpdate::parse_http_date(value?.to_str().ok()?.trim()).ok()
+    http_date(value?.to_str().ok()?)
+}
+
+/// An HTTP-date in any of the three formats of RFC 9110 §5.6.7, whatever day of the week it
+/// names: the day name adds nothing to the date, and nginx, for one, does not check it (httpdate
+/// does, and refused `Mon, 01 Dec 2026 …`, a Tuesday, so that such a `Last-Modified` was no
+/// validator, and such an `Expires` expired).
+pub fn http_date(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    if let Ok(date) = httpdate::parse_http_date(text) {
+        return Some(date);
+    }
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    // The day name is the first word, three letters in IMF-fixdate and asctime, whole in
+    // rfc850-date; put each day in its place, the one that is the date's parses.
+    let (named, rest) = text.split_at(text.find([',', ' '])?);
+    let long = named.len() > 3;
+    if !DAYS.iter().any(|day| {
+        let day = if long { day } else { &day[..3] };
+        day == named
+    }) {
+        return None;
+    }
+    DAYS.iter().find_map(|day| {
+        let day = if long { day } else { &day[..3] };
+        httpdate::parse_http_date(&format!("{day}{rest}")).ok()
+    })
 }
 
 /// Why a response was not stored; rendered as the `detail` of `Cache-Status`.
@@ -774,6 +808,29 @@ pub fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A date is read whatever day of the week it names, in each of the three formats; a day
+    /// name that is none is not.
+    #[test]
+    fn a_date_naming_the_wrong_weekday_is_read_all_the_same() {
+        let tuesday = http_date("Tue, 01 Dec 2026 10:00:00 GMT").unwrap();
+        for text in [
+            "Mon, 01 Dec 2026 10:00:00 GMT",
+            "Sunday, 01-Dec-26 10:00:00 GMT",
+            "Fri Dec  1 10:00:00 2026",
+            " Wed, 01 Dec 2026 10:00:00 GMT ",
+        ] {
+            assert_eq!(http_date(text), Some(tuesday), "{text}");
+        }
+        for text in [
+            "Xyz, 01 Dec 2026 10:00:00 GMT",
+            "mon, 01 Dec 2026 10:00:00 GMT",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(http_date(text), None, "{text}");
+        }
+    }
     use http::HeaderValue;
 
     fn cc(text: &str) -> CacheControl {
