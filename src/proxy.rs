@@ -189,7 +189,9 @@ pub fn handle(
         };
         std::mem::forget(pending);
         let label = outcome.status.label();
-        (edge.metrics).request(label, response.status().as_u16(), outcome.status.collapsed);
+        let status = response.status().as_u16();
+        edge.metrics
+            .request(label, status, outcome.status.collapsed);
         if explain {
             crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
         }
@@ -197,7 +199,7 @@ pub fn handle(
             method,
             uri,
             told,
-            status: response.status().as_u16(),
+            status,
             cache: label,
             // Only copied for a line that will be written.
             cache_status: settings
