@@ -95,6 +95,8 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// Free space that a failed store is reopened with (its budget then evicts down to
 /// `min_free`, which it cannot while it is closed).
 const REOPEN_ROOM: u64 = 16 << 20;
+/// Rounds of removals noted while a store is reopened that are made without the journal's lock.
+const REOPEN_ROUNDS: usize = 3;
 /// A store that fails again this soon after it was reopened waits longer to be reopened.
 const REOPEN_STABLE: Duration = Duration::from_secs(60);
 /// What `layout` is renamed to while the tier is off and the store misses removals: a store
@@ -241,6 +243,9 @@ struct Inner {
     /// How many records were read with their checksums checked.
     #[cfg(test)]
     checks: AtomicU64,
+    /// Readings of every record for URL prefixes.
+    #[cfg(test)]
+    scans: AtomicU64,
     /// Bytes in spool files not yet committed: on disk, so in the budget.
     spooling: AtomicU64,
     capacity: u64,
@@ -532,7 +537,7 @@ impl DiskTier {
     /// sled and at the end of every body file.
     pub async fn urls_under(&self, prefix: String) -> Result<Vec<String>, DiskError> {
         self.named(Removal::UrlPrefix(prefix.clone()), move |inner| {
-            let found = inner.urls_under(&prefix)?;
+            let found = inner.urls_under(&[&prefix])?;
             Ok(found.into_iter().map(|(_, url)| url).collect())
         })
         .await
@@ -767,20 +772,28 @@ impl Shared {
                 Inner::open(settings, heuristic, &self.counters, true)?
             }
         };
-        // Made and flushed without the journal's lock, which purges take; then those noted
-        // meanwhile are made under it (they stay noted until the next flush).
-        for removal in &removals {
-            inner.apply(removal)?;
-        }
+        // Made and flushed without the journal's lock, which purges (and so request tasks)
+        // take; those noted meanwhile too, for a few rounds, as they may need every record read;
+        // then the last of them under it (they stay noted until the next flush).
+        inner.apply(&removals)?;
         inner.db.flush()?;
+        let mut made = from;
         let mut journal = self.journal();
+        for _ in 0..REOPEN_ROUNDS {
+            let late = noted_since(&journal, made);
+            if late.is_empty() {
+                break;
+            }
+            made = journal.next;
+            drop(journal);
+            inner.apply(&late)?;
+            journal = self.journal();
+        }
         if journal.overflowed != overflowed {
             // Overflowed since: the next attempt starts empty.
             return Err(DiskError::Off);
         }
-        for (removal, _) in journal.removals.iter().filter(|&(_, &seq)| seq >= from) {
-            inner.apply(removal)?;
-        }
+        inner.apply(&noted_since(&journal, made))?;
         journal.forget(from);
         journal.overflowed = None;
         self.unmark_if_whole(&mut journal);
@@ -790,6 +803,14 @@ impl Shared {
         lock(&self.backoff).0 = Some(Instant::now());
         Ok(())
     }
+}
+
+/// The removals noted at or after `seq`.
+fn noted_since(journal: &Journal, seq: u64) -> Vec<Removal> {
+    (journal.removals.iter())
+        .filter(|&(_, &noted)| noted >= seq)
+        .map(|(removal, _)| removal.clone())
+        .collect()
 }
 
 /// Deletes the oldest body files (by their records' sequence numbers) until the file system
@@ -1091,6 +1112,8 @@ impl Inner {
             hashed: AtomicU64::new(0),
             #[cfg(test)]
             checks: AtomicU64::new(0),
+            #[cfg(test)]
+            scans: AtomicU64::new(0),
             spooling: AtomicU64::new(0),
             measured: Mutex::new(Instant::now() - MEASURE_EVERY),
             capacity: settings.capacity,
@@ -1117,17 +1140,21 @@ impl Inner {
         Ok(responses)
     }
 
-    /// Makes a removal that a failed store may have missed.
-    fn apply(&self, removal: &Removal) -> Result<(), DiskError> {
-        let keys: Vec<Vec<u8>> = match removal {
-            Removal::Prefix(prefix) => return self.remove_under(prefix).map(drop),
-            Removal::Tag(tag) => (self.tag_rows(tag)?.into_iter())
-                .map(|(key, _, _)| key)
-                .collect(),
-            Removal::UrlPrefix(prefix) => (self.urls_under(prefix)?.into_iter())
-                .map(|(key, _)| key)
-                .collect(),
-        };
+    /// Makes removals that a failed store may have missed; the URL prefixes among them in one
+    /// reading of every record.
+    fn apply(&self, removals: &[Removal]) -> Result<(), DiskError> {
+        let mut keys = Vec::new();
+        let mut prefixes = Vec::new();
+        for removal in removals {
+            match removal {
+                Removal::Prefix(prefix) => drop(self.remove_under(prefix)?),
+                Removal::Tag(tag) => keys.extend(self.tag_rows(tag)?.into_iter().map(|row| row.0)),
+                Removal::UrlPrefix(prefix) => prefixes.push(prefix.as_str()),
+            }
+        }
+        if !prefixes.is_empty() {
+            keys.extend(self.urls_under(&prefixes)?.into_iter().map(|(key, _)| key));
+        }
         // The whole URI of every record named, as a purge by tag or URL prefix removes it.
         for uri in keys.iter().filter_map(|key| key.get(..32)) {
             self.remove_under(uri)?;
@@ -1135,14 +1162,18 @@ impl Inner {
         Ok(())
     }
 
-    /// The records of responses whose URL starts with `prefix`: key and URL. A record whose URL
-    /// is not the one its key was made from (damaged, or a file put in another's place) is left
-    /// out: it is never served for that URL, and is dropped when it is read.
-    fn urls_under(&self, prefix: &str) -> Result<Vec<(Vec<u8>, String)>, DiskError> {
+    /// The records of responses whose URL starts with one of `prefixes`: key and URL. A record
+    /// whose URL is not the one its key was made from (damaged, or a file put in another's
+    /// place) is left out: it is never served for that URL, and is dropped when it is read. A
+    /// body file that cannot be read (too many open files, an I/O error) is removed here: it may
+    /// be one of them, and a purge that cannot tell must not leave it to be served.
+    fn urls_under(&self, prefixes: &[&str]) -> Result<Vec<(Vec<u8>, String)>, DiskError> {
+        #[cfg(test)]
+        self.scans.fetch_add(1, Ordering::Relaxed);
         let mut found = Vec::new();
         let mut take = |key: &[u8], record: &[u8]| {
             if let Some(url) = StoredEntry::url_in(record)
-                && url.starts_with(prefix)
+                && prefixes.iter().any(|prefix| url.starts_with(prefix))
                 && is_key_of(key, url)
             {
                 found.push((key.to_vec(), url.to_owned()));
@@ -1158,15 +1189,20 @@ impl Inner {
             .map(|(key, &seq)| (key.clone(), seq))
             .collect();
         for (key, seq) in files {
-            // Gone since (evicted, replaced or removed), or unreadable, and so never served.
-            let Ok(file) = std::fs::File::open(self.body_path(&key, seq)) else {
-                continue;
-            };
-            let Ok(len) = file.metadata().map(|meta| meta.len()) else {
-                continue;
-            };
-            if let Ok(Ok((record, _))) = record_in(&file, len, None) {
-                take(&key, &record);
+            let read = std::fs::File::open(self.body_path(&key, seq)).and_then(|file| {
+                let len = file.metadata()?.len();
+                record_in(&file, len, None)
+            });
+            match read {
+                Ok(Ok((record, _))) => take(&key, &record),
+                // Damaged: never served, dropped when it is read.
+                Ok(Err(_)) => {}
+                // Gone since: evicted, replaced or removed.
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    warn!(%err, key = %hex(&key), "a body file a purge could not read is removed");
+                    self.remove(&key, Some(seq))?;
+                }
             }
         }
         Ok(found)
@@ -2474,9 +2510,64 @@ mod tests {
         let mut found = tier.urls_under("/s/".into()).await.unwrap();
         found.sort();
         assert_eq!(found, ["/s/large", "/s/small", "/s/v"]);
-        inner.apply(&Removal::UrlPrefix("/s/".into())).unwrap();
+        inner.apply(&[Removal::UrlPrefix("/s/".into())]).unwrap();
         assert!(tier.urls_under("/s/".into()).await.unwrap().is_empty());
         assert_eq!(tier.stats().entries, 2, "/sx and the copied file are left");
+    }
+
+    /// Prefix purges made while the tier was off are made when it is opened again, all of them
+    /// in one reading of the records (one reading each held the reopening up, the later ones
+    /// under the journal's lock, which request tasks take).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn prefix_purges_missed_while_off_are_made_in_one_scan() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        let key = |url: &str| blake3::hash(url.as_bytes()).as_bytes().to_vec();
+        let urls = ["/a/1", "/b/2", "/c/3", "/d/4", "/kept"];
+        for (n, url) in urls.into_iter().enumerate() {
+            let body = vec![n as u8; if n % 2 == 0 { 100 } else { 64 << 10 }];
+            tier.inner().put(&key(url), &entry(url, body)).unwrap();
+        }
+        // Off, as after a failed write; closed once its last user lets go.
+        let off = tier.shared.store.write().unwrap().take().unwrap();
+        drop(off);
+        for prefix in ["/a/", "/b/", "/c/", "/d/"] {
+            assert!(tier.urls_under(prefix.into()).await.unwrap().is_empty());
+        }
+        tier.shared.reopen().unwrap();
+        assert_eq!(tier.inner().scans.load(Ordering::Relaxed), 1);
+        for url in urls {
+            let got = tier.get(key(url)).await.unwrap();
+            assert_eq!(got.is_some(), url == "/kept", "{url}");
+        }
+    }
+
+    /// A body file that a prefix scan cannot read (here a directory in its place, as an I/O
+    /// error or too many open files would leave it) is removed: it may be under the prefix.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_body_file_a_prefix_scan_cannot_read_is_removed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 1 << 30, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        let inner = tier.inner();
+        let key = |url: &str| blake3::hash(url.as_bytes()).as_bytes().to_vec();
+        for url in ["/s/unreadable", "/kept"] {
+            inner
+                .put(&key(url), &entry(url, vec![1; 64 << 10]))
+                .unwrap();
+        }
+        let seq = inner.file_seq(&key("/s/unreadable")).unwrap();
+        let path = inner.body_path(&key("/s/unreadable"), seq);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(tier.urls_under("/s/".into()).await.unwrap().is_empty());
+        assert_eq!(
+            inner.file_seq(&key("/s/unreadable")),
+            None,
+            "left in the index"
+        );
+        assert!(inner.file_seq(&key("/kept")).is_some());
     }
 
     fn entry(url: &str, body: Vec<u8>) -> Record {
