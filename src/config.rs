@@ -17,6 +17,12 @@ pub struct Config {
     /// Address the proxy listens on for client traffic.
     #[serde(default = "defaults::listen", deserialize_with = "socket_address")]
     pub listen: SocketAddr,
+    /// Addresses of the load balancers or TLS terminators in front that open their connections to
+    /// `listen` with a PROXY protocol header (HAProxy's, version 1 or 2): the client's address
+    /// is taken from it. Connections from them without one are closed; other clients connect
+    /// as usual, and cannot name an address.
+    #[serde(default, deserialize_with = "networks")]
+    pub proxy_protocol: Vec<ipnet::IpNet>,
     pub origin: OriginConfig,
     #[serde(default)]
     pub cache: CacheConfig,
@@ -951,6 +957,23 @@ mod tests {
         assert!(!allowed(&config.purge.allow, ip("10.0.0.2")));
         assert!(allowed(&config.purge.allow, ip("192.168.4.4")));
         assert!(allowed(&config.purge.allow, ip("::1")));
+        let text = "proxy_protocol: [\"10.1.2.3\"]\norigin:\n  url: http://o\n";
+        let config = Config::parse(text, "t.yaml").unwrap();
+        assert!(allowed(&config.proxy_protocol, ip("10.1.2.3")));
+        assert!(!allowed(&config.proxy_protocol, ip("10.1.2.4")));
+        let text = "origin:\n  url: http://o\n";
+        assert!(
+            Config::parse(text, "t.yaml")
+                .unwrap()
+                .proxy_protocol
+                .is_empty()
+        );
+        let text = "origin:\n  url: http://o\nproxy_protocol:\n  - 10.0.0.1/8\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("proxy_protocol[0]") && err.contains("t.yaml:4:"),
+            "{err}"
+        );
         let text = "origin:\n  url: http://o\nexplain:\n  allow:\n    - 10.0.0.300\n";
         let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
         assert!(

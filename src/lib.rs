@@ -90,6 +90,7 @@ impl Node {
             };
         }
         keep!(listen, "listen");
+        keep!(proxy_protocol, "proxy_protocol");
         keep!(client_header_timeout, "client_header_timeout");
         keep!(send_timeout, "send_timeout");
         keep!(admin.listen, "admin.listen");
@@ -140,6 +141,7 @@ impl Node {
         let main = listener::serve(
             listener,
             limits,
+            edge.config().proxy_protocol.clone().into(),
             clients,
             stop.clone(),
             move |peer, request| proxy::handle(proxy.clone(), peer, request),
@@ -151,6 +153,7 @@ impl Node {
         let admin = listener::serve(
             admin,
             limits,
+            Arc::new([]),
             None,
             stop.clone(),
             move |_, request| {

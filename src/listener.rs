@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,15 +77,16 @@ impl Limits {
 pub async fn serve<H, F, R>(
     listener: TcpListener,
     limits: Limits,
+    proxy_protocol: Arc<[ipnet::IpNet]>,
     metrics: Option<ClientMetrics>,
     stop: CancellationToken,
     handle: H,
     rejected: R,
 ) -> std::io::Result<()>
 where
-    H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
-    R: Fn(std::net::SocketAddr, StatusCode) + Clone + Send + 'static,
+    R: Fn(SocketAddr, StatusCode) + Clone + Send + 'static,
 {
     let protocols = Arc::new(Protocols {
         http1: hyper::server::conn::http1::Builder::new(),
@@ -107,15 +109,17 @@ where
         };
         // An IPv4 client of a listener on `[::]` comes as `::ffff:a.b.c.d`: it is the IPv4
         // address to allow lists (`127.0.0.0/8`), logs and `X-Forwarded-For`.
-        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Without TCP_NODELAY a body written after its head waits for the client's delayed ACK
         // (40 ms on Linux) whenever the two go out as separate writes, as streamed fills do.
         let _ = tcp.set_nodelay(true);
         // Boxed: the connection's future is several KiB, which the task would otherwise be
         // copied whole as it is spawned.
+        let proxied = crate::config::allowed(&proxy_protocol, peer.ip());
         let connection = Box::pin(serve_connection(
             tcp,
             peer,
+            proxied,
             protocols.clone(),
             limits,
             stop.clone(),
@@ -124,7 +128,8 @@ where
         let metrics = metrics.as_ref().map(Counted::new);
         let rejected = rejected.clone();
         connections.spawn(async move {
-            match connection.await {
+            let (peer, served) = connection.await;
+            match served {
                 Ok(None) => {}
                 Ok(Some(why)) => {
                     tracing::debug!(%peer, ?why, "client connection closed on a limit");
@@ -295,40 +300,63 @@ impl<F: Future<Output = ()>> Future for StreamWatch<F> {
 /// How an HTTP/2 connection with prior knowledge opens (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one client connection: reads its first bytes, up to where they show HTTP/2's preface or
-/// not, within `client_header_timeout` of the accept; then serves it with hyper's HTTP/1 or
-/// HTTP/2 server, watched. Says so if it closed the connection on a limit.
+/// Serves one client connection: reads its first bytes, its PROXY protocol header first when it
+/// comes from a proxy that sends one (`proxied`), up to where they show HTTP/2's preface or not,
+/// within `client_header_timeout` of the accept; then serves it with hyper's HTTP/1 or HTTP/2
+/// server, watched. Gives the client's address (the PROXY header's, or `peer`), and says so if
+/// it closed the connection on a limit.
 async fn serve_connection<H, F>(
     tcp: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
+    proxied: bool,
     protocols: Arc<Protocols>,
     limits: Limits,
     stop: CancellationToken,
     handle: H,
-) -> hyper::Result<Option<Disconnect>>
+) -> (SocketAddr, hyper::Result<Option<Disconnect>>)
 where
-    H: Fn(std::net::SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let first = async {
-        let first = first_bytes(tcp, activity.clone());
+        let first = first_bytes(tcp, peer, proxied, activity.clone());
         match limits.header {
             Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| ()),
             None => Ok(first.await),
         }
     };
-    let io = tokio::select! {
+    let (io, client) = tokio::select! {
         first = first => match first {
-            Ok(Some(io)) => io,
-            Ok(None) => return Ok(None),
+            Ok(Some(first)) => first,
+            Ok(None) => return (peer, Ok(None)),
             Err(()) if activity.head_started.load(Ordering::Relaxed) => {
-                return Ok(Some(Disconnect::SlowHead));
+                return (peer, Ok(Some(Disconnect::SlowHead)));
             }
-            Err(()) => return Ok(Some(Disconnect::Idle)),
+            Err(()) => return (peer, Ok(Some(Disconnect::Idle))),
         },
-        () = stop.cancelled() => return Ok(None),
+        () = stop.cancelled() => return (peer, Ok(None)),
     };
+    (
+        client,
+        serve_io(io, client, protocols, limits, stop, handle, activity).await,
+    )
+}
+
+/// Serves a connection whose first bytes were read, for `client`.
+async fn serve_io<H, F>(
+    io: ClientIo,
+    client: SocketAddr,
+    protocols: Arc<Protocols>,
+    limits: Limits,
+    stop: CancellationToken,
+    handle: H,
+    activity: Arc<Activity>,
+) -> hyper::Result<Option<Disconnect>>
+where
+    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let noted = activity.clone();
     let http2 = io.http2();
     // A request counts from its head to the end of its response's body, which hyper drops when
@@ -336,7 +364,7 @@ where
     // did is counted closed.
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let open = Open::new(&noted);
-        handle(peer, request.map(axum::body::Body::new)).map(move |response| {
+        handle(client, request.map(axum::body::Body::new)).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Noted {
                 body,
                 _open: open,
@@ -681,38 +709,108 @@ where
 }
 
 /// Reads a connection's first bytes, as far as telling whether they open HTTP/2: `None` if it
-/// closes before that. hyper-util's builder does the same, with no timer.
-async fn first_bytes(mut tcp: TcpStream, activity: Arc<Activity>) -> Option<ClientIo> {
+/// closes before that. hyper-util's builder does the same, with no timer. A connection from a
+/// proxy that sends the PROXY protocol (`proxied`) begins with its header, which gives the
+/// client's address (else it is `peer`); one without a valid header is closed (`None`), as
+/// nginx and HAProxy close it.
+async fn first_bytes(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    activity: Arc<Activity>,
+) -> Option<(ClientIo, SocketAddr)> {
     use tokio::io::AsyncReadExt;
-    let mut first = [0; PREFACE.len()];
-    let mut len = 0;
-    while len < first.len() && first[..len] == PREFACE[..len] {
-        match tcp.read(&mut first[len..]).await {
+    let (mut first, client) = if proxied {
+        proxy_header(&mut tcp, peer, &activity).await?
+    } else {
+        (Vec::with_capacity(PREFACE.len()), peer)
+    };
+    while first.len() < PREFACE.len() && PREFACE.starts_with(&first) {
+        let mut more = [0; PREFACE.len()];
+        match tcp.read(&mut more[..PREFACE.len() - first.len()]).await {
             Ok(0) | Err(_) => return None,
             Ok(read) => {
-                len += read;
+                first.extend_from_slice(&more[..read]);
                 activity.head_started.store(true, Ordering::Relaxed);
             }
         }
     }
     activity.idle_since.store(activity.now(), Ordering::Relaxed);
-    Some(ClientIo {
+    let io = ClientIo {
         tcp,
         first,
-        len,
         at: 0,
         activity,
-    })
+    };
+    Some((io, client))
 }
 
-/// A client connection whose first bytes were read to learn its protocol, with those bytes put
-/// back in front of the rest, and whose writes note in its [`Activity`] when the socket is full
-/// and when it takes bytes again. Reading costs one comparison more than the bare socket, as
-/// hyper-util's own wrapper does; writing, one more while the client keeps up.
+/// Longest PROXY protocol header taken (version 1's are at most 107 bytes; version 2's carry
+/// TLVs, a few hundred bytes from HAProxy or a cloud load balancer).
+const PROXY_HEADER_MAX: usize = 4096;
+
+/// Reads a PROXY protocol header (version 1 or 2): the client's address it names (`peer` for a
+/// health check of the proxy's own, `LOCAL` or `UNKNOWN`), and the bytes read past it. `None`
+/// if the connection closes first or its first bytes are not a valid header.
+async fn proxy_header(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    activity: &Activity,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    use ppp::{HeaderResult, PartialResult, v1, v2};
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::with_capacity(256);
+    loop {
+        let mut more = [0; 512];
+        let got = match tcp.read(&mut more).await {
+            Ok(0) | Err(_) => return None,
+            Ok(got) => got,
+        };
+        read.extend_from_slice(&more[..got]);
+        activity.head_started.store(true, Ordering::Relaxed);
+        let header = HeaderResult::parse(&read);
+        if header.is_incomplete() && read.len() < PROXY_HEADER_MAX {
+            continue;
+        }
+        let (len, named): (usize, Option<(IpAddr, u16)>) = match header {
+            HeaderResult::V1(Ok(header)) => (
+                header.header.len(),
+                match header.addresses {
+                    v1::Addresses::Tcp4(a) => Some((a.source_address.into(), a.source_port)),
+                    v1::Addresses::Tcp6(a) => Some((a.source_address.into(), a.source_port)),
+                    v1::Addresses::Unknown => None,
+                },
+            ),
+            HeaderResult::V2(Ok(header)) => (
+                header.len(),
+                match (header.command, header.addresses) {
+                    (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+                        Some((a.source_address.into(), a.source_port))
+                    }
+                    (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+                        Some((a.source_address.into(), a.source_port))
+                    }
+                    _ => None,
+                },
+            ),
+            _ => {
+                tracing::warn!(%peer, "a connection from a proxy_protocol address did not begin with a valid PROXY protocol header: closed");
+                return None;
+            }
+        };
+        let client = named.map_or(peer, |(ip, port)| SocketAddr::new(ip.to_canonical(), port));
+        return Some((read.split_off(len), client));
+    }
+}
+
+/// A client connection whose first bytes were read (to learn its protocol, and past a PROXY
+/// protocol header), with those bytes put back in front of the rest, and whose writes note in
+/// its [`Activity`] when the socket is full and when it takes bytes again. Reading costs one
+/// comparison more than the bare socket, as hyper-util's own wrapper does; writing, one more
+/// while the client keeps up.
 struct ClientIo {
     tcp: TcpStream,
-    first: [u8; PREFACE.len()],
-    len: usize,
+    first: Vec<u8>,
     /// How many of `first` hyper has read.
     at: usize,
     activity: Arc<Activity>,
@@ -720,7 +818,7 @@ struct ClientIo {
 
 impl ClientIo {
     fn http2(&self) -> bool {
-        self.first[..self.len] == PREFACE[..]
+        self.first.starts_with(PREFACE)
     }
 }
 
@@ -731,8 +829,8 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.at < this.len {
-            let n = buf.remaining().min(this.len - this.at);
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
             buf.put_slice(&this.first[this.at..this.at + n]);
             this.at += n;
             return Poll::Ready(Ok(()));

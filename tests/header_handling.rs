@@ -1644,3 +1644,143 @@ async fn several_cookie_lines_go_on_as_one() {
     let cookies: Vec<_> = received.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2"]);
 }
+
+/// A PROXY protocol version 2 header (`command` 0x21 PROXY, 0x20 LOCAL) for a TCP connection
+/// from `source` (IPv6, or none for LOCAL).
+fn proxy_v2(command: u8, source: Option<(std::net::Ipv6Addr, u16)>) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(command);
+    match source {
+        Some((address, port)) => {
+            header.extend_from_slice(&[0x21, 0, 36]);
+            header.extend_from_slice(&address.octets());
+            header.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+            header.extend_from_slice(&port.to_be_bytes());
+            header.extend_from_slice(&8080u16.to_be_bytes());
+        }
+        None => header.extend_from_slice(&[0, 0, 0]),
+    }
+    header
+}
+
+/// Behind a load balancer or TLS terminator that speaks the PROXY protocol (HAProxy's
+/// `send-proxy`, hitch, a cloud load balancer), the client's address comes from its header, in
+/// either version, whether or not the request came in the same segment: it is the address in
+/// `X-Forwarded-For`, the one `purge.allow` is checked against, and it holds for every request
+/// on the connection. A version 2 `LOCAL` header (the proxy's own health check) is the proxy's
+/// address.
+#[tokio::test]
+async fn a_proxy_protocol_header_gives_the_client_address() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let forwarded_for = || joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for");
+    let get = "GET /a HTTP/1.1\r\nHost: x\r\ncache-control: no-cache\r\n\r\n";
+
+    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let v1 = format!("PROXY TCP4 203.0.113.7 10.0.0.1 51000 8080\r\n{get}");
+    stream.write_all(v1.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut stream, "closed").await.status, 200);
+    assert_eq!(forwarded_for(), "203.0.113.7");
+    stream.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut stream, "closed").await.status, 200);
+    assert_eq!(forwarded_for(), "203.0.113.7", "the second request");
+    let purge = "PURGE /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(purge.as_bytes()).await.unwrap();
+    let refused = read_response(&mut stream, "closed").await;
+    assert_eq!(refused.status, 403, "203.0.113.7 is not in purge.allow");
+
+    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let source = "2001:db8::7".parse().unwrap();
+    stream
+        .write_all(&proxy_v2(0x21, Some((source, 51000))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut stream, "closed").await.status, 200);
+    assert_eq!(forwarded_for(), "2001:db8::7");
+
+    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let mut local = proxy_v2(0x20, None);
+    local.extend_from_slice(purge.as_bytes());
+    stream.write_all(&local).await.unwrap();
+    let purged = read_response(&mut stream, "closed").await;
+    assert_eq!(
+        purged.status, 200,
+        "LOCAL: the proxy's own address, loopback"
+    );
+    assert_eq!(h.origin.hits("/a"), 3);
+}
+
+/// HTTP/2 with prior knowledge after the header (a TLS terminator passing h2 on as h2c).
+#[tokio::test]
+async fn http2_follows_a_proxy_protocol_header() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["127.0.0.1/32".parse().unwrap()])
+        .await;
+    let mut tcp = TcpStream::connect(edge.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP6 2001:db8::9 2001:db8::1 40000 443\r\n")
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(edge.url("/a"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(&body.to_bytes()[..], b"a");
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "2001:db8::9"
+    );
+}
+
+/// A connection from a `proxy_protocol` address that does not begin with a valid header is
+/// closed unanswered, as nginx and HAProxy close it; a client not in the list cannot name an
+/// address (its PROXY line is a malformed request) and is served as usual.
+#[tokio::test]
+async fn only_the_listed_proxies_send_the_proxy_protocol() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    for first in [
+        "GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+        "PROXY TCP4 203.0.113.7 10.0.0.1 51000\r\n",
+        "PROXY TCP4 203.0.113.300 10.0.0.1 51000 8080\r\n",
+    ] {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        stream.write_all(first.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got));
+        assert!(read.await.is_ok(), "{first:?}: left open");
+        assert!(got.is_empty(), "{first:?}: answered");
+    }
+    assert_eq!(h.origin.hits("/a"), 0);
+
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["10.0.0.0/8".parse().unwrap()])
+        .await;
+    let spoofed = "PROXY TCP4 10.9.9.9 10.0.0.1 51000 8080\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(raw_request(edge.addr, spoofed).await.status, 400);
+    let plain = raw_request(edge.addr, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "127.0.0.1"
+    );
+}
