@@ -176,6 +176,40 @@ pub struct OriginConfig {
     /// host and port (Varnish's `.host_header`).
     #[serde(default, deserialize_with = "host_header")]
     pub host_header: Option<HostHeader>,
+    /// Query parameters taken out of every request before it is looked up and forwarded
+    /// (tracking parameters: `utm_*`, `fbclid`), so that requests differing only by them share
+    /// one stored response. A name ending in `*` stands for every name it begins.
+    #[serde(default, deserialize_with = "parameter_names")]
+    pub strip_query: Vec<String>,
+    /// Query parameters put in order of their names (equal names keep their order), so that
+    /// `?a=1&b=2` and `?b=2&a=1` share one stored response (Varnish's `std.querysort`).
+    #[serde(default)]
+    pub sort_query: bool,
+}
+
+/// Names of query parameters (`utm_source`, `utm_*`) as they are written in a query.
+fn parameter_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Name(String);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let name = String::deserialize(d)?;
+            let stem = name.strip_suffix('*').unwrap_or(&name);
+            if stem.is_empty()
+                || stem
+                    .bytes()
+                    .any(|b| b"&=#?* ".contains(&b) || !b.is_ascii_graphic())
+            {
+                return Err(de::Error::custom(format!(
+                    "invalid query parameter name {name:?}: expected a name as it is written in a query (utm_source), or the start of names followed by * (utm_*)"
+                )));
+            }
+            Ok(Name(name))
+        }
+    }
+    Ok(Vec::<Name>::deserialize(d)?
+        .into_iter()
+        .map(|Name(name)| name)
+        .collect())
 }
 
 /// `origin.host_header`: a host and optional port.
@@ -944,6 +978,22 @@ mod tests {
         assert_eq!(parse_size("64 Mx"), None);
         assert_eq!(parse_size("MiB"), None);
         assert_eq!(parse_size("99999999999TiB"), None);
+    }
+
+    #[test]
+    fn query_parameter_names_are_names_or_stems() {
+        let text = "origin:\n  url: http://o\n  strip_query: [utm_*, fbclid]\n  sort_query: true\n";
+        let config = Config::parse(text, "t.yaml").unwrap();
+        assert_eq!(config.origin.strip_query, ["utm_*", "fbclid"]);
+        assert!(config.origin.sort_query);
+        for bad in ["\"\"", "\"*\"", "utm_*x", "a=b", "\"a b\""] {
+            let text = format!("origin:\n  url: http://o\n  strip_query:\n    - x\n    - {bad}\n");
+            let err = Config::parse(&text, "t.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains("origin.strip_query[1]") && err.contains("t.yaml:5:"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     /// An address alone is a network of itself (nginx's `allow 10.0.0.1;`): it was refused as

@@ -9,6 +9,7 @@
 //! request to wait for the connection to be ready again, and hashed a pool key twice: 10k of the
 //! 68k instructions of a pass-through request (bench/callgrind.sh).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -79,6 +80,50 @@ pub struct Origin {
     client_body_timeout: Option<Duration>,
     /// `None`: no limit on requests in flight.
     slots: Option<Slots>,
+    /// `origin.strip_query` and `origin.sort_query`; `None` when neither is set.
+    query: Option<QueryRules>,
+}
+
+/// What is done to a request's query before it is looked up and forwarded.
+struct QueryRules {
+    strip: Vec<String>,
+    sort: bool,
+}
+
+impl QueryRules {
+    fn strips(&self, name: &str) -> bool {
+        self.strip
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(stem) => name.starts_with(stem),
+                None => name == pattern,
+            })
+    }
+
+    /// `query` with the parameters named in `strip` taken out and, with `sort`, the rest in
+    /// order of their names; `None` when no parameter is left.
+    fn apply<'a>(&self, query: &'a str) -> Option<Cow<'a, str>> {
+        let name = |param: &str| {
+            param
+                .split_once('=')
+                .map_or(param, |(name, _)| name)
+                .to_owned()
+        };
+        let mut params: Vec<&str> = (query.split('&'))
+            .filter(|param| !self.strips(&name(param)))
+            .collect();
+        if self.sort {
+            params.sort_by_key(|param| name(param));
+        }
+        let kept = params.join("&");
+        if kept.is_empty() {
+            None
+        } else if kept == query {
+            Some(Cow::Borrowed(query))
+        } else {
+            Some(Cow::Owned(kept))
+        }
+    }
 }
 
 /// A permit per request in flight to the origin (`origin.max_connections`), and how long a
@@ -206,6 +251,23 @@ impl Origin {
                 limit: config.max_connections,
                 wait: config.connect_timeout.0,
             }),
+            query: (!config.strip_query.is_empty() || config.sort_query).then(|| QueryRules {
+                strip: config.strip_query.clone(),
+                sort: config.sort_query,
+            }),
+        }
+    }
+
+    /// A request's path and query, less what `origin.strip_query` takes out and ordered as
+    /// `origin.sort_query` says.
+    fn normalised<'a>(&self, path_and_query: &'a str) -> (&'a str, Option<Cow<'a, str>>) {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        match (query, &self.query) {
+            (Some(query), Some(rules)) => (path, rules.apply(query)),
+            (query, _) => (path, query.map(Cow::Borrowed)),
         }
     }
 
@@ -218,16 +280,13 @@ impl Origin {
             return None;
         }
         let mut url = self.base.clone();
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = self.normalised(path_and_query);
         if self.prefix.is_empty() {
             url.set_path(path);
         } else {
             url.set_path(&[self.prefix.as_str(), path].concat());
         }
-        url.set_query(query);
+        url.set_query(query.as_deref());
         let inside = url.path().strip_prefix(self.prefix.as_str())?;
         inside.starts_with('/').then_some(url)
     }
@@ -237,20 +296,23 @@ impl Origin {
     /// segments, percent-escapes or characters it would encode). `None`: ask [`Origin::url_for`].
     pub fn simple_key(&self, target: &Uri) -> Option<CacheKey> {
         let path_and_query = target.path_and_query()?.as_str();
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = self.normalised(path_and_query);
         let unchanged = path.starts_with('/')
             && path.bytes().all(|b| STAYS_IN_PATH[usize::from(b)])
             && !has_dot_segment(path.as_bytes())
-            && query.is_none_or(|query| query.bytes().all(|b| STAYS_IN_QUERY[usize::from(b)]));
+            && query
+                .as_ref()
+                .is_none_or(|query| query.bytes().all(|b| STAYS_IN_QUERY[usize::from(b)]));
         if !unchanged {
             return None;
         }
         let mut text = String::with_capacity(self.prefix.len() + path_and_query.len());
         text.push_str(&self.prefix);
-        text.push_str(path_and_query);
+        text.push_str(path);
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(&query);
+        }
         Some(CacheKey::from_text(text))
     }
 
@@ -1082,6 +1144,10 @@ mod tests {
     use crate::config::{OriginUrl, Seconds};
 
     fn origin(url: &str) -> Origin {
+        origin_with(url, Vec::new(), false)
+    }
+
+    fn origin_with(url: &str, strip_query: Vec<String>, sort_query: bool) -> Origin {
         Origin::new(
             &OriginConfig {
                 url: OriginUrl(url.parse().unwrap()),
@@ -1090,6 +1156,8 @@ mod tests {
                 max_connections: 0,
                 ca_file: None,
                 host_header: None,
+                strip_query,
+                sort_query,
             },
             Duration::from_secs(1),
         )
@@ -1097,10 +1165,15 @@ mod tests {
 
     #[test]
     fn simple_keys_are_the_keys_of_the_parsed_urls() {
-        for base in ["http://o:9000", "http://o:9000/base/", "https://o/p"] {
-            let o = origin(base);
+        let bases = ["http://o:9000", "http://o:9000/base/", "https://o/p"];
+        let rules = [(vec![], false), (vec!["utm_*".into(), "y".into()], true)];
+        for (base, (strip, sort)) in bases.iter().flat_map(|b| rules.iter().map(move |r| (b, r))) {
+            let o = origin_with(base, strip.clone(), *sort);
             let simple = [
                 "/",
+                "/a?utm_a=1",
+                "/a?y=2&x=1&utm_b&w",
+                "/a?x=2&x=1&",
                 "/a",
                 "/a/b.c/d",
                 "/a?",
@@ -1136,6 +1209,17 @@ mod tests {
         let o = origin("http://o:9000/base/");
         let url = o.url_for(&"/a/b?x=1&y".parse().unwrap()).unwrap();
         assert_eq!(url.as_str(), "http://o:9000/base/a/b?x=1&y");
+        let o = origin_with(
+            "http://o:9000/base/",
+            vec!["utm_*".into(), "y".into()],
+            true,
+        );
+        let url = o
+            .url_for(&"/a/b?z=1&utm_x=2&y&yy=3&x=4".parse().unwrap())
+            .unwrap();
+        assert_eq!(url.as_str(), "http://o:9000/base/a/b?x=4&yy=3&z=1");
+        let url = o.url_for(&"/a/b?utm_x=2&y".parse().unwrap()).unwrap();
+        assert_eq!(url.as_str(), "http://o:9000/base/a/b");
         assert_eq!(
             o.url_for(&"/a/../b".parse().unwrap()).unwrap().as_str(),
             "http://o:9000/base/b"

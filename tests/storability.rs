@@ -551,6 +551,54 @@ async fn query_string_is_part_of_the_cache_key() {
     assert_eq!(h.origin.hits("/a"), 0);
 }
 
+/// `origin.strip_query` takes tracking parameters out of the request before it is looked up and
+/// forwarded (the origin never sees them, so the stored response cannot depend on them), and
+/// `origin.sort_query` orders the rest by name: requests that differ only so share one stored
+/// response. A purge names it either way; a parameter whose name only begins like one listed
+/// without `*` is kept, as is the order of two of one name.
+#[tokio::test]
+async fn stripped_and_sorted_query_parameters_share_one_stored_response() {
+    let h = Harness::new().await;
+    let cached = |body: &'static str| Reply::ok(body).header("cache-control", "max-age=60");
+    h.origin.reply("/a?id=1", cached("one"));
+    h.origin.reply("/a", cached("none"));
+    h.origin.reply("/a?a=1&b=2", cached("ab"));
+    h.origin.reply("/a?fbclidx=1&tag=2&tag=1", cached("tags"));
+    let edge = h
+        .edge_with(|c| {
+            c.origin.strip_query = vec!["utm_*".into(), "fbclid".into()];
+            c.origin.sort_query = true;
+        })
+        .await;
+
+    for (path, body, hit) in [
+        ("/a?utm_source=x&id=1", "one", false),
+        ("/a?id=1&utm_medium=y&fbclid=z", "one", true),
+        ("/a?id=1", "one", true),
+        ("/a?utm_source=x", "none", false),
+        ("/a", "none", true),
+        ("/a?b=2&a=1&utm_campaign=c", "ab", false),
+        ("/a?a=1&b=2", "ab", true),
+        ("/a?tag=2&fbclidx=1&tag=1", "tags", false),
+    ] {
+        let got = edge.get(path).await;
+        assert_eq!(got.text(), body, "{path}");
+        assert_eq!(got.is_hit(), hit, "{path}: {}", got.cache_status());
+    }
+    let asked: Vec<String> = h.origin.received().into_iter().map(|r| r.uri).collect();
+    assert_eq!(
+        asked,
+        ["/a?id=1", "/a", "/a?a=1&b=2", "/a?fbclidx=1&tag=2&tag=1"]
+    );
+
+    let purge = http::Method::from_bytes(b"PURGE").unwrap();
+    let purged = edge.send(purge, "/a?utm_source=q&id=1", &[]).await;
+    assert_eq!(purged.status, 200);
+    assert!(purged.text().contains("\"purged\":1"), "{}", purged.text());
+    assert!(!edge.get("/a?id=1").await.is_hit());
+    assert_eq!(h.origin.hits("/a?id=1"), 2);
+}
+
 #[tokio::test]
 async fn vary_response_is_only_served_to_requests_with_the_same_value() {
     let h = Harness::new().await;
