@@ -721,7 +721,13 @@ async fn first_bytes(
 ) -> Option<(ClientIo, SocketAddr)> {
     use tokio::io::AsyncReadExt;
     let (mut first, client) = if proxied {
-        proxy_header(&mut tcp, peer, &activity).await?
+        let (rest, client) = proxy_header(&mut tcp, peer, &activity).await?;
+        // A head begins with the bytes past the header: a proxy sends its header as soon as it
+        // has the client's connection, and a client that sends nothing then is idle.
+        activity
+            .head_started
+            .store(!rest.is_empty(), Ordering::Relaxed);
+        (rest, client)
     } else {
         (Vec::with_capacity(PREFACE.len()), peer)
     };

@@ -1784,3 +1784,32 @@ async fn only_the_listed_proxies_send_the_proxy_protocol() {
         "127.0.0.1"
     );
 }
+
+/// A load balancer sends its PROXY header as soon as it has the client's connection, before the
+/// client sends anything (a browser's preconnect, a client that never sends a request): such a
+/// connection, closed at `client_header_timeout` with no request begun, is an idle one, as it is
+/// without the header; one whose request head has begun is a slow head.
+#[tokio::test]
+async fn a_connection_idle_after_its_proxy_protocol_header_counts_as_idle() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| {
+            c.proxy_protocol = vec!["127.0.0.0/8".parse().unwrap()];
+            c.client_header_timeout.0 = Duration::from_millis(500);
+        })
+        .await;
+    for sent in [
+        &b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 8080\r\n"[..],
+        &proxy_v2(0x21, Some(("2001:db8::7".parse().unwrap(), 51000))),
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 8080\r\nGET /a HTTP/1.1\r\n",
+    ] {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    }
+    let metrics = edge.metrics().await;
+    assert_eq!(disconnects(&metrics, "idle"), 2.0, "{metrics}");
+    assert_eq!(disconnects(&metrics, "slow_head"), 1.0, "{metrics}");
+}
