@@ -755,6 +755,9 @@ async fn first_bytes(
 /// TLVs, a few hundred bytes from HAProxy or a cloud load balancer).
 const PROXY_HEADER_MAX: usize = 4096;
 
+/// Longest PROXY protocol version 1 header, its CRLF included.
+const PROXY_V1_MAX: usize = 107;
+
 /// Reads a PROXY protocol header (version 1 or 2): the client's address it names (`peer` for a
 /// health check of the proxy's own, `LOCAL` or `UNKNOWN`), and the bytes read past it. `None`
 /// if the connection closes first or its first bytes are not a valid header.
@@ -775,7 +778,13 @@ async fn proxy_header(
         read.extend_from_slice(&more[..got]);
         activity.head_started.store(true, Ordering::Relaxed);
         let header = HeaderResult::parse(&read);
-        if header.is_incomplete() && read.len() < PROXY_HEADER_MAX {
+        // A version 1 line is parsed once it has ended, as HAProxy reads it: ppp takes one cut
+        // right after its source port (`… 51000 `) for a header with an empty destination port.
+        let unended = matches!(header, HeaderResult::V1(_))
+            && read.len() < PROXY_V1_MAX
+            && !read.contains(&b'\n')
+            && (read.starts_with(b"PROXY ") || b"PROXY ".starts_with(&read));
+        if (header.is_incomplete() || unended) && read.len() < PROXY_HEADER_MAX {
             continue;
         }
         let (len, named): (usize, Option<(IpAddr, u16)>) = match header {

@@ -1813,3 +1813,30 @@ async fn a_connection_idle_after_its_proxy_protocol_header_counts_as_idle() {
     assert_eq!(disconnects(&metrics, "idle"), 2.0, "{metrics}");
     assert_eq!(disconnects(&metrics, "slow_head"), 1.0, "{metrics}");
 }
+
+/// A version 1 header may come in more than one read: one cut anywhere in it, here right after
+/// its source port (where ppp takes what it has for a header with an empty destination port),
+/// is read to its end.
+#[tokio::test]
+async fn a_proxy_protocol_header_cut_anywhere_is_read_whole() {
+    let h = Harness::new().await;
+    h.origin.reply("/a", Reply::ok("a"));
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let header = "PROXY TCP4 203.0.113.7 10.0.0.1 51000 8080\r\n";
+    let get = "GET /a HTTP/1.1\r\nHost: x\r\ncache-control: no-cache\r\n\r\n";
+    for cut in 1..header.len() {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(&header.as_bytes()[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let rest = format!("{}{get}", &header[cut..]);
+        // Closed on the first part, the rest may find the connection reset.
+        let _ = stream.write_all(rest.as_bytes()).await;
+        let response = read_response(&mut stream, &format!("cut at {cut}: closed")).await;
+        assert_eq!(response.status, 200, "cut at {cut}");
+        let forwarded_for = joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for");
+        assert_eq!(forwarded_for, "203.0.113.7", "cut at {cut}");
+    }
+}
