@@ -261,10 +261,7 @@ impl Origin {
     /// A request's path and query, less what `origin.strip_query` takes out and ordered as
     /// `origin.sort_query` says.
     fn normalised<'a>(&self, path_and_query: &'a str) -> (&'a str, Option<Cow<'a, str>>) {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
-        };
+        let (path, query) = split_query(path_and_query);
         match (query, &self.query) {
             (Some(query), Some(rules)) => (path, rules.apply(query)),
             (query, _) => (path, query.map(Cow::Borrowed)),
@@ -296,22 +293,31 @@ impl Origin {
     /// segments, percent-escapes or characters it would encode). `None`: ask [`Origin::url_for`].
     pub fn simple_key(&self, target: &Uri) -> Option<CacheKey> {
         let path_and_query = target.path_and_query()?.as_str();
-        let (path, query) = self.normalised(path_and_query);
+        let (path, query) = split_query(path_and_query);
+        // Only `origin.strip_query` or `sort_query` rewrite a query.
+        let rewritten = match (&self.query, query) {
+            (Some(rules), Some(query)) => Some(rules.apply(query)),
+            _ => None,
+        };
+        let query = rewritten.as_ref().map_or(query, Option::as_deref);
         let unchanged = path.starts_with('/')
             && path.bytes().all(|b| STAYS_IN_PATH[usize::from(b)])
             && !has_dot_segment(path.as_bytes())
-            && query
-                .as_ref()
-                .is_none_or(|query| query.bytes().all(|b| STAYS_IN_QUERY[usize::from(b)]));
+            && query.is_none_or(|query| query.bytes().all(|b| STAYS_IN_QUERY[usize::from(b)]));
         if !unchanged {
             return None;
         }
         let mut text = String::with_capacity(self.prefix.len() + path_and_query.len());
         text.push_str(&self.prefix);
-        text.push_str(path);
-        if let Some(query) = query {
-            text.push('?');
-            text.push_str(&query);
+        match rewritten {
+            None => text.push_str(path_and_query),
+            Some(query) => {
+                text.push_str(path);
+                if let Some(query) = query {
+                    text.push('?');
+                    text.push_str(&query);
+                }
+            }
         }
         Some(CacheKey::from_text(text))
     }
@@ -514,6 +520,14 @@ impl Origin {
             }
         });
         Ok(sender)
+    }
+}
+
+/// A path and query's path, and its query if it has one (which may be empty: `/a?`).
+fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
     }
 }
 
