@@ -23,6 +23,9 @@ pub struct Config {
     /// as usual, and cannot name an address.
     #[serde(default, deserialize_with = "networks")]
     pub proxy_protocol: Vec<ipnet::IpNet>,
+    /// HTTPS for clients, on a listener of its own; none when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     pub origin: OriginConfig,
     #[serde(default)]
     pub cache: CacheConfig,
@@ -273,6 +276,78 @@ fn ca_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CaFile>, D::Error> 
     Ok(Some(CaFile {
         roots: std::sync::Arc::new(roots),
     }))
+}
+
+/// `tls`: a second client listener, served as `listen` is, after a TLS handshake (1.2 or 1.3)
+/// with this certificate and key. Both files are read, and checked to belong together, with the
+/// rest of the configuration (and again on reload).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(deserialize_with = "socket_address")]
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM), the server's own certificate first.
+    pub certificate: CertificateChain,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PrivateKey,
+}
+
+impl TlsConfig {
+    /// The certificate and key, as handshakes present them.
+    pub fn certified(&self) -> rustls::sign::CertifiedKey {
+        rustls::sign::CertifiedKey::new(self.certificate.0.clone(), self.key.0.clone())
+    }
+}
+
+/// `tls.certificate`'s certificates.
+#[derive(Debug, Clone)]
+pub struct CertificateChain(pub Vec<rustls_pki_types::CertificateDer<'static>>);
+
+impl<'de> Deserialize<'de> for CertificateChain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let path = PathBuf::deserialize(d)?;
+        let shown = path.display();
+        let pem = std::fs::read(&path)
+            .map_err(|err| de::Error::custom(format!("cannot read {shown}: {err}")))?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| de::Error::custom(format!("{shown}: not PEM: {err}")))?;
+        if chain.is_empty() {
+            return Err(de::Error::custom(format!(
+                "{shown} holds no certificate (-----BEGIN CERTIFICATE-----)"
+            )));
+        }
+        Ok(Self(chain))
+    }
+}
+
+/// `tls.key`'s private key, loaded for signing.
+#[derive(Debug, Clone)]
+pub struct PrivateKey(pub std::sync::Arc<dyn rustls::sign::SigningKey>);
+
+impl<'de> Deserialize<'de> for PrivateKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::{self, PemObject};
+        let path = PathBuf::deserialize(d)?;
+        let shown = path.display();
+        let pem = std::fs::read(&path)
+            .map_err(|err| de::Error::custom(format!("cannot read {shown}: {err}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
+            de::Error::custom(match err {
+                pem::Error::NoItemsFound => format!(
+                    "{shown} holds no private key (-----BEGIN PRIVATE KEY-----, or RSA or EC PRIVATE KEY)"
+                ),
+                err => format!("{shown}: not PEM: {err}"),
+            })
+        })?;
+        let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|err| {
+            de::Error::custom(format!("{shown}: not a usable private key: {err}"))
+        })?;
+        Ok(Self(key))
+    }
 }
 
 /// The most `origin.max_connections` may be: more would not be a limit on any machine
@@ -622,6 +697,34 @@ impl Config {
             );
             let at = locate_key(text, key).or_else(|| locate_key(text, "listen"));
             return Err(ConfigError::at(file, at, key.to_owned(), message));
+        }
+        if let Some(tls) = &config.tls {
+            let at = |key| locate_key(text, key).or_else(|| locate_key(text, "tls"));
+            if clashing(tls.listen, config.listen) || clashing(tls.listen, config.admin.listen) {
+                let message = format!(
+                    "{} is where listen ({}) or admin.listen ({}) is too: each listener needs an address of its own",
+                    tls.listen, config.listen, config.admin.listen
+                );
+                let key = "tls.listen";
+                return Err(ConfigError::at(file, at(key), key.to_owned(), message));
+            }
+            use rustls::{Error, InconsistentKeys};
+            let wrong = match tls.certified().keys_match() {
+                // A key whose public half rustls cannot tell is taken, as rustls takes it.
+                Ok(()) | Err(Error::InconsistentKeys(InconsistentKeys::Unknown)) => None,
+                Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Some((
+                    "tls.key",
+                    "not the key of tls.certificate's first certificate (the server's own)"
+                        .to_owned(),
+                )),
+                Err(err) => Some((
+                    "tls.certificate",
+                    format!("its first certificate is not usable: {err}"),
+                )),
+            };
+            if let Some((key, message)) = wrong {
+                return Err(ConfigError::at(file, at(key), key.to_owned(), message));
+            }
         }
         // Either tier may be turned off with 0, not both: every response would say `stored`
         // and be kept nowhere.
@@ -1110,6 +1213,78 @@ mod tests {
         );
         assert_eq!(locate_key("a:\n  b: 1\nc:\n  b: 2\n", "c.b"), Some((4, 3)));
         assert_eq!(locate_key("a: {b: 1}\n", "a.b"), None);
+    }
+
+    /// The certificate and key files are read with the configuration: one missing, one that
+    /// holds no certificate or no key, or a key that is not the certificate's, is an error that
+    /// names the key and its line.
+    #[test]
+    fn tls_files_are_read_and_checked_with_the_configuration() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let write = |name: &str| {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+            let (certificate, key) = (
+                dir.path().join(format!("{name}.crt")),
+                dir.path().join(format!("{name}.key")),
+            );
+            std::fs::write(&certificate, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+            (certificate.display().to_string(), key.display().to_string())
+        };
+        let (a_crt, a_key) = write("a");
+        let (_, b_key) = write("b");
+        let parse = |certificate: &str, key: &str| {
+            let text = format!(
+                "origin:\n  url: http://o\ntls:\n  listen: 127.0.0.1:8443\n  certificate: {certificate}\n  key: {key}\n"
+            );
+            Config::parse(&text, "t.yaml")
+        };
+        let tls = parse(&a_crt, &a_key).unwrap().tls.unwrap();
+        assert_eq!(tls.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(tls.certificate.0.len(), 1);
+        assert!(tls.certified().keys_match().is_ok());
+        assert!(
+            Config::parse("origin:\n  url: http://o\n", "t.yaml")
+                .unwrap()
+                .tls
+                .is_none()
+        );
+
+        let error = |certificate: &str, key: &str| parse(certificate, key).unwrap_err().to_string();
+        let missing = dir.path().join("missing.crt").display().to_string();
+        let err = error(&missing, &a_key);
+        assert!(
+            err.starts_with("t.yaml:5:3: tls.certificate: cannot read"),
+            "{err}"
+        );
+        let err = error(&a_crt, &missing);
+        assert!(err.starts_with("t.yaml:6:3: tls.key: cannot read"), "{err}");
+        let err = error(&a_key, &a_key);
+        assert!(
+            err.starts_with("t.yaml:5:3: tls.certificate: ")
+                && err.contains("holds no certificate"),
+            "{err}"
+        );
+        let err = error(&a_crt, &a_crt);
+        assert!(
+            err.starts_with("t.yaml:6:3: tls.key: ") && err.contains("holds no private key"),
+            "{err}"
+        );
+        let err = error(&a_crt, &b_key);
+        assert!(
+            err.starts_with("t.yaml:6:3: tls.key: not the key of tls.certificate"),
+            "{err}"
+        );
+
+        let text = format!(
+            "listen: 0.0.0.0:8443\norigin:\n  url: http://o\ntls:\n  listen: 127.0.0.1:8443\n  certificate: {a_crt}\n  key: {a_key}\n"
+        );
+        let err = Config::parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("t.yaml:5:3: tls.listen: "), "{err}");
+        let text =
+            format!("origin:\n  url: http://o\ntls:\n  certificate: {a_crt}\n  key: {a_key}\n");
+        let err = Config::parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(err.contains("tls: missing field `listen`"), "{err}");
     }
 
     #[test]
