@@ -14,7 +14,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use edge::cache::Tier;
 use edge::cache::entry::{BodyRef, Decoded, Record, StoredEntry};
-use edge::cache::key::{CacheKey, Variance};
+use edge::cache::key::{CacheKey, Scheme, Variance};
 use edge::cache::policy::{self, CacheControl, Freshness};
 use edge::config::HeuristicConfig;
 use edge::headers::{self, CacheStatus};
@@ -127,9 +127,11 @@ fn key(c: &mut Criterion) {
     let mut group = c.benchmark_group("key");
     let short: reqwest::Url = SHORT_URL.parse().unwrap();
     let long: reqwest::Url = long_query_url().parse().unwrap();
-    group.bench_function("new_short", |b| b.iter(|| CacheKey::new(black_box(&short))));
+    group.bench_function("new_short", |b| {
+        b.iter(|| CacheKey::new(black_box(&short), Scheme::Http))
+    });
     group.bench_function("new_long_query", |b| {
-        b.iter(|| CacheKey::new(black_box(&long)))
+        b.iter(|| CacheKey::new(black_box(&long), Scheme::Http))
     });
 
     let response = varying_response_headers();
@@ -142,7 +144,7 @@ fn key(c: &mut Criterion) {
         b.iter(|| Variance::select(black_box(&names), black_box(&request)))
     });
     let variance = Variance::select(&names, &request);
-    let primary = *CacheKey::new(&short).hash();
+    let primary = *CacheKey::new(&short, Scheme::Http).hash();
     group.bench_function("variant_key", |b| {
         b.iter(|| black_box(&variance).variant_key(black_box(&primary)))
     });

@@ -15,7 +15,7 @@ use axum::response::Response;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, Scheme};
 use crate::cache::policy::{Forward, LifetimeSource};
 use crate::headers::CacheStatus;
 use crate::proxy::{Edge, Outcome, Settings};
@@ -27,17 +27,19 @@ static FRESHNESS: HeaderName = HeaderName::from_static("edge-debug-freshness");
 static AGE: HeaderName = HeaderName::from_static("edge-debug-age");
 static STORED: HeaderName = HeaderName::from_static("edge-debug-stored");
 
+/// Adds the explanation of `outcome` to `response`, for the request of `asked`: its target,
+/// method and scheme.
 pub fn add_headers(
     edge: &Edge,
     settings: &Settings,
-    uri: &Uri,
-    method: &Method,
+    asked: (&Uri, &Method, Scheme),
     outcome: &Outcome,
     response: &mut Response,
 ) {
+    let (uri, method, scheme) = asked;
     let mut lines: Vec<(&HeaderName, String)> = Vec::new();
     if let Some(url) = settings.origin.url_for(uri) {
-        let key = CacheKey::new(&url);
+        let key = CacheKey::new(&url, scheme);
         let hash: String = key.hash()[..8].iter().map(|b| format!("{b:02x}")).collect();
         lines.push((&KEY, format!("{}; hash={hash}", key.url())));
     }

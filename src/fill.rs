@@ -265,9 +265,10 @@ impl Fills {
         lock(&self.inflight).retain(|_, fill| fill.key.hash() != key.hash());
     }
 
-    /// The URIs that start with `prefix` were purged: as [`Fills::invalidate`] for each.
+    /// The URIs whose path and query start with `prefix` were purged, by either scheme: as
+    /// [`Fills::invalidate`] for each.
     pub fn invalidate_prefix(&self, prefix: &str) {
-        lock(&self.inflight).retain(|_, fill| !fill.key.url().starts_with(prefix));
+        lock(&self.inflight).retain(|_, fill| !fill.key.target().starts_with(prefix));
     }
 
     /// Everything was invalidated: no fill in flight takes new joiners.
@@ -694,7 +695,12 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
     // into a copy of that file that the kernel makes (`disk::Inner::write_file`).
     let mut validating = job.stale.as_deref();
     loop {
-        let mut outgoing = origin::request_headers(job.request.clone(), job.client, job.version);
+        let mut outgoing = origin::request_headers(
+            job.request.clone(),
+            job.client,
+            job.version,
+            job.key.scheme(),
+        );
         for name in &CLIENT_CONDITIONS {
             outgoing.remove(name);
         }
@@ -708,7 +714,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
             .send_to_origin(
                 &edge.config(),
                 Method::GET,
-                job.key.url(),
+                job.key.target(),
                 outgoing,
                 axum::body::Body::empty(),
             )

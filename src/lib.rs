@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod range;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,11 +37,11 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
+use crate::cache::key::Scheme;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fill::Fills;
 use crate::metrics::Metrics;
-use crate::origin::Origin;
 use crate::proxy::{Edge, Settings};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +59,10 @@ pub struct Node {
 impl Node {
     /// Opens the cache tiers and builds the origin client.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, ServeError> {
-        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
         let cache = Arc::new(Cache::open(&config.cache).await);
         let fills = Fills::new(&config.cache);
         let edge = Arc::new(Edge {
-            settings: ArcSwap::from_pointee(Settings { config, origin }),
+            settings: ArcSwap::from_pointee(Settings::new(config)),
             metrics: Metrics::new(cache.clone()),
             cache,
             fills,
@@ -76,7 +76,8 @@ impl Node {
 
     /// Applies a new configuration without dropping the cache. Settings that are fixed once the
     /// node runs (listen addresses, tier sizes and the disk path) keep their running values; the
-    /// names of those that differ are returned, so that the caller can say so.
+    /// names of those that differ are returned, so that the caller can say so. The TLS
+    /// certificate and key are new for the handshakes from now on.
     pub fn reload(&self, mut config: Config) -> Vec<&'static str> {
         let current = self.edge.config();
         let running = &current.config;
@@ -100,11 +101,18 @@ impl Node {
         keep!(cache.disk.capacity, "cache.disk.capacity");
         keep!(cache.disk.min_free, "cache.disk.min_free");
         keep!(cache.hit_for_pass, "cache.hit_for_pass");
-        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
+        // The HTTPS listener is there or not, on its address, until a restart; while it is, it
+        // keeps a certificate.
+        let tls_listen = |config: &Config| config.tls.as_ref().map(|tls| tls.listen);
+        if tls_listen(&config) != tls_listen(running) {
+            kept.push("tls.listen");
+            match (&mut config.tls, &running.tls) {
+                (Some(tls), Some(running)) => tls.listen = running.listen,
+                (tls, running) => tls.clone_from(running),
+            }
+        }
         self.edge.cache.set_heuristic(config.cache.heuristic);
-        self.edge
-            .settings
-            .store(Arc::new(Settings { config, origin }));
+        self.edge.settings.store(Arc::new(Settings::new(config)));
         kept
     }
 
@@ -113,13 +121,15 @@ impl Node {
         self.edge.hurry.notify_one();
     }
 
-    /// Serves client traffic on `listener` and the admin API on `admin` until `shutdown`
-    /// completes; then stops accepting, gives in-flight requests and background stores up to
-    /// `shutdown_timeout` to finish, and flushes the disk tier.
+    /// Serves client traffic on `listener` (and over HTTPS on `tls`, the `tls.listen` socket)
+    /// and the admin API on `admin` until `shutdown` completes; then stops accepting, gives
+    /// in-flight requests and background stores up to `shutdown_timeout` to finish, and flushes
+    /// the disk tier.
     pub async fn serve(
         &self,
         listener: TcpListener,
         admin: TcpListener,
+        tls: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let edge = self.edge.clone();
@@ -136,24 +146,42 @@ impl Node {
             .route("/purge", post(purge))
             .with_state(edge.clone());
         let limits = listener::Limits::of(&edge.config());
+        let proxy_protocol: Arc<[ipnet::IpNet]> = edge.config().proxy_protocol.clone().into();
         let proxy = edge.clone();
-        let clients = Some(edge.metrics.clients.clone());
         let main = listener::serve(
             listener,
             limits,
-            edge.config().proxy_protocol.clone().into(),
-            clients,
+            proxy_protocol.clone(),
+            None,
+            Some(edge.metrics.clients.clone()),
             stop.clone(),
-            move |peer, request| proxy::handle(proxy.clone(), peer, request),
+            move |peer, request| proxy::handle(proxy.clone(), peer, request, Scheme::Http),
             {
                 let edge = edge.clone();
-                move |peer, status| proxy::rejected(&edge, peer, status)
+                move |peer, status| proxy::rejected(&edge, peer, status, Scheme::Http)
             },
         );
+        let https = tls.map(|tls| {
+            let proxy = edge.clone();
+            tokio::spawn(listener::serve(
+                tls,
+                limits,
+                proxy_protocol,
+                Some(tls::acceptor(edge.clone())),
+                Some(edge.metrics.clients.clone()),
+                stop.clone(),
+                move |peer, request| proxy::handle(proxy.clone(), peer, request, Scheme::Https),
+                {
+                    let edge = edge.clone();
+                    move |peer, status| proxy::rejected(&edge, peer, status, Scheme::Https)
+                },
+            ))
+        });
         let admin = listener::serve(
             admin,
             limits,
             Arc::new([]),
+            None,
             None,
             stop.clone(),
             move |_, request| {
@@ -175,9 +203,13 @@ impl Node {
         let drain = async {
             let main = main.await;
             let admin = admin.await;
+            let https = match https {
+                Some(https) => https.await,
+                None => Ok(Ok(())),
+            };
             edge.tasks.close();
             edge.tasks.wait().await;
-            (main, admin)
+            (main, admin, https)
         };
         let drained = tokio::select! {
             drained = drain => Ok(drained),
@@ -185,10 +217,11 @@ impl Node {
             () = edge.hurry.notified() => Err("a second stop signal came"),
         };
         let result = match drained {
-            Ok((main, admin)) => {
+            Ok((main, admin, https)) => {
                 let main = main.map_err(std::io::Error::other)?;
                 let admin = admin.map_err(std::io::Error::other)?;
-                main.and(admin).map_err(ServeError::from)
+                let https = https.map_err(std::io::Error::other)?;
+                main.and(admin).and(https).map_err(ServeError::from)
             }
             Err(why) => {
                 // A connection may hold no request: one part-way through its head, which hyper
@@ -214,11 +247,12 @@ pub async fn serve(
     clock: Clock,
     listener: TcpListener,
     admin: TcpListener,
+    tls: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     Node::open(config, clock)
         .await?
-        .serve(listener, admin, shutdown)
+        .serve(listener, admin, tls, shutdown)
         .await
 }
 
@@ -288,7 +322,7 @@ async fn purge(
                 ));
             };
             let purged = proxy::purge_url(&edge, &target, soft).await;
-            let key = cache::key::CacheKey::new(&target);
+            let key = cache::key::CacheKey::new(&target, Scheme::Http);
             serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft })
         }
         (None, Some(prefix), None, false) => {
@@ -322,14 +356,16 @@ async fn purge(
 }
 
 /// The origin URL a purge names: a path (`/a?b`), or an absolute URL whose path and query are
-/// taken (edge serves one origin, under whatever host name clients use for it).
+/// taken (edge serves one origin, under whatever host name clients use for it, by http and
+/// https: both are purged).
 fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
     let uri: http::Uri = url.parse().ok()?;
     let path: http::Uri = uri.path_and_query()?.as_str().parse().ok()?;
     edge.config().origin.url_for(&path)
 }
 
-/// The start of [`cache::key::CacheKey::url`] that a purge's `prefix` stands for: mapped as
+/// The start of [`cache::key::CacheKey::target`] (of http and https keys alike) that a purge's
+/// `prefix` stands for: mapped as
 /// [`purge_target`] maps a `url`, but for its end, which may be part of a path segment
 /// (`/img/a` is a prefix of `/img/a.png`) and is not resolved as a whole one would be (`/img/.`
 /// is not `/img/`). `None` for what is neither a path nor an absolute http(s) URL.
@@ -341,7 +377,7 @@ fn purge_prefix(edge: &Edge, prefix: &str) -> Option<String> {
     // Mapped with a character after it, which keeps its end from being taken for a whole
     // segment, and then taken off again: percent-encoding is per character.
     let target = purge_target(edge, &format!("{}x", uri.path_and_query()?))?;
-    let key = cache::key::CacheKey::new(&target);
+    let key = cache::key::CacheKey::new(&target, Scheme::Http);
     key.url().strip_suffix('x').map(str::to_owned)
 }
 

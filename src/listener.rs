@@ -1,5 +1,5 @@
-//! The two listeners' connections: accepted, told HTTP/1.1 from HTTP/2, served by hyper, and
-//! closed when the client owes something for too long.
+//! The listeners' connections: accepted, past a TLS handshake on the HTTPS one, told HTTP/1.1
+//! from HTTP/2, served by hyper, and closed when the client owes something for too long.
 //!
 //! A client has `client_header_timeout` (nginx's) for each thing it owes: its first bytes, counted
 //! from the accept; then a request head, counted from those first bytes or from the end of the
@@ -34,6 +34,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,15 +71,18 @@ impl Limits {
     }
 }
 
-/// A listener (the main one or the admin one): HTTP/1.1 and HTTP/2 (prior knowledge)
-/// connections, every request to `handle` with the client's address, until `stop`; then no new
-/// connections, and the open ones close as their requests end. Its connections, and those closed
+/// A listener (the main one, the HTTPS one or the admin one): HTTP/1.1 and HTTP/2 (prior
+/// knowledge, or over TLS by ALPN) connections, after a TLS handshake by `tls` if given, every
+/// request to `handle` with the client's address, until `stop`; then no new connections, and
+/// the open ones close as their requests end. Its connections, and those closed
 /// on a limit, are counted in `metrics`, if given. A request hyper answers itself, because its
 /// head did not parse, goes to `rejected` with the status hyper sent.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F, R>(
     listener: TcpListener,
     limits: Limits,
     proxy_protocol: Arc<[ipnet::IpNet]>,
+    tls: Option<TlsAcceptor>,
     metrics: Option<ClientMetrics>,
     stop: CancellationToken,
     handle: H,
@@ -120,6 +125,7 @@ where
             tcp,
             peer,
             proxied,
+            tls.clone(),
             protocols.clone(),
             limits,
             stop.clone(),
@@ -301,14 +307,16 @@ impl<F: Future<Output = ()>> Future for StreamWatch<F> {
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one client connection: reads its first bytes, its PROXY protocol header first when it
-/// comes from a proxy that sends one (`proxied`), up to where they show HTTP/2's preface or not,
-/// within `client_header_timeout` of the accept; then serves it with hyper's HTTP/1 or HTTP/2
-/// server, watched. Gives the client's address (the PROXY header's, or `peer`), and says so if
-/// it closed the connection on a limit.
+/// comes from a proxy that sends one (`proxied`), then makes its TLS handshake with `tls`, if
+/// given, up to where they show HTTP/2 or not, all within `client_header_timeout` of the accept;
+/// then serves it with hyper's HTTP/1 or HTTP/2 server, watched. Gives the client's address (the
+/// PROXY header's, or `peer`), and says so if it closed the connection on a limit.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<H, F>(
     tcp: TcpStream,
     peer: SocketAddr,
     proxied: bool,
+    tls: Option<TlsAcceptor>,
     protocols: Arc<Protocols>,
     limits: Limits,
     stop: CancellationToken,
@@ -320,7 +328,7 @@ where
 {
     let activity = Arc::new(Activity::new());
     let first = async {
-        let first = first_bytes(tcp, peer, proxied, activity.clone());
+        let first = first_bytes(tcp, peer, proxied, tls, activity.clone());
         match limits.header {
             Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| ()),
             None => Ok(first.await),
@@ -337,15 +345,26 @@ where
         },
         () = stop.cancelled() => return (peer, Ok(None)),
     };
-    (
-        client,
-        serve_io(io, client, protocols, limits, stop, handle, activity).await,
-    )
+    let served = match io {
+        Opened::Plain(io) => {
+            let http2 = io.io.http2();
+            serve_io(io, http2, client, protocols, limits, stop, handle, activity).await
+        }
+        // Boxed, as the handshake is: a plain connection's future holds no room for TLS.
+        Opened::Tls(io, http2) => {
+            let serving = serve_io(io, http2, client, protocols, limits, stop, handle, activity);
+            Box::pin(serving).await
+        }
+    };
+    (client, served)
 }
 
-/// Serves a connection whose first bytes were read, for `client`.
-async fn serve_io<H, F>(
-    io: ClientIo,
+/// Serves a connection whose first bytes were read, for `client`, with hyper's HTTP/2 server
+/// (`http2`) or its HTTP/1 one.
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<IO, H, F>(
+    io: IO,
+    http2: bool,
     client: SocketAddr,
     protocols: Arc<Protocols>,
     limits: Limits,
@@ -354,11 +373,11 @@ async fn serve_io<H, F>(
     activity: Arc<Activity>,
 ) -> hyper::Result<Option<Disconnect>>
 where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
     let noted = activity.clone();
-    let http2 = io.http2();
     // A request counts from its head to the end of its response's body, which hyper drops when
     // the response (or the HTTP/2 stream) ends; a request whose response ended before its body
     // did is counted closed.
@@ -708,18 +727,27 @@ where
     })
 }
 
+/// A client connection whose first bytes were read: plain, or over TLS, and then whether it
+/// speaks HTTP/2.
+enum Opened {
+    Plain(ClientIo),
+    Tls(Box<Rewound<TlsStream<ClientIo>>>, bool),
+}
+
 /// Reads a connection's first bytes, as far as telling whether they open HTTP/2: `None` if it
 /// closes before that. hyper-util's builder does the same, with no timer. A connection from a
 /// proxy that sends the PROXY protocol (`proxied`) begins with its header, which gives the
 /// client's address (else it is `peer`); one without a valid header is closed (`None`), as
-/// nginx and HAProxy close it.
+/// nginx and HAProxy close it. With `tls`, the bytes after that header begin a TLS handshake,
+/// and HTTP/2 is what ALPN chose, or without ALPN, what the first bytes it decrypts show; a
+/// handshake that fails closes the connection (`None`).
 async fn first_bytes(
     mut tcp: TcpStream,
     peer: SocketAddr,
     proxied: bool,
+    tls: Option<TlsAcceptor>,
     activity: Arc<Activity>,
-) -> Option<(ClientIo, SocketAddr)> {
-    use tokio::io::AsyncReadExt;
+) -> Option<(Opened, SocketAddr)> {
     let (mut first, client) = if proxied {
         let (rest, client) = proxy_header(&mut tcp, peer, &activity).await?;
         // A head begins with the bytes past the header: a proxy sends its header as soon as it
@@ -731,9 +759,78 @@ async fn first_bytes(
     } else {
         (Vec::with_capacity(PREFACE.len()), peer)
     };
-    while first.len() < PREFACE.len() && PREFACE.starts_with(&first) {
+    let Some(tls) = tls else {
+        read_first(&mut tcp, &mut first, &activity).await?;
+        activity.idle_since.store(activity.now(), Ordering::Relaxed);
+        let io = ClientIo {
+            io: Rewound {
+                io: tcp,
+                first,
+                at: 0,
+            },
+            activity,
+        };
+        return Some((Opened::Plain(io), client));
+    };
+    let tcp = ClientIo {
+        io: Rewound {
+            io: tcp,
+            first,
+            at: 0,
+        },
+        activity: activity.clone(),
+    };
+    // Boxed: a plain connection's future holds no room for a handshake.
+    let (io, http2) = Box::pin(handshake(tcp, &tls, client, &activity)).await?;
+    Some((Opened::Tls(io, http2), client))
+}
+
+/// Makes the TLS handshake of `client`'s connection `tcp`, and reads its first decrypted bytes
+/// if ALPN did not say whether it speaks HTTP/2: the TLS stream, and whether it does.
+async fn handshake(
+    tcp: ClientIo,
+    tls: &TlsAcceptor,
+    client: SocketAddr,
+    activity: &Activity,
+) -> Option<(Box<Rewound<TlsStream<ClientIo>>>, bool)> {
+    let mut stream = match tls.accept(tcp).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(%client, %err, "TLS handshake failed: connection closed");
+            return None;
+        }
+    };
+    // The handshake's bytes are no request's.
+    activity.head_started.store(false, Ordering::Relaxed);
+    let mut first = Vec::new();
+    let http2 = match stream.get_ref().1.alpn_protocol() {
+        Some(protocol) => protocol == b"h2",
+        None => {
+            first.reserve(PREFACE.len());
+            read_first(&mut stream, &mut first, activity).await?;
+            first.starts_with(PREFACE)
+        }
+    };
+    activity.idle_since.store(activity.now(), Ordering::Relaxed);
+    let io = Rewound {
+        io: stream,
+        first,
+        at: 0,
+    };
+    Some((Box::new(io), http2))
+}
+
+/// Reads from `io` into `first` until it holds HTTP/2's preface or shows it will not; `None` if
+/// the connection closes first.
+async fn read_first(
+    io: &mut (impl AsyncRead + Unpin),
+    first: &mut Vec<u8>,
+    activity: &Activity,
+) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    while first.len() < PREFACE.len() && PREFACE.starts_with(first) {
         let mut more = [0; PREFACE.len()];
-        match tcp.read(&mut more[..PREFACE.len() - first.len()]).await {
+        match io.read(&mut more[..PREFACE.len() - first.len()]).await {
             Ok(0) | Err(_) => return None,
             Ok(read) => {
                 first.extend_from_slice(&more[..read]);
@@ -741,14 +838,7 @@ async fn first_bytes(
             }
         }
     }
-    activity.idle_since.store(activity.now(), Ordering::Relaxed);
-    let io = ClientIo {
-        tcp,
-        first,
-        at: 0,
-        activity,
-    };
-    Some((io, client))
+    Some(())
 }
 
 /// Longest PROXY protocol header taken (version 1's are at most 107 bytes; version 2's carry
@@ -818,26 +908,23 @@ async fn proxy_header(
     }
 }
 
-/// A client connection whose first bytes were read (to learn its protocol, and past a PROXY
-/// protocol header), with those bytes put back in front of the rest, and whose writes note in
-/// its [`Activity`] when the socket is full and when it takes bytes again. Reading costs one
-/// comparison more than the bare socket, as hyper-util's own wrapper does; writing, one more
-/// while the client keeps up.
-struct ClientIo {
-    tcp: TcpStream,
+/// A stream whose first bytes were read (to learn its protocol, and past a PROXY protocol
+/// header), with those bytes put back in front of the rest. Reading costs one comparison more
+/// than the bare stream, as hyper-util's own wrapper does.
+struct Rewound<S> {
+    io: S,
     first: Vec<u8>,
-    /// How many of `first` hyper has read.
+    /// How many of `first` have been read again.
     at: usize,
-    activity: Arc<Activity>,
 }
 
-impl ClientIo {
+impl<S> Rewound<S> {
     fn http2(&self) -> bool {
         self.first.starts_with(PREFACE)
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -850,8 +937,61 @@ impl AsyncRead for ClientIo {
             this.at += n;
             return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A client's TCP connection, its first bytes put back ([`Rewound`]), whose reads and writes
+/// note in its [`Activity`] when a request head begins, when the socket is full and when it takes
+/// bytes again: writing costs one comparison more than the bare socket while the client keeps
+/// up. Over TLS, the TLS stream runs on it, so that what is noted is the socket's own.
+struct ClientIo {
+    io: Rewound<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.io.at < this.io.first.len() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        let read = Pin::new(&mut this.io.io).poll_read(cx, buf);
         // Bytes while no request is open begin a head (not a request body's).
         if buf.filled().len() > before && this.activity.open.load(Ordering::Relaxed) == 0 {
             this.activity.head_started.store(true, Ordering::Relaxed);
@@ -866,7 +1006,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        let written = Pin::new(&mut self.io.io).poll_write(cx, buf);
         self.activity.wrote(written.is_pending());
         written
     }
@@ -876,21 +1016,21 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        let written = Pin::new(&mut self.io.io).poll_write_vectored(cx, bufs);
         self.activity.wrote(written.is_pending());
         written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.io.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.io.io).poll_shutdown(cx)
     }
 }
 

@@ -239,23 +239,36 @@ async fn serve_node(
     let admin = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    let tls_listen = config.tls.as_ref().map(|tls| tls.listen);
+    let tls = match tls_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (tls.listen)"))?,
+        ),
+        None => None,
+    };
     let (listen, admin_listen) = (config.listen, config.admin.listen);
     let (origin, format) = (config.origin.url.clone(), config.log.format);
     let log_filter = config.log.filter.0.clone();
     let node = Node::open(config, Clock::system()).await?;
     // Once the tiers are open: the disk tier may take a while (another process holding it).
-    info!(%listen, admin = %admin_listen, %origin, "edge serving");
+    match tls_listen {
+        Some(https) => info!(%listen, %https, admin = %admin_listen, %origin, "edge serving"),
+        None => info!(%listen, admin = %admin_listen, %origin, "edge serving"),
+    }
     let logs = (filter, log_filter, format);
     tokio::spawn(reload_on_hangup(node.clone(), path, hangup, logs));
     tokio::spawn(ignore_reopen(reopen));
-    node.serve(listener, admin, shutdown_signals(node.clone(), stop))
+    node.serve(listener, admin, tls, shutdown_signals(node.clone(), stop))
         .await?;
     info!("edge stopped");
     Ok(())
 }
 
-/// SIGHUP: read the configuration file again and apply it; a file that does not parse is
-/// rejected and the running configuration stays. `logs`: the handle that changes the log filter
+/// SIGHUP: read the configuration file again and apply it (the TLS certificate and key files
+/// too); a file that does not parse, or names certificate files that do not load, is rejected and
+/// the running configuration stays. `logs`: the handle that changes the log filter
 /// (none while `RUST_LOG` sets it), the running `log.filter`, and the log format.
 async fn reload_on_hangup(
     node: Node,

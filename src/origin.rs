@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use url::{Position, Url};
 
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, HTTPS_MARK, Scheme};
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
@@ -288,10 +288,11 @@ impl Origin {
         inside.starts_with('/').then_some(url)
     }
 
-    /// The cache key of a request target, as `CacheKey::new(&url_for(target)?)` gives it, without
-    /// building the URL: for a target that URL parsing leaves as it is (the usual case: no dot
-    /// segments, percent-escapes or characters it would encode). `None`: ask [`Origin::url_for`].
-    pub fn simple_key(&self, target: &Uri) -> Option<CacheKey> {
+    /// The cache key of a request target, as `CacheKey::new(&url_for(target)?, scheme)` gives it,
+    /// without building the URL: for a target that URL parsing leaves as it is (the usual case: no
+    /// dot segments, percent-escapes or characters it would encode). `None`: ask
+    /// [`Origin::url_for`].
+    pub fn simple_key(&self, target: &Uri, scheme: Scheme) -> Option<CacheKey> {
         let path_and_query = target.path_and_query()?.as_str();
         let (path, query) = split_query(path_and_query);
         // Only `origin.strip_query` or `sort_query` rewrite a query.
@@ -307,7 +308,11 @@ impl Origin {
         if !unchanged {
             return None;
         }
-        let mut text = String::with_capacity(self.prefix.len() + path_and_query.len());
+        let mut text =
+            String::with_capacity(HTTPS_MARK.len() + self.prefix.len() + path_and_query.len());
+        if scheme == Scheme::Https {
+            text.push_str(HTTPS_MARK);
+        }
         text.push_str(&self.prefix);
         match rewritten {
             None => text.push_str(path_and_query),
@@ -1011,8 +1016,8 @@ fn io_errors<'a>(
 }
 
 /// The headers to send to the origin for a client request (RFC 9110 §7.6): hop-by-hop fields
-/// and proxy credentials removed, `Via`, `X-Forwarded-For` and `-Proto` added. The client's
-/// `Host` is replaced by the origin's own when the request is sent.
+/// and proxy credentials removed, `Via`, `X-Forwarded-For` and `-Proto` (the `scheme` the client
+/// asked by) added. The client's `Host` is replaced by the origin's own when the request is sent.
 ///
 /// No `X-Forwarded-Host`, and a client's is removed with the other fields that would name
 /// another target ([`names_another_target`]): the cache key does not hold the client's `Host`,
@@ -1021,7 +1026,12 @@ fn io_errors<'a>(
 /// client's `Host` on either (`$proxy_host`); Varnish does, and keys by it.
 ///
 /// Edited in place: the fields that stay are neither copied nor hashed again.
-pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version) -> HeaderMap {
+pub fn request_headers(
+    mut headers: HeaderMap,
+    client: IpAddr,
+    version: Version,
+    scheme: Scheme,
+) -> HeaderMap {
     // Rarely, `Connection` names other fields (`Host` among them, even): they go before anything
     // is derived from them.
     let proxy_credentials = remove_hop_by_hop(&mut headers, &header::PROXY_AUTHORIZATION);
@@ -1069,7 +1079,8 @@ pub fn request_headers(mut headers: HeaderMap, client: IpAddr, version: Version)
     if let Ok(address) = HeaderValue::from_maybe_shared(Bytes::from(address)) {
         append_member(&mut headers, X_FORWARDED_FOR.clone(), address);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = HeaderValue::from_static(scheme.as_str());
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
     append_via(&mut headers, version);
     headers
 }
@@ -1201,10 +1212,13 @@ mod tests {
                 "/...",
                 "/a/..../",
             ];
-            for target in simple {
+            for (target, scheme) in simple
+                .iter()
+                .flat_map(|t| [(t, Scheme::Http), (t, Scheme::Https)])
+            {
                 let uri: Uri = target.parse().unwrap();
-                let parsed = CacheKey::new(&o.url_for(&uri).unwrap());
-                assert_eq!(o.simple_key(&uri), Some(parsed), "{base} {target}");
+                let parsed = CacheKey::new(&o.url_for(&uri).unwrap(), scheme);
+                assert_eq!(o.simple_key(&uri, scheme), Some(parsed), "{base} {target}");
             }
             // Targets that parsing changes go the long way.
             let changed = [
@@ -1213,7 +1227,7 @@ mod tests {
             ];
             for target in changed {
                 let uri: Uri = target.parse().unwrap();
-                assert_eq!(o.simple_key(&uri), None, "{base} {target}");
+                assert_eq!(o.simple_key(&uri, Scheme::Http), None, "{base} {target}");
             }
         }
     }

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use crate::cache::entry::{Spilled, StoredEntry};
-use crate::cache::key::{CacheKey, Variance};
+use crate::cache::key::{CacheKey, Scheme, Variance};
 use crate::cache::policy::{self, CacheControl, Forward, Freshness};
 use crate::cache::{Cache, Lookup};
 use crate::clock::Clock;
@@ -60,6 +60,21 @@ pub struct Edge {
 pub struct Settings {
     pub config: Config,
     pub origin: Origin,
+    /// The certificate and key of `tls`, as HTTPS handshakes present them.
+    pub certified: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl Settings {
+    /// `config`, with the origin client and the certificate it makes.
+    pub fn new(config: Config) -> Self {
+        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
+        let certified = config.tls.as_ref().map(|tls| Arc::new(tls.certified()));
+        Self {
+            config,
+            origin,
+            certified,
+        }
+    }
 }
 
 impl Edge {
@@ -135,11 +150,13 @@ pub struct Outcome {
 /// A response and what produced it.
 type Answer = (Response, Outcome);
 
-/// Every request of the main listener, every method and path.
+/// Every request of the client listeners, every method and path; `scheme` says which listener
+/// (`listen`, or `tls.listen`) it came to.
 pub fn handle(
     edge: Arc<Edge>,
     peer: SocketAddr,
     request: Request,
+    scheme: Scheme,
 ) -> impl Future<Output = Response> {
     // The request's head is lent to each phase rather than moved into it, so that only this
     // future holds it (a phase that moves it in keeps a copy of its own in its future).
@@ -173,6 +190,7 @@ pub fn handle(
         // hyper then drops this future.
         let pending = Pending {
             method: &method,
+            scheme,
             uri: &uri,
             told: &told,
             started,
@@ -185,7 +203,7 @@ pub fn handle(
         } else if method.as_str() == "PURGE" {
             Box::pin(purge_request(&edge, &settings, peer, &request)).await
         } else {
-            route(&edge, &settings, peer, &mut request, body).await
+            route(&edge, &settings, peer, &mut request, body, scheme).await
         };
         std::mem::forget(pending);
         let label = outcome.status.label();
@@ -193,10 +211,12 @@ pub fn handle(
         edge.metrics
             .request(label, status, outcome.status.collapsed);
         if explain {
-            crate::explain::add_headers(&edge, &settings, &uri, &method, &outcome, &mut response);
+            let asked = (&uri, &method, scheme);
+            crate::explain::add_headers(&edge, &settings, asked, &outcome, &mut response);
         }
         let log = AccessRecord {
             method,
+            scheme,
             uri,
             told,
             status,
@@ -303,8 +323,9 @@ fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
     if ok { Ok(()) } else { Err(HOST) }
 }
 
-/// `PURGE <path>` on the main listener: removes every variant of one URL from both tiers, for
-/// clients in `purge.allow`. `Edge-Soft-Purge: 1` marks them stale instead.
+/// `PURGE <path>` on a client listener: removes every variant of one URL from both tiers, its
+/// http and https responses alike, for clients in `purge.allow`. `Edge-Soft-Purge: 1` marks them
+/// stale instead.
 async fn purge_request(
     edge: &Arc<Edge>,
     settings: &Settings,
@@ -337,18 +358,20 @@ async fn purge_request(
         }
     };
     let purged = purge_url(edge, &url, soft).await;
-    let key = CacheKey::new(&url);
+    let key = CacheKey::new(&url, Scheme::Http);
     let body = serde_json::json!({ "url": key.url(), "purged": purged, "soft": soft });
     json_response(StatusCode::OK, &body, said(PURGED))
 }
 
-/// Purges every variant of `url` from both tiers (or marks them stale); returns how many. The
-/// purge runs in its own task, to its end, even if the request that asked for it goes away.
+/// Purges every variant of `url` from both tiers (or marks them stale), as requested by http and
+/// by https; returns how many. The purge runs in its own task, to its end, even if the request
+/// that asked for it goes away.
 pub async fn purge_url(edge: &Arc<Edge>, url: &Url, soft: bool) -> usize {
-    let key = CacheKey::new(url);
+    let key = CacheKey::new(url, Scheme::Http);
     let work = edge.clone();
     run_to_end(edge, async move {
-        let purged = purge_key(&work, &key, soft).await;
+        let purged =
+            purge_key(&work, &key, soft).await + purge_key(&work, &key.other_scheme(), soft).await;
         work.cache.flush().await;
         work.metrics.purge("url", soft, purged);
         tracing::info!(url = key.url(), purged, soft, "purge");
@@ -373,8 +396,9 @@ pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
     .await
 }
 
-/// Purges every stored response whose URL (as [`CacheKey::url`]) starts with `prefix`, with all
-/// its variants; a fetch in flight for such a URL is not stored, and takes no new joiners.
+/// Purges every stored response whose path and query (as [`CacheKey::target`], http and https
+/// alike) starts with `prefix`, with all its variants; a fetch in flight for such a URL is not
+/// stored, and takes no new joiners.
 /// Returns how many responses; runs to its end like [`purge_url`]. Finding them reads the URL
 /// of every record on disk: there is no index by URL.
 pub async fn purge_prefix(edge: &Arc<Edge>, prefix: &str, soft: bool) -> usize {
@@ -458,6 +482,7 @@ fn json_response(
 /// One access log line, written when the response body is done (sent, or cut off).
 struct AccessRecord {
     method: Method,
+    scheme: Scheme,
     uri: http::Uri,
     told: Told,
     status: u16,
@@ -477,6 +502,7 @@ impl AccessRecord {
             target: "edge::access",
             client = %self.client,
             method = %self.method,
+            scheme = self.scheme.as_str(),
             uri = %self.uri,
             proto = ?self.told.version,
             host = Told::text(&self.told.host),
@@ -537,13 +563,14 @@ impl Told {
 /// A request whose head hyper could not parse, and answered itself with `status` before edge saw
 /// it: counted, and logged as nginx logs one (no method or target), so that every response has
 /// its line.
-pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode) {
+pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode, scheme: Scheme) {
     edge.metrics.request("error", status.as_u16(), false);
     if edge.config().log.access {
         tracing::info!(
             target: "edge::access",
             client = %peer.ip(),
             method = "-",
+            scheme = scheme.as_str(),
             uri = "-",
             status = status.as_u16(),
             cache = "error",
@@ -557,6 +584,7 @@ pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode) {
 /// A request not yet answered, forgotten once it is: dropped, it was abandoned by its client.
 struct Pending<'a> {
     method: &'a Method,
+    scheme: Scheme,
     uri: &'a http::Uri,
     told: &'a Told,
     started: Instant,
@@ -580,6 +608,7 @@ impl Drop for Pending<'_> {
         if self.log {
             let record = AccessRecord {
                 method: self.method.clone(),
+                scheme: self.scheme,
                 uri: self.uri.clone(),
                 told: self.told.clone(),
                 status,
@@ -685,12 +714,15 @@ fn route(
     peer: SocketAddr,
     request: &mut Parts,
     body: Body,
+    scheme: Scheme,
 ) -> impl Future<Output = Answer> {
     async move {
         if matches!(request.method, Method::GET | Method::HEAD) {
             // A hit needs only the key; the origin URL is built if the request goes there.
-            let key = (settings.origin.simple_key(&request.uri))
-                .or_else(|| Some(CacheKey::new(&settings.origin.url_for(&request.uri)?)));
+            let key = (settings.origin.simple_key(&request.uri, scheme)).or_else(|| {
+                let url = settings.origin.url_for(&request.uri)?;
+                Some(CacheKey::new(&url, scheme))
+            });
             // Content in a GET or HEAD request has no semantics (RFC 9110 §9.3.1); it is dropped,
             // and so is its `Content-Length`: the origin would otherwise wait for a body that is
             // never sent, and every request joining that fill with it. (`Transfer-Encoding` is
@@ -762,7 +794,7 @@ fn route(
         let Some(url) = settings.origin.url_for(&request.uri) else {
             return invalid_target();
         };
-        let key = CacheKey::new(&url);
+        let key = CacheKey::new(&url, scheme);
         let status = CacheStatus::forward(Forward::Method);
         Box::pin(forward(edge, settings, peer, request, body, key, status)).await
     }
@@ -1527,10 +1559,10 @@ fn forward(
                 .or_else(|| parts.headers.get(header::HOST).cloned())
         };
         let headers = std::mem::take(&mut parts.headers);
-        let outgoing = origin::request_headers(headers, peer.ip(), parts.version);
+        let outgoing = origin::request_headers(headers, peer.ip(), parts.version, key.scheme());
         let request_time = edge.clock.now();
         let (result, origin_time) = edge
-            .send_to_origin(settings, parts.method.clone(), key.url(), outgoing, body)
+            .send_to_origin(settings, parts.method.clone(), key.target(), outgoing, body)
             .await;
         let upstream = match result {
             Ok(upstream) => upstream,
@@ -1632,7 +1664,7 @@ async fn invalidate_uris(
         };
         let target = if edge.config().origin.owns(&resolved) {
             Some(resolved)
-        } else if public_host.is_some_and(|host| is_public_origin(&resolved, host)) {
+        } else if public_host.is_some_and(|host| is_public_origin(&resolved, host, key.scheme())) {
             resolved
                 .as_str()
                 .parse()
@@ -1642,26 +1674,32 @@ async fn invalidate_uris(
             None
         };
         if let Some(target) = target {
-            removed += invalidate(edge, &CacheKey::new(&target)).await;
+            removed += invalidate(edge, &CacheKey::new(&target, Scheme::Http)).await;
         }
     }
     removed
 }
 
-/// Removes what is stored for `key`, and keeps a fill in flight for it from storing afterwards;
-/// returns how many responses went.
+/// Removes what is stored for `key`, by http and by https (the one resource the origin serves
+/// both), and keeps a fill in flight for either from storing afterwards; returns how many
+/// responses went.
 async fn invalidate(edge: &Edge, key: &CacheKey) -> usize {
-    edge.fills.invalidate(key);
-    edge.cache.invalidate(key).await
+    let mut removed = 0;
+    for key in [key.clone(), key.other_scheme()] {
+        edge.fills.invalidate(&key);
+        removed += edge.cache.invalidate(&key).await;
+    }
+    removed
 }
 
-/// Whether `url` names edge itself as the client addressed it: same scheme (edge listens on
-/// http), host and port, with the default port and no port the same (RFC 9110 §4.2.3).
-fn is_public_origin(url: &Url, host: &str) -> bool {
-    let Ok(public) = Url::parse(&format!("http://{host}/")) else {
+/// Whether `url` names edge itself as the client addressed it: same scheme (the `scheme` the
+/// request came by), host and port, with the default port and no port the same (RFC 9110
+/// §4.2.3).
+fn is_public_origin(url: &Url, host: &str, scheme: Scheme) -> bool {
+    let Ok(public) = Url::parse(&format!("{}://{host}/", scheme.as_str())) else {
         return false;
     };
-    url.scheme() == "http"
+    url.scheme() == scheme.as_str()
         && url
             .host_str()
             .is_some_and(|h| public.host_str().is_some_and(|p| p.eq_ignore_ascii_case(h)))

@@ -531,8 +531,9 @@ impl DiskTier {
         .await
     }
 
-    /// The keys (as [`super::key::CacheKey::url`]) of stored responses that start with `prefix`,
-    /// for a purge of the prefix, which is noted as a tag purge is (see
+    /// The keys (as [`super::key::CacheKey::url`]) of stored responses whose path and query
+    /// (http and https alike: [`super::key::target_of`]) start with `prefix`, for a purge of the
+    /// prefix, which is noted as a tag purge is (see
     /// [`DiskTier::tagged`]). There is no index by URL: this reads the URL of every record, in
     /// sled and at the end of every body file.
     pub async fn urls_under(&self, prefix: String) -> Result<Vec<String>, DiskError> {
@@ -1162,7 +1163,8 @@ impl Inner {
         Ok(())
     }
 
-    /// The records of responses whose URL starts with one of `prefixes`: key and URL. A record
+    /// The records of responses whose path and query (the URL, for either scheme) starts with
+    /// one of `prefixes`: key and URL. A record
     /// whose URL is not the one its key was made from (damaged, or a file put in another's
     /// place) is left out: it is never served for that URL, and is dropped when it is read. A
     /// body file that cannot be read (too many open files, an I/O error) is removed here: it may
@@ -1173,7 +1175,9 @@ impl Inner {
         let mut found = Vec::new();
         let mut take = |key: &[u8], record: &[u8]| {
             if let Some(url) = StoredEntry::url_in(record)
-                && prefixes.iter().any(|prefix| url.starts_with(prefix))
+                && prefixes
+                    .iter()
+                    .any(|prefix| super::key::target_of(url).starts_with(prefix))
                 && is_key_of(key, url)
             {
                 found.push((key.to_vec(), url.to_owned()));

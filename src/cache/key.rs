@@ -6,9 +6,34 @@ use std::borrow::Cow;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+/// The scheme a client asked by: which of edge's listeners its request came to (not the
+/// origin's scheme, which is the same for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// What an https key's text begins with. Every path begins with `/`, so no http key's text can;
+/// and `https:/a` is itself a URI reference for what it stands for.
+pub const HTTPS_MARK: &str = "https:";
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// The primary key of a stored response: the path and query edge asks the origin for (HEAD maps
-/// to GET). The origin's scheme and authority are not part of it, so that pointing edge at another
-/// server for the same content (a reload with a new `origin.url` host) keeps the cache.
+/// to GET), after `https:` for a request that came over HTTPS. The origin's scheme and authority
+/// are not part of it, so that pointing edge at another server for the same content (a reload
+/// with a new `origin.url` host) keeps the cache. The client's scheme is: RFC 9111 §2 keys by the
+/// target URI, whose scheme differs, and an origin may answer the two differently (a cacheable
+/// redirect of http to https, by `X-Forwarded-Proto`: served to https clients, a loop). An
+/// http key's text is the path and query alone, as before https was served.
 ///
 /// The URL has been through WHATWG URL parsing when the request target was joined to the origin,
 /// so dot segments are resolved and percent-encoding is normalised; the query is kept verbatim.
@@ -19,9 +44,13 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(url: &url::Url) -> Self {
-        let mut text =
-            String::with_capacity(url.path().len() + url.query().map_or(0, str::len) + 1);
+    pub fn new(url: &url::Url, scheme: Scheme) -> Self {
+        let mut text = String::with_capacity(
+            HTTPS_MARK.len() + url.path().len() + url.query().map_or(0, str::len) + 1,
+        );
+        if scheme == Scheme::Https {
+            text.push_str(HTTPS_MARK);
+        }
         text.push_str(url.path());
         if let Some(query) = url.query() {
             text.push('?');
@@ -36,15 +65,44 @@ impl CacheKey {
         Self { url: text, hash }
     }
 
-    /// The path and query this key stands for.
+    /// The key's text, as recorded with a stored response: the path and query, after `https:`
+    /// for an https request.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The path and query to ask the origin for.
+    pub fn target(&self) -> &str {
+        target_of(&self.url)
+    }
+
+    /// The scheme the key's requests came by.
+    pub fn scheme(&self) -> Scheme {
+        if self.url.starts_with(HTTPS_MARK) {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+
+    /// The key of the same path and query by the other scheme.
+    pub fn other_scheme(&self) -> Self {
+        match self.url.strip_prefix(HTTPS_MARK) {
+            Some(path) => Self::from_text(path.to_owned()),
+            None => Self::from_text([HTTPS_MARK, &self.url].concat()),
+        }
     }
 
     /// 32 bytes that identify the URL in both tiers.
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
+}
+
+/// The path and query of a key's text ([`CacheKey::url`]), whichever its scheme: what a purge by
+/// prefix compares, so that it finds the http and https responses alike.
+pub fn target_of(url: &str) -> &str {
+    url.strip_prefix(HTTPS_MARK).unwrap_or(url)
 }
 
 /// The request header values named by a stored response's `Vary`, normalised so that requests
@@ -261,11 +319,31 @@ mod tests {
 
     #[test]
     fn key_ignores_fragment_and_keeps_query() {
-        let a = CacheKey::new(&"http://o/a?x=1#frag".parse().unwrap());
-        let b = CacheKey::new(&"http://o/a?x=1".parse().unwrap());
-        let c = CacheKey::new(&"http://o/a?x=2".parse().unwrap());
+        let a = CacheKey::new(&"http://o/a?x=1#frag".parse().unwrap(), Scheme::Http);
+        let b = CacheKey::new(&"http://o/a?x=1".parse().unwrap(), Scheme::Http);
+        let c = CacheKey::new(&"http://o/a?x=2".parse().unwrap(), Scheme::Http);
         assert_eq!(a, b);
         assert_ne!(a.hash(), c.hash());
+    }
+
+    /// An https request's key is another key, marked where no path can be; an http key is the
+    /// path and query alone, as stored before https was served.
+    #[test]
+    fn https_keys_are_apart_from_http_keys_of_the_same_url() {
+        let url = "http://o/a?x=1".parse().unwrap();
+        let http = CacheKey::new(&url, Scheme::Http);
+        let https = CacheKey::new(&url, Scheme::Https);
+        assert_eq!(http.url(), "/a?x=1");
+        assert_eq!(https.url(), "https:/a?x=1");
+        assert_ne!(http.hash(), https.hash());
+        assert_eq!(
+            (http.scheme(), https.scheme()),
+            (Scheme::Http, Scheme::Https)
+        );
+        assert_eq!((http.target(), https.target()), ("/a?x=1", "/a?x=1"));
+        assert_eq!(http.other_scheme(), https);
+        assert_eq!(https.other_scheme(), http);
+        assert_eq!(target_of("https:/a"), "/a");
     }
 
     #[test]

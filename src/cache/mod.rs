@@ -252,7 +252,7 @@ impl Cache {
     /// Whether `key`, a prefix of its URL, or a tag `entry` carries, was purged after `epoch`.
     fn purged_since(&self, key: &CacheKey, entry: &StoredEntry, epoch: u64) -> bool {
         self.invalidated_since(key, epoch)
-            || self.prefixes_purged.since(key.url(), epoch)
+            || self.prefixes_purged.since(key.target(), epoch)
             || crate::headers::stored_surrogate_keys(&entry.headers)
                 .any(|tag| self.tags_purged.since(tag, epoch))
     }
@@ -555,11 +555,12 @@ impl Cache {
         self.urls_where(in_memory, on_disk, tag).await
     }
 
-    /// The URLs of stored responses that start with `prefix` (as [`CacheKey::url`]). The disk
-    /// tier reads every record it holds to find them.
+    /// The URLs (as [`CacheKey::url`]) of stored responses whose path and query start with
+    /// `prefix`, requested by http or by https. The disk tier reads every record it holds to find
+    /// them.
     pub async fn urls_under(&self, prefix: &str) -> Vec<String> {
         let wanted = prefix.to_owned();
-        let in_memory = move |entry: &StoredEntry| entry.url.starts_with(&wanted);
+        let in_memory = move |entry: &StoredEntry| key::target_of(&entry.url).starts_with(&wanted);
         let on_disk = |disk: DiskTier| async move { disk.urls_under(prefix.to_owned()).await };
         self.urls_where(in_memory, on_disk, prefix).await
     }

@@ -302,6 +302,8 @@ pub fn base_config(origin_url: &str, dir: &std::path::Path) -> Config {
 pub struct TestEdge {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS listener's, when the configuration has `tls`.
+    pub tls_addr: Option<SocketAddr>,
     pub config: Config,
     pub clock: Clock,
     pub client: reqwest::Client,
@@ -314,14 +316,20 @@ impl TestEdge {
     pub async fn start(config: Config, clock: Clock, dir: Arc<TempDir>) -> Self {
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin.listen).await.unwrap();
+        let tls = match &config.tls {
+            Some(tls) => Some(TcpListener::bind(tls.listen).await.unwrap()),
+            None => None,
+        };
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let tls_addr = tls.as_ref().map(|tls| tls.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(edge::serve(
             config.clone(),
             clock.clone(),
             listener,
             admin,
+            tls,
             async {
                 let _ = stopped.await;
             },
@@ -334,6 +342,7 @@ impl TestEdge {
         Self {
             addr,
             admin_addr,
+            tls_addr,
             config,
             clock,
             client,
