@@ -327,6 +327,17 @@ impl Origin {
         Some(CacheKey::from_text(text))
     }
 
+    /// `url` (already resolved, on this origin) with its query as [`Origin::url_for`] makes a
+    /// request's: less what `origin.strip_query` takes out, ordered as `origin.sort_query` says.
+    /// What a `Location` or `Content-Location` names is stored under that.
+    pub fn with_query_rules(&self, mut url: Url) -> Url {
+        if let (Some(rules), Some(query)) = (&self.query, url.query()) {
+            let query = rules.apply(query).map(Cow::into_owned);
+            url.set_query(query.as_deref());
+        }
+        url
+    }
+
     /// Whether `url` (already resolved) is on this origin.
     pub fn owns(&self, url: &Url) -> bool {
         url.origin() == self.base.origin()

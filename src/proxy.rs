@@ -1663,7 +1663,7 @@ async fn invalidate_uris(
             continue;
         };
         let target = if edge.config().origin.owns(&resolved) {
-            Some(resolved)
+            Some(edge.config().origin.with_query_rules(resolved))
         } else if public_host.is_some_and(|host| is_public_origin(&resolved, host, key.scheme())) {
             resolved
                 .as_str()

@@ -650,3 +650,30 @@ async fn an_http2_location_on_edges_own_authority_is_invalidated() {
     assert_eq!(post.status(), 201);
     assert_invalidated(&h, &edge, "/b", "b2").await;
 }
+
+/// With `origin.strip_query` and `origin.sort_query`, a `Location` or `Content-Location` on the
+/// origin names the stored response by its normalised target, as a request for it would: the
+/// origin links with its tracking parameters, or its parameters in another order.
+#[tokio::test]
+async fn location_on_the_origin_is_invalidated_under_the_query_rules() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.strip_query = vec!["utm_*".into()];
+            c.origin.sort_query = true;
+        })
+        .await;
+    prime(&h, &edge, "/b?x=1", "b1").await;
+    prime(&h, &edge, "/c?a=1&b=2", "c1").await;
+
+    h.origin.reply(
+        "/a",
+        Reply::ok("created")
+            .status(201)
+            .header("location", "/b?x=1&utm_source=feed")
+            .header("content-location", "/c?b=2&a=1"),
+    );
+    assert_eq!(edge.send(Method::POST, "/a", &[]).await.status, 201);
+    assert_invalidated(&h, &edge, "/b?x=1", "b2").await;
+    assert_invalidated(&h, &edge, "/c?a=1&b=2", "c2").await;
+}
