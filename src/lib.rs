@@ -359,14 +359,18 @@ async fn purge(
 /// taken (edge serves one origin, under whatever host name clients use for it, by http and
 /// https: both are purged).
 fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
+    edge.config().origin.url_for(&purge_path(url)?)
+}
+
+/// The path and query of a purge's `url` or `prefix`: itself, or an absolute URL's.
+fn purge_path(url: &str) -> Option<http::Uri> {
     let uri: http::Uri = url.parse().ok()?;
-    let path: http::Uri = uri.path_and_query()?.as_str().parse().ok()?;
-    edge.config().origin.url_for(&path)
+    uri.path_and_query()?.as_str().parse().ok()
 }
 
 /// The start of [`cache::key::CacheKey::target`] (of http and https keys alike) that a purge's
 /// `prefix` stands for: mapped as
-/// [`purge_target`] maps a `url`, but for its end, which may be part of a path segment
+/// [`purge_target`] maps a `url` (but for the query rules), and for its end, which may be part of a path segment
 /// (`/img/a` is a prefix of `/img/a.png`) and is not resolved as a whole one would be (`/img/.`
 /// is not `/img/`). `None` for what is neither a path nor an absolute http(s) URL.
 fn purge_prefix(edge: &Edge, prefix: &str) -> Option<String> {
@@ -375,8 +379,11 @@ fn purge_prefix(edge: &Edge, prefix: &str) -> Option<String> {
         return None;
     }
     // Mapped with a character after it, which keeps its end from being taken for a whole
-    // segment, and then taken off again: percent-encoding is per character.
-    let target = purge_target(edge, &format!("{}x", uri.path_and_query()?))?;
+    // segment, and then taken off again: percent-encoding is per character. Its query is the
+    // start of stored ones, which `origin.strip_query` and `sort_query` have made already: one
+    // cut or reordered as a request's would be is the start of others.
+    let path = purge_path(&format!("{}x", uri.path_and_query()?))?;
+    let target = edge.config().origin.url_as_written(&path)?;
     let key = cache::key::CacheKey::new(&target, Scheme::Http);
     key.url().strip_suffix('x').map(str::to_owned)
 }

@@ -272,12 +272,28 @@ impl Origin {
     /// are used). `None` for a target edge will not forward, such as `*` or a path that climbs
     /// out of the origin's prefix.
     pub fn url_for(&self, target: &Uri) -> Option<Url> {
+        self.url_with(target, true)
+    }
+
+    /// As [`Origin::url_for`], but with the query as written: not cut by `origin.strip_query`
+    /// nor ordered by `origin.sort_query`. For the start of stored targets a purge by prefix
+    /// names, whose queries are normalised already.
+    pub fn url_as_written(&self, target: &Uri) -> Option<Url> {
+        self.url_with(target, false)
+    }
+
+    fn url_with(&self, target: &Uri, rules: bool) -> Option<Url> {
         let path_and_query = target.path_and_query()?.as_str();
         if !path_and_query.starts_with('/') {
             return None;
         }
         let mut url = self.base.clone();
-        let (path, query) = self.normalised(path_and_query);
+        let (path, query) = if rules {
+            self.normalised(path_and_query)
+        } else {
+            let (path, query) = split_query(path_and_query);
+            (path, query.map(Cow::Borrowed))
+        };
         if self.prefix.is_empty() {
             url.set_path(path);
         } else {

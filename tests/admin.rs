@@ -905,3 +905,37 @@ async fn a_purge_prefix_that_is_not_a_path_or_comes_with_another_name_is_rejecte
         "a refused purge purges nothing"
     );
 }
+
+/// A `prefix=` is the start of what is stored, stored targets being normalised by
+/// `origin.sort_query` and `origin.strip_query` already: its query is taken as written, not
+/// reordered or cut as a whole request's would be (which made another prefix of it, purging
+/// responses it does not begin, or none at all and a 400).
+#[tokio::test]
+async fn a_prefix_is_not_rewritten_by_the_query_rules() {
+    let h = Harness::new().await;
+    let edge = h
+        .edge_with(|c| {
+            c.origin.strip_query = vec!["utm_*".into()];
+            c.origin.sort_query = true;
+        })
+        .await;
+    h.origin.reply("/a?a=x&b=1", cached("ab"));
+    h.origin.reply("/a?q=1", cached("q"));
+    edge.get("/a?b=1&a=x").await;
+    edge.get("/a?q=1&utm_source=z").await;
+    assert!(edge.get("/a?a=x&b=1").await.is_hit());
+    assert!(edge.get("/a?q=1").await.is_hit());
+
+    // Nothing stored begins so: its parameters would be in order of their names.
+    let answer = edge.purge_form(&[("prefix", "/a?b=x&a=")]).await;
+    assert_eq!(answer["prefix"], "/a?b=x&a=", "{answer}");
+    assert_eq!(answer["purged"], 0, "{answer}");
+    assert!(edge.get("/a?a=x&b=1").await.is_hit());
+
+    let answer = edge.purge_form(&[("prefix", "/a?utm_")]).await;
+    assert_eq!(answer["purged"], 0, "{answer}");
+    let answer = edge.purge_form(&[("prefix", "/a?q=")]).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert!(!edge.get("/a?q=1").await.is_hit());
+    assert!(edge.get("/a?a=x&b=1").await.is_hit());
+}
