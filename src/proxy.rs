@@ -1664,7 +1664,7 @@ async fn invalidate_uris(
         };
         let target = if edge.config().origin.owns(&resolved) {
             Some(edge.config().origin.with_query_rules(resolved))
-        } else if public_host.is_some_and(|host| is_public_origin(&resolved, host, key.scheme())) {
+        } else if public_host.is_some_and(|host| is_public_origin(&resolved, host)) {
             resolved
                 .as_str()
                 .parse()
@@ -1692,17 +1692,19 @@ async fn invalidate(edge: &Edge, key: &CacheKey) -> usize {
     removed
 }
 
-/// Whether `url` names edge itself as the client addressed it: same scheme (the `scheme` the
-/// request came by), host and port, with the default port and no port the same (RFC 9110
-/// §4.2.3).
-fn is_public_origin(url: &Url, host: &str, scheme: Scheme) -> bool {
-    let Ok(public) = Url::parse(&format!("{}://{host}/", scheme.as_str())) else {
+/// Whether `url` names edge itself as the client addressed it: its host and port, by http or
+/// https whichever the request came by (edge serves both, and behind a TLS terminator an https
+/// site's `Location` reaches the http listener), with the scheme's default port and no port the
+/// same (RFC 9110 §4.2.3). RFC 9111 §4.4 asks for the same host.
+fn is_public_origin(url: &Url, host: &str) -> bool {
+    if !matches!(url.scheme(), "http" | "https") {
+        return false;
+    }
+    let Ok(public) = Url::parse(&format!("{}://{host}/", url.scheme())) else {
         return false;
     };
-    url.scheme() == scheme.as_str()
-        && url
-            .host_str()
-            .is_some_and(|h| public.host_str().is_some_and(|p| p.eq_ignore_ascii_case(h)))
+    url.host_str()
+        .is_some_and(|h| public.host_str().is_some_and(|p| p.eq_ignore_ascii_case(h)))
         && url.port_or_known_default() == public.port_or_known_default()
 }
 

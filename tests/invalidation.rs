@@ -496,13 +496,13 @@ async fn post_without_a_body_reaches_the_origin_with_an_empty_body() {
 
 #[tokio::test]
 async fn location_with_another_scheme_invalidates_nothing() {
-    // RFC 9110 §4.3.1: an origin is scheme, host and port. Edge is reached over http here, so an
-    // https URI on the same host and port names a different origin.
+    // Edge serves http and https (see `an_https_location_naming_the_host_invalidates_from_the_
+    // http_listener`); a URI of another scheme on the same host and port is no resource of its.
     let h = Harness::new().await;
     let edge = h.edge().await;
     prime(&h, &edge, "/b", "b1").await;
 
-    let location = format!("https://127.0.0.1:{}/b", edge.addr.port());
+    let location = format!("ftp://127.0.0.1:{}/b", edge.addr.port());
     h.origin.reply(
         "/a",
         Reply::ok("").status(201).header("location", &location),
@@ -529,6 +529,39 @@ async fn absolute_location_matches_a_host_header_with_an_explicit_default_port()
         .await;
     assert_eq!(post.status, 201);
     // (reqwest sends a `Host` set by hand as written, port included.)
+    assert_invalidated(&h, &edge, "/b", "b2").await;
+}
+
+/// Behind a TLS terminator, clients ask `https://cdn.example/` and edge's http listener gets
+/// the request: an `https` `Location` naming that host is edge's own resource (both schemes of it
+/// are invalidated), and one on another port is not.
+#[tokio::test]
+async fn an_https_location_naming_the_host_invalidates_from_the_http_listener() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    prime(&h, &edge, "/b", "b1").await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(201)
+            .header("location", "https://cdn.example:8443/b"),
+    );
+    let post = edge
+        .send(Method::POST, "/a", &[("host", "cdn.example")])
+        .await;
+    assert_eq!(post.status, 201);
+    assert_still_cached(&h, &edge, "/b", "b1").await;
+
+    h.origin.reply(
+        "/a",
+        Reply::ok("")
+            .status(201)
+            .header("location", "https://cdn.example/b"),
+    );
+    let post = edge
+        .send(Method::POST, "/a", &[("host", "cdn.example")])
+        .await;
+    assert_eq!(post.status, 201);
     assert_invalidated(&h, &edge, "/b", "b2").await;
 }
 
