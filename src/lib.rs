@@ -155,10 +155,10 @@ impl Node {
             None,
             Some(edge.metrics.clients.clone()),
             stop.clone(),
-            move |peer, request| proxy::handle(proxy.clone(), peer, request, Scheme::Http),
+            move |peer, request| proxy::handle(proxy.clone(), peer.addr, request, peer.scheme()),
             {
                 let edge = edge.clone();
-                move |peer, status| proxy::rejected(&edge, peer, status, Scheme::Http)
+                move |peer, status| proxy::rejected(&edge, peer.addr, status, peer.scheme())
             },
         );
         let https = tls.map(|tls| {
@@ -170,10 +170,12 @@ impl Node {
                 Some(tls::acceptor(edge.clone())),
                 Some(edge.metrics.clients.clone()),
                 stop.clone(),
-                move |peer, request| proxy::handle(proxy.clone(), peer, request, Scheme::Https),
+                move |peer, request| {
+                    proxy::handle(proxy.clone(), peer.addr, request, Scheme::Https)
+                },
                 {
                     let edge = edge.clone();
-                    move |peer, status| proxy::rejected(&edge, peer, status, Scheme::Https)
+                    move |peer, status| proxy::rejected(&edge, peer.addr, status, Scheme::Https)
                 },
             ))
         });

@@ -39,9 +39,30 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::key::Scheme;
 use crate::config::Config;
 use crate::fill::lock;
 use crate::metrics::{ClientMetrics, Disconnect};
+
+/// Who a connection's requests come from: the client's address, and whether its connection is
+/// encrypted: to edge's HTTPS listener, or to the TLS terminator in front that says so in its
+/// PROXY protocol header (version 2's `PP2_TYPE_SSL`, as HAProxy's `send-proxy-v2-ssl` sends it).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Peer {
+    /// The scheme the client asked by.
+    pub fn scheme(&self) -> Scheme {
+        if self.tls {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+}
 
 /// How long a client may owe something; `None` is no limit.
 #[derive(Clone, Copy)]
@@ -89,9 +110,9 @@ pub async fn serve<H, F, R>(
     rejected: R,
 ) -> std::io::Result<()>
 where
-    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Peer, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
-    R: Fn(SocketAddr, StatusCode) + Clone + Send + 'static,
+    R: Fn(Peer, StatusCode) + Clone + Send + 'static,
 {
     let protocols = Arc::new(Protocols {
         http1: hyper::server::conn::http1::Builder::new(),
@@ -138,13 +159,13 @@ where
             match served {
                 Ok(None) => {}
                 Ok(Some(why)) => {
-                    tracing::debug!(%peer, ?why, "client connection closed on a limit");
+                    tracing::debug!(peer = %peer.addr, ?why, "client connection closed on a limit");
                     if let Some(metrics) = &metrics {
                         metrics.0.disconnected(why);
                     }
                 }
                 Err(err) => {
-                    tracing::debug!(%peer, %err, "client connection ended");
+                    tracing::debug!(peer = %peer.addr, %err, "client connection ended");
                     if let Some(status) = answered_by_hyper(&err) {
                         rejected(peer, status);
                     }
@@ -321,12 +342,16 @@ async fn serve_connection<H, F>(
     limits: Limits,
     stop: CancellationToken,
     handle: H,
-) -> (SocketAddr, hyper::Result<Option<Disconnect>>)
+) -> (Peer, hyper::Result<Option<Disconnect>>)
 where
-    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Peer, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let peer = Peer {
+        addr: peer,
+        tls: tls.is_some(),
+    };
     let first = async {
         let first = first_bytes(tcp, peer, proxied, tls, activity.clone());
         match limits.header {
@@ -365,7 +390,7 @@ where
 async fn serve_io<IO, H, F>(
     io: IO,
     http2: bool,
-    client: SocketAddr,
+    client: Peer,
     protocols: Arc<Protocols>,
     limits: Limits,
     stop: CancellationToken,
@@ -374,7 +399,7 @@ async fn serve_io<IO, H, F>(
 ) -> hyper::Result<Option<Disconnect>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(SocketAddr, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Peer, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
     let noted = activity.clone();
@@ -743,11 +768,11 @@ enum Opened {
 /// handshake that fails closes the connection (`None`).
 async fn first_bytes(
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     proxied: bool,
     tls: Option<TlsAcceptor>,
     activity: Arc<Activity>,
-) -> Option<(Opened, SocketAddr)> {
+) -> Option<(Opened, Peer)> {
     let (mut first, client) = if proxied {
         let (rest, client) = proxy_header(&mut tcp, peer, &activity).await?;
         // A head begins with the bytes past the header: a proxy sends its header as soon as it
@@ -781,7 +806,7 @@ async fn first_bytes(
         activity: activity.clone(),
     };
     // Boxed: a plain connection's future holds no room for a handshake.
-    let (io, http2) = Box::pin(handshake(tcp, &tls, client, &activity)).await?;
+    let (io, http2) = Box::pin(handshake(tcp, &tls, client.addr, &activity)).await?;
     Some((Opened::Tls(io, http2), client))
 }
 
@@ -853,9 +878,9 @@ const PROXY_V1_MAX: usize = 107;
 /// if the connection closes first or its first bytes are not a valid header.
 async fn proxy_header(
     tcp: &mut TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     activity: &Activity,
-) -> Option<(Vec<u8>, SocketAddr)> {
+) -> Option<(Vec<u8>, Peer)> {
     use ppp::{HeaderResult, PartialResult, v1, v2};
     use tokio::io::AsyncReadExt;
     let mut read = Vec::with_capacity(256);
@@ -877,7 +902,7 @@ async fn proxy_header(
         if (header.is_incomplete() || unended) && read.len() < PROXY_HEADER_MAX {
             continue;
         }
-        let (len, named): (usize, Option<(IpAddr, u16)>) = match header {
+        let (len, named, ssl): (usize, Option<(IpAddr, u16)>, bool) = match header {
             HeaderResult::V1(Ok(header)) => (
                 header.header.len(),
                 match header.addresses {
@@ -885,6 +910,7 @@ async fn proxy_header(
                     v1::Addresses::Tcp6(a) => Some((a.source_address.into(), a.source_port)),
                     v1::Addresses::Unknown => None,
                 },
+                false,
             ),
             HeaderResult::V2(Ok(header)) => (
                 header.len(),
@@ -897,13 +923,24 @@ async fn proxy_header(
                     }
                     _ => None,
                 },
+                // PP2_TYPE_SSL, its first byte's PP2_CLIENT_SSL bit: the client's connection to
+                // the proxy was TLS.
+                header.tlvs().flatten().any(|tlv| {
+                    tlv.kind == 0x20 && tlv.value.first().is_some_and(|flags| flags & 0x01 != 0)
+                }),
             ),
             _ => {
-                tracing::warn!(%peer, "a connection from a proxy_protocol address did not begin with a valid PROXY protocol header: closed");
+                tracing::warn!(peer = %peer.addr, "a connection from a proxy_protocol address did not begin with a valid PROXY protocol header: closed");
                 return None;
             }
         };
-        let client = named.map_or(peer, |(ip, port)| SocketAddr::new(ip.to_canonical(), port));
+        let addr = named.map_or(peer.addr, |(ip, port)| {
+            SocketAddr::new(ip.to_canonical(), port)
+        });
+        let client = Peer {
+            addr,
+            tls: peer.tls || ssl,
+        };
         return Some((read.split_off(len), client));
     }
 }

@@ -1840,3 +1840,61 @@ async fn a_proxy_protocol_header_cut_anywhere_is_read_whole() {
         assert_eq!(forwarded_for, "203.0.113.7", "cut at {cut}");
     }
 }
+
+/// A TLS terminator in front (HAProxy's `send-proxy-v2-ssl`, hitch) says in its version 2 header
+/// (`PP2_TYPE_SSL`, client bit set) that the client's connection was TLS: the request is https,
+/// as on edge's own HTTPS listener: `X-Forwarded-Proto: https` to the origin, and cached apart
+/// from the http one (an origin's cacheable http → https redirect must not reach it). The same
+/// TLV with the client bit clear is plain http.
+#[tokio::test]
+async fn a_proxy_protocol_ssl_tlv_makes_the_request_https() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let edge = h
+        .edge_with(|c| c.proxy_protocol = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let header = |client_flags: u8| {
+        let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        header.extend_from_slice(&[0x21, 0x11, 0, 20]);
+        header.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1]);
+        header.extend_from_slice(&51000u16.to_be_bytes());
+        header.extend_from_slice(&443u16.to_be_bytes());
+        header.extend_from_slice(&[0x20, 0, 5, client_flags, 0, 0, 0, 0]);
+        header
+    };
+    let get = |flags: u8| {
+        let mut sent = header(flags);
+        sent.extend_from_slice(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        let addr = edge.addr;
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&sent).await.unwrap();
+            read_response(&mut stream, "closed").await
+        }
+    };
+    let proto = || joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-proto");
+
+    let first = get(0x01).await;
+    assert_eq!(first.status, 200);
+    assert!(!first.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(proto(), "https");
+    assert!(
+        get(0x01)
+            .await
+            .header("cache-status")
+            .unwrap()
+            .contains("hit")
+    );
+    let plain = get(0x00).await;
+    assert!(
+        !plain.header("cache-status").unwrap().contains("hit"),
+        "the https response"
+    );
+    assert_eq!(proto(), "http");
+    assert_eq!(h.origin.hits("/a"), 2);
+    assert_eq!(
+        joined(&h.origin.last("/a").unwrap().headers, "x-forwarded-for"),
+        "203.0.113.7"
+    );
+}
