@@ -336,7 +336,12 @@ impl<'de> Deserialize<'de> for PrivateKey {
         let pem = std::fs::read(&path)
             .map_err(|err| de::Error::custom(format!("cannot read {shown}: {err}")))?;
         let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
+            let encrypted = pem.windows(24).any(|w| w == b"ENCRYPTED PRIVATE KEY---")
+                || pem.windows(17).any(|w| w == b"Proc-Type: 4,ENCR");
             de::Error::custom(match err {
+                pem::Error::NoItemsFound if encrypted => format!(
+                    "{shown} holds an encrypted private key, which edge cannot decrypt: write it out unencrypted (openssl pkey -in {shown} -out key.pem) and keep that file readable by edge alone"
+                ),
                 pem::Error::NoItemsFound => format!(
                     "{shown} holds no private key (-----BEGIN PRIVATE KEY-----, or RSA or EC PRIVATE KEY)"
                 ),
@@ -1273,6 +1278,19 @@ mod tests {
         let err = error(&a_crt, &b_key);
         assert!(
             err.starts_with("t.yaml:6:3: tls.key: not the key of tls.certificate"),
+            "{err}"
+        );
+        // An encrypted key (openssl's `-----BEGIN ENCRYPTED PRIVATE KEY-----`) is named as such.
+        let encrypted = dir.path().join("encrypted.key");
+        let body = "MIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI";
+        let pem = format!(
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\n{body}\n-----END ENCRYPTED PRIVATE KEY-----\n"
+        );
+        std::fs::write(&encrypted, pem).unwrap();
+        let err = error(&a_crt, &encrypted.display().to_string());
+        assert!(
+            err.starts_with("t.yaml:6:3: tls.key: ")
+                && err.contains("holds an encrypted private key"),
             "{err}"
         );
 

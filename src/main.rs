@@ -60,8 +60,14 @@ fn main() -> ExitCode {
     let format = config.log.format;
     let result = match cli.command {
         Some(Command::Check) => {
+            let https = (config.tls.as_ref())
+                .map_or(String::new(), |tls| format!(", https {}", tls.listen));
+            let proxies = match config.proxy_protocol.len() {
+                0 => String::new(),
+                n => format!(", PROXY protocol from {n} network(s)"),
+            };
             println!(
-                "{}: ok (listen {}, origin {})",
+                "{}: ok (listen {}{https}{proxies}, origin {})",
                 cli.config.display(),
                 config.listen,
                 config.origin.url

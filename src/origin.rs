@@ -109,8 +109,9 @@ impl QueryRules {
                 .map_or(param, |(name, _)| name)
                 .to_owned()
         };
+        // Empty parameters (`a=1&&b=2`, a trailing `&`) go too: they name nothing.
         let mut params: Vec<&str> = (query.split('&'))
-            .filter(|param| !self.strips(&name(param)))
+            .filter(|param| !param.is_empty() && !self.strips(&name(param)))
             .collect();
         if self.sort {
             params.sort_by_key(|param| name(param));
@@ -1269,6 +1270,9 @@ mod tests {
         assert_eq!(url.as_str(), "http://o:9000/base/a/b?x=4&yy=3&z=1");
         let url = o.url_for(&"/a/b?utm_x=2&y".parse().unwrap()).unwrap();
         assert_eq!(url.as_str(), "http://o:9000/base/a/b");
+        // Empty parameters name nothing: a trailing or doubled `&` is one resource with the rest.
+        let url = o.url_for(&"/a/b?&x=1&&w=2&".parse().unwrap()).unwrap();
+        assert_eq!(url.query(), Some("w=2&x=1"));
         // Sorted as encoded: a name sent with `'` and one sent with `%27` are one name.
         for target in ["/a?b'=1&b%zz=2", "/a?b%27=1&b%zz=2", "/a?b%zz=2&b'=1"] {
             let url = o.url_for(&target.parse().unwrap()).unwrap();
