@@ -147,59 +147,49 @@ impl Node {
             .with_state(edge.clone());
         let limits = listener::Limits::of(&edge.config());
         let proxy_protocol: Arc<[ipnet::IpNet]> = edge.config().proxy_protocol.clone().into();
-        let proxy = edge.clone();
+        // A request hyper answered itself: by its connection's scheme (on `tls.listen`, https).
         let rejected = {
             let edge = edge.clone();
             move |peer: listener::Peer, status| {
                 proxy::rejected(&edge, peer.addr, status, peer.scheme());
             }
         };
+        // A client listener, served by `handle` (each its own closure, so its own monomorphised
+        // connection code).
+        macro_rules! clients {
+            ($listener:expr, $tls:expr, $handle:expr) => {
+                tokio::spawn(listener::serve(
+                    $listener,
+                    limits,
+                    proxy_protocol.clone(),
+                    $tls,
+                    Some(edge.metrics.clients.clone()),
+                    stop.clone(),
+                    $handle,
+                    rejected.clone(),
+                ))
+            };
+        }
         // The scheme of a request to `listen` is http, unless a TLS terminator in front says in
         // its PROXY header that it was https: only with `proxy_protocol` set is it read from the
         // connection. Written out, it costs nothing (read from it, ~200 instructions a request:
         // the handler's code is no longer specialised to it).
+        let proxy = edge.clone();
         let main = if proxy_protocol.is_empty() {
-            tokio::spawn(listener::serve(
-                listener,
-                limits,
-                proxy_protocol.clone(),
-                None,
-                Some(edge.metrics.clients.clone()),
-                stop.clone(),
-                move |peer, request| proxy::handle(proxy.clone(), peer.addr, request, Scheme::Http),
-                rejected,
-            ))
+            clients!(listener, None, move |peer: listener::Peer, request| {
+                proxy::handle(proxy.clone(), peer.addr, request, Scheme::Http)
+            })
         } else {
-            tokio::spawn(listener::serve(
-                listener,
-                limits,
-                proxy_protocol.clone(),
-                None,
-                Some(edge.metrics.clients.clone()),
-                stop.clone(),
-                move |peer, request| {
-                    proxy::handle(proxy.clone(), peer.addr, request, peer.scheme())
-                },
-                rejected,
-            ))
+            clients!(listener, None, move |peer: listener::Peer, request| {
+                proxy::handle(proxy.clone(), peer.addr, request, peer.scheme())
+            })
         };
         let https = tls.map(|tls| {
             let proxy = edge.clone();
-            tokio::spawn(listener::serve(
-                tls,
-                limits,
-                proxy_protocol,
-                Some(tls::acceptor(edge.clone())),
-                Some(edge.metrics.clients.clone()),
-                stop.clone(),
-                move |peer, request| {
-                    proxy::handle(proxy.clone(), peer.addr, request, Scheme::Https)
-                },
-                {
-                    let edge = edge.clone();
-                    move |peer, status| proxy::rejected(&edge, peer.addr, status, Scheme::Https)
-                },
-            ))
+            let acceptor = Some(tls::acceptor(edge.clone()));
+            clients!(tls, acceptor, move |peer: listener::Peer, request| {
+                proxy::handle(proxy.clone(), peer.addr, request, Scheme::Https)
+            })
         });
         let admin = listener::serve(
             admin,

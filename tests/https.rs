@@ -84,15 +84,7 @@ fn https_url(addr: SocketAddr, path: &str) -> String {
 }
 
 async fn send(client: &reqwest::Client, method: Method, url: &str) -> Resp {
-    let response = client.request(method, url).send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.bytes().await.unwrap();
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp::read(client.request(method, url).send().await.unwrap()).await
 }
 
 /// The one header line `name` of the origin's last request for `path`.

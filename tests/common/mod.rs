@@ -446,15 +446,7 @@ impl TestEdge {
         if !body.is_empty() {
             request = request.body(body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.unwrap();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp::read(request.send().await.unwrap()).await
     }
 }
 
@@ -475,6 +467,18 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The whole of `response`: status, headers and body.
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
