@@ -164,11 +164,16 @@ where
                         metrics.0.disconnected(why);
                     }
                 }
-                Err(err) => {
+                Err(Failed::Hyper(err)) => {
                     tracing::debug!(peer = %peer.addr, %err, "client connection ended");
                     if let Some(status) = answered_by_hyper(&err) {
                         rejected(peer, status);
                     }
+                }
+                Err(Failed::PlainHttp(tcp)) => {
+                    tracing::debug!(peer = %peer.addr, "plain HTTP request to the HTTPS listener");
+                    rejected(peer, StatusCode::BAD_REQUEST);
+                    linger(tcp).await;
                 }
             }
         });
@@ -177,6 +182,15 @@ where
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// How a connection ended that neither closed cleanly nor on a limit.
+enum Failed {
+    /// hyper's error, on a request head it could not parse (and answered) or the connection's.
+    Hyper(hyper::Error),
+    /// A plain HTTP request came to the HTTPS listener: edge answered it 400, as nginx does, and
+    /// is closing the connection.
+    PlainHttp(TcpStream),
 }
 
 /// The status hyper's HTTP/1 server answered a request head it could not parse with, if it did
@@ -342,7 +356,7 @@ async fn serve_connection<H, F>(
     limits: Limits,
     stop: CancellationToken,
     handle: H,
-) -> (Peer, hyper::Result<Option<Disconnect>>)
+) -> (Peer, Result<Option<Disconnect>, Failed>)
 where
     H: Fn(Peer, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -380,8 +394,9 @@ where
             let serving = serve_io(io, http2, client, protocols, limits, stop, handle, activity);
             Box::pin(serving).await
         }
+        Opened::PlainHttp(tcp) => return (client, Err(Failed::PlainHttp(tcp))),
     };
-    (client, served)
+    (client, served.map_err(Failed::Hyper))
 }
 
 /// Serves a connection whose first bytes were read, for `client`, with hyper's HTTP/2 server
@@ -757,6 +772,8 @@ where
 enum Opened {
     Plain(ClientIo),
     Tls(Box<Rewound<TlsStream<ClientIo>>>, bool),
+    /// Plain HTTP to the HTTPS listener, answered, to be closed.
+    PlainHttp(TcpStream),
 }
 
 /// Reads a connection's first bytes, as far as telling whether they open HTTP/2: `None` if it
@@ -765,7 +782,8 @@ enum Opened {
 /// client's address (else it is `peer`); one without a valid header is closed (`None`), as
 /// nginx and HAProxy close it. With `tls`, the bytes after that header begin a TLS handshake,
 /// and HTTP/2 is what ALPN chose, or without ALPN, what the first bytes it decrypts show; a
-/// handshake that fails closes the connection (`None`).
+/// handshake that fails closes the connection (`None`). A plain HTTP request where the handshake
+/// should begin is answered 400 and closed (`PlainHttp`).
 async fn first_bytes(
     mut tcp: TcpStream,
     peer: Peer,
@@ -797,6 +815,22 @@ async fn first_bytes(
         };
         return Some((Opened::Plain(io), client));
     };
+    if first.is_empty() {
+        use tokio::io::AsyncReadExt;
+        // As much as a client's hello takes (post-quantum key shares make them ~1.8 KB).
+        first.reserve(2048);
+        match tcp.read_buf(&mut first).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => activity.head_started.store(true, Ordering::Relaxed),
+        }
+    }
+    // A TLS connection opens with a handshake record (RFC 8446 §5.1: its type, 22); an HTTP/1
+    // request with its method's first letter. curl and browsers show a TLS alert as garbage
+    // ("Received HTTP/0.9"), where a plain answer says what went wrong.
+    if first[0].is_ascii_uppercase() {
+        let tcp = Box::pin(answer_plain_http(tcp, first)).await?;
+        return Some((Opened::PlainHttp(tcp), client));
+    }
     let tcp = ClientIo {
         io: Rewound {
             io: tcp,
@@ -808,6 +842,54 @@ async fn first_bytes(
     // Boxed: a plain connection's future holds no room for a handshake.
     let (io, http2) = Box::pin(handshake(tcp, &tls, client.addr, &activity)).await?;
     Some((Opened::Tls(io, http2), client))
+}
+
+/// The most read of a plain HTTP request to the HTTPS listener before it is answered, and after.
+const PLAIN_HEAD_MAX: usize = 64 * 1024;
+
+/// Answers a plain HTTP request that came to the HTTPS listener, whose first bytes are `first`,
+/// with a 400 saying so, as nginx answers one ("The plain HTTP request was sent to HTTPS port"),
+/// after reading its head, so that the client is not reset while it still sends it; `None` if
+/// the connection failed.
+async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "edge: a plain HTTP request was sent to the HTTPS port\n";
+    let mut read = [0; 4096];
+    while !first.windows(4).any(|w| w == b"\r\n\r\n") && first.len() < PLAIN_HEAD_MAX {
+        match tcp.read(&mut read).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => first.extend_from_slice(&read[..n]),
+        }
+    }
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ndate: {date}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         cache-control: no-store\r\ncache-status: {}; detail=plain-http\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        crate::headers::CACHE_NAME,
+        BODY.len()
+    );
+    tcp.write_all(answer.as_bytes()).await.ok()?;
+    tcp.shutdown().await.ok()?;
+    Some(tcp)
+}
+
+/// Lets a connection edge has answered and shut down for writing take the client's last bytes
+/// for a second before it closes: a client whose unread bytes are still in edge's socket when
+/// it closes gets a reset, which can lose it the answer.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut read = [0; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut left = PLAIN_HEAD_MAX;
+        while let Ok(n @ 1..) = tcp.read(&mut read).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Makes the TLS handshake of `client`'s connection `tcp`, and reads its first decrypted bytes

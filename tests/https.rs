@@ -349,18 +349,40 @@ async fn purges_remove_the_http_and_the_https_responses() {
     assert_eq!(h.origin.hits("/p/a"), 10);
 }
 
-/// A client that sends something else than a ClientHello has its connection closed, unanswered;
-/// edge goes on serving HTTPS.
+/// A plain HTTP request to the HTTPS port is answered 400, saying so, as nginx answers it, and
+/// counted; anything else that is not a ClientHello has its connection closed, unanswered; edge
+/// goes on serving HTTPS.
 #[tokio::test]
-async fn a_connection_that_is_not_tls_is_closed() {
+async fn a_connection_that_is_not_tls_is_closed_and_plain_http_told_why() {
     let h = Harness::new().await;
     h.origin.reply("/a", Reply::ok("a"));
     let (edge, identity, _files) = https_edge(&h, |_| {}).await;
     let tls = edge.tls_addr.unwrap();
+    // The request in two writes, the second after edge could have answered the first.
+    let mut stream = TcpStream::connect(tls).await.unwrap();
+    stream.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got));
+    read.await.expect("closed").unwrap();
+    let got = String::from_utf8(got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(
+        got.contains("\r\ncache-status: edge; detail=plain-http\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("\r\n\r\nedge: a plain HTTP request was sent to the HTTPS port\n"),
+        "{got}"
+    );
+    let counted = "edge_requests_total{cache_status=\"error\"} 1";
+    assert!(edge.metrics().await.contains(counted));
     for garbage in [
-        &b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
         &[0x16, 3, 1, 0, 4, 0xff, 0xff, 0xff, 0xff][..],
         &[0u8; 4096][..],
+        b"get / HTTP/1.1\r\n\r\n",
     ] {
         let mut stream = TcpStream::connect(tls).await.unwrap();
         stream.write_all(garbage).await.unwrap();
@@ -378,6 +400,26 @@ async fn a_connection_that_is_not_tls_is_closed() {
             .status,
         200
     );
+}
+
+/// A plain HTTP client that sends a head and stops is closed at `client_header_timeout`, as on
+/// the plain listener.
+#[tokio::test]
+async fn a_plain_http_head_never_finished_on_the_https_port_is_closed_in_time() {
+    let h = Harness::new().await;
+    let (edge, _identity, _files) = https_edge(&h, |c| {
+        c.client_header_timeout = edge::config::Seconds(Duration::from_secs(1));
+    })
+    .await;
+    let mut stream = TcpStream::connect(edge.tls_addr.unwrap()).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got));
+    assert!(read.await.is_ok(), "still open after 5 s");
+    assert!(got.is_empty(), "{got:?}");
+    let slow = "edge_client_disconnects_total{reason=\"slow_head\"} 1";
+    let metrics = edge.metrics().await;
+    assert!(metrics.contains(slow), "{metrics}");
 }
 
 /// A handshake counts against `client_header_timeout`, as a request head does: a client that
