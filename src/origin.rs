@@ -111,14 +111,20 @@ impl QueryRules {
                 .next()
                 .map_or_else(String::new, |(name, _)| name.into_owned())
         };
-        // Empty parameters (`a=1&&b=2`, a trailing `&`) go too: they name nothing.
-        let mut params: Vec<&str> = (query.split('&'))
-            .filter(|param| !param.is_empty() && !self.strips(&name(param)))
+        // Empty parameters (`a=1&&b=2`, a trailing `&`) go too: they name nothing. Each name
+        // decoded once.
+        let mut params: Vec<(String, &str)> = (query.split('&'))
+            .filter(|param| !param.is_empty())
+            .map(|param| (name(param), param))
+            .filter(|(name, _)| !self.strips(name))
             .collect();
         if self.sort {
-            params.sort_by_key(|param| name(param));
+            // Stable: two of one name keep their order.
+            params.sort_by(|(a, _), (b, _)| a.cmp(b));
         }
-        let kept = params.join("&");
+        let kept = (params.iter().map(|(_, param)| *param))
+            .collect::<Vec<_>>()
+            .join("&");
         if kept.is_empty() {
             None
         } else if kept == query {
