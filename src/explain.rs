@@ -164,7 +164,7 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         Some("method") => "only GET and HEAD responses are stored".to_owned(),
         Some("no-store") => "Cache-Control: no-store (in the request or the response)".to_owned(),
         Some("private") => "Cache-Control: private; a shared cache must not store it".to_owned(),
-        Some("authorization") => "the request carried Authorization and the response did not allow sharing it (public, s-maxage or must-revalidate)".to_owned(),
+        Some("authorization") => "the request carried Authorization and the response did not allow sharing it (public, s-maxage, or must-revalidate with a lifetime from the origin, not a heuristic)".to_owned(),
         Some("set-cookie") => "the response sets a cookie; edge never shares one".to_owned(),
         Some("proxy-authenticate") => "Proxy-Authenticate or Proxy-Authentication-Info: fields for edge, as the origin's client, that a cache must not store".to_owned(),
         Some("status") => format!(

@@ -1335,16 +1335,19 @@ pub fn not_storable(
         response_time,
         heuristic,
     );
-    if freshness.source == LifetimeSource::Default {
-        if cookie {
-            return Some(NotStored::Cookie);
-        }
-        // `must-revalidate` alone lets an answer to a request with credentials be stored (RFC
-        // 9111 §3.5) but gives it no freshness: the default would serve that user's page to
-        // everyone. `public` says it is everyone's.
-        if authorized && !response_cc.has("public") {
-            return Some(NotStored::Authorization);
-        }
+    if freshness.source == LifetimeSource::Default && cookie {
+        return Some(NotStored::Cookie);
+    }
+    // `must-revalidate` alone lets an answer to a request with credentials be stored (RFC 9111
+    // §3.5) but gives it no freshness: a lifetime edge guesses (the operator's default or
+    // `negative_ttl`, or a fraction of the time since `Last-Modified`, §4.2.2) would serve that
+    // user's page to everyone without asking the origin. `public` says it is everyone's.
+    let guessed = matches!(
+        freshness.source,
+        LifetimeSource::Default | LifetimeSource::Negative | LifetimeSource::Heuristic
+    );
+    if guessed && authorized && !response_cc.has("public") {
+        return Some(NotStored::Authorization);
     }
     (!freshness.worth_storing(headers)).then_some(NotStored::NoFreshness)
 }

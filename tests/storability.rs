@@ -165,6 +165,64 @@ async fn authorized_request_response_with_must_revalidate_is_stored() {
     authorized_response_is_stored_with("must-revalidate, max-age=60", "60").await;
 }
 
+/// With `must-revalidate` alone, an answer to a request with `Authorization` may be stored (RFC
+/// 9111 §3.5), but the origin gave it no freshness: a lifetime edge guesses, from `Last-Modified`
+/// (§4.2.2) or the operator's `negative_ttl`, would serve that user's page to everyone else
+/// without asking the origin, as `default_ttl` would. Explicit freshness, or `public`, still
+/// share it.
+#[tokio::test]
+async fn an_authorized_answer_stored_only_by_must_revalidate_gets_no_heuristic_freshness() {
+    let h = Harness::new().await;
+    let modified = common::http_date(common::start_time() - Duration::from_secs(100_000));
+    let mine = |body: &'static str, status: u16, cache_control: &str| {
+        Reply::ok(body)
+            .status(status)
+            .header("cache-control", cache_control)
+            .header("last-modified", &modified)
+    };
+    h.origin
+        .reply("/account", mine("alice's account", 200, "must-revalidate"));
+    h.origin
+        .reply("/order/7", mine("not yours", 404, "must-revalidate"));
+    h.origin.reply(
+        "/shared",
+        mine("everyone's", 200, "public, must-revalidate"),
+    );
+    let edge = h
+        .edge_with(|c| c.cache.heuristic.negative_ttl.0 = Duration::from_secs(60))
+        .await;
+    let alice = [("authorization", "Bearer alice")];
+    for path in ["/account", "/order/7"] {
+        let first = edge.get_with(path, &alice).await;
+        assert_eq!(
+            first.param("detail"),
+            Some("authorization"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        h.origin
+            .reply(path, mine("sign in", 401, "must-revalidate"));
+        let anonymous = edge.get(path).await;
+        assert_eq!(
+            (anonymous.status, anonymous.text()),
+            (401, "sign in"),
+            "{path}: {}",
+            anonymous.cache_status()
+        );
+        assert_eq!(h.origin.hits(path), 2, "{path}");
+    }
+    // `public` says the answer is everyone's: the heuristic (10% of 100,000 s) applies.
+    let first = edge.get_with("/shared", &alice).await;
+    assert_eq!(
+        first.param("ttl"),
+        Some("10000"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(edge.get("/shared").await.is_hit());
+    assert_eq!(h.origin.hits("/shared"), 1);
+}
+
 #[tokio::test]
 async fn set_cookie_response_is_never_stored_or_handed_to_another_client() {
     let h = Harness::new().await;
