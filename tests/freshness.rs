@@ -211,6 +211,60 @@ async fn no_heuristic_for_statuses_that_are_not_heuristically_cacheable() {
     assert_eq!(h.origin.hits("/moved"), 2);
 }
 
+/// `public` lets a heuristic apply to any status (RFC 9111 §4.2.2), but not to a 429, 500, 502,
+/// 503 or 504: they say the origin is failing or shedding load, not what the resource is, and
+/// some servers add `public` to every answer. A maintenance page with a `Last-Modified` would
+/// otherwise be served for up to `cache.heuristic.max` after the origin recovered (as
+/// `default_ttl` does not do either). Other statuses `public` marks still get the heuristic.
+#[tokio::test]
+async fn public_gives_no_heuristic_freshness_to_an_origin_error() {
+    let h = Harness::new().await;
+    let modified = http_date(start_time() - Duration::from_secs(1000));
+    let edge = h.edge().await;
+    for (path, status) in [
+        ("/a", 429),
+        ("/b", 500),
+        ("/c", 502),
+        ("/d", 503),
+        ("/e", 504),
+    ] {
+        h.origin.reply(
+            path,
+            Reply::ok("down for maintenance")
+                .status(status)
+                .header("cache-control", "public")
+                .header("last-modified", &modified),
+        );
+        let error = edge.get(path).await;
+        assert_eq!(error.status, status);
+        // Kept for its validator at most, never fresh.
+        assert_eq!(
+            error.param("ttl"),
+            Some("0"),
+            "{path}: {}",
+            error.cache_status()
+        );
+        h.origin.reply(path, Reply::ok("back"));
+        let after = edge.get(path).await;
+        assert_eq!(
+            (after.status, after.text()),
+            (200, "back"),
+            "{path}: {}",
+            after.cache_status()
+        );
+    }
+    h.origin.reply(
+        "/moved",
+        Reply::ok("")
+            .status(302)
+            .header("location", "/x")
+            .header("cache-control", "public")
+            .header("last-modified", &modified),
+    );
+    let moved = edge.get("/moved").await;
+    assert_eq!(moved.param("ttl"), Some("100"), "{}", moved.cache_status());
+}
+
 #[tokio::test]
 async fn age_includes_the_age_the_origin_reported() {
     let h = Harness::new().await;

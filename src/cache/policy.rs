@@ -628,7 +628,10 @@ fn lifetime(
     if matches!(status.as_u16(), 404 | 410) && !heuristic.negative_ttl.0.is_zero() {
         return (heuristic.negative_ttl.0, LifetimeSource::Negative);
     }
-    if (heuristically_cacheable(status) || cc.has("public"))
+    // Not for an answer that says the origin is failing or shedding load (429, 500, 502, 503,
+    // 504), which `public` alone, added by some servers to every answer, would keep for up to
+    // `heuristic.max` after the origin recovered (as for the operator's default below).
+    if (heuristically_cacheable(status) || (cc.has("public") && !origin_failing(status)))
         && let Some(last_modified) = parse_http_date(response.get(header::LAST_MODIFIED))
         && let Ok(since_modified) = date.duration_since(last_modified)
     {
