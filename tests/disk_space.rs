@@ -380,3 +380,57 @@ async fn a_disk_tier_stopped_while_off_with_a_purge_missed_starts_empty() {
     assert!(got.is_hit(), "{}", got.cache_status());
     edge.stop().await;
 }
+
+/// A store that does not open because its file system is full (filled while edge was down, by
+/// logs say) is not a broken one: it is left as it is, edge runs on memory meanwhile, and once
+/// there is room again the next start serves what it held. It was moved aside as broken, and
+/// deleted at the next start: the whole cache lost to a full disk.
+#[tokio::test]
+async fn a_store_on_a_full_file_system_is_kept_for_when_there_is_room() {
+    let h = Harness::new().await;
+    let dir = Arc::new(tempfile::TempDir::new().unwrap());
+    let Some(fs) = SmallFs::mount(&dir.path().join("fs"), "8m") else {
+        return;
+    };
+    let store = fs.0.join("store");
+    let mut config = common::base_config(&h.origin.url(), dir.path());
+    config.cache.disk.path = store.clone();
+    // Every hit is read from the disk tier.
+    config.cache.memory.capacity.0 = 1024;
+    config.cache.disk.min_free.0 = 0;
+    let edge = TestEdge::start(config.clone(), h.clock.clone(), dir.clone()).await;
+    let held = [("/kept", body(1, 20_000)), ("/kept-small", body(4, 2000))];
+    for (path, want) in &held {
+        h.origin.reply(path, cached(want.clone()));
+        assert!(edge.get(path).await.stored(), "{path}");
+    }
+    let dir = edge.stop().await;
+    // The file system fills up while edge is down.
+    let fill = fs.0.join("fill");
+    let _ = std::fs::write(&fill, vec![0u8; 8 << 20]);
+    assert!(
+        fs.available() < 64 << 10,
+        "{} bytes still free",
+        fs.available()
+    );
+    let edge = TestEdge::start(config.clone(), h.clock.clone(), dir).await;
+    assert_eq!(disk_metric(&edge, "edge_disk_up").await, 0);
+    let dir = edge.stop().await;
+    let aside: Vec<_> = std::fs::read_dir(&fs.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("store.broken-"))
+        .collect();
+    assert!(aside.is_empty(), "the store was moved aside: {aside:?}");
+    // Room again: the next start serves what the store held.
+    std::fs::remove_file(&fill).unwrap();
+    let edge = TestEdge::start(config, h.clock.clone(), dir).await;
+    assert_eq!(disk_metric(&edge, "edge_disk_up").await, 1);
+    for (path, want) in &held {
+        let got = edge.get(path).await;
+        assert!(got.is_hit(), "{path}: {}", got.cache_status());
+        assert!(got.body == *want, "{path}");
+        assert_eq!(h.origin.hits(path), 1, "{path}");
+    }
+    edge.stop().await;
+}

@@ -293,7 +293,7 @@ struct Gone {
 impl DiskTier {
     /// Opens the store at `path`. A store that cannot be opened is moved aside and replaced by
     /// an empty one; if even that fails, or another process holds the store, or edge may not
-    /// open it (permissions, a read-only file system), edge runs without a disk tier rather than
+    /// open it (permissions, a read-only or full file system), edge runs without a disk tier rather than
     /// not at all. Blocking: call it off the runtime.
     pub fn open(
         path: &Path,
@@ -316,7 +316,8 @@ impl DiskTier {
                 return None;
             }
             // Not a broken store: one edge may not use (as another user, on a read-only file
-            // system). It is kept as it is for when that is put right.
+            // system) or has no room to open (a full file system). It is kept as it is for when
+            // that is put right.
             Err(err) if is_refused(&err) => {
                 error!(path = %path.display(), %err, "disk tier cannot be opened; running with the memory tier only, the store left as it is");
                 return None;
@@ -2280,7 +2281,9 @@ fn is_locked(err: &DiskError) -> bool {
     err.to_string().contains("could not acquire lock")
 }
 
-/// Whether opening the store failed for want of permission, not because it is broken.
+/// Whether opening the store failed for want of permission or of room (a full file system or
+/// quota), not because it is broken: a store moved aside for that would be deleted at the next
+/// start, the whole cache lost to a disk that filled while edge was down.
 fn is_refused(err: &DiskError) -> bool {
     let io = match err {
         DiskError::Io(io) | DiskError::Sled(sled::Error::Io(io)) => io,
@@ -2288,7 +2291,10 @@ fn is_refused(err: &DiskError) -> bool {
     };
     matches!(
         io.kind(),
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::ReadOnlyFilesystem
+            | std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
     )
 }
 
