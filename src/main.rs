@@ -9,7 +9,7 @@ use edge::Node;
 use edge::clock::Clock;
 use edge::config::{Config, LogConfig, LogFormat};
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -180,6 +180,7 @@ fn run(
     filter: Option<FilterHandle>,
     demo_root: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -191,6 +192,31 @@ fn run(
             .build()?
     };
     runtime.block_on(serve_node(config, path, filter, demo_root))
+}
+
+/// Raises the soft limit on open files to the hard one. systemd starts services with a soft limit
+/// of 1024 (and a hard one of 524288), for programs that still use `select()`, and asks those that
+/// need more to raise it themselves (systemd.exec(5), `LimitNOFILE=`), as Go's runtime does: at
+/// 1024, client connections, `origin.max_connections` (1024 by default) and the disk tier's files
+/// share too few descriptors, and past them every origin request failed as `origin-unreachable`.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft one (the kernel caps it at fs.nr_open): left as it is.
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if soft >= hard {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => debug!(from = soft, to = hard, "raised the open files limit"),
+        Err(err) => warn!(%err, soft, hard, "cannot raise the open files limit"),
+    }
 }
 
 async fn serve_node(

@@ -30,6 +30,8 @@ struct Conf {
     user: Option<u32>,
     /// `cache.disk.min_free`, when set.
     min_free: Option<String>,
+    /// A soft limit on open files to start edge with (`ulimit -S -n`), when set.
+    soft_open_files: Option<u64>,
 }
 
 impl Conf {
@@ -44,6 +46,7 @@ impl Conf {
             extra: String::new(),
             user: None,
             min_free: None,
+            soft_open_files: None,
         }
     }
 
@@ -101,7 +104,19 @@ impl Edge {
         let log = dir.path().join("stderr.log");
         let spawn = |conf: &Conf| {
             std::fs::write(&config, conf.yaml()).unwrap();
-            let mut command = Command::new(env!("CARGO_BIN_EXE_edge"));
+            let mut command = match conf.soft_open_files {
+                // The shell lowers the limit and becomes edge (same process id).
+                Some(limit) => {
+                    let mut command = Command::new("sh");
+                    command.args([
+                        "-c",
+                        &format!("ulimit -S -n {limit} && exec \"$0\" \"$@\""),
+                        env!("CARGO_BIN_EXE_edge"),
+                    ]);
+                    command
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_edge")),
+            };
             command
                 .args(["--config", config.to_str().unwrap()])
                 .current_dir(dir.path())
@@ -1313,4 +1328,43 @@ async fn signals_sent_while_the_tiers_open_are_handled() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(process.0.try_wait().unwrap().is_none(), "still running");
+}
+
+/// The soft limit on open files, and the hard one, of process `pid` (`None`: unlimited).
+fn open_files_limits(pid: &str) -> (Option<u64>, Option<u64>) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = (limits.lines())
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open files limit in\n{limits}"))
+        .to_owned();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let limit = |field: &str| field.parse::<u64>().ok();
+    (limit(fields[3]), limit(fields[4]))
+}
+
+/// Started with a soft limit on open files below its hard one (as systemd starts services: 1024
+/// and 524288), edge raises the soft limit to the hard one: at 1024, client connections, origin
+/// connections (`origin.max_connections`, 1024) and disk files share too few, and past them
+/// every origin request failed as `origin-unreachable` (`Too many open files`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let (_, hard) = open_files_limits("self");
+    if hard.is_some_and(|hard| hard <= 256) {
+        eprintln!("skipped: the hard limit on open files is {hard:?}, not above 256");
+        return;
+    }
+    let origin = origin().await;
+    origin.reply("/p", cacheable("p\n"));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin);
+    conf.soft_open_files = Some(256);
+    let edge = Edge::start(dir, &mut conf, None).await;
+    assert_eq!(edge.get("/p").await.0, 200);
+    let (soft, hard_of_edge) = open_files_limits(&edge.pid());
+    assert_eq!(hard_of_edge, hard);
+    match hard {
+        Some(_) => assert_eq!(soft, hard, "edge's soft limit on open files"),
+        // An unlimited hard limit is not taken as the soft one: the kernel refuses it.
+        None => assert_eq!(soft, Some(256)),
+    }
 }
