@@ -434,3 +434,51 @@ async fn a_store_on_a_full_file_system_is_kept_for_when_there_is_room() {
     }
     edge.stop().await;
 }
+
+/// The disk tier's `edge_cache_bytes` and `edge_cache_evictions_total`.
+async fn disk_tier_bytes_and_evictions(edge: &TestEdge) -> (u64, u64) {
+    let metrics = edge.metrics().await;
+    let sample = |name: &str| -> u64 {
+        let line = (metrics.lines())
+            .find(|l| l.starts_with(&format!("{name}{{tier=\"disk\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (
+        sample("edge_cache_bytes"),
+        sample("edge_cache_evictions_total"),
+    )
+}
+
+/// A store larger than `cache.disk.capacity` (lowered since, as an operator does when the disk
+/// runs short) is evicted down to it at start-up. It stayed over it until the next store, which
+/// a node serving hits may not make for a long time.
+#[tokio::test]
+async fn a_store_over_a_lowered_capacity_is_evicted_down_to_it_at_start_up() {
+    let h = Harness::new().await;
+    let dir = Arc::new(tempfile::TempDir::new().unwrap());
+    let mut config = common::base_config(&h.origin.url(), dir.path());
+    config.cache.disk.min_free.0 = 0;
+    let edge = TestEdge::start(config.clone(), h.clock.clone(), dir.clone()).await;
+    for i in 0..40 {
+        let path = format!("/large/{i}");
+        h.origin.reply(&path, cached(body(i, 50_000)));
+        assert!(edge.get(&path).await.stored(), "{path}");
+    }
+    let (held, _) = disk_tier_bytes_and_evictions(&edge).await;
+    assert!(held > 2_000_000, "{held} bytes on disk");
+    let dir = edge.stop().await;
+    let capacity: u64 = 1 << 20;
+    config.cache.disk.capacity.0 = capacity;
+    let edge = TestEdge::start(config, h.clock.clone(), dir).await;
+    let (held, evictions) = disk_tier_bytes_and_evictions(&edge).await;
+    assert!(
+        held <= capacity,
+        "{held} bytes on disk over a capacity of {capacity}"
+    );
+    assert!(evictions > 0);
+    // The newest are kept.
+    let got = edge.get("/large/39").await;
+    assert!(got.is_hit(), "{}", got.cache_status());
+    edge.stop().await;
+}

@@ -349,7 +349,16 @@ impl DiskTier {
             backoff: Mutex::new((None, REOPEN_FIRST)),
         });
         keep_flushing(Arc::downgrade(&shared));
-        Some(Self { shared })
+        let tier = Self { shared };
+        // A capacity lowered, or a file system that filled, since the store was written: the
+        // budget is held from the start, not from the next store on, which a node serving hits
+        // may not make for a long time (nginx's cache manager holds max_size on its own too).
+        if let Some(inner) = tier.shared.current()
+            && let Err(err) = tier.check(&inner, inner.evict_to_budget(0))
+        {
+            warn!(%err, "cannot evict the disk tier down to its budget");
+        }
+        Some(tier)
     }
 
     /// Reads the record at `key`, and its body file if it has one, verified the first time they
