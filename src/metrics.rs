@@ -55,7 +55,7 @@ pub enum Disconnect {
 
 const DISCONNECTS: [&str; 3] = ["idle", "slow_head", "slow_read"];
 
-/// What the main listener's connections count.
+/// What the client listeners' connections (listen and tls.listen) count.
 #[derive(Clone, Default)]
 pub struct ClientMetrics {
     connections: Gauge,
@@ -127,7 +127,7 @@ impl Metrics {
         let responses = Family::<StatusLabel, Counter>::default();
         registry.register(
             "responses",
-            "Responses to the main listener's requests, by status class; edge's own answers and 499s for clients that left included",
+            "Responses to client requests (listen and tls.listen), by status class; edge's own answers and 499s for clients that left included",
             responses.clone(),
         );
         let origin_requests = Family::<StatusLabel, Counter>::default();
@@ -175,13 +175,13 @@ impl Metrics {
         let clients = ClientMetrics::default();
         registry.register(
             "client_connections",
-            "Client connections open on the main listener",
+            "Client connections open on listen and tls.listen",
             clients.connections.clone(),
         );
         let disconnects = Family::<DisconnectLabel, Counter>::default();
         registry.register(
             "client_disconnects",
-            "Main-listener client connections edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout; on HTTP/2 a stream reset)",
+            "Client connections (listen and tls.listen) edge closed on a limit: idle (client_header_timeout with nothing pending), slow_head (a request head not complete within client_header_timeout), slow_read (a response not taken for send_timeout; on HTTP/2 a stream reset)",
             disconnects.clone(),
         );
         let clients = ClientMetrics {
