@@ -32,7 +32,7 @@ use crate::conditional;
 use crate::config::{self, Config};
 use crate::fill::{self, FillJob, Fills, Head, Role, SharedHead, Ticket};
 use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, PURGED, SURROGATE_KEY};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Timing};
 use crate::origin::{self, Origin, OriginError, Upstream};
 use crate::range::{self, RangeOutcome, Selection};
 use arc_swap::ArcSwap;
@@ -208,7 +208,8 @@ pub fn handle(
         std::mem::forget(pending);
         let label = outcome.status.label();
         let status = response.status().as_u16();
-        edge.metrics
+        let timing = edge
+            .metrics
             .request(label, status, outcome.status.collapsed);
         if explain {
             let asked = (&uri, &method, scheme);
@@ -221,6 +222,7 @@ pub fn handle(
             told,
             status,
             cache: label,
+            timing,
             // Only copied for a line that will be written.
             cache_status: settings
                 .log
@@ -487,6 +489,7 @@ struct AccessRecord {
     told: Told,
     status: u16,
     cache: &'static str,
+    timing: Timing,
     cache_status: Option<HeaderValue>,
     client: std::net::IpAddr,
     started: Instant,
@@ -604,7 +607,8 @@ impl Drop for Pending<'_> {
         } else {
             (499, "abandoned")
         };
-        self.edge.metrics.request(label, status, false);
+        let timing = self.edge.metrics.request(label, status, false);
+        self.edge.metrics.finished(timing, self.started.elapsed());
         if self.log {
             let record = AccessRecord {
                 method: self.method.clone(),
@@ -613,6 +617,7 @@ impl Drop for Pending<'_> {
                 told: self.told.clone(),
                 status,
                 cache: label,
+                timing,
                 cache_status: None,
                 client: self.client,
                 started: self.started,
@@ -682,6 +687,7 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.edge.metrics.served(self.bytes);
         let r = &self.record;
+        self.edge.metrics.finished(r.timing, r.started.elapsed());
         if !r.log {
             return;
         }
@@ -1013,14 +1019,11 @@ async fn answer_from_fill(
             None => {}
             Some(Head::Shared(shared)) => {
                 if let Some(entry) = stale_on_error(Some(shared.status)) {
-                    return serve_stale_on_error(
-                        request,
-                        &entry,
-                        fwd,
-                        Some(shared.fwd_status),
-                        now,
-                    )
-                    .await;
+                    let fwd_status = Some(shared.fwd_status);
+                    let (response, mut outcome) =
+                        serve_stale_on_error(request, &entry, fwd, fwd_status, now).await;
+                    outcome.origin_time = Some(if leader { shared.origin_time } else { waited });
+                    return (response, outcome);
                 }
                 // A response that had arrived before this request joined is reused as a stored
                 // one is, if it is fresh enough for the request (RFC 9111 §4, §5.2.1); otherwise
@@ -1141,8 +1144,14 @@ async fn answer_from_fill(
                 }
             }
             Some(Head::Failed(err)) => {
+                // How long the origin had (or, for a request that joined the fetch, how long
+                // this one waited for it), for the access line.
+                let origin_time = Some(waited);
                 if let Some(entry) = stale_on_error(None) {
-                    return serve_stale_on_error(request, &entry, fwd, None, now).await;
+                    let (response, mut outcome) =
+                        serve_stale_on_error(request, &entry, fwd, None, now).await;
+                    outcome.origin_time = origin_time;
+                    return (response, outcome);
                 }
                 // Asking again for each waiter would send every collapsed request at once to an
                 // origin that has just failed: they ask again together, once.
@@ -1159,7 +1168,9 @@ async fn answer_from_fill(
                 }
                 let mut status = CacheStatus::forward(fwd);
                 status.collapsed = !leader;
-                return origin_failure(&err, status);
+                let (response, mut outcome) = origin_failure(&err, status);
+                outcome.origin_time = origin_time;
+                return (response, outcome);
             }
             Some(Head::Pending) => {
                 let err = OriginError::Unreachable("fill ended without a response".into());
@@ -1568,7 +1579,8 @@ fn forward(
             Ok(upstream) => upstream,
             Err(err @ (OriginError::ClientTimeout(_) | OriginError::ClientBody(_))) => {
                 debug!(url = key.url(), %err, "upload abandoned");
-                let (mut response, outcome) = origin_failure(&err, cache_status);
+                let (mut response, mut outcome) = origin_failure(&err, cache_status);
+                outcome.origin_time = Some(origin_time);
                 if parts.version <= Version::HTTP_11 {
                     // The rest of the body may still come: the connection can carry no other
                     // request.
@@ -1579,7 +1591,12 @@ fn forward(
             }
             Err(err) => {
                 warn!(url = key.url(), %err, "origin request failed");
-                return origin_failure(&err, cache_status);
+                let (response, mut outcome) = origin_failure(&err, cache_status);
+                // How long the origin had, for the access line: it matters most here (a
+                // request never sent, `origin-busy`, has none).
+                outcome.origin_time =
+                    (!matches!(err, OriginError::Busy(..))).then_some(origin_time);
+                return (response, outcome);
             }
         };
         let (upstream, upstream_body) = upstream.into_parts();

@@ -88,6 +88,48 @@ async fn metrics_count_responses_by_status_class() {
     assert_eq!(count(&failing.metrics().await, "5xx"), 1.0);
 }
 
+/// Each request is timed from its head to the end of its response body, by what the cache did;
+/// the origin's response time counts only origin requests that got a response: a refused
+/// connection is not a fast answer.
+#[tokio::test]
+async fn request_durations_are_timed_by_what_the_cache_did() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    let wait = Duration::from_millis(300);
+    h.origin.reply("/a", cached("aaaa").delay(wait));
+    assert!(!edge.get("/a").await.is_hit());
+    assert!(edge.get("/a").await.is_hit());
+    assert!(edge.get("/a").await.is_hit());
+    let text = edge.metrics().await;
+    let seconds = |what: &str, label: &str| {
+        let name = format!("edge_request_duration_seconds_{what}{{cache_status=\"{label}\"}}");
+        sample(&text, &name)
+    };
+    assert_eq!(seconds("count", "miss"), 1.0, "{text}");
+    assert_eq!(seconds("count", "hit"), 2.0, "{text}");
+    assert_eq!(seconds("count", "pass"), 0.0, "{text}");
+    assert!(seconds("sum", "miss") >= wait.as_secs_f64(), "{text}");
+    assert!(seconds("sum", "hit") < wait.as_secs_f64(), "{text}");
+    assert!(
+        text.contains("# TYPE edge_request_duration_seconds histogram"),
+        "{text}"
+    );
+
+    let unreachable = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let failing = h.edge_before(unreachable).await;
+    assert_eq!(failing.get("/x").await.status, 502);
+    let text = failing.metrics().await;
+    let failed = "edge_origin_requests_total{status=\"error\"}";
+    assert_eq!(sample(&text, failed), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "edge_origin_response_seconds_count"),
+        0.0,
+        "{text}"
+    );
+    let errors = "edge_request_duration_seconds_count{cache_status=\"error\"}";
+    assert_eq!(sample(&text, errors), 1.0, "{text}");
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_what_the_cache_did() {
     let h = Harness::new().await;

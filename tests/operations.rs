@@ -592,6 +592,30 @@ async fn access_log_json_is_one_object_per_line() {
     assert!(access[1].get("origin_ms").is_none(), "{}", access[1]);
 }
 
+/// The access line of a request the origin failed says how long the origin had (`origin_ms`),
+/// where an operator looks first: here a 504 after `origin.timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_line_of_an_origin_timeout_gives_the_origin_time() {
+    let origin = origin().await;
+    origin.reply("/late", cacheable("late").delay(Duration::from_secs(3)));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("log:\n  format: json\n");
+    conf.origin_timeout = "1s".to_owned();
+    let edge = Edge::start(dir, &mut conf, None).await;
+    let (status, cache_status, _) = edge.get("/late").await;
+    assert_eq!(status, 504, "{cache_status}");
+    edge.wait_line("\"edge::access\"").await;
+    let line = (edge.lines().into_iter())
+        .find(|line| line.contains("\"edge::access\""))
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["status"], 504, "{value}");
+    let origin_ms = value["origin_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{value}"));
+    assert!((900.0..3000.0).contains(&origin_ms), "{value}");
+}
+
 /// A request from 127.0.0.1 that logs a WARN line: PURGE from outside `purge.allow`.
 async fn refused_purge(edge: &Edge) {
     let response = edge
