@@ -116,10 +116,14 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
             Ok(Network(net))
         }
     }
-    Ok(Vec::<Network>::deserialize(d)?
-        .into_iter()
-        .map(|Network(net)| net)
-        .collect())
+    // A key with nothing after it (its items commented out) is YAML's null: it could mean no
+    // address or the default, and for `purge.allow` those are nobody and loopback.
+    let Some(list) = Option::<Vec<Network>>::deserialize(d)? else {
+        return Err(de::Error::custom(
+            "no list given: write [] for no address at all, or leave the key out for its default",
+        ));
+    };
+    Ok(list.into_iter().map(|Network(net)| net).collect())
 }
 
 /// Whether `addr` is in one of the networks of `allow`.
@@ -1137,6 +1141,22 @@ mod tests {
         assert!(
             err.contains("explain.allow") && err.contains("\"10.0.0.300\""),
             "{err}"
+        );
+        // Its items commented out, the key says nothing: not taken for [] (nobody), which the
+        // loopback default would not be either.
+        let text = "origin:\n  url: http://o\npurge:\n  allow:\n  #  - 10.0.0.0/8\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("purge.allow") && err.contains("t.yaml:4:") && err.contains("[]"),
+            "{err}"
+        );
+        let text = "origin:\n  url: http://o\npurge:\n  allow: []\n";
+        assert!(
+            Config::parse(text, "t.yaml")
+                .unwrap()
+                .purge
+                .allow
+                .is_empty()
         );
     }
 
