@@ -282,7 +282,7 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 /// `POST /purge?url=<path or absolute URL>`, `POST /purge?prefix=<path or absolute URL>` (every
-/// URL that starts with it), `POST /purge?tag=<surrogate key>` or `POST /purge?all=true`
+/// URL that starts with it), `POST /purge?tag=<surrogate key>` (`&tag=<another>`…) or `POST /purge?all=true`
 /// (everything), with `soft=true` to mark stale instead of deleting; the parameters may also
 /// come as a form body (`curl --data-urlencode url=/a?b=1&c=2`). Answers with how many
 /// responses were affected. The purge runs to its end even if the client goes away.
@@ -291,8 +291,10 @@ async fn purge(
     RawQuery(raw): RawQuery,
     body: axum::body::Bytes,
 ) -> Response {
-    // From the query and a form body alike; each parameter once, as a purge names one thing.
+    // From the query and a form body alike; each parameter once, as a purge names one thing,
+    // but for `tag`, which may name several (Fastly's and Cloudflare's purges take a list).
     let mut query = HashMap::new();
+    let mut tags = Vec::new();
     let raw = raw.unwrap_or_default();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()).chain(form_urlencoded::parse(&body))
     {
@@ -300,6 +302,13 @@ async fn purge(
             return bad_request(format!(
                 "unknown parameter {name:?} (a url with a query of its own is percent-encoded, or sent as a form body)"
             ));
+        }
+        if name == "tag" {
+            if value.is_empty() {
+                return bad_request("tag is empty: name the tag to purge".into());
+            }
+            tags.push(value.into_owned());
+            continue;
         }
         if query.contains_key(&*name) {
             return bad_request(format!(
@@ -323,7 +332,8 @@ async fn purge(
         Some(other) => return bad_request(format!("all must be true (or 1), not {other:?}")),
     };
     let named = |name: &str| query.get(name).map(String::as_str);
-    let body = match (named("url"), named("prefix"), named("tag"), all) {
+    let tag = (!tags.is_empty()).then_some(());
+    let body = match (named("url"), named("prefix"), tag, all) {
         (None, None, None, true) => {
             let purged = proxy::purge_all(&edge, soft).await;
             serde_json::json!({ "all": true, "purged": purged, "soft": soft })
@@ -347,16 +357,16 @@ async fn purge(
             let purged = proxy::purge_prefix(&edge, &key_prefix, soft).await;
             serde_json::json!({ "prefix": key_prefix, "purged": purged, "soft": soft })
         }
-        (None, None, Some(""), false) => {
-            return bad_request("tag is empty: name the tag to purge".into());
-        }
-        (None, None, Some(tag), false) => {
-            let purged = proxy::purge_tag(&edge, tag, soft).await;
-            serde_json::json!({ "tag": tag, "purged": purged, "soft": soft })
+        (None, None, Some(()), false) => {
+            let purged = proxy::purge_tags(&edge, &tags, soft).await;
+            match &tags[..] {
+                [tag] => serde_json::json!({ "tag": tag, "purged": purged, "soft": soft }),
+                _ => serde_json::json!({ "tags": tags, "purged": purged, "soft": soft }),
+            }
         }
         _ => {
             return bad_request(
-                "a purge names one thing: give exactly one of url=<path or URL>, prefix=<path or URL>, tag=<tag> or all=true".into(),
+                "a purge names one thing: give exactly one of url=<path or URL>, prefix=<path or URL>, tag=<tag> (or several: tag=a&tag=b) or all=true".into(),
             );
         }
     };

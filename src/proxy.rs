@@ -382,17 +382,25 @@ pub async fn purge_url(edge: &Arc<Edge>, url: &Url, soft: bool) -> usize {
     .await
 }
 
-/// Purges every stored response tagged `tag` (`Surrogate-Key` / `Cache-Tag`): each URL that
-/// carries it, with all its variants. Returns how many responses; runs to its end like
-/// [`purge_url`].
-pub async fn purge_tag(edge: &Arc<Edge>, tag: &str, soft: bool) -> usize {
-    let (work, tag) = (edge.clone(), tag.to_owned());
+/// Purges every stored response tagged with one of `tags` (`Surrogate-Key` / `Cache-Tag`): each
+/// URL that carries one, with all its variants, once. Returns how many responses; runs to its
+/// end like [`purge_url`].
+pub async fn purge_tags(edge: &Arc<Edge>, tags: &[String], soft: bool) -> usize {
+    let (work, tags) = (edge.clone(), tags.to_vec());
     run_to_end(edge, async move {
-        work.cache.purge_tag_from_now(&tag);
-        work.fills.invalidate_tag(&tag);
-        let purged = purge_each(&work, work.cache.tagged(&tag).await, soft).await;
+        for tag in &tags {
+            work.cache.purge_tag_from_now(tag);
+            work.fills.invalidate_tag(tag);
+        }
+        let mut urls = Vec::new();
+        for tag in &tags {
+            urls.extend(work.cache.tagged(tag).await);
+        }
+        urls.sort();
+        urls.dedup();
+        let purged = purge_each(&work, urls, soft).await;
         work.metrics.purge("tag", soft, purged);
-        tracing::info!(tag, purged, soft, "purge");
+        tracing::info!(tag = tags.join(" "), purged, soft, "purge");
         purged
     })
     .await

@@ -362,6 +362,22 @@ async fn purge_by_tag_takes_surrogate_key_and_cache_tag_and_survives_a_restart()
     // Both tiers: /t3 is in memory now as well as on disk.
     assert_eq!(purge(&edge, "tag=sport").await["purged"], 2);
     assert!(!edge.get("/t3").await.is_hit());
+    // Several tags at once (Fastly's and Cloudflare's purges take a list): each response that
+    // carries one of them, once (/t1 carries both).
+    assert!(!edge.get("/t1").await.is_hit());
+    for path in ["/t1", "/t2", "/t3"] {
+        assert!(edge.get(path).await.is_hit(), "{path}");
+    }
+    let answer = purge(&edge, "tag=news&tag=sport").await;
+    assert_eq!(answer["purged"], 3, "{answer}");
+    assert_eq!(
+        answer["tags"],
+        serde_json::json!(["news", "sport"]),
+        "{answer}"
+    );
+    for path in ["/t1", "/t2", "/t3"] {
+        assert!(!edge.get(path).await.is_hit(), "{path}");
+    }
 }
 
 #[tokio::test]
@@ -556,7 +572,7 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         // Named twice, or with a parameter edge does not know (here, the rest of an unencoded
         // query): it answered 200 and purged only the last URL, or the URL cut short.
         "url=/d1&url=/d2",
-        "tag=a&tag=b",
+        "tag=a&tag=",
         "url=/search?q=a&page=2",
         "url=/a&sotf=true",
         "all=maybe",
