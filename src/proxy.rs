@@ -506,8 +506,8 @@ struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Writes the line; `bytes` were sent, `complete`ly or not.
-    fn write(&self, bytes: u64, complete: bool) {
+    /// Writes the line; `bytes` were sent, `complete`ly or not, `took` after the request came.
+    fn write(&self, bytes: u64, complete: bool, took: Duration) {
         let millis = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(
             target: "edge::access",
@@ -520,7 +520,7 @@ impl AccessRecord {
             status = self.status,
             cache = self.cache,
             bytes,
-            duration_ms = millis(self.started.elapsed()),
+            duration_ms = millis(took),
             origin_ms = self.origin_time.map(millis),
             complete,
             cache_status = self.cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
@@ -616,7 +616,8 @@ impl Drop for Pending<'_> {
             (499, "abandoned")
         };
         let timing = self.edge.metrics.request(label, status, false);
-        self.edge.metrics.finished(timing, self.started.elapsed());
+        let took = self.started.elapsed();
+        self.edge.metrics.finished(timing, took);
         if self.log {
             let record = AccessRecord {
                 method: self.method.clone(),
@@ -632,7 +633,7 @@ impl Drop for Pending<'_> {
                 origin_time: None,
                 log: true,
             };
-            record.write(0, false);
+            record.write(0, false, took);
         }
     }
 }
@@ -695,7 +696,8 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.edge.metrics.served(self.bytes);
         let r = &self.record;
-        self.edge.metrics.finished(r.timing, r.started.elapsed());
+        let took = r.started.elapsed();
+        self.edge.metrics.finished(r.timing, took);
         if !r.log {
             return;
         }
@@ -704,7 +706,7 @@ impl Drop for Served {
             || self.expected == Some(self.bytes)
             || r.method == Method::HEAD
             || matches!(r.status, 204 | 304);
-        r.write(self.bytes, complete);
+        r.write(self.bytes, complete, took);
     }
 }
 
