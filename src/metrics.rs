@@ -11,13 +11,19 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Tier};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheStatusLabel {
     cache_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +125,8 @@ pub struct Metrics {
     origin_seconds: Histogram,
     /// By the `cache_status` label, made up front as `requests` are.
     request_seconds: [Histogram; CACHE_STATUSES.len()],
+    /// Memory, disk.
+    tier_hits: [Counter; 2],
     origin_busy: Counter,
     bytes_served: Counter,
     collapsed: Counter,
@@ -160,6 +168,17 @@ impl Metrics {
             "request_duration_seconds",
             "Time from a client request's head to the end of its response body (sent whole, or cut off), by what the cache did; requests hyper refused as malformed are not timed",
             request_seconds.clone(),
+        );
+        let tier_hits = Family::<TierLabel, Counter>::default();
+        registry.register(
+            "tier_hits",
+            "Requests answered from a stored response (hits, and stale ones served), by the tier it was read from: memory, or disk (then promoted to memory)",
+            tier_hits.clone(),
+        );
+        registry.register(
+            "build",
+            "The version of edge running",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         let origin_busy = Counter::default();
         registry.register(
@@ -215,6 +234,12 @@ impl Metrics {
         let request_seconds = CACHE_STATUSES.map(|cache_status| {
             (request_seconds.get_or_create(&CacheStatusLabel { cache_status })).clone()
         });
+        let tier_hits = [Tier::Memory, Tier::Disk].map(|tier| {
+            (tier_hits.get_or_create(&TierLabel {
+                tier: tier.as_str(),
+            }))
+            .clone()
+        });
         let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|status| (responses.get_or_create(&StatusLabel { status })).clone());
         let origin_requests = ORIGIN_STATUSES
@@ -226,6 +251,7 @@ impl Metrics {
             origin_requests,
             origin_seconds,
             request_seconds,
+            tier_hits,
             origin_busy,
             bytes_served,
             collapsed,
@@ -252,6 +278,11 @@ impl Metrics {
             self.collapsed.inc();
         }
         Timing(i)
+    }
+
+    /// A request answered from a stored response read from `tier`.
+    pub fn hit(&self, tier: Tier) {
+        self.tier_hits[tier as usize].inc();
     }
 
     /// A client request's response ended, sent whole or not, `elapsed` after its head came.

@@ -211,6 +211,9 @@ pub fn handle(
         let timing = edge
             .metrics
             .request(label, status, outcome.status.collapsed);
+        if let Some(tier) = outcome.status.hit {
+            edge.metrics.hit(tier);
+        }
         if explain {
             let asked = (&uri, &method, scheme);
             crate::explain::add_headers(&edge, &settings, asked, &outcome, &mut response);

@@ -88,6 +88,41 @@ async fn metrics_count_responses_by_status_class() {
     assert_eq!(count(&failing.metrics().await, "5xx"), 1.0);
 }
 
+/// Hits are counted by the tier they were read from (how well the memory tier is sized), and the
+/// version running is published.
+#[tokio::test]
+async fn hits_are_counted_by_tier_and_the_version_is_published() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    h.origin.reply("/a", cached("aaaa"));
+    assert!(!edge.get("/a").await.is_hit());
+    assert!(edge.get("/a").await.is_hit());
+    assert!(edge.get("/a").await.is_hit());
+    let text = edge.metrics().await;
+    let hits =
+        |text: &str, tier: &str| sample(text, &format!("edge_tier_hits_total{{tier=\"{tier}\"}}"));
+    assert_eq!(
+        (hits(&text, "memory"), hits(&text, "disk")),
+        (2.0, 0.0),
+        "{text}"
+    );
+    let version = format!(
+        "edge_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{text}");
+    // Memory is empty after a restart: read from disk, then promoted.
+    let edge = edge.restart().await;
+    assert_eq!(edge.get("/a").await.param("detail"), Some("disk"));
+    assert_eq!(edge.get("/a").await.param("detail"), Some("memory"));
+    let text = edge.metrics().await;
+    assert_eq!(
+        (hits(&text, "memory"), hits(&text, "disk")),
+        (1.0, 1.0),
+        "{text}"
+    );
+}
+
 /// Each request is timed from its head to the end of its response body, by what the cache did;
 /// the origin's response time counts only origin requests that got a response: a refused
 /// connection is not a fast answer.
