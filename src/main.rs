@@ -309,6 +309,9 @@ async fn reload_on_hangup(
     logs: (Option<FilterHandle>, String, LogFormat),
 ) {
     let (filter, mut log_filter, format) = logs;
+    // The file as last loaded: a reload that finds it as it was says so, since a file replaced
+    // under a single-file bind mount (as editors save) goes unseen.
+    let mut last = std::fs::read(&path).ok();
     while hangup.recv().await.is_some() {
         let config = match Config::load(&path) {
             Ok(config) => config,
@@ -317,6 +320,9 @@ async fn reload_on_hangup(
                 continue;
             }
         };
+        let now = std::fs::read(&path).ok();
+        let same = now.is_some() && now == last;
+        last = now;
         let new_filter = config.log.filter.0.clone();
         let mut kept = node.reload(config.clone());
         if config.log.format != format {
@@ -331,7 +337,9 @@ async fn reload_on_hangup(
             warn!(log_filter = %new_filter, "log.filter changed, but RUST_LOG is set and filters the logs instead");
         }
         log_filter = new_filter;
-        if kept.is_empty() {
+        if same {
+            info!(path = %path.display(), "configuration reloaded, the file as it was (its TLS files read again); a file replaced under a single-file bind mount is not seen: mount its directory");
+        } else if kept.is_empty() {
             info!(path = %path.display(), "configuration reloaded");
         } else {
             warn!(path = %path.display(), unchanged = ?kept, "configuration reloaded; these settings need a restart and keep their running values");
