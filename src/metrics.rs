@@ -116,6 +116,8 @@ pub struct Timing(Option<usize>);
 
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`, unprefixed.
+    process: Registry,
     /// The counters of each label, made up front: a request does not look its label set up in
     /// the family's map (a SipHash and a lock per counter).
     requests: [Counter; CACHE_STATUSES.len()],
@@ -228,6 +230,8 @@ impl Metrics {
             ..clients
         };
         registry.register_collector(Box::new(CacheCollector(cache)));
+        let mut process = Registry::with_prefix("process");
+        process.register_collector(Box::new(ProcessCollector));
         let requests = CACHE_STATUSES.map(|cache_status| {
             (requests.get_or_create(&CacheStatusLabel { cache_status })).clone()
         });
@@ -246,6 +250,7 @@ impl Metrics {
             .map(|status| (origin_requests.get_or_create(&StatusLabel { status })).clone());
         Self {
             registry,
+            process,
             requests,
             responses,
             origin_requests,
@@ -325,10 +330,82 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // Writing to a String cannot fail. The process's figures go without edge's prefix, under
+        // the names every Prometheus client library gives them.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
+    }
+}
+
+/// The process's own figures, read from `/proc` at scrape time, as every Prometheus client
+/// library exports them: `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_threads`, `process_start_time_seconds`,
+/// `process_open_fds` and `process_max_fds`. One that cannot be read is left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use procfs::WithCurrentSystemInfo;
+        use prometheus_client::metrics::MetricType;
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)
+        };
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let ticks = procfs::ticks_per_second() as f64;
+        let stat = me.stat().ok();
+        if let Some(stat) = &stat {
+            let rss = stat.rss_bytes().get() as i64;
+            gauge(
+                "resident_memory_bytes",
+                "Resident memory size in bytes.",
+                rss,
+            )?;
+            let vsize = stat.vsize as i64;
+            gauge(
+                "virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                vsize,
+            )?;
+            let threads = stat.num_threads;
+            gauge("threads", "Number of OS threads in the process.", threads)?;
+        }
+        if let Ok(open) = me.fd_count() {
+            gauge("open_fds", "Number of open file descriptors.", open as i64)?;
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            gauge(
+                "max_fds",
+                "Maximum number of open file descriptors.",
+                max as i64,
+            )?;
+        }
+        if let Some(stat) = &stat {
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let help = "Start time of the process since unix epoch in seconds.";
+                let family = encoder.encode_descriptor(
+                    "start_time_seconds",
+                    help,
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks).encode(family)?;
+            }
+            let help = "Total user and system CPU time spent in seconds.";
+            let family =
+                encoder.encode_descriptor("cpu_seconds", help, None, MetricType::Counter)?;
+            ConstCounter::new((stat.utime + stat.stime) as f64 / ticks).encode(family)?;
+        }
+        Ok(())
     }
 }
 

@@ -123,6 +123,39 @@ async fn hits_are_counted_by_tier_and_the_version_is_published() {
     );
 }
 
+/// The process's own figures come as every Prometheus client library names them (`process_*`,
+/// without edge's prefix), in the one exposition that ends with one `# EOF`.
+#[tokio::test]
+async fn the_process_figures_are_published() {
+    let h = Harness::new().await;
+    let edge = h.edge().await;
+    let text = edge.metrics().await;
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_threads",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&text, name) > 0.0, "{name}: {text}");
+    }
+    // In clock ticks (10 ms): a young process may have none yet.
+    assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
+    let started = sample(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    assert!(
+        (now.unwrap().as_secs_f64() - started).abs() < 3600.0,
+        "{started}"
+    );
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
 /// Each request is timed from its head to the end of its response body, by what the cache did;
 /// the origin's response time counts only origin requests that got a response: a refused
 /// connection is not a fast answer.
