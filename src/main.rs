@@ -1,6 +1,6 @@
 //! The `edge` command: run a node, check a config, or run a demo with a bundled origin.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -72,6 +72,12 @@ fn main() -> ExitCode {
                 config.listen,
                 config.origin.url
             );
+            if let Some(problem) = disk_path_problem(&config.cache.disk.path) {
+                eprintln!(
+                    "edge: warning: cache.disk.path {}: {problem}; edge would run with the memory tier only",
+                    config.cache.disk.path.display()
+                );
+            }
             Ok(())
         }
         Some(Command::Health) => return health(&config),
@@ -192,6 +198,37 @@ fn run(
             .build()?
     };
     runtime.block_on(serve_node(config, path, filter, demo_root))
+}
+
+/// Why the disk tier could not be kept at `path` by the user running this, if it could not: the
+/// directory, or the nearest one above it that exists (edge creates the rest), must be one this
+/// user may write in. A check, as `nginx -t` checks its cache path, for edge only warns at start
+/// and runs with the memory tier alone.
+fn disk_path_problem(path: &Path) -> Option<String> {
+    use rustix::fs::{Access, access};
+    let mut existing = path;
+    let directory = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) if meta.is_dir() => break existing,
+            Ok(_) => return Some(format!("{} is not a directory", existing.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                existing = match existing.parent() {
+                    Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+                    Some(parent) => parent,
+                    None => return Some(format!("{}: {err}", existing.display())),
+                };
+            }
+            Err(err) if existing == path => return Some(err.to_string()),
+            Err(err) => return Some(format!("{}: {err}", existing.display())),
+        }
+    };
+    let err = access(directory, Access::WRITE_OK | Access::EXEC_OK).err()?;
+    Some(format!(
+        "{} is not writable by this user (uid {}): {}",
+        directory.display(),
+        rustix::process::getuid().as_raw(),
+        std::io::Error::from(err)
+    ))
 }
 
 /// Raises the soft limit on open files to the hard one. systemd starts services with a soft limit

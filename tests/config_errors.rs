@@ -48,6 +48,36 @@ fn the_repository_edge_yaml_is_valid() {
 fn a_minimal_config_is_valid() {
     let output = check(GOOD);
     assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).is_empty(), "{}", stderr(&output));
+}
+
+/// A disk path edge could not keep its store at is named, as `nginx -t` names a cache path it
+/// cannot create; a warning, for edge runs on, with the memory tier only.
+#[test]
+fn check_warns_of_a_disk_path_that_cannot_be_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let under_a_file = file.join("store");
+    let yaml = format!(
+        "{GOOD}cache:\n  disk:\n    path: {}\n",
+        under_a_file.display()
+    );
+    let output = check(&yaml);
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("warning: cache.disk.path") && err.contains("memory tier only"),
+        "{err}"
+    );
+    // One that does not exist yet, under a directory edge may write in, is fine.
+    let fine = dir.path().join("new").join("store");
+    let output = check(&format!(
+        "{GOOD}cache:\n  disk:\n    path: {}\n",
+        fine.display()
+    ));
+    assert!(stderr(&output).is_empty(), "{}", stderr(&output));
+    assert!(!fine.exists(), "checking creates nothing");
 }
 
 #[test]
