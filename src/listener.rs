@@ -855,7 +855,13 @@ async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<Tcp
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "edge: a plain HTTP request was sent to the HTTPS port\n";
     let mut read = [0; 4096];
-    while !first.windows(4).any(|w| w == b"\r\n\r\n") && first.len() < PLAIN_HEAD_MAX {
+    // Its head ends at an empty line, which may end in a bare LF (RFC 9112 §2.2, as hyper
+    // takes it: `printf 'GET / HTTP/1.0\n\n' | nc`). Only what came since the last look is
+    // looked at (and the two bytes before it): a client that sends its head a byte at a time
+    // would otherwise have it read over again for each byte.
+    let mut from = 0;
+    while !head_ended(&first[from..]) && first.len() < PLAIN_HEAD_MAX {
+        from = first.len().saturating_sub(2);
         match tcp.read(&mut read).await {
             Ok(0) | Err(_) => return None,
             Ok(n) => first.extend_from_slice(&read[..n]),
@@ -872,6 +878,11 @@ async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<Tcp
     tcp.write_all(answer.as_bytes()).await.ok()?;
     tcp.shutdown().await.ok()?;
     Some(tcp)
+}
+
+/// Whether `bytes` hold the empty line that ends a request head: CRLF CRLF, or with bare LFs.
+fn head_ended(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Lets a connection edge has answered and shut down for writing take the client's last bytes

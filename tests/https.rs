@@ -402,6 +402,36 @@ async fn a_connection_that_is_not_tls_is_closed_and_plain_http_told_why() {
     );
 }
 
+/// A plain HTTP request whose lines end in bare LFs (`printf 'GET / HTTP/1.0\n\n' | nc`, which
+/// hyper takes on the plain listener) is answered 400 as well, not left unanswered until
+/// `client_header_timeout` closes it; so is one whose head comes a byte at a time.
+#[tokio::test]
+async fn a_plain_http_request_with_bare_line_feeds_on_the_https_port_is_answered() {
+    let h = Harness::new().await;
+    let (edge, _identity, _files) = https_edge(&h, |_| {}).await;
+    let tls = edge.tls_addr.unwrap();
+    let heads: [&[&[u8]]; 3] = [
+        &[b"GET / HTTP/1.0\n\n"],
+        &[b"GET / HTTP/1.1\nHost: x\n", b"\n"],
+        &[b"G", b"ET / HTTP/1.1\r", b"\nHost: x\r\n", b"\r", b"\n"],
+    ];
+    for writes in heads {
+        let mut stream = TcpStream::connect(tls).await.unwrap();
+        for bytes in writes {
+            stream.write_all(bytes).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got));
+        assert!(read.await.is_ok(), "{writes:?}: unanswered after 5 s");
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{writes:?}: {got}"
+        );
+    }
+}
+
 /// A plain HTTP client that sends a head and stops is closed at `client_header_timeout`, as on
 /// the plain listener.
 #[tokio::test]
