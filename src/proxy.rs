@@ -395,12 +395,7 @@ pub async fn purge_tags(edge: &Arc<Edge>, tags: &[String], soft: bool) -> usize 
             work.cache.purge_tag_from_now(tag);
             work.fills.invalidate_tag(tag);
         }
-        let mut urls = Vec::new();
-        for tag in &tags {
-            urls.extend(work.cache.tagged(tag).await);
-        }
-        urls.sort();
-        urls.dedup();
+        let urls = work.cache.tagged(&tags).await;
         let purged = purge_each(&work, urls, soft).await;
         work.metrics.purge("tag", soft, purged);
         tracing::info!(tag = tags.join(" "), purged, soft, "purge");

@@ -545,14 +545,27 @@ impl Cache {
         in_memory.max(on_disk)
     }
 
-    /// The URLs of stored responses tagged `tag` (by `Surrogate-Key` or `Cache-Tag`).
-    pub async fn tagged(&self, tag: &str) -> Vec<String> {
-        let wanted = tag.to_owned();
+    /// The URLs, each once, of stored responses tagged with one of `tags` (by `Surrogate-Key` or
+    /// `Cache-Tag`). The memory tier is read once for all of them (a purge may name hundreds of
+    /// tags, and each reading looks at every entry); the disk tier, which indexes its tags, is
+    /// asked for each.
+    pub async fn tagged(&self, tags: &[String]) -> Vec<String> {
+        let wanted: std::collections::HashSet<String> = tags.iter().cloned().collect();
         let in_memory = move |entry: &StoredEntry| {
-            crate::headers::stored_surrogate_keys(&entry.headers).any(|t| t == wanted)
+            crate::headers::stored_surrogate_keys(&entry.headers).any(|t| wanted.contains(t))
         };
-        let on_disk = |disk: DiskTier| async move { disk.tagged(tag.to_owned()).await };
-        self.urls_where(in_memory, on_disk, tag).await
+        let on_disk = |disk: DiskTier| async move {
+            let mut urls = Vec::new();
+            for tag in tags {
+                // One tag the disk tier fails to look up does not keep the others' from the purge.
+                match disk.tagged(tag.clone()).await {
+                    Ok(found) => urls.extend(found),
+                    Err(err) => warn!(tag, %err, "disk tier lookup of what to purge failed"),
+                }
+            }
+            Ok(urls)
+        };
+        self.urls_where(in_memory, on_disk, &tags.join(" ")).await
     }
 
     /// The URLs (as [`CacheKey::url`]) of stored responses whose path and query start with
@@ -696,6 +709,54 @@ mod tests {
             "a task waited for the scan"
         );
         assert!(scan.await.unwrap() > entries / 2);
+    }
+
+    /// A purge that names many tags reads the memory tier once, not once for each tag: a
+    /// thousand tags against 100,000 entries took ~100 s in a release build that way (each
+    /// reading 0.1 s), the purge's client long gone.
+    #[tokio::test]
+    async fn a_purge_of_many_tags_reads_the_memory_tier_once() {
+        let cache = Cache {
+            memory: MemoryTier::new(1 << 30, 1 << 20),
+            disk: None,
+            epoch: AtomicU64::new(0),
+            invalidated: Marks::new(MARKS),
+            tags_purged: Marks::new(MARKS),
+            prefixes_purged: PrefixMarks::new(),
+        };
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let entries = 20_000;
+        for i in 0..entries {
+            let url = format!("/t/{i}");
+            let key = CacheKey::from_text(url.clone());
+            let mut headers = HeaderMap::new();
+            let tags = format!("all t{i}");
+            headers.insert("surrogate-key", tags.parse().unwrap());
+            let entry = StoredEntry::new(
+                url,
+                http::StatusCode::OK,
+                headers,
+                key::Variance::default(),
+                t,
+                t,
+                bytes::Bytes::from_static(b"x"),
+                &crate::config::HeuristicConfig::default(),
+            );
+            cache.memory.insert(*key.hash(), Arc::new(entry));
+        }
+        let timed = async |tags: &[String]| {
+            let started = std::time::Instant::now();
+            let found = cache.tagged(tags).await;
+            (found, started.elapsed())
+        };
+        let (all, one) = timed(&["all".to_owned()]).await;
+        assert_eq!(all.len(), entries);
+        let many: Vec<String> = (0..200).map(|i| format!("t{}", i * 7)).collect();
+        let (found, took) = timed(&many).await;
+        assert_eq!(found.len(), 200);
+        assert!(found.contains(&"/t/7".to_owned()) && !found.contains(&"/t/8".to_owned()));
+        // Once: about as long as one tag takes (200 readings would take 200 times as long).
+        assert!(took < one * 20, "200 tags took {took:?}, one {one:?}");
     }
 
     /// Marks are bounded; one that went early still refuses what was fetched before it.
