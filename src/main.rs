@@ -374,12 +374,12 @@ async fn reload_on_hangup(
             warn!(log_filter = %new_filter, "log.filter changed, but RUST_LOG is set and filters the logs instead");
         }
         log_filter = new_filter;
-        if same {
-            info!(path = %path.display(), "configuration reloaded, the file as it was (its TLS files read again); a file replaced under a single-file bind mount is not seen: mount its directory");
-        } else if kept.is_empty() {
-            info!(path = %path.display(), "configuration reloaded");
-        } else {
+        if !kept.is_empty() {
             warn!(path = %path.display(), unchanged = ?kept, "configuration reloaded; these settings need a restart and keep their running values");
+        } else if same {
+            info!(path = %path.display(), "configuration reloaded, the file as it was (its TLS files read again); a file replaced under a single-file bind mount is not seen: mount its directory");
+        } else {
+            info!(path = %path.display(), "configuration reloaded");
         }
     }
 }

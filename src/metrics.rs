@@ -161,7 +161,7 @@ impl Metrics {
         let origin_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "origin_response_seconds",
-            "Time from sending a request to the origin to its response head (requests that got one: a failure is counted in edge_origin_requests_total with status error, not timed)",
+            "Time from sending a request to the origin to its response head, or to origin.timeout when none came; a connection refused or broken is counted in edge_origin_requests_total with status error, not timed",
             origin_seconds.clone(),
         );
         let request_seconds =
@@ -174,7 +174,7 @@ impl Metrics {
         let tier_hits = Family::<TierLabel, Counter>::default();
         registry.register(
             "tier_hits",
-            "Requests answered from a stored response (hits, and stale ones served), by the tier it was read from: memory, or disk (then promoted to memory)",
+            "Requests answered from a stored response without asking the origin (hits, and stale ones served by stale-while-revalidate or max-stale), by the tier it was read from: memory, or disk (then promoted to memory)",
             tier_hits.clone(),
         );
         registry.register(
@@ -297,8 +297,9 @@ impl Metrics {
         }
     }
 
-    /// One origin request: its status (`None` when it failed) and the time to its head.
-    pub fn origin(&self, status: Option<http::StatusCode>, elapsed: Duration) {
+    /// One origin request: its status (`None` when it failed) and the time to its head (`None`
+    /// for a failure that says nothing of the origin's time: a refused connection).
+    pub fn origin(&self, status: Option<http::StatusCode>, elapsed: Option<Duration>) {
         let class = status.map_or(0, |s| usize::from(s.as_u16() / 100));
         let class = if class < ORIGIN_STATUSES.len() {
             class
@@ -306,9 +307,9 @@ impl Metrics {
             0
         };
         self.origin_requests[class].inc();
-        // Failures are not response times: a refused connection would count as a fast answer,
-        // and an outage look like a good spell.
-        if status.is_some() {
+        // A refused connection is not a response time: it would count as a fast answer, and an
+        // outage look like a good spell.
+        if let Some(elapsed) = elapsed {
             self.origin_seconds.observe(elapsed.as_secs_f64());
         }
     }

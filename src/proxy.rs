@@ -114,10 +114,11 @@ impl Edge {
             match &result {
                 // A client that stalled its upload is not the origin's failure.
                 Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_)) => {}
-                _ => {
-                    let status = result.as_ref().ok().map(Upstream::status);
-                    self.metrics.origin(status, took);
-                }
+                Ok(upstream) => self.metrics.origin(Some(upstream.status()), Some(took)),
+                // A timeout is the origin's time (a hanging origin shows in the histogram); a
+                // refused or broken connection is not a response time.
+                Err(OriginError::Timeout(_)) => self.metrics.origin(None, Some(took)),
+                Err(_) => self.metrics.origin(None, None),
             }
             (result, took)
         }
@@ -1153,8 +1154,9 @@ async fn answer_from_fill(
             }
             Some(Head::Failed(err)) => {
                 // How long the origin had (or, for a request that joined the fetch, how long
-                // this one waited for it), for the access line.
-                let origin_time = Some(waited);
+                // this one waited for it), for the access line; none for a request never sent
+                // (`origin-busy`), as on a pass.
+                let origin_time = (!matches!(*err, OriginError::Busy(..))).then_some(waited);
                 if let Some(entry) = stale_on_error(None) {
                     let (response, mut outcome) =
                         serve_stale_on_error(request, &entry, fwd, None, now).await;

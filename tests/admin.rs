@@ -196,6 +196,25 @@ async fn request_durations_are_timed_by_what_the_cache_did() {
     );
     let errors = "edge_request_duration_seconds_count{cache_status=\"error\"}";
     assert_eq!(sample(&text, errors), 1.0, "{text}");
+
+    // An origin that hangs is timed, to origin.timeout: a hang is the origin's time.
+    let hanging = h
+        .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .await;
+    h.origin
+        .reply("/hang", cached("late").delay(Duration::from_secs(2)));
+    assert_eq!(hanging.get("/hang").await.status, 504);
+    let text = hanging.metrics().await;
+    assert_eq!(sample(&text, failed), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "edge_origin_response_seconds_count"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "edge_origin_response_seconds_sum") >= 0.3,
+        "{text}"
+    );
 }
 
 #[tokio::test]

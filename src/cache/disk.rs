@@ -353,10 +353,20 @@ impl DiskTier {
         // A capacity lowered, or a file system that filled, since the store was written: the
         // budget is held from the start, not from the next store on, which a node serving hits
         // may not make for a long time (nginx's cache manager holds max_size on its own too).
-        if let Some(inner) = tier.shared.current()
-            && let Err(err) = tier.check(&inner, inner.evict_to_budget(0))
-        {
-            warn!(%err, "cannot evict the disk tier down to its budget");
+        // Beside the server, as `check_files`: evicting thousands of records takes seconds, which
+        // would hold up the listeners and `/healthz`.
+        let evicting = tier.clone();
+        let spawned = std::thread::Builder::new()
+            .name("edge-disk-evict".into())
+            .spawn(move || {
+                if let Some(inner) = evicting.shared.current()
+                    && let Err(err) = evicting.check(&inner, inner.evict_to_budget(0))
+                {
+                    warn!(%err, "cannot evict the disk tier down to its budget");
+                }
+            });
+        if let Err(err) = spawned {
+            warn!(%err, "cannot start evicting the disk tier down to its budget");
         }
         Some(tier)
     }
