@@ -659,20 +659,25 @@ fn not_stored_for_purge(key: &CacheKey) {
 mod tests {
     use super::*;
 
-    /// Finding what a purge by prefix (or tag) names looks at every entry in memory: that is done
-    /// off the runtime, which a large memory tier would otherwise hold up, every request on its
-    /// worker waiting, for a good part of a second (200,000 entries: 0.16-0.23 s in a release
-    /// build). A task spawned while it runs on the only worker is not kept waiting.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_scan_of_the_memory_tier_for_a_purge_leaves_the_runtime_free() {
-        let cache = Arc::new(Cache {
+    /// A cache of a 1 GiB memory tier and no disk tier.
+    fn memory_only() -> Cache {
+        Cache {
             memory: MemoryTier::new(1 << 30, 1 << 20),
             disk: None,
             epoch: AtomicU64::new(0),
             invalidated: Marks::new(MARKS),
             tags_purged: Marks::new(MARKS),
             prefixes_purged: PrefixMarks::new(),
-        });
+        }
+    }
+
+    /// Finding what a purge by prefix (or tag) names looks at every entry in memory: that is done
+    /// off the runtime, which a large memory tier would otherwise hold up, every request on its
+    /// worker waiting, for a good part of a second (200,000 entries: 0.16-0.23 s in a release
+    /// build). A task spawned while it runs on the only worker is not kept waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_scan_of_the_memory_tier_for_a_purge_leaves_the_runtime_free() {
+        let cache = Arc::new(memory_only());
         let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let entries = 100_000;
         for i in 0..entries {
@@ -716,14 +721,7 @@ mod tests {
     /// reading 0.1 s), the purge's client long gone.
     #[tokio::test]
     async fn a_purge_of_many_tags_reads_the_memory_tier_once() {
-        let cache = Cache {
-            memory: MemoryTier::new(1 << 30, 1 << 20),
-            disk: None,
-            epoch: AtomicU64::new(0),
-            invalidated: Marks::new(MARKS),
-            tags_purged: Marks::new(MARKS),
-            prefixes_purged: PrefixMarks::new(),
-        };
+        let cache = memory_only();
         let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let entries = 20_000;
         for i in 0..entries {
