@@ -150,8 +150,8 @@ impl Node {
         // A request hyper answered itself: by its connection's scheme (on `tls.listen`, https).
         let rejected = {
             let edge = edge.clone();
-            move |peer: listener::Peer, status| {
-                proxy::rejected(&edge, peer.addr, status, peer.scheme());
+            move |peer: listener::Peer, refused| {
+                proxy::rejected(&edge, peer.addr, refused, peer.scheme());
             }
         };
         // A client listener, served by `handle` (each its own closure, so its own monomorphised

@@ -97,7 +97,8 @@ impl Limits {
 /// request to `handle` with the client's address, until `stop`; then no new connections, and
 /// the open ones close as their requests end. Its connections, and those closed
 /// on a limit, are counted in `metrics`, if given. A request hyper answers itself, because its
-/// head did not parse, goes to `rejected` with the status hyper sent.
+/// head did not parse, goes to `rejected` with the status hyper sent, and so does one edge answers
+/// before hyper sees it (plain HTTP on the HTTPS listener).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F, R>(
     listener: TcpListener,
@@ -112,7 +113,7 @@ pub async fn serve<H, F, R>(
 where
     H: Fn(Peer, axum::extract::Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
-    R: Fn(Peer, StatusCode) + Clone + Send + 'static,
+    R: Fn(Peer, Refused) + Clone + Send + 'static,
 {
     let protocols = Arc::new(Protocols {
         http1: hyper::server::conn::http1::Builder::new(),
@@ -167,12 +168,22 @@ where
                 Err(Failed::Hyper(err)) => {
                     tracing::debug!(peer = %peer.addr, %err, "client connection ended");
                     if let Some(status) = answered_by_hyper(&err) {
-                        rejected(peer, status);
+                        let refused = Refused {
+                            status,
+                            detail: None,
+                            bytes: 0,
+                        };
+                        rejected(peer, refused);
                     }
                 }
                 Err(Failed::PlainHttp(tcp)) => {
                     tracing::debug!(peer = %peer.addr, "plain HTTP request to the HTTPS listener");
-                    rejected(peer, StatusCode::BAD_REQUEST);
+                    let refused = Refused {
+                        status: StatusCode::BAD_REQUEST,
+                        detail: Some(PLAIN_HTTP),
+                        bytes: PLAIN_HTTP_BODY.len() as u64,
+                    };
+                    rejected(peer, refused);
                     linger(tcp).await;
                 }
             }
@@ -182,6 +193,16 @@ where
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// A request answered before edge's handler saw it: by hyper, whose head did not parse, or by
+/// edge itself (plain HTTP on the HTTPS listener), with its `Cache-Status` detail and the body
+/// bytes it sent.
+#[derive(Clone, Copy, Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub detail: Option<&'static str>,
+    pub bytes: u64,
 }
 
 /// How a connection ended that neither closed cleanly nor on a limit.
@@ -844,6 +865,10 @@ async fn first_bytes(
     Some((Opened::Tls(io, http2), client))
 }
 
+/// The `Cache-Status` detail and body of edge's answer to plain HTTP on the HTTPS listener.
+const PLAIN_HTTP: &str = "plain-http";
+const PLAIN_HTTP_BODY: &str = "edge: a plain HTTP request was sent to the HTTPS port\n";
+
 /// The most read of a plain HTTP request to the HTTPS listener before it is answered, and after.
 const PLAIN_HEAD_MAX: usize = 64 * 1024;
 
@@ -853,7 +878,6 @@ const PLAIN_HEAD_MAX: usize = 64 * 1024;
 /// the connection failed.
 async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str = "edge: a plain HTTP request was sent to the HTTPS port\n";
     let mut read = [0; 4096];
     // Its head ends at an empty line, which may end in a bare LF (RFC 9112 §2.2, as hyper
     // takes it: `printf 'GET / HTTP/1.0\n\n' | nc`). Only what came since the last look is
@@ -870,10 +894,10 @@ async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<Tcp
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let answer = format!(
         "HTTP/1.1 400 Bad Request\r\ndate: {date}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         cache-control: no-store\r\ncache-status: {}; detail=plain-http\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+         cache-control: no-store\r\ncache-status: {}; detail={PLAIN_HTTP}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_BODY}",
         crate::headers::CACHE_NAME,
-        BODY.len()
+        PLAIN_HTTP_BODY.len()
     );
     tcp.write_all(answer.as_bytes()).await.ok()?;
     tcp.shutdown().await.ok()?;

@@ -570,23 +570,28 @@ impl Told {
     }
 }
 
-/// A request whose head hyper could not parse, and answered itself with `status` before edge saw
-/// it: counted, and logged as nginx logs one (no method or target), so that every response has
-/// its line.
-pub fn rejected(edge: &Edge, peer: SocketAddr, status: StatusCode, scheme: Scheme) {
-    edge.metrics.request("error", status.as_u16(), false);
+/// A request answered before edge's handler saw it: one whose head hyper could not parse (no
+/// `Cache-Status`, no body edge knows of), or plain HTTP on the HTTPS listener, which edge
+/// answered itself. Counted, and logged as nginx logs one (no method or target), so that every
+/// response has its line.
+pub fn rejected(edge: &Edge, peer: SocketAddr, refused: crate::listener::Refused, scheme: Scheme) {
+    edge.metrics
+        .request("error", refused.status.as_u16(), false);
+    edge.metrics.served(refused.bytes);
     if edge.config().log.access {
+        let cache_status = (refused.detail)
+            .map(|detail| format!("{}; detail={detail}", crate::headers::CACHE_NAME));
         tracing::info!(
             target: "edge::access",
             client = %peer.ip(),
             method = "-",
             scheme = scheme.as_str(),
             uri = "-",
-            status = status.as_u16(),
+            status = refused.status.as_u16(),
             cache = "error",
-            bytes = 0,
+            bytes = refused.bytes,
             complete = true,
-            cache_status = "",
+            cache_status = cache_status.as_deref().unwrap_or(""),
         );
     }
 }

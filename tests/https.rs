@@ -377,8 +377,13 @@ async fn a_connection_that_is_not_tls_is_closed_and_plain_http_told_why() {
         got.ends_with("\r\n\r\nedge: a plain HTTP request was sent to the HTTPS port\n"),
         "{got}"
     );
+    let metrics = edge.metrics().await;
     let counted = "edge_requests_total{cache_status=\"error\"} 1";
-    assert!(edge.metrics().await.contains(counted));
+    assert!(metrics.contains(counted), "{metrics}");
+    // Its body counts as sent, as any other answer's.
+    let body = "edge: a plain HTTP request was sent to the HTTPS port\n";
+    let served = common::sample(&metrics, "edge_served_bytes_total");
+    assert_eq!(served, body.len() as f64, "{metrics}");
     for garbage in [
         &[0x16, 3, 1, 0, 4, 0xff, 0xff, 0xff, 0xff][..],
         &[0u8; 4096][..],
