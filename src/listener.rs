@@ -892,11 +892,15 @@ async fn answer_plain_http(mut tcp: TcpStream, mut first: Vec<u8>) -> Option<Tcp
         }
     }
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let cache_status = crate::headers::CacheStatus {
+        detail: Some(PLAIN_HTTP),
+        ..Default::default()
+    };
     let answer = format!(
         "HTTP/1.1 400 Bad Request\r\ndate: {date}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         cache-control: no-store\r\ncache-status: {}; detail={PLAIN_HTTP}\r\n\
+         cache-control: no-store\r\ncache-status: {}\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_BODY}",
-        crate::headers::CACHE_NAME,
+        cache_status.to_header_value().to_str().unwrap_or_default(),
         PLAIN_HTTP_BODY.len()
     );
     tcp.write_all(answer.as_bytes()).await.ok()?;

@@ -579,8 +579,7 @@ pub fn rejected(edge: &Edge, peer: SocketAddr, refused: crate::listener::Refused
         .request("error", refused.status.as_u16(), false);
     edge.metrics.served(refused.bytes);
     if edge.config().log.access {
-        let cache_status = (refused.detail)
-            .map(|detail| format!("{}; detail={detail}", crate::headers::CACHE_NAME));
+        let cache_status = refused.detail.map(|detail| said(detail).to_header_value());
         tracing::info!(
             target: "edge::access",
             client = %peer.ip(),
@@ -591,7 +590,7 @@ pub fn rejected(edge: &Edge, peer: SocketAddr, refused: crate::listener::Refused
             cache = "error",
             bytes = refused.bytes,
             complete = true,
-            cache_status = cache_status.as_deref().unwrap_or(""),
+            cache_status = cache_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         );
     }
 }
