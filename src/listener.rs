@@ -176,6 +176,18 @@ where
                         rejected(peer, refused);
                     }
                 }
+                Err(Failed::HeadTimeout) => {
+                    tracing::debug!(peer = %peer.addr, "request head not whole within client_header_timeout: closed");
+                    if let Some(metrics) = &metrics {
+                        metrics.0.disconnected(Disconnect::SlowHead);
+                    }
+                    let refused = Refused {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        detail: None,
+                        bytes: 0,
+                    };
+                    rejected(peer, refused);
+                }
                 Err(Failed::PlainHttp(tcp)) => {
                     tracing::debug!(peer = %peer.addr, "plain HTTP request to the HTTPS listener");
                     let refused = Refused {
@@ -197,7 +209,8 @@ where
 
 /// A request answered before edge's handler saw it: by hyper, whose head did not parse, or by
 /// edge itself (plain HTTP on the HTTPS listener), with its `Cache-Status` detail and the body
-/// bytes it sent.
+/// bytes it sent; or one whose head was not whole in time, closed with nothing sent (408, as
+/// nginx logs it).
 #[derive(Clone, Copy, Debug)]
 pub struct Refused {
     pub status: StatusCode,
@@ -205,10 +218,15 @@ pub struct Refused {
     pub bytes: u64,
 }
 
-/// How a connection ended that neither closed cleanly nor on a limit.
+/// How a connection ended that neither closed cleanly nor on a limit alone.
 enum Failed {
     /// hyper's error, on a request head it could not parse (and answered) or the connection's.
     Hyper(hyper::Error),
+    /// A request head begun on a connection hyper was serving was not whole within
+    /// `client_header_timeout`: closed on that limit (`slow_head`) with nothing sent, and logged
+    /// as a 408, as nginx logs one. (A connection that stalls before its first request's bytes
+    /// show whether it speaks HTTP/2, in its PROXY header or TLS handshake, has no request.)
+    HeadTimeout,
     /// A plain HTTP request came to the HTTPS listener: edge answered it 400, as nginx does, and
     /// is closing the connection.
     PlainHttp(TcpStream),
@@ -417,7 +435,10 @@ where
         }
         Opened::PlainHttp(tcp) => return (client, Err(Failed::PlainHttp(tcp))),
     };
-    (client, served.map_err(Failed::Hyper))
+    match served {
+        Ok(Some(Disconnect::SlowHead)) => (client, Err(Failed::HeadTimeout)),
+        served => (client, served.map_err(Failed::Hyper)),
+    }
 }
 
 /// Serves a connection whose first bytes were read, for `client`, with hyper's HTTP/2 server

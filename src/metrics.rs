@@ -149,7 +149,7 @@ impl Metrics {
         let responses = Family::<StatusLabel, Counter>::default();
         registry.register(
             "responses",
-            "Responses to client requests (listen and tls.listen), by status class; edge's own answers and 499s for clients that left included",
+            "Responses to client requests (listen and tls.listen), by status class; edge's own answers, 408s for request heads not whole within client_header_timeout and 499s for clients that left included",
             responses.clone(),
         );
         let origin_requests = Family::<StatusLabel, Counter>::default();

@@ -572,8 +572,9 @@ impl Told {
 
 /// A request answered before edge's handler saw it: one whose head hyper could not parse (no
 /// `Cache-Status`, no body edge knows of), or plain HTTP on the HTTPS listener, which edge
-/// answered itself. Counted, and logged as nginx logs one (no method or target), so that every
-/// response has its line.
+/// answered itself; or one whose head was not whole within `client_header_timeout`, closed
+/// unanswered (408). Counted, and logged as nginx logs one (no method or target), so that every
+/// request begun has its line.
 pub fn rejected(edge: &Edge, peer: SocketAddr, refused: crate::listener::Refused, scheme: Scheme) {
     edge.metrics
         .request("error", refused.status.as_u16(), false);

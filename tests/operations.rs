@@ -488,6 +488,71 @@ async fn a_request_hyper_rejects_is_logged_and_counted() {
     assert!(metrics.contains(errors), "{metrics}");
 }
 
+/// 1e. A request head begun over HTTP/1 and not whole within `client_header_timeout` (slowloris)
+/// is closed with nothing sent, and logged and counted as a 408, as nginx logs one, whether it
+/// was a connection's first request or one after a kept-alive answer; a connection that never
+/// sent a byte is closed too, and has no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_not_whole_in_time_is_logged_as_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = origin().await;
+    origin.reply("/kept", cacheable("kept\n"));
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("client_header_timeout: 700ms\n");
+    let edge = Edge::start(dir, &mut conf, None).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", edge.listen));
+
+    // Nothing sent: closed, no line.
+    let mut silent = connect().await.unwrap();
+    // A head begun: closed unanswered.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: edge\r\n")
+        .await
+        .unwrap();
+    // A request answered, then the next head begun on the kept-alive connection.
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /kept HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\nkept\n") {
+        let mut more = [0; 4096];
+        let n = kept.read(&mut more).await.unwrap();
+        assert!(n > 0, "closed: {answer:?}");
+        answer.extend_from_slice(&more[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{answer:?}");
+    kept.write_all(b"GET /kept HTTP/1.1\r\nHo").await.unwrap();
+    for stream in [&mut silent, &mut slow, &mut kept] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        let closed = read.await.expect("closed within the timeout");
+        assert!(closed.is_err() || rest.is_empty(), "nothing sent: {rest:?}");
+    }
+    let lines = edge.wait_lines(3, is_access).await;
+    let timed_out: Vec<_> = (lines.iter())
+        .filter(|line| field(line, "status") == Some("408"))
+        .collect();
+    assert_eq!(timed_out.len(), 2, "{lines:?}");
+    for line in timed_out {
+        assert_eq!(field(line, "method"), Some("\"-\""), "{line}");
+        assert_eq!(field(line, "cache"), Some("\"error\""), "{line}");
+        assert_eq!(field(line, "bytes"), Some("0"), "{line}");
+    }
+    // The silent connection's close, a second later, adds no line.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(edge.lines().into_iter().filter(|l| is_access(l)).count(), 3);
+    let metrics = edge.metrics().await;
+    for counted in [
+        "edge_requests_total{cache_status=\"error\"} 2",
+        "edge_responses_total{status=\"4xx\"} 2",
+        "edge_client_disconnects_total{reason=\"slow_head\"} 2",
+        "edge_client_disconnects_total{reason=\"idle\"} 1",
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
+}
+
 /// 1c. A client that leaves before its answer (here it half-closes its connection, as `nc -N`
 /// does, then waits) gets a line of its own, `status=499 cache="abandoned"` as nginx logs it, and
 /// is counted in `edge_requests_total`; the fill it started still stores the response.
