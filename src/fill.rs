@@ -15,8 +15,8 @@
 //! in parallel. A stale stored response is revalidated through a fill as well (RFC 9111 §4.3),
 //! so one revalidation serves every request that found the key stale.
 //!
-//! A body that turns out not to be stored (longer than `cache.max_object_size`, or its disk file
-//! failed) is read from the origin only [`PASS_WINDOW`] ahead of its slowest reader: it is kept
+//! A body that turns out not to be stored (longer than `cache.max_object_size`, its disk file
+//! failed, or too large for memory with no disk file to go to) is read from the origin only [`PASS_WINDOW`] ahead of its slowest reader: it is kept
 //! for no one else, so edge has no reason to hold more of it than its readers have yet to take.
 
 use std::collections::{HashMap, VecDeque};
@@ -1020,9 +1020,24 @@ async fn stream_and_store(
     let idle = edge.config().config.origin.timeout.0;
     let mut received: u64 = 0;
     let mut held = None;
-    // The body will not be stored: it outgrew max_object_size, or writing it to its file failed.
-    // What is left of it is served from memory, read from the origin as its readers take it.
+    let memory_limit = edge.config().cache.memory.max_object_size.0;
+    // The body will not be stored: it outgrew max_object_size, or writing it to its file failed,
+    // or it is too large for memory and no file could be begun for it (the disk tier is off,
+    // has no room for it, or cannot make one). What is left of it is served from memory, read
+    // from the origin as its readers take it. A body in that last case was read whole into
+    // memory however slowly its readers took it, to be stored nowhere at the end: six clients
+    // reading 40 MB bodies at 20 KB/s from a node whose disk tier had no room took 300 MB.
     let mut passing = false;
+    if spool.is_none() && expected.is_some_and(|len| len > memory_limit) {
+        debug!(
+            url = job.key.url(),
+            "body too large for memory and not begun on disk; not storing it"
+        );
+        passing = true;
+        // As when writing its file fails: new requests do not join a body that will not be
+        // stored, whose chunks go once its readers have them.
+        edge.fills.retire(&job.slot, fill);
+    }
     let mut body = http_body_util::BodyExt::into_data_stream(upstream.into_body());
     while received < expected.unwrap_or(u64::MAX) {
         let chunk = match body.next().await {
@@ -1102,9 +1117,13 @@ async fn stream_and_store(
         }
         // A body of unannounced length that outgrows the memory tier's entry limit (but may still
         // be stored) moves to its disk file now; readers go on from there at their own offset.
-        let memory_limit = edge.config().cache.memory.max_object_size.0;
         if expected.is_none() && !passing && before <= memory_limit && received > memory_limit {
             spool = move_to_disk(edge, fill, job).await;
+            if spool.is_none() {
+                // Nowhere to store it: passed on as above, not held whole in memory.
+                passing = true;
+                edge.fills.retire(&job.slot, fill);
+            }
         }
     }
     let complete = expected.is_none_or(|expected| expected == received);
@@ -1145,7 +1164,7 @@ async fn stream_and_store(
 }
 
 /// Writes what a fill holds in memory to a new spool and has its readers read from there.
-/// `None` (the body stays in memory) when that cannot be done.
+/// `None` (the body is then not stored) when that cannot be done.
 async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Option<Spool> {
     let spool = edge.cache.spool(&job.key, None).await?;
     let chunks = lock(&fill.state).chunks.clone();
@@ -1161,7 +1180,7 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
     let Ok(Ok(spool)) = written else {
         warn!(
             url = job.key.url(),
-            "writing a body to disk failed; it stays in memory"
+            "writing a body to disk failed; serving the rest from memory, not storing it"
         );
         return None;
     };

@@ -647,12 +647,14 @@ fn pattern(i: u64) -> u8 {
     (i % 251) as u8
 }
 
-/// An origin on loopback that answers one request with a body of `total` bytes of unannounced
-/// length, in 64 KiB chunks: the first with the head, the rest once the sender it returns is used.
-/// It counts the body bytes it has written: what edge has read, plus what its own 64 KiB send
-/// buffer and edge's receive buffer hold.
+/// An origin on loopback that answers one request with a body of `total` bytes in 64 KiB
+/// chunks, of unannounced length unless `announced` (then with a `Content-Length`): the first
+/// with the head, the rest once the sender it returns is used. It counts the body bytes it has
+/// written: what edge has read, plus what its own 64 KiB send buffer and edge's receive buffer
+/// hold.
 async fn counting_origin(
     total: u64,
+    announced: bool,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
@@ -672,16 +674,25 @@ async fn counting_origin(
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut buf = [0u8; 4096];
         let _ = socket.read(&mut buf).await;
-        let head =
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n";
+        let framing = if announced {
+            format!("content-length: {total}")
+        } else {
+            "transfer-encoding: chunked".to_owned()
+        };
+        let head = format!("HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n{framing}\r\n\r\n");
         socket.write_all(head.as_bytes()).await.unwrap();
         let mut released = Some(released);
         let mut at = 0;
         while at < total {
             let len = (64 << 10).min(total - at);
-            let mut chunk = format!("{len:x}\r\n").into_bytes();
+            let mut chunk = Vec::new();
+            if !announced {
+                chunk.extend(format!("{len:x}\r\n").into_bytes());
+            }
             chunk.extend((at..at + len).map(pattern));
-            chunk.extend_from_slice(b"\r\n");
+            if !announced {
+                chunk.extend_from_slice(b"\r\n");
+            }
             // Edge cutting the response off is a test failure, reported by its clients.
             if socket.write_all(&chunk).await.is_err() {
                 return;
@@ -692,7 +703,9 @@ async fn counting_origin(
                 let _ = released.await;
             }
         }
-        let _ = socket.write_all(b"0\r\n\r\n").await;
+        if !announced {
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        }
         let _ = socket.read(&mut buf).await;
     });
     (addr, release, written)
@@ -742,7 +755,7 @@ async fn an_unstorable_body_is_read_from_the_origin_only_as_fast_as_its_readers_
     // Once with the body moved to a disk spool before it outgrew the limit, once in memory.
     for memory_max in [256 << 10, 8 << 20] {
         let h = Harness::new().await;
-        let (addr, release, written) = counting_origin(TOTAL).await;
+        let (addr, release, written) = counting_origin(TOTAL, false).await;
         let edge = h
             .edge_with(|c| {
                 c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
@@ -795,6 +808,72 @@ async fn an_unstorable_body_is_read_from_the_origin_only_as_fast_as_its_readers_
     }
 }
 
+/// A body announced larger than `cache.memory.max_object_size` that the disk tier cannot take (no
+/// room for it, or `capacity: 0`; a tier that is off, or cannot make a file, is the same) can be
+/// stored nowhere. It was read from the origin into memory whole all the same, however slowly its
+/// readers took it, and then dropped: six clients reading 40 MB bodies at 20 KB/s from a node
+/// whose disk tier had no room held 300 MB. It is passed on as a body that outgrew
+/// `cache.max_object_size` is, a bounded window ahead of its slowest reader.
+#[tokio::test]
+async fn a_body_too_large_for_memory_that_the_disk_cannot_take_is_not_held_in_memory() {
+    use std::sync::atomic::Ordering;
+    const TOTAL: u64 = 48 << 20;
+    // As in the test above: edge's 4 MiB window and the socket and hyper buffers on either side.
+    const BOUND: u64 = 32 << 20;
+    for disk_capacity in [0, 8 << 20] {
+        let h = Harness::new().await;
+        let (addr, release, written) = counting_origin(TOTAL, true).await;
+        let edge = h
+            .edge_with(|c| {
+                c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());
+                c.origin.timeout = edge::config::Seconds(Duration::from_secs(120));
+                c.cache.memory.max_object_size.0 = 1 << 20;
+                c.cache.disk.capacity.0 = disk_capacity;
+            })
+            .await;
+        let stalled = stalled_client(edge.addr, "/huge").await;
+        release.send(()).unwrap();
+        let mut seen = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = written.load(Ordering::SeqCst);
+            if now == TOTAL || now == seen {
+                break;
+            }
+            seen = now;
+        }
+        let sent = written.load(Ordering::SeqCst);
+        assert!(
+            sent <= BOUND,
+            "disk capacity {disk_capacity}: the origin sent {sent} bytes while the client read none"
+        );
+        drop(stalled);
+
+        // A client that reads it gets it whole, from the origin each time: it is not stored.
+        let body: Vec<u8> = (0..12u64 << 20).map(|i| (i % 253) as u8).collect();
+        h.origin.reply(
+            "/large",
+            Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+        );
+        let edge = h
+            .edge_with(|c| {
+                c.cache.memory.max_object_size.0 = 1 << 20;
+                c.cache.disk.capacity.0 = disk_capacity;
+            })
+            .await;
+        for _ in 0..2 {
+            let response = edge.get("/large").await;
+            assert_eq!(response.status, 200);
+            assert!(!response.is_hit(), "{}", response.cache_status());
+            assert!(
+                response.body[..] == body[..],
+                "disk capacity {disk_capacity}"
+            );
+        }
+        assert_eq!(h.origin.hits("/large"), 2);
+    }
+}
+
 /// A reader that takes nothing for `origin.timeout` while an unstorable body waits on it is cut
 /// off, so that it cannot hold the origin connection, and the readers beside it, forever.
 #[tokio::test]
@@ -802,7 +881,7 @@ async fn a_reader_that_stops_reading_an_unstorable_body_is_cut_off_after_the_ori
     use tokio::io::AsyncReadExt;
     const TOTAL: u64 = 32 << 20;
     let h = Harness::new().await;
-    let (addr, release, _) = counting_origin(TOTAL).await;
+    let (addr, release, _) = counting_origin(TOTAL, false).await;
     let edge = h
         .edge_with(|c| {
             c.origin.url = edge::config::OriginUrl(format!("http://{addr}").parse().unwrap());

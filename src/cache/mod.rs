@@ -387,7 +387,7 @@ impl Cache {
             // Off: said once, when it went off.
             Ok(Err(disk::DiskError::Off)) => None,
             Ok(Err(err)) => {
-                warn!(url = key.url(), %err, "cannot spool a body to disk; it stays in memory");
+                warn!(url = key.url(), %err, "cannot spool a body to disk; it is passed on, not stored");
                 None
             }
             Err(_) => None,
