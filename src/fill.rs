@@ -787,7 +787,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 let spool =
                     match content_length(&headers).filter(|_| status != StatusCode::NO_CONTENT) {
                         Some(len) if len > edge.config().cache.memory.max_object_size.0 => {
-                            edge.cache.spool(&job.key, Some(len)).await
+                            begin_spool(edge, &job.key, Some(len)).await
                         }
                         _ => None,
                     };
@@ -982,8 +982,27 @@ async fn refresh(
     });
 }
 
-/// How long a fill waits for its store before handing out the last byte anyway.
+/// How long a fill waits for its store before handing out the last byte anyway, and for its
+/// body file to be begun or written to before it serves the body without one (not stored).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Begins a body file for `key` (see [`crate::cache::Cache::spool`]), waiting at most
+/// [`STORE_TIMEOUT`] for it: on a disk that hangs (a failing drive retrying, a stalled network
+/// volume, a frozen file system) creating the file blocks, and the request waited with it, its
+/// head unsent, for as long as the disk hung. A file begun after that is deleted again when the
+/// blocking call returns (an unused [`Spool`] deletes its file when dropped).
+async fn begin_spool(edge: &Edge, key: &CacheKey, len: Option<u64>) -> Option<Spool> {
+    match tokio::time::timeout(STORE_TIMEOUT, edge.cache.spool(key, len)).await {
+        Ok(spool) => spool,
+        Err(_) => {
+            warn!(
+                url = key.url(),
+                "beginning a body file took longer than {STORE_TIMEOUT:?}; not storing the body"
+            );
+            None
+        }
+    }
+}
 
 async fn store(edge: &Edge, job: &FillJob, entry: Arc<StoredEntry>, epoch: u64) {
     let stored = tokio::time::timeout(STORE_TIMEOUT, edge.cache.store(&job.key, entry, epoch));
@@ -1070,25 +1089,29 @@ async fn stream_and_store(
         }
         if !passing && let Some(writing) = spool.take() {
             let data = chunk.clone();
+            // Not waited on past STORE_TIMEOUT: a write to a disk that hangs would hold every
+            // reader for as long as it did. The spool stays with the write and goes with it.
             let written = tokio::task::spawn_blocking(move || {
                 let mut writing = writing;
                 writing.write(&data).map(|()| writing)
-            })
-            .await;
-            let err = match written {
-                Ok(Ok(writing)) => {
-                    spool = Some(writing);
-                    if !last {
-                        fill.update(|state| {
-                            if let Some(spooled) = &mut state.spooled {
-                                spooled.readable = received;
-                            }
-                        });
+            });
+            let err = match tokio::time::timeout(STORE_TIMEOUT, written).await {
+                Err(_) => format!("the write took longer than {STORE_TIMEOUT:?}"),
+                Ok(written) => match written {
+                    Ok(Ok(writing)) => {
+                        spool = Some(writing);
+                        if !last {
+                            fill.update(|state| {
+                                if let Some(spooled) = &mut state.spooled {
+                                    spooled.readable = received;
+                                }
+                            });
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Ok(Err(err)) => err.to_string(),
-                Err(err) => err.to_string(),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                },
             };
             warn!(
                 url = job.key.url(),
@@ -1166,7 +1189,7 @@ async fn stream_and_store(
 /// Writes what a fill holds in memory to a new spool and has its readers read from there.
 /// `None` (the body is then not stored) when that cannot be done.
 async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Option<Spool> {
-    let spool = edge.cache.spool(&job.key, None).await?;
+    let spool = begin_spool(edge, &job.key, None).await?;
     let chunks = lock(&fill.state).chunks.clone();
     let received: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
     let written = tokio::task::spawn_blocking(move || {
@@ -1175,9 +1198,9 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
             spool.write(chunk)?;
         }
         Ok::<_, crate::cache::disk::DiskError>(spool)
-    })
-    .await;
-    let Ok(Ok(spool)) = written else {
+    });
+    // As a write in `stream_and_store`, not waited on past STORE_TIMEOUT.
+    let Ok(Ok(Ok(spool))) = tokio::time::timeout(STORE_TIMEOUT, written).await else {
         warn!(
             url = job.key.url(),
             "writing a body to disk failed; serving the rest from memory, not storing it"
