@@ -174,6 +174,7 @@ fn stored(method: &Method, status: &CacheStatus) -> String {
         Some("vary-star") => "Vary: * can never be matched".to_owned(),
         Some("no-freshness") => "no freshness (s-maxage, max-age, Expires, Last-Modified) and no validator to revalidate with".to_owned(),
         Some("too-large") => "the body is larger than cache.max_object_size".to_owned(),
+        Some(crate::fill::DISK_UNAVAILABLE) => "the body is larger than cache.memory.max_object_size, and the disk tier could not take it (it is off, has no room, or failed or hung beginning its file)".to_owned(),
         Some("only-if-cached") => "nothing stored, and the request said only-if-cached".to_owned(),
         Some("invalid-request") => "edge answered a malformed request itself".to_owned(),
         Some("trace") => "edge answered a TRACE itself (not allowed)".to_owned(),

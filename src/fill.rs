@@ -329,7 +329,15 @@ pub struct SharedHead {
     pub freshness: Freshness,
     /// Time from asking the origin to its response head.
     pub origin_time: Duration,
+    /// Why a storable response will not be stored after all, as its `Cache-Status` detail: its
+    /// body is too large for memory, and no file could be begun for it on disk.
+    pub not_stored: Option<&'static str>,
 }
+
+/// The `Cache-Status` detail of a storable response whose body is too large for the memory tier
+/// and that the disk tier could not take (it is off, has no room, or failed or hung beginning
+/// the file).
+pub const DISK_UNAVAILABLE: &str = "disk-unavailable";
 
 /// A private response, handed to the leader whole.
 pub struct PrivateResponse {
@@ -784,12 +792,14 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 edge.fills.refresh_answered(job);
                 // Too large for memory: the body goes to its file as it arrives, and is read back
                 // from there.
-                let spool =
+                let (spool, not_stored) =
                     match content_length(&headers).filter(|_| status != StatusCode::NO_CONTENT) {
                         Some(len) if len > edge.config().cache.memory.max_object_size.0 => {
-                            begin_spool(edge, &job.key, Some(len)).await
+                            let spool = begin_spool(edge, &job.key, Some(len)).await;
+                            let not_stored = spool.is_none().then_some(DISK_UNAVAILABLE);
+                            (spool, not_stored)
                         }
-                        _ => None,
+                        _ => (None, None),
                     };
                 let ttl = entry.freshness.ttl(response_time);
                 let head = SharedHead {
@@ -800,6 +810,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     ttl,
                     freshness: entry.freshness,
                     origin_time: received.origin_time,
+                    not_stored,
                 };
                 let spooled = spool.as_ref().map(|spool| Spooled {
                     file: spool.reader(),
@@ -962,6 +973,7 @@ async fn refresh(
         ttl: entry.freshness.ttl(received.response_time),
         freshness: entry.freshness,
         origin_time: received.origin_time,
+        not_stored: None,
     };
     edge.fills.refresh_answered(job);
     store(edge, job, entry.clone(), received.epoch).await;

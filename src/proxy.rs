@@ -1066,7 +1066,8 @@ async fn answer_from_fill(
                 {
                     let mut status = CacheStatus::forward(fwd);
                     status.fwd_status = Some(shared.fwd_status);
-                    status.stored = true;
+                    status.stored = shared.not_stored.is_none();
+                    status.detail = shared.not_stored;
                     status.collapsed = !leader;
                     status.ttl = Some(ttl);
                     let origin_time = if leader { shared.origin_time } else { waited };

@@ -865,6 +865,15 @@ async fn a_body_too_large_for_memory_that_the_disk_cannot_take_is_not_held_in_me
             let response = edge.get("/large").await;
             assert_eq!(response.status, 200);
             assert!(!response.is_hit(), "{}", response.cache_status());
+            // And says so: not `stored`, and why.
+            assert!(!response.stored(), "{}", response.cache_status());
+            let detail = response.param("detail");
+            assert_eq!(
+                detail,
+                Some("disk-unavailable"),
+                "{}",
+                response.cache_status()
+            );
             assert!(
                 response.body[..] == body[..],
                 "disk capacity {disk_capacity}"
