@@ -81,6 +81,48 @@ async fn objects_over_the_memory_entry_limit_live_on_disk_only() {
     assert_eq!(h.origin.hits("/large"), 1);
 }
 
+/// An operator who empties the store while edge runs (`rm -rf store/bodies`, as nginx's cache
+/// directory is emptied) does not stop large bodies being stored: the directory is made again
+/// for the next one, which is then a disk hit after a restart, for a body streamed to its file
+/// (over `cache.memory.max_object_size`) and one written whole. Before, every body file failed
+/// until a restart.
+#[tokio::test]
+async fn body_files_are_stored_again_after_their_directory_was_removed() {
+    let h = Harness::new().await;
+    let streamed: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let whole: Vec<u8> = (0..(64u32 << 10)).map(|i| (i % 241) as u8).collect();
+    for (path, body) in [("/streamed", &streamed), ("/whole", &whole)] {
+        h.origin.reply(
+            path,
+            Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+        );
+    }
+    let mut edge = h
+        .edge_with(|c| c.cache.memory.max_object_size.0 = 1 << 20)
+        .await;
+    // Its disk tier open: a small response is stored.
+    h.origin.reply(
+        "/small",
+        Reply::ok("small").header("cache-control", "max-age=600"),
+    );
+    assert!(edge.get("/small").await.stored());
+    // Removed before each, so that each way of writing a body file has to make it again.
+    for (path, body) in [("/whole", &whole), ("/streamed", &streamed)] {
+        let _ = std::fs::remove_dir_all(edge.config.cache.disk.path.join("bodies"));
+        assert!(edge.get(path).await.stored(), "{path}");
+        edge = edge.restart().await;
+        let hit = edge.get(path).await;
+        assert_eq!(
+            hit.param("detail"),
+            Some("disk"),
+            "{path}: {}",
+            hit.cache_status()
+        );
+        assert!(hit.body[..] == body[..], "{path}");
+        assert_eq!(h.origin.hits(path), 1, "{path}");
+    }
+}
+
 /// A record made large by its headers rather than its body lives in a body file too: sled holds
 /// large values in memory well past its cache's size (a 1-byte body under 55 KB of headers,
 /// 10,000 times, took 793 MB resident in the index, and 45 MB as files).

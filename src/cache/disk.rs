@@ -450,7 +450,7 @@ impl DiskTier {
             }
             let seq = inner.db.generate_id()?;
             let partial = inner.body_path(&key, seq).with_extension("partial");
-            let file = std::fs::File::create(&partial)?;
+            let file = inner.create_partial(&partial)?;
             let reader = Arc::new(std::fs::File::open(&partial)?);
             Ok(Spool {
                 tier: self.clone(),
@@ -1615,7 +1615,8 @@ impl Inner {
     ) -> Result<(), DiskError> {
         let path = self.body_path(key, seq);
         let partial = path.with_extension("partial");
-        let written = std::fs::File::create(&partial)
+        let written = self
+            .create_partial(&partial)
             .and_then(|mut file| {
                 match &entry.spilled {
                     Some(spilled) => copy_body(spilled, &mut file)?,
@@ -1982,6 +1983,20 @@ impl Inner {
                     info!(%path, room, "the disk tier's file system has room again");
                 }
             }
+        }
+    }
+
+    /// Creates the body file `partial` is to be written under. The bodies directory is made
+    /// again if it has gone: an operator who empties the store while edge runs (`rm -rf
+    /// store/*`, as nginx's cache directory is emptied, whose levels nginx makes again as it
+    /// needs them) would otherwise have every body file fail until a restart.
+    fn create_partial(&self, partial: &Path) -> std::io::Result<std::fs::File> {
+        match std::fs::File::create(partial) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.bodies)?;
+                std::fs::File::create(partial)
+            }
+            created => created,
         }
     }
 
