@@ -49,7 +49,7 @@ fn names_options(connection: &HeaderValue) -> bool {
 }
 
 /// The other fields that `Connection` names as hop-by-hop (RFC 9110 §7.6.1); usually none.
-fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+pub fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut options = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         if !names_options(value) {
@@ -118,6 +118,22 @@ impl HopByHop {
                 headers.remove(hop);
             }
         }
+    }
+}
+
+/// A trailer section as edge forwards it: without hop-by-hop fields, those the message's head
+/// named in its `Connection` (`named`), which RFC 9110 §7.6.1 has an intermediary remove from
+/// the trailers as from the head, nor `Content-Length`, which frames the message and may not be
+/// a trailer (§6.5.1). hyper strips the connection-specific fields from the head of an HTTP/2
+/// response but not from its trailers, which the h2 library then refuses to send (RFC 9113
+/// §8.2.2): the stream is reset after the whole body; and nghttp2 (curl) takes a
+/// `Content-Length` trailer that does not match the body for a malformed response.
+pub fn forwardable_trailers(trailers: &mut HeaderMap, named: &[HeaderName]) {
+    if remove_hop_by_hop(trailers, &header::CONTENT_LENGTH) {
+        trailers.remove(header::CONTENT_LENGTH);
+    }
+    for name in named {
+        trailers.remove(name);
     }
 }
 

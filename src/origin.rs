@@ -36,7 +36,9 @@ use crate::cache::key::{CacheKey, HTTPS_MARK, Scheme};
 use crate::config::OriginConfig;
 use std::time::SystemTime;
 
-use crate::headers::{append_member, append_via, remove_hop_by_hop};
+use crate::headers::{
+    append_member, append_via, connection_options, forwardable_trailers, remove_hop_by_hop,
+};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -468,10 +470,18 @@ impl Origin {
                 }
                 Ok(Err(err)) => Err(OriginError::Unreachable(error_chain(&*err))),
                 Ok(Ok((mut response, sender))) => {
-                    let reuse = match check_framing(&mut response, head) {
-                        Ok(reuse) => reuse,
+                    let Framing { reuse, chunked } = match check_framing(&mut response, head) {
+                        Ok(framing) => framing,
                         // Not read on: the connection closes with `response` and its sender.
                         Err(problem) => return Err(OriginError::Invalid(problem)),
+                    };
+                    // Only a chunked body ends in a trailer section (RFC 9112 §7.1.2); the fields
+                    // its head's `Connection` names are read now, before `response_headers`
+                    // takes `Connection` out.
+                    let named = if chunked {
+                        connection_options(response.headers()).into_boxed_slice()
+                    } else {
+                        Box::default()
                     };
                     Ok(response.map(|body| OriginBody {
                         inner: body,
@@ -481,6 +491,7 @@ impl Origin {
                         home: reuse.then(|| (sender, self.idle.clone())),
                         uploaded,
                         slot,
+                        named,
                     }))
                 }
             }
@@ -612,6 +623,9 @@ pub struct OriginBody {
     uploaded: Option<Arc<Progress>>,
     /// Its place among the requests in flight (`origin.max_connections`).
     slot: Option<OwnedSemaphorePermit>,
+    /// The fields the head's `Connection` named, for a chunked body: they go from its trailer
+    /// section too ([`forwardable_trailers`]).
+    named: Box<[HeaderName]>,
 }
 
 impl OriginBody {
@@ -902,7 +916,15 @@ impl http_body::Body for OriginBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
             this.release();
-            return Poll::Ready(frame.map(|frame| frame.map_err(std::io::Error::other)));
+            return Poll::Ready(frame.map(|frame| {
+                let mut frame = frame.map_err(std::io::Error::other)?;
+                // The last frame of a chunked body, rarely there: the fills read data only, but
+                // a response forwarded as it comes hands it to the client.
+                if let Some(trailers) = frame.trailers_mut() {
+                    forwardable_trailers(trailers, &this.named);
+                }
+                Ok(frame)
+            }));
         }
         // The clock is read only to arm the timer, not on every wait.
         let deadline = || tokio::time::Instant::now() + this.idle;
@@ -936,7 +958,8 @@ impl http_body::Body for OriginBody {
 }
 
 /// Takes a response head as edge forwards and stores it, or says what is wrong with it; `Ok`
-/// says whether its connection may carry another request. `head`: it answers a HEAD.
+/// says whether its connection may carry another request, and whether its body is chunked.
+/// `head`: it answers a HEAD.
 ///
 /// hyper reads a body by its last transfer coding when it is `chunked` and ignores
 /// `Content-Length` then, but edge forwards and stores by the fields as sent, so it takes only
@@ -954,7 +977,7 @@ impl http_body::Body for OriginBody {
 /// key (hyper sees such bytes only if they come with the head). So the connection is not used
 /// again after a HEAD (rarely sent on: only when its key is a pass), nor after a 204 or 304 that
 /// announces a body.
-fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, &'static str> {
+fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<Framing, &'static str> {
     let status = response.status();
     if status == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err("101 Switching Protocols, to a request for no upgrade");
@@ -979,7 +1002,10 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
         } else {
             one_length(headers);
         }
-        return Ok(!head && !announced);
+        return Ok(Framing {
+            reuse: !head && !announced,
+            chunked: false,
+        });
     }
     if let Some(first) = coded {
         if codings.next().is_some()
@@ -993,10 +1019,24 @@ fn check_framing(response: &mut Response<Incoming>, head: bool) -> Result<bool, 
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Err("both Transfer-Encoding and Content-Length");
         }
-        return Ok(true);
+        return Ok(Framing {
+            reuse: true,
+            chunked: true,
+        });
     }
     one_length(headers);
-    Ok(true)
+    Ok(Framing {
+        reuse: true,
+        chunked: false,
+    })
+}
+
+/// How [`check_framing`] found a response framed.
+struct Framing {
+    /// Its connection may carry another request.
+    reuse: bool,
+    /// Its body is chunked: it may end in a trailer section.
+    chunked: bool,
 }
 
 /// A `Content-Length` of several lines or members that all say the same number becomes that

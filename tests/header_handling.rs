@@ -378,6 +378,59 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client_on_miss_or_hit() {
     );
 }
 
+/// An origin's trailer section (a chunked body's) goes on to an HTTP/2 client without the
+/// connection-specific fields, those the head's `Connection` names, and `Content-Length` (RFC
+/// 9110 §7.6.1, §6.5.1; RFC 9113 §8.2.2), as the head goes on without them. It went on whole: the
+/// h2 library refuses to send a `Connection` or `Transfer-Encoding` trailer, so the client's
+/// stream was reset (CANCEL) after the whole body, and curl failed the response (exit 92); a
+/// `Content-Length` trailer made nghttp2 (curl) reset the stream as malformed (PROTOCOL_ERROR);
+/// a field the head's `Connection` named reached the client.
+#[tokio::test]
+async fn an_origins_trailers_reach_an_http2_client_without_hop_by_hop_fields() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let h = Harness::new().await;
+    let (origin, _) = raw_origin(
+        b"HTTP/1.1 200 OK\r\ncache-control: no-store\r\nconnection: x-secret\r\n\
+          transfer-encoding: chunked\r\ntrailer: x-kept\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-kept: 1\r\nconnection: close\r\nkeep-alive: timeout=5\r\n\
+          transfer-encoding: gzip\r\ncontent-length: 99\r\nx-secret: s3cr3t\r\n\r\n",
+    )
+    .await;
+    let edge = h.edge_before(origin).await;
+    let tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = http::Request::get(edge.url("/t"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let said = response.headers()["cache-status"].to_str().unwrap();
+        assert!(said.contains("detail=no-store"), "{said}");
+        let body = match response.into_body().collect().await {
+            Ok(body) => body,
+            Err(err) => panic!("the response failed after its head: {err:?}"),
+        };
+        let trailers = body.trailers().cloned().expect("the origin's trailers");
+        assert_eq!(&body.to_bytes()[..], b"hello");
+        assert_eq!(trailers.get("x-kept").unwrap(), "1");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "x-secret",
+        ] {
+            assert!(!trailers.contains_key(gone), "{gone}: {trailers:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn via_is_added_to_the_request_and_the_response() {
     let h = Harness::new().await;
