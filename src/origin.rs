@@ -19,11 +19,12 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
@@ -388,6 +389,63 @@ impl Origin {
         }
     }
 
+    /// Reads a small request body whole, before its request takes a slot or a connection to the
+    /// origin (nginx's `proxy_request_buffering on`), for a body [`Origin::reads_first`] says to.
+    /// A request waiting on its client's upload held both for as long as the client took: 150
+    /// streams trickling small bodies on one HTTP/2 connection held 150 origin connections, and a
+    /// handful of such clients took every one of `origin.max_connections`, so that every other
+    /// request got 503 `origin-busy`.
+    ///
+    /// A body that ends within [`READ_FIRST_MAX`] comes back as one piece of known length, with
+    /// `Content-Length` saying so (also for one that came chunked, as nginx sends a body it
+    /// buffered); the request then waits on nobody but the origin. A longer one (only a body of
+    /// unannounced length can turn out so) comes back as what was read and then the rest, which
+    /// streams as before: edge does not hold large uploads in memory. While the body is read,
+    /// `client_body_timeout` bounds each wait on the client (then
+    /// [`OriginError::ClientTimeout`], a 408); a malformed or cut-short body is
+    /// [`OriginError::ClientBody`] (a 400); the origin has been asked nothing then.
+    pub async fn read_first(
+        &self,
+        headers: &mut HeaderMap,
+        mut body: Body,
+    ) -> Result<Body, OriginError> {
+        // Copied as it comes: a piece may hold on to the whole buffer its connection read it
+        // into, and a client sending a byte at a time would have each pin one. Sized for an
+        // announced length at once.
+        let announced = body.size_hint().lower().min(READ_FIRST_MAX as u64);
+        let mut read = BytesMut::with_capacity(announced as usize);
+        loop {
+            let frame = match self.client_body_timeout {
+                None => BodyExt::frame(&mut body).await,
+                Some(limit) => (tokio::time::timeout(limit, BodyExt::frame(&mut body)).await)
+                    .map_err(|_| OriginError::ClientTimeout(limit))?,
+            };
+            match frame {
+                None => break,
+                Some(Err(err)) => return Err(OriginError::ClientBody(error_chain(&err))),
+                // A trailer section is dropped, as a streamed body's is (the request's
+                // `Trailer` field, hop-by-hop, does not go on to name it).
+                Some(Ok(frame)) => {
+                    if let Ok(piece) = frame.into_data() {
+                        read.extend_from_slice(&piece);
+                    }
+                }
+            }
+            if read.len() > READ_FIRST_MAX {
+                let read = Some(read.freeze());
+                return Ok(Body::new(ReadAhead { read, rest: body }));
+            }
+            // An HTTP/2 client may mark the end in an empty frame after the `Content-Length`
+            // bytes, later or never: the count of what is left says the body is whole (as in
+            // [`Upload`]).
+            if body.is_end_stream() || body.size_hint().exact() == Some(0) {
+                break;
+            }
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.len()));
+        Ok(Body::from(read.freeze()))
+    }
+
     /// Sends one request to the origin in `slot` and waits for its response head. `target` is a
     /// path and query on this origin: a [`CacheKey::url`]. (An `async move` block rather than an
     /// async fn, as on the rest of the request path: see `proxy::route`.)
@@ -421,9 +479,7 @@ impl Origin {
                 (body, None)
             } else {
                 let progress = Arc::new(Progress::new());
-                gate = (headers.get(header::EXPECT))
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-                    .then(|| Arc::new(Gate::default()));
+                gate = expects_continue(&headers).then(|| Arc::new(Gate::default()));
                 let body = Body::new(Upload {
                     inner: body,
                     progress: progress.clone(),
@@ -608,6 +664,55 @@ fn has_dot_segment(path: &[u8]) -> bool {
             && path[i - 1] == b'/'
             && (segment_end(i + 1) || (path[i + 1] == b'.' && segment_end(i + 2)))
     })
+}
+
+/// The most of a request body edge reads before it asks the origin ([`Origin::read_first`]).
+/// nginx reads every body whole first, into a temporary file past `client_body_buffer_size`
+/// (two memory pages: 8 KiB on x86-64); edge keeps what it reads in memory, so it reads only
+/// small bodies first, as most that a form, an API call or a GraphQL query sends are. A larger
+/// one streams, and holds its origin connection while it comes. 64 KiB is memory edge can hold
+/// for each of many uploads at once: 64 MiB for a thousand stalled ones.
+pub const READ_FIRST_MAX: usize = 64 << 10;
+
+/// Whether `body` is read whole before its request goes to the origin ([`Origin::read_first`]):
+/// not a body that is empty or announced longer than [`READ_FIRST_MAX`], and not one whose
+/// client expects `100-continue`, which is read only once the origin has said to go on (so that
+/// an origin that refuses the upload on its head spares the client sending it). Asked of every
+/// request edge forwards: for one without a body, one call on the body and no more.
+pub fn reads_first(headers: &HeaderMap, body: &Body) -> bool {
+    !body.is_end_stream()
+        && body.size_hint().lower() <= READ_FIRST_MAX as u64
+        && body.size_hint().exact() != Some(0)
+        && !expects_continue(headers)
+}
+
+/// Whether a request's client expects `100-continue` (RFC 9110 §10.1.1).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    (headers.get(header::EXPECT))
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A request body that turned out longer than [`READ_FIRST_MAX`]: what was read of it, then the
+/// rest as its client sends it. Only a body of unannounced length turns out so, and goes on
+/// chunked: its size hint is the default, a length unknown.
+struct ReadAhead {
+    read: Option<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for ReadAhead {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        match self.read.take() {
+            Some(piece) => Poll::Ready(Some(Ok(Frame::data(piece)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
 }
 
 /// An origin response body that fails when the origin sends nothing for `idle` (as a read timeout

@@ -1586,7 +1586,20 @@ fn forward(
                 .or_else(|| parts.headers.get(header::HOST).cloned())
         };
         let headers = std::mem::take(&mut parts.headers);
-        let outgoing = origin::request_headers(headers, peer.ip(), parts.version, key.scheme());
+        let mut outgoing = origin::request_headers(headers, peer.ip(), parts.version, key.scheme());
+        // A small body is read whole before the request takes a slot and a connection to the
+        // origin, which a client trickling it would hold meanwhile (nginx's
+        // `proxy_request_buffering`). Boxed: requests without a body, nearly all, do not carry
+        // its future.
+        let body = if origin::reads_first(&outgoing, &body) {
+            match Box::pin(settings.origin.read_first(&mut outgoing, body)).await {
+                Ok(body) => body,
+                // The origin was not asked: no time of its own.
+                Err(err) => return abandoned_upload(&err, &key, cache_status, parts.version),
+            }
+        } else {
+            body
+        };
         let request_time = edge.clock.now();
         let (result, origin_time) = edge
             .send_to_origin(settings, parts.method.clone(), key.target(), outgoing, body)
@@ -1594,15 +1607,9 @@ fn forward(
         let upstream = match result {
             Ok(upstream) => upstream,
             Err(err @ (OriginError::ClientTimeout(_) | OriginError::ClientBody(_))) => {
-                debug!(url = key.url(), %err, "upload abandoned");
-                let (mut response, mut outcome) = origin_failure(&err, cache_status);
+                let (response, mut outcome) =
+                    abandoned_upload(&err, &key, cache_status, parts.version);
                 outcome.origin_time = Some(origin_time);
-                if parts.version <= Version::HTTP_11 {
-                    // The rest of the body may still come: the connection can carry no other
-                    // request.
-                    let close = HeaderValue::from_static("close");
-                    response.headers_mut().insert(header::CONNECTION, close);
-                }
                 return (response, outcome);
             }
             Err(err) => {
@@ -1656,6 +1663,24 @@ fn forward(
         };
         (build(status, headers, body), outcome)
     }
+}
+
+/// The answer to a request whose client stalled its upload (408) or sent it malformed or cut
+/// short (400): over HTTP/1 the connection closes with it, as the rest of the body may still
+/// come and the connection can carry no other request.
+fn abandoned_upload(
+    err: &OriginError,
+    key: &CacheKey,
+    cache_status: CacheStatus,
+    version: Version,
+) -> Answer {
+    debug!(url = key.url(), %err, "upload abandoned");
+    let (mut response, outcome) = origin_failure(err, cache_status);
+    if version <= Version::HTTP_11 {
+        let close = HeaderValue::from_static("close");
+        response.headers_mut().insert(header::CONNECTION, close);
+    }
+    (response, outcome)
 }
 
 /// RFC 9111 §4.4: the target URI, and `Location` / `Content-Location` when they are on the same

@@ -196,11 +196,12 @@ async fn a_connection_the_origin_closed_while_idle_is_not_used_again() {
 async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
     let (addr, requests, connections) = raw_origin_closing(PASS, None).await;
     let edge = edge_in_front_of(addr).await;
-    // 3 bytes of the 1000 announced, and then nothing.
+    // 3 bytes of the 100,000 announced, and then nothing: over 64 KiB, the body streams (a
+    // smaller one is read whole before the origin is asked).
     let mut uploader = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(
         &mut uploader,
-        b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\nabc",
+        b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 100000\r\n\r\nabc",
     )
     .await
     .unwrap();
@@ -406,7 +407,8 @@ async fn upload_slowly(edge: &TestEdge, head: &str, pieces: Vec<Vec<u8>>, gap: D
 
 /// `origin.timeout` is how long the origin has to start answering once it has the request, not
 /// a limit on the upload before it: a body that keeps arriving goes through however long it takes
-/// (it was cut off with a 504 once `origin.timeout` had passed since the head).
+/// (it was cut off with a 504 once `origin.timeout` had passed since the head). So for one read
+/// whole before the origin is asked (6,000 bytes) and one streamed to it (72,000).
 #[tokio::test]
 async fn an_upload_that_keeps_moving_is_not_cut_off_by_the_origin_timeout() {
     let h = Harness::new().await;
@@ -415,14 +417,19 @@ async fn an_upload_that_keeps_moving_is_not_cut_off_by_the_origin_timeout() {
     let edge = h
         .edge_with(|c| c.origin.timeout = edge::config::Seconds(Duration::from_millis(300)))
         .await;
-    let pieces: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 1000]).collect();
-    let whole = pieces.concat();
-    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 6000\r\n\r\n";
-    // 6 pieces 150 ms apart: 900 ms, three times origin.timeout, no gap as long as it.
-    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(150)).await;
-    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-    let received = h.origin.last("/upload").expect("the origin got the upload");
-    assert_eq!(received.body, whole, "the whole body, in order");
+    for size in [1000, 12_000] {
+        let pieces: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; size]).collect();
+        let whole = pieces.concat();
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: {}\r\n\r\n",
+            whole.len()
+        );
+        // 6 pieces 150 ms apart: 900 ms, three times origin.timeout, no gap as long as it.
+        let answer = upload_slowly(&edge, &head, pieces, Duration::from_millis(150)).await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "{size}: {answer}");
+        let received = h.origin.last("/upload").expect("the origin got the upload");
+        assert!(received.body == whole, "{size}: the whole body, in order");
+    }
 }
 
 /// A client that stops sending the body it announced is answered 408 after
@@ -518,9 +525,11 @@ async fn an_upload_stalled_after_the_origin_answered_lets_the_origin_connection_
         c.client_body_timeout = edge::config::Seconds(Duration::from_millis(300));
     })
     .await;
+    // Over 64 KiB announced: the body streams (a smaller one is read whole before the origin
+    // is asked).
     let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     client
-        .write_all(b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .write_all(b"POST /up HTTP/1.1\r\nHost: edge\r\nContent-Length: 100000\r\n\r\n0123456789")
         .await
         .unwrap();
     let mut answer = Vec::new();
@@ -621,14 +630,24 @@ async fn uploads_origin() -> (
 /// An HTTP/2 client may end its upload with an empty DATA frame after the last bytes (hyper's
 /// client does, for a body it cannot size), or send only that frame for an empty one. The
 /// upload is whole once `Content-Length` bytes are in, and its origin connection is reused: it
-/// was closed after every such upload, as one still carrying a body.
+/// was closed after every such upload, as one still carrying a body. So for one read whole
+/// before the origin is asked, and for one over 64 KiB, streamed to it.
 #[tokio::test]
 async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_reusable() {
     let (addr, connections, bodies) = uploads_origin().await;
     let edge = edge_in_front_of(addr).await;
     let client = common::h2_client();
-    // One of length 0 sent the same way (an empty stream), then three with a body.
-    let uploads: [&[&[u8]]; 4] = [&[], &[b"abc", b"def"], &[b"abc", b"def"], &[b"abc", b"def"]];
+    // One of length 0 sent the same way (an empty stream), then three with a body, then two
+    // with 80,000 bytes.
+    let large: &[&[u8]] = &[&[b'x'; 40_000], &[b'y'; 40_000]];
+    let uploads: [&[&[u8]]; 6] = [
+        &[],
+        &[b"abc", b"def"],
+        &[b"abc", b"def"],
+        &[b"abc", b"def"],
+        large,
+        large,
+    ];
     for pieces in uploads {
         let length: usize = pieces.iter().map(|p| p.len()).sum();
         let pieces: Vec<_> = (pieces.iter())
@@ -649,11 +668,12 @@ async fn an_http2_upload_ended_by_an_empty_frame_leaves_its_origin_connection_re
     }
     let mut expected = vec![b"abcdef".to_vec(); 4];
     expected[0].clear();
-    assert_eq!(*bodies.lock().unwrap(), expected);
+    expected.extend(vec![large.concat(); 2]);
+    assert!(*bodies.lock().unwrap() == expected);
     assert_eq!(
         connections.load(Ordering::SeqCst),
         1,
-        "one origin connection carried the four uploads"
+        "one origin connection carried the six uploads"
     );
 }
 
@@ -1125,4 +1145,214 @@ async fn the_wait_for_a_slot_is_not_the_origins_response_time() {
     let total = sample(&metrics, "edge_origin_response_seconds_sum");
     // The slow path's second, and next to nothing for /quick.
     assert!(total < 1.5, "origin response seconds: {total}");
+}
+
+// Request bodies read first: a body up to 64 KiB is read whole before its request takes a slot
+// and a connection to the origin (nginx's `proxy_request_buffering on`); a longer one streams.
+
+/// A client trickling a small upload holds no slot to the origin while it does: with
+/// `origin.max_connections: 1`, a GET is served meanwhile, and the origin gets the upload whole,
+/// with its length, once it is. The upload held the slot from its head to its last byte, and the
+/// GET got a 503 `origin-busy`: 150 such uploads on one HTTP/2 connection held 150 origin
+/// connections, and a handful of clients every one of the 1024 slots.
+#[tokio::test]
+async fn a_small_upload_trickled_by_its_client_holds_no_slot_to_the_origin() {
+    let h = Harness::new().await;
+    h.origin.reply("/upload", Reply::ok("stored").status(201));
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
+    let edge = Arc::new(h.edge_with(one_slot(Duration::from_millis(300))).await);
+    // 8 pieces 150 ms apart: 1.2 s of upload.
+    let pieces: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 500]).collect();
+    let whole = pieces.concat();
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 4000\r\n\r\n";
+    let uploader = {
+        let edge = edge.clone();
+        let gap = Duration::from_millis(150);
+        tokio::spawn(async move { upload_slowly(&edge, head, pieces, gap).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let other = edge.get("/other").await;
+    assert_eq!(
+        (other.status, other.text()),
+        (200, "other"),
+        "{}",
+        other.cache_status()
+    );
+    assert!(!uploader.is_finished(), "the upload was still coming");
+    assert_eq!(h.origin.in_flight(), 0, "not asked before it was whole");
+    let answer = uploader.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let received = h.origin.last("/upload").expect("the origin got the upload");
+    assert_eq!(received.body, whole, "the whole body, in order");
+    assert_eq!(received.headers["content-length"], "4000");
+    let metrics = edge.metrics().await;
+    assert_eq!(sample(&metrics, "edge_origin_busy_total"), 0.0);
+}
+
+/// `pieces` as a request body that a client sends `gap` apart, of unannounced length.
+fn trickled(pieces: Vec<&'static str>, gap: Duration) -> reqwest::Body {
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::iter(pieces).then(move |piece| async move {
+        tokio::time::sleep(gap).await;
+        Ok::<_, std::io::Error>(Bytes::from_static(piece.as_bytes()))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// The review's case: many small uploads trickled on one HTTP/2 connection (here 4, with one
+/// slot) took a slot each, and the client's other requests got 503 `origin-busy`. Each is read
+/// whole first, and reaches the origin with its length; the GET on the same connection is served
+/// meanwhile.
+#[tokio::test]
+async fn small_uploads_trickled_on_one_http2_connection_hold_no_slots() {
+    let h = Harness::new().await;
+    for i in 0..4 {
+        h.origin
+            .reply(&format!("/upload/{i}"), Reply::ok("stored").status(201));
+    }
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
+    let edge = h.edge_with(one_slot(Duration::from_millis(300))).await;
+    let client = common::h2_client();
+    let uploads: Vec<_> = (0..4)
+        .map(|i| {
+            let body = trickled(vec!["one ", "two ", "three"], Duration::from_millis(300));
+            let request = client.post(edge.url(&format!("/upload/{i}"))).body(body);
+            tokio::spawn(async move { common::Resp::read(request.send().await.unwrap()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let other = common::Resp::read(client.get(edge.url("/other")).send().await.unwrap()).await;
+    assert_eq!(
+        (other.status, other.text()),
+        (200, "other"),
+        "{}",
+        other.cache_status()
+    );
+    assert!(uploads.iter().all(|upload| !upload.is_finished()));
+    for (i, upload) in uploads.into_iter().enumerate() {
+        let answer = upload.await.unwrap();
+        assert_eq!(answer.status, 201, "{}", answer.cache_status());
+        let received = h.origin.last(&format!("/upload/{i}")).unwrap();
+        assert_eq!(received.body, "one two three");
+        assert_eq!(received.headers["content-length"], "13");
+    }
+    assert_eq!(h.origin.max_in_flight(), 1);
+}
+
+/// A small upload its client stalls while edge reads it first gets the 408 a streamed one gets
+/// (`client_body_timeout`), without the origin being asked or counted as failing: over HTTP/1
+/// the connection closes with it; over HTTP/2 only the stream ends, and the connection serves on.
+#[tokio::test]
+async fn a_small_upload_its_client_stalls_gets_a_408_and_the_origin_is_not_asked() {
+    let h = Harness::new().await;
+    h.origin.reply("/upload", Reply::ok("stored").status(201));
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
+    let edge = h
+        .edge_with(|c| c.client_body_timeout = edge::config::Seconds(Duration::from_millis(300)))
+        .await;
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n";
+    let answer = upload_slowly(&edge, head, vec![vec![b'x'; 10]], Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("detail=client-body-timeout"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+
+    let client = common::h2_client();
+    // Three bytes, then nothing.
+    let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("abc"))]),
+        futures_util::stream::pending(),
+    ));
+    let request = client.post(edge.url("/upload")).body(body);
+    let answer = common::Resp::read(request.send().await.unwrap()).await;
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.param("detail"), Some("client-body-timeout"));
+    let other = common::Resp::read(client.get(edge.url("/other")).send().await.unwrap()).await;
+    assert_eq!((other.status, other.text()), (200, "other"));
+
+    assert_eq!(h.origin.hits("/upload"), 0);
+    assert_eq!(h.origin.max_in_flight(), 1, "only /other");
+    let metrics = edge.metrics().await;
+    let failed = sample(&metrics, "edge_origin_requests_total{status=\"error\"}");
+    assert_eq!(failed, 0.0, "{metrics}");
+}
+
+/// A chunked upload that ends within 64 KiB is read whole and goes on with its length, as nginx
+/// sends a body it buffered (its trailer section, whose `Trailer` field is hop-by-hop, goes no
+/// further, as a streamed one's does not); so does an empty one.
+#[tokio::test]
+async fn a_small_chunked_upload_reaches_the_origin_whole_with_its_length() {
+    let h = Harness::new().await;
+    h.origin.reply("/form", Reply::ok("thanks").status(201));
+    let edge = h.edge().await;
+    let head = "POST /form HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let pieces = ["6\r\nhello \r\n", "8\r\nchunked \r\n", "5\r\nworld\r\n"];
+    let mut pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.as_bytes().to_vec()).collect();
+    pieces.push(b"0\r\nx-checksum: 1\r\n\r\n".to_vec());
+    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let received = h.origin.last("/form").unwrap();
+    assert_eq!(received.body, "hello chunked world");
+    assert_eq!(received.headers["content-length"], "19");
+    assert!(!received.headers.contains_key("transfer-encoding"));
+
+    let answer = upload_slowly(&edge, head, vec![b"0\r\n\r\n".to_vec()], Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let received = h.origin.last("/form").unwrap();
+    assert_eq!(received.body, "");
+    assert_eq!(received.headers["content-length"], "0");
+    assert_eq!(h.origin.hits("/form"), 2);
+}
+
+/// One chunk of a chunked body.
+fn chunk(piece: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat()
+}
+
+/// A body over 64 KiB is not held in memory: it streams to the origin as it comes, as before,
+/// whether its `Content-Length` says so or a chunked one turns out so (what was read of it goes
+/// first). The origin has the request while its body is not yet whole.
+#[tokio::test]
+async fn an_upload_over_64_kib_streams_to_the_origin_as_it_comes() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    h.origin.reply("/big", Reply::ok("stored").status(201));
+    let edge = h.edge().await;
+    let whole: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (first, rest) = whole.split_at(70_000);
+    let cases = [
+        ("content-length: 100000", first.to_vec(), rest.to_vec()),
+        (
+            "transfer-encoding: chunked",
+            chunk(first),
+            [chunk(rest), b"0\r\n\r\n".to_vec()].concat(),
+        ),
+    ];
+    for (framing, first, rest) in cases {
+        let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let head = format!("POST /big HTTP/1.1\r\nHost: edge\r\n{framing}\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(&first).await.unwrap();
+        // The origin is answering it: its head came, and its body is coming.
+        until_in_flight(&h, 1).await;
+        client.write_all(&rest).await.unwrap();
+        let answer = read_head(&mut client, &mut Vec::new()).await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "{framing}: {answer}");
+        let received = h.origin.last("/big").unwrap();
+        assert!(
+            received.body == whole,
+            "{framing}: the whole body, in order"
+        );
+        let (name, value) = framing.split_once(": ").unwrap();
+        assert_eq!(received.headers[name], value, "sent as it came");
+    }
+    assert_eq!(h.origin.hits("/big"), 2);
 }
