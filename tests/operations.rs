@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Origin, Reply, Running, free_port};
@@ -24,6 +25,8 @@ struct Conf {
     /// breaks it on purpose).
     capacity: String,
     origin_timeout: String,
+    /// More `origin.` keys, YAML text indented under `origin:`.
+    origin_extra: String,
     /// More top-level keys (`log:`, `shutdown_timeout:`, …), YAML text.
     extra: String,
     /// The user (and group) id edge runs as: this process's unless set.
@@ -43,6 +46,7 @@ impl Conf {
             store: dir.join("store"),
             capacity: "256MiB".to_owned(),
             origin_timeout: "10s".to_owned(),
+            origin_extra: String::new(),
             extra: String::new(),
             user: None,
             min_free: None,
@@ -58,12 +62,13 @@ impl Conf {
     fn yaml(&self) -> String {
         format!(
             "listen: 127.0.0.1:{}\n\
-             origin:\n  url: {}\n  connect_timeout: 2s\n  timeout: {}\n\
+             origin:\n  url: {}\n  connect_timeout: 2s\n  timeout: {}\n{}\
              cache:\n  disk:\n    path: {}\n{}  memory:\n    capacity: {}\n\
              admin:\n  listen: 127.0.0.1:{}\n{}",
             self.listen,
             self.origin,
             self.origin_timeout,
+            self.origin_extra,
             self.store.display(),
             (self.min_free.as_ref()).map_or(String::new(), |m| format!("    min_free: {m}\n")),
             self.capacity,
@@ -679,6 +684,64 @@ async fn the_access_line_of_an_origin_timeout_gives_the_origin_time() {
         .as_f64()
         .unwrap_or_else(|| panic!("{value}"));
     assert!((900.0..3000.0).contains(&origin_ms), "{value}");
+}
+
+/// A request that found no free slot to the origin (`origin.max_connections`) within
+/// `connect_timeout` gets 503 `origin-busy` without being sent: its access line gives no
+/// `origin_ms`, as the origin had no time of it, whether it was a fill (a GET) or a pass (a
+/// POST). The request holding the slot has its origin time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_line_of_an_origin_busy_answer_gives_no_origin_time() {
+    let origin = origin().await;
+    origin.reply(
+        "/held",
+        Reply::ok("held")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_secs(7)),
+    );
+    origin.reply("/fill", cacheable("fill"));
+    origin.reply(
+        "/pass",
+        Reply::ok("pass").header("cache-control", "no-store"),
+    );
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("log:\n  format: json\n");
+    conf.origin_extra = "  max_connections: 1\n".to_owned();
+    let edge = Arc::new(Edge::start(dir, &mut conf, None).await);
+    let holder = {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.get("/held").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.hits("/held") == 0 {
+        assert!(Instant::now() < deadline, "the slot was never taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A GET of a cacheable URL goes through a fill; a POST is passed.
+    for (method, path) in [("GET", "/fill"), ("POST", "/pass")] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = edge.client.request(method, edge.url(path)).send();
+        let response = response.await.unwrap();
+        let cache_status = response.headers()["cache-status"].to_str().unwrap();
+        assert_eq!(response.status(), 503, "{path}: {cache_status}");
+        assert!(
+            cache_status.contains("detail=origin-busy"),
+            "{cache_status}"
+        );
+        assert_eq!(origin.hits(path), 0, "{path}: not sent");
+    }
+    let (status, _, _) = holder.await.unwrap();
+    assert_eq!(status, 200);
+    let lines = edge.wait_lines(3, |l| l.contains("\"edge::access\"")).await;
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let busy = value["status"] == 503;
+        assert_eq!(value.get("origin_ms").is_none(), busy, "{value}");
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("origin-busy")).count(),
+        2
+    );
 }
 
 /// A request from 127.0.0.1 that logs a WARN line: PURGE from outside `purge.allow`.
