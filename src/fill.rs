@@ -821,7 +821,8 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                     state.head = Head::Shared(Arc::new(head));
                     state.spooled = spooled;
                 });
-                stream_and_store(edge, fill, job, entry, upstream, epoch, spool).await;
+                let unstorable = not_stored.is_some();
+                stream_and_store(edge, fill, job, entry, upstream, epoch, spool, unstorable).await;
             }
             Err(reason) => {
                 // Errors pass; remembering them would stop collapsing while the origin recovers.
@@ -1027,11 +1028,13 @@ async fn store(edge: &Edge, job: &FillJob, entry: Arc<StoredEntry>, epoch: u64) 
 }
 
 /// Reads the origin's body into the fill — in memory, or into `spool` — then stores the whole
-/// response.
+/// response; or, `unstorable` (too large for memory, with no file begun for it on disk), only
+/// passes it on.
 ///
 /// The last bytes are held back until the response is stored: a client that has the whole body
 /// can count on its next request being a hit. Once the body will not be stored, it is read only
 /// as fast as its readers take it ([`keep_pace`]).
+#[allow(clippy::too_many_arguments)]
 async fn stream_and_store(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -1040,6 +1043,7 @@ async fn stream_and_store(
     upstream: Upstream,
     epoch: u64,
     mut spool: Option<Spool>,
+    unstorable: bool,
 ) {
     // RFC 9110 §15.3.5: a 204 has no content, whatever its headers say.
     let expected = if entry.status == StatusCode::NO_CONTENT {
@@ -1059,7 +1063,7 @@ async fn stream_and_store(
     // memory however slowly its readers took it, to be stored nowhere at the end: six clients
     // reading 40 MB bodies at 20 KB/s from a node whose disk tier had no room took 300 MB.
     let mut passing = false;
-    if spool.is_none() && expected.is_some_and(|len| len > memory_limit) {
+    if unstorable {
         debug!(
             url = job.key.url(),
             "body too large for memory and not begun on disk; not storing it"

@@ -168,12 +168,7 @@ where
                 Err(Failed::Hyper(err)) => {
                     tracing::debug!(peer = %peer.addr, %err, "client connection ended");
                     if let Some(status) = answered_by_hyper(&err) {
-                        let refused = Refused {
-                            status,
-                            detail: None,
-                            bytes: 0,
-                        };
-                        rejected(peer, refused);
+                        rejected(peer, Refused::bare(status));
                     }
                 }
                 Err(Failed::HeadTimeout) => {
@@ -181,12 +176,7 @@ where
                     if let Some(metrics) = &metrics {
                         metrics.0.disconnected(Disconnect::SlowHead);
                     }
-                    let refused = Refused {
-                        status: StatusCode::REQUEST_TIMEOUT,
-                        detail: None,
-                        bytes: 0,
-                    };
-                    rejected(peer, refused);
+                    rejected(peer, Refused::bare(StatusCode::REQUEST_TIMEOUT));
                 }
                 Err(Failed::PlainHttp(tcp)) => {
                     tracing::debug!(peer = %peer.addr, "plain HTTP request to the HTTPS listener");
@@ -216,6 +206,17 @@ pub struct Refused {
     pub status: StatusCode,
     pub detail: Option<&'static str>,
     pub bytes: u64,
+}
+
+impl Refused {
+    /// One with no `Cache-Status` and no body edge knows of: hyper's answer, or none sent.
+    fn bare(status: StatusCode) -> Self {
+        Self {
+            status,
+            detail: None,
+            bytes: 0,
+        }
+    }
 }
 
 /// How a connection ended that neither closed cleanly nor on a limit alone.
