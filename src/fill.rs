@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -76,6 +77,9 @@ pub struct Fills {
     /// When a revalidation of each slot last failed, by edge's clock (which tests move by hand).
     /// moka's own time to live, in real time, only clears records long past.
     failed_refreshes: moka::sync::Cache<[u8; 32], SystemTime, KeyHasher>,
+    /// Fills' blocking calls to the disk that overran [`STORE_TIMEOUT`] and have not returned
+    /// ([`on_disk`]): while one has not, the disk hangs, and no body file is begun.
+    stuck: Arc<AtomicUsize>,
 }
 
 /// How long after a revalidation of a key fails a stale-while-revalidate hit on it starts no
@@ -175,6 +179,7 @@ impl Fills {
             inflight: Mutex::new(HashMap::new()),
             passes,
             failed_refreshes,
+            stuck: Arc::default(),
         }
     }
 
@@ -1003,15 +1008,48 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`STORE_TIMEOUT`] for it: on a disk that hangs (a failing drive retrying, a stalled network
 /// volume, a frozen file system) creating the file blocks, and the request waited with it, its
 /// head unsent, for as long as the disk hung. A file begun after that is deleted again when the
-/// blocking call returns (an unused [`Spool`] deletes its file when dropped).
-async fn begin_spool(edge: &Edge, key: &CacheKey, len: Option<u64>) -> Option<Spool> {
-    match tokio::time::timeout(STORE_TIMEOUT, edge.cache.spool(key, len)).await {
-        Ok(spool) => spool,
-        Err(_) => {
+/// blocking call returns (an unused [`Spool`] deletes its file when dropped). Until it has
+/// returned, no other file is begun ([`on_disk`]).
+async fn begin_spool(edge: &Arc<Edge>, key: &CacheKey, len: Option<u64>) -> Option<Spool> {
+    if edge.fills.stuck.load(Ordering::Acquire) > 0 {
+        debug!(url = key.url(), "the disk hangs; not beginning a body file");
+        return None;
+    }
+    let spooling = {
+        let (edge, key) = (edge.clone(), key.clone());
+        tokio::spawn(async move { edge.cache.spool(&key, len).await })
+    };
+    match on_disk(edge, spooling).await {
+        Some(spool) => spool.ok().flatten(),
+        None => {
             warn!(
                 url = key.url(),
                 "beginning a body file took longer than {STORE_TIMEOUT:?}; not storing the body"
             );
+            None
+        }
+    }
+}
+
+/// Waits at most [`STORE_TIMEOUT`] for `call`, a fill's blocking call to the disk; `None` if it
+/// overran. One that overran is left to finish (what it returns, a [`Spool`], is dropped then,
+/// deleting its file), and until it has, [`begin_spool`] begins no file: each would be one more
+/// blocking thread stuck on the disk, and another request held [`STORE_TIMEOUT`], for every
+/// fill of a large body while the disk hangs, until the runtime's blocking threads (512) were
+/// all stuck and every blocking call queued behind them.
+async fn on_disk<T: Send + 'static>(
+    edge: &Edge,
+    mut call: tokio::task::JoinHandle<T>,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout(STORE_TIMEOUT, &mut call).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            let stuck = edge.fills.stuck.clone();
+            stuck.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                let _ = call.await;
+                stuck.fetch_sub(1, Ordering::AcqRel);
+            });
             None
         }
     }
@@ -1111,9 +1149,9 @@ async fn stream_and_store(
                 let mut writing = writing;
                 writing.write(&data).map(|()| writing)
             });
-            let err = match tokio::time::timeout(STORE_TIMEOUT, written).await {
-                Err(_) => format!("the write took longer than {STORE_TIMEOUT:?}"),
-                Ok(written) => match written {
+            let err = match on_disk(edge, written).await {
+                None => format!("the write took longer than {STORE_TIMEOUT:?}"),
+                Some(written) => match written {
                     Ok(Ok(writing)) => {
                         spool = Some(writing);
                         if !last {
@@ -1216,7 +1254,7 @@ async fn move_to_disk(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) -> Opti
         Ok::<_, crate::cache::disk::DiskError>(spool)
     });
     // As a write in `stream_and_store`, not waited on past STORE_TIMEOUT.
-    let Ok(Ok(Ok(spool))) = tokio::time::timeout(STORE_TIMEOUT, written).await else {
+    let Some(Ok(Ok(spool))) = on_disk(edge, written).await else {
         warn!(
             url = job.key.url(),
             "writing a body to disk failed; serving the rest from memory, not storing it"

@@ -128,3 +128,56 @@ async fn a_disk_that_hangs_does_not_hold_a_large_response() {
         assert_eq!(h.origin.hits(path), 2, "{path}");
     }
 }
+
+/// The threads of this process (edge runs in it).
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// While the disk hangs, a large response is not held each time for the whole wait: once
+/// beginning a body file has overrun its time and is still stuck, edge does not begin another
+/// (each would be one more blocking thread stuck on the disk, up to the runtime's 512, after
+/// which every blocking call, disk stores and the origin's DNS lookups among them, queues), and
+/// the next request for it is answered at once, not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_hangs_is_not_waited_on_again_while_it_still_hangs() {
+    let Some(fs) = LoopFs::mount() else { return };
+    let h = Harness::new().await;
+    let large: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+    for path in ["/small", "/large"] {
+        let body = if path == "/small" {
+            b"small".to_vec()
+        } else {
+            large.clone()
+        };
+        h.origin
+            .reply(path, Reply::ok(body).header("cache-control", "max-age=600"));
+    }
+    let store = fs.path().join("store");
+    let edge = h
+        .edge_with(|c| {
+            c.cache.disk.path = store;
+            c.cache.disk.min_free.0 = 0;
+            c.cache.memory.max_object_size.0 = 16 << 10;
+        })
+        .await;
+    assert!(edge.get("/small").await.stored());
+    assert!(fs.freeze(true));
+    let before = threads();
+    let mut took = Vec::new();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let response = edge.get("/large").await;
+        took.push(started.elapsed());
+        assert!(response.body[..] == large[..]);
+        assert_eq!(response.param("detail"), Some("disk-unavailable"));
+    }
+    let stuck = threads() - before;
+    assert!(fs.freeze(false));
+    eprintln!("answered after {took:?}; {stuck} more threads");
+    assert!(
+        took[1..].iter().all(|took| *took < Duration::from_secs(2)),
+        "each request waited on the hung disk: {took:?}"
+    );
+    assert!(stuck <= 2, "{stuck} threads stuck on the disk");
+}
