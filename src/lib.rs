@@ -341,7 +341,7 @@ async fn purge(
         (Some(url), None, None, false) => {
             let Some(target) = purge_target(&edge, url) else {
                 return bad_request(format!(
-                    "url {url:?} is not a path or an absolute URL edge serves"
+                    "url {url:?} is not a path or an absolute http(s) URL edge serves"
                 ));
             };
             let purged = proxy::purge_url(&edge, &target, soft).await;
@@ -385,10 +385,15 @@ fn purge_target(edge: &Edge, url: &str) -> Option<url::Url> {
     edge.config().origin.url_for(&purge_path(url)?)
 }
 
-/// The path and query of a purge's `url` or `prefix`: itself, or an absolute URL's.
+/// The path and query of a purge's `url` or `prefix`: itself, or an absolute http(s) URL's.
 fn purge_path(url: &str) -> Option<http::Uri> {
-    let uri: http::Uri = url.parse().ok()?;
-    uri.path_and_query()?.as_str().parse().ok()
+    purge_uri(url)?.path_and_query()?.as_str().parse().ok()
+}
+
+/// A purge's `url` or `prefix` as a URI: a path, or an absolute URL of a scheme edge serves.
+fn purge_uri(text: &str) -> Option<http::Uri> {
+    let uri: http::Uri = text.parse().ok()?;
+    matches!(uri.scheme_str(), None | Some("http" | "https")).then_some(uri)
 }
 
 /// The start of [`cache::key::CacheKey::target`] (of http and https keys alike) that a purge's
@@ -397,10 +402,7 @@ fn purge_path(url: &str) -> Option<http::Uri> {
 /// (`/img/a` is a prefix of `/img/a.png`) and is not resolved as a whole one would be (`/img/.`
 /// is not `/img/`). `None` for what is neither a path nor an absolute http(s) URL.
 fn purge_prefix(edge: &Edge, prefix: &str) -> Option<String> {
-    let uri: http::Uri = prefix.parse().ok()?;
-    if !matches!(uri.scheme_str(), None | Some("http" | "https")) {
-        return None;
-    }
+    let uri = purge_uri(prefix)?;
     // Mapped with a character after it, which keeps its end from being taken for a whole
     // segment, and then taken off again: percent-encoding is per character. Its query is the
     // start of stored ones, which `origin.strip_query` and `sort_query` have made already: one

@@ -656,6 +656,8 @@ async fn purge_requests_that_name_nothing_are_rejected() {
         "tag=",
         "url=/a&soft=maybe",
         "url=relative",
+        // Of a scheme edge does not serve (a prefix is refused so too).
+        "url=ftp://cdn.example/a",
         // Named twice, or with a parameter edge does not know (here, the rest of an unencoded
         // query): it answered 200 and purged only the last URL, or the URL cut short.
         "url=/d1&url=/d2",
