@@ -779,18 +779,20 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
         // hit-for-pass (which would end collapsing just when the origin needs it) and holds
         // background refreshes back, as a failed revalidation does.
         let failing = policy::origin_failing(status);
+        let admitted = admit(
+            &edge.config().cache,
+            job,
+            &request_cc,
+            status,
+            &headers,
+            received,
+        );
         let admitted = if failing && job.stale.is_some() {
             // An error never replaces the response it might have to stand in for (RFC 5861 §4).
-            Err(NotStored::Status)
+            // Said as on a miss where it would not be stored anyway (`no-store`, say).
+            Err(admitted.err().unwrap_or(NotStored::Status))
         } else {
-            admit(
-                &edge.config().cache,
-                job,
-                &request_cc,
-                status,
-                &headers,
-                received,
-            )
+            admitted
         };
         match admitted {
             Ok(entry) => {

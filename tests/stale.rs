@@ -879,6 +879,49 @@ async fn concurrent_requests_during_an_origin_error_make_one_origin_request_and_
     assert_eq!(h.origin.hits("/a"), 2, "one origin request for all twenty");
 }
 
+/// A server error answering a revalidation never replaces the stale response, which it may have
+/// to stand in for, and says why it is not stored as it would on a miss: `no-store` for one that
+/// says so, `status` for one that would have been stored but for that.
+#[tokio::test]
+async fn a_server_error_to_a_revalidation_says_why_it_is_not_stored() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/a",
+        Reply::ok("good")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"g\""),
+    );
+    let edge = h.edge().await;
+    edge.get("/a").await;
+    h.clock.advance(Duration::from_secs(2));
+    for (cc, detail) in [("no-store", "no-store"), ("max-age=60", "status")] {
+        h.origin.reply(
+            "/a",
+            Reply::ok("broken").status(503).header("cache-control", cc),
+        );
+        let failed = edge.get("/a").await;
+        assert_eq!(failed.status, 503, "{cc}");
+        assert_eq!(
+            failed.fwd(),
+            Some("stale"),
+            "{cc}: {}",
+            failed.cache_status()
+        );
+        assert_eq!(
+            failed.param("detail"),
+            Some(detail),
+            "{cc}: {}",
+            failed.cache_status()
+        );
+    }
+    // The stale response is still there for a request that accepts it while the origin fails.
+    let stale = edge
+        .get_with("/a", &[("cache-control", "stale-if-error=60")])
+        .await;
+    assert_eq!(stale.text(), "good", "{}", stale.cache_status());
+    assert_eq!(stale.param("detail"), Some("stale-if-error"));
+}
+
 #[tokio::test]
 async fn operator_stale_if_error_is_never_used_for_s_maxage_responses() {
     // RFC 9111 §5.2.2.10: s-maxage carries proxy-revalidate's semantics for a shared cache, and
