@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Harness, Reply};
+use common::{Harness, Reply, TestEdge};
 use tempfile::TempDir;
 
 /// An ext4 file system in a file, loop-mounted for as long as this lives, that can be frozen.
@@ -77,6 +77,22 @@ impl Drop for LoopFs {
     }
 }
 
+/// An edge whose disk tier is on `fs`, a body over `memory_max` going to a file of its own, and
+/// serving, its disk tier open (it is opened before the first request is answered: `/small`,
+/// which the origin must serve, is stored).
+async fn edge_on(h: &Harness, fs: &LoopFs, memory_max: u64) -> TestEdge {
+    let store = fs.path().join("store");
+    let edge = h
+        .edge_with(|c| {
+            c.cache.disk.path = store;
+            c.cache.disk.min_free.0 = 0;
+            c.cache.memory.max_object_size.0 = memory_max;
+        })
+        .await;
+    assert!(edge.get("/small").await.stored());
+    edge
+}
+
 /// A response too large for memory is written to a file on disk as it arrives. On a disk that
 /// hangs, beginning that file hung, and the request with it, its head unsent, for as long as
 /// the disk did (a client gave up after 15 s; it was answered once the file system was thawed).
@@ -96,16 +112,7 @@ async fn a_disk_that_hangs_does_not_hold_a_large_response() {
         h.origin
             .reply(path, reply.header("cache-control", "max-age=600"));
     }
-    let store = fs.path().join("store");
-    let edge = h
-        .edge_with(|c| {
-            c.cache.disk.path = store;
-            c.cache.disk.min_free.0 = 0;
-            c.cache.memory.max_object_size.0 = 1 << 20;
-        })
-        .await;
-    // Edge is serving, its disk tier open (it is opened before the first request is answered).
-    assert!(edge.get("/small").await.stored());
+    let edge = edge_on(&h, &fs, 1 << 20).await;
 
     assert!(fs.freeze(true));
     for path in ["/announced", "/chunked"] {
@@ -150,15 +157,7 @@ async fn a_disk_that_hangs_is_not_waited_on_again_while_it_still_hangs() {
         h.origin
             .reply(path, Reply::ok(body).header("cache-control", "max-age=600"));
     }
-    let store = fs.path().join("store");
-    let edge = h
-        .edge_with(|c| {
-            c.cache.disk.path = store;
-            c.cache.disk.min_free.0 = 0;
-            c.cache.memory.max_object_size.0 = 16 << 10;
-        })
-        .await;
-    assert!(edge.get("/small").await.stored());
+    let edge = edge_on(&h, &fs, 16 << 10).await;
     assert!(fs.freeze(true));
     let mut took = Vec::new();
     for _ in 0..4 {
