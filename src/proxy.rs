@@ -649,6 +649,8 @@ struct Served {
     /// The length the response declared, if any.
     expected: Option<u64>,
     finished: bool,
+    /// The body's failure, held back for one poll (see `poll_frame`).
+    failed: Option<axum::Error>,
     record: AccessRecord,
     edge: Arc<Edge>,
 }
@@ -660,6 +662,7 @@ impl Served {
             bytes: 0,
             expected,
             finished: false,
+            failed: None,
             record,
             edge,
         }
@@ -674,21 +677,37 @@ impl http_body::Body for Served {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if let Some(err) = self.failed.take() {
+            return std::task::Poll::Ready(Some(Err(err)));
+        }
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
+        match polled {
+            std::task::Poll::Ready(Some(Ok(ref frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 }
             }
             std::task::Poll::Ready(None) => self.finished = true,
-            _ => {}
+            // A body that fails (an origin that cut it short) ends the connection, and hyper's
+            // HTTP/1 connection drops what it has not yet written when it is handed the error;
+            // a fill's reader has the bytes before the failure and the failure at once. So the
+            // head and those bytes were not sent: the client saw its connection closed with no
+            // response, logged and counted as a 200. Held back for one poll, woken at once, the
+            // error lets hyper flush them first. (HTTP/2 is not helped: its stream is reset
+            // from its own task, and the reset still often drops the HEADERS queued for it.)
+            std::task::Poll::Ready(Some(Err(err))) => {
+                self.failed = Some(err);
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // A failure held back is still to come: the body has not ended well.
+        self.failed.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -1356,3 +1356,63 @@ async fn an_upload_over_64_kib_streams_to_the_origin_as_it_comes() {
     }
     assert_eq!(h.origin.hits("/big"), 2);
 }
+
+/// A response whose origin cuts its body short reaches the client with its head and the bytes
+/// that came (the client then sees the body end early), not as a connection closed with nothing:
+/// a fill's reader is handed those bytes and the failure at once, and hyper's HTTP/1 connection,
+/// handed the failure before it had written what it buffered, dropped the head with it, while the
+/// access log and `edge_responses_total` said 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_origin_cuts_short_still_reaches_the_client_with_its_head() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: max-age=60\r\n\r\n0123456789",
+                );
+                // Gone with 90 bytes unsent.
+            });
+        }
+    });
+    let h = Harness::new().await;
+    let edge = h.edge_before(origin).await;
+    let tries = 200;
+    let edge = &edge;
+    let got = futures_util::future::join_all((0..tries).map(|i| async move {
+        let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        client
+            .write_all(format!("GET /cut/{} HTTP/1.1\r\nhost: edge\r\n\r\n", i % 20).as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        answer
+    }))
+    .await;
+    // The head, then the ten bytes that came, then the end of the connection.
+    let other: Vec<_> = (got.iter())
+        .filter(|answer| {
+            !(answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"\r\n\r\n0123456789"))
+        })
+        .map(|answer| String::from_utf8_lossy(answer).into_owned())
+        .collect();
+    assert!(
+        other.is_empty(),
+        "{} of {tries} clients got another answer, such as {:?}",
+        other.len(),
+        other.first()
+    );
+}
