@@ -47,7 +47,8 @@ pub struct Config {
     #[serde(default = "defaults::client_header_timeout")]
     pub client_header_timeout: Seconds,
     /// How long an upload (a request body edge reads first or streams to the origin) may wait on
-    /// its client between two reads (nginx's `client_body_timeout`): past it, 408 and the connection closed.
+    /// its client between two reads (nginx's `client_body_timeout`): past it, 408 and the
+    /// connection closed.
     #[serde(default = "defaults::client_body_timeout")]
     pub client_body_timeout: Seconds,
     /// How long a response may wait on a client that takes none of it (nginx's `send_timeout`):
