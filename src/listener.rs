@@ -406,6 +406,8 @@ where
         addr: peer,
         tls: tls.is_some(),
     };
+    // Without a PROXY header or TLS, the first bytes are a request head's.
+    let plain = !proxied && tls.is_none();
     let first = async {
         let first = first_bytes(tcp, peer, proxied, tls, activity.clone());
         match limits.header {
@@ -417,6 +419,10 @@ where
         first = first => match first {
             Ok(Some(first)) => first,
             Ok(None) => return (peer, Ok(None)),
+            // Still telling an HTTP/1 head from HTTP/2's preface (`P`): a head not whole in time.
+            Err(()) if plain && activity.head_started.load(Ordering::Relaxed) => {
+                return (peer, Err(Failed::HeadTimeout));
+            }
             Err(()) if activity.head_started.load(Ordering::Relaxed) => {
                 return (peer, Ok(Some(Disconnect::SlowHead)));
             }

@@ -495,8 +495,9 @@ async fn a_request_hyper_rejects_is_logged_and_counted() {
 
 /// 1e. A request head begun over HTTP/1 and not whole within `client_header_timeout` (slowloris)
 /// is closed with nothing sent, and logged and counted as a 408, as nginx logs one, whether it
-/// was a connection's first request or one after a kept-alive answer; a connection that never
-/// sent a byte is closed too, and has no line.
+/// was a connection's first request, one after a kept-alive answer, or one stalled after a `P`
+/// (which could still have been HTTP/2's preface); a connection that never sent a byte is closed
+/// too, and has no line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_not_whole_in_time_is_logged_as_a_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -514,6 +515,9 @@ async fn a_request_head_not_whole_in_time_is_logged_as_a_408() {
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: edge\r\n")
         .await
         .unwrap();
+    // One begun with a letter that could still be HTTP/2's preface (`PRI * HTTP/2.0`).
+    let mut preface = connect().await.unwrap();
+    preface.write_all(b"P").await.unwrap();
     // A request answered, then the next head begun on the kept-alive connection.
     let mut kept = connect().await.unwrap();
     kept.write_all(b"GET /kept HTTP/1.1\r\nHost: edge\r\n\r\n")
@@ -528,17 +532,17 @@ async fn a_request_head_not_whole_in_time_is_logged_as_a_408() {
     }
     assert!(answer.starts_with(b"HTTP/1.1 200 "), "{answer:?}");
     kept.write_all(b"GET /kept HTTP/1.1\r\nHo").await.unwrap();
-    for stream in [&mut silent, &mut slow, &mut kept] {
+    for stream in [&mut silent, &mut slow, &mut preface, &mut kept] {
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
         let closed = read.await.expect("closed within the timeout");
         assert!(closed.is_err() || rest.is_empty(), "nothing sent: {rest:?}");
     }
-    let lines = edge.wait_lines(3, is_access).await;
+    let lines = edge.wait_lines(4, is_access).await;
     let timed_out: Vec<_> = (lines.iter())
         .filter(|line| field(line, "status") == Some("408"))
         .collect();
-    assert_eq!(timed_out.len(), 2, "{lines:?}");
+    assert_eq!(timed_out.len(), 3, "{lines:?}");
     for line in timed_out {
         assert_eq!(field(line, "method"), Some("\"-\""), "{line}");
         assert_eq!(field(line, "cache"), Some("\"error\""), "{line}");
@@ -546,12 +550,12 @@ async fn a_request_head_not_whole_in_time_is_logged_as_a_408() {
     }
     // The silent connection's close, a second later, adds no line.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(edge.lines().into_iter().filter(|l| is_access(l)).count(), 3);
+    assert_eq!(edge.lines().into_iter().filter(|l| is_access(l)).count(), 4);
     let metrics = edge.metrics().await;
     for counted in [
-        "edge_requests_total{cache_status=\"error\"} 2",
-        "edge_responses_total{status=\"4xx\"} 2",
-        "edge_client_disconnects_total{reason=\"slow_head\"} 2",
+        "edge_requests_total{cache_status=\"error\"} 3",
+        "edge_responses_total{status=\"4xx\"} 3",
+        "edge_client_disconnects_total{reason=\"slow_head\"} 3",
         "edge_client_disconnects_total{reason=\"idle\"} 1",
     ] {
         assert!(metrics.contains(counted), "{counted} in {metrics}");
