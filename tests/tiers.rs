@@ -186,6 +186,59 @@ async fn disk_budget_evicts_the_oldest_objects() {
     assert_eq!(h.origin.hits("/o0"), 2);
 }
 
+/// A response the memory tier holds is in use, though served from memory and never read from
+/// disk: eviction keeps it on disk and takes the oldest of the others, so that a restart, which
+/// empties memory, finds it there. It went first, as the oldest store, and a restart sent every
+/// client of the hottest responses to the origin.
+#[tokio::test]
+async fn disk_eviction_keeps_what_the_memory_tier_holds() {
+    let h = Harness::new().await;
+    h.origin.reply(
+        "/hot",
+        Reply::ok("hot").header("cache-control", "max-age=600"),
+    );
+    let body = |i: usize| vec![b'a' + i as u8; 200_000];
+    for i in 0..30 {
+        h.origin.reply(
+            &format!("/o{i}"),
+            Reply::ok(body(i)).header("cache-control", "max-age=600"),
+        );
+    }
+    let edge = h
+        .edge_with(|c| {
+            // `/hot` fits in memory, the others (disk only) do not.
+            c.cache.memory.max_object_size.0 = 64 << 10;
+            c.cache.disk.capacity.0 = 2 << 20;
+        })
+        .await;
+    assert!(edge.get("/hot").await.stored());
+    for i in 0..30 {
+        assert!(edge.get(&format!("/o{i}")).await.stored());
+        let hot = edge.get("/hot").await;
+        assert_eq!(
+            hot.param("detail"),
+            Some("memory"),
+            "{}",
+            hot.cache_status()
+        );
+    }
+    let oldest = edge.get("/o0").await;
+    assert!(!oldest.is_hit(), "{}", oldest.cache_status());
+
+    let edge = edge.restart().await;
+    let hot = edge.get("/hot").await;
+    assert_eq!(hot.param("detail"), Some("disk"), "{}", hot.cache_status());
+    assert_eq!(hot.text(), "hot");
+    assert_eq!(h.origin.hits("/hot"), 1);
+    let newest = edge.get("/o29").await;
+    assert_eq!(
+        newest.param("detail"),
+        Some("disk"),
+        "{}",
+        newest.cache_status()
+    );
+}
+
 #[tokio::test]
 async fn a_store_that_will_not_open_is_moved_aside_and_edge_serves() {
     let h = Harness::new().await;

@@ -34,7 +34,9 @@
 //! Budget: every record is charged its bytes, its key, some bookkeeping and its body file rounded
 //! up to whole 4 KiB blocks; sled's own overhead is measured as the index directory's allocated
 //! size minus the record bytes it holds. When the sum goes over `cache.disk.capacity`, the oldest
-//! stores are evicted until it is under 95% of it.
+//! stores are evicted until it is under 95% of it; a record whose response the memory tier holds
+//! is moved to the back instead (in memory only: a restart finds the order the stores were made
+//! in).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
@@ -140,7 +142,7 @@ struct Shared {
     settings: Settings,
     heuristic: Mutex<HeuristicConfig>,
     journal: Mutex<Journal>,
-    counters: Arc<Counters>,
+    lasting: Arc<Lasting>,
     /// How many times the tier went off.
     failures: AtomicU64,
     /// When the store was last reopened, and how long the last reopening waited at first: a
@@ -156,14 +158,24 @@ struct Settings {
     stream_over: u64,
 }
 
-/// Counters that go on across reopenings.
+/// What goes on across reopenings of the store.
 #[derive(Default)]
-struct Counters {
+struct Lasting {
     /// Records evicted to keep the budget.
     evictions: AtomicU64,
     /// Records dropped because they failed verification.
     integrity_failures: AtomicU64,
+    /// Whether the memory tier holds a record's response ([`DiskTier::keep_in_memory_ones`]).
+    in_memory: std::sync::OnceLock<InMemory>,
 }
+
+/// Whether the memory tier holds the response of the record at a key.
+type InMemory = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// The most records moved to the back of the order, because the memory tier holds their
+/// responses, before one is evicted whatever holds it: a memory tier that holds all the disk tier
+/// does cannot make an eviction walk the whole order.
+const KEEP_AT_MOST: usize = 16;
 
 /// The removals (purges, invalidations) that the store may not hold durably: each is noted once
 /// it has been made (or has failed), and forgotten once a flush that began after it succeeds.
@@ -209,7 +221,7 @@ struct Inner {
     files: Mutex<BTreeMap<Box<[u8]>, u64>>,
     /// Records held (responses and Vary markers).
     entries: AtomicU64,
-    counters: Arc<Counters>,
+    lasting: Arc<Lasting>,
     /// Set when this store failed: a spool still writing into it stops.
     off: std::sync::atomic::AtomicBool,
     index_dir: PathBuf,
@@ -267,12 +279,36 @@ struct Inner {
 /// in sled's `records`.
 #[derive(Default)]
 struct Index {
-    /// Every record, oldest store first, by sequence number.
+    /// Every record, first to be evicted first, by its place: its sequence number (so the order
+    /// its responses were stored in), or the number it was given when it was last moved to the
+    /// back because the memory tier held its response (`moved`).
     order: BTreeMap<u64, Slot>,
+    /// The places of the records moved since start-up, by sequence number.
+    moved: HashMap<u64, u64, super::KeyHasher>,
+}
+
+impl Index {
+    fn insert(&mut self, slot: Slot) {
+        self.order.insert(slot.seq, slot);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Slot> {
+        let place = self.moved.remove(&seq).unwrap_or(seq);
+        self.order.remove(&place)
+    }
+
+    /// Moves the record at `place` to `to`, the back of the order.
+    fn move_back(&mut self, place: u64, to: u64) {
+        if let Some(slot) = self.order.remove(&place) {
+            self.moved.insert(slot.seq, to);
+            self.order.insert(to, slot);
+        }
+    }
 }
 
 struct Slot {
     key: Box<[u8]>,
+    seq: u64,
     /// What the record is charged against the budget.
     charged: u64,
     in_file: bool,
@@ -308,8 +344,8 @@ impl DiskTier {
             min_free,
             stream_over,
         };
-        let counters = Arc::new(Counters::default());
-        let inner = match Inner::open_waiting(&settings, heuristic, &counters, false) {
+        let lasting = Arc::new(Lasting::default());
+        let inner = match Inner::open_waiting(&settings, heuristic, &lasting, false) {
             Ok(inner) => inner,
             Err(err) if is_locked(&err) => {
                 error!(path = %path.display(), "disk tier is in use by another process; running with the memory tier only");
@@ -330,7 +366,7 @@ impl DiskTier {
                     error!(%err, "cannot move the broken disk tier aside; running with the memory tier only");
                     return None;
                 }
-                match Inner::open(&settings, heuristic, &counters, false) {
+                match Inner::open(&settings, heuristic, &lasting, false) {
                     Ok(inner) => inner,
                     Err(err) => {
                         error!(path = %path.display(), %err, "cannot create a disk tier; running with the memory tier only");
@@ -344,7 +380,7 @@ impl DiskTier {
             settings,
             heuristic: Mutex::new(heuristic),
             journal: Mutex::new(Journal::default()),
-            counters,
+            lasting,
             failures: AtomicU64::new(0),
             backoff: Mutex::new((None, REOPEN_FIRST)),
         });
@@ -469,7 +505,7 @@ impl DiskTier {
     /// How many records were dropped because they failed verification.
     pub fn integrity_failures(&self) -> u64 {
         self.shared
-            .counters
+            .lasting
             .integrity_failures
             .load(Ordering::Relaxed)
     }
@@ -494,7 +530,7 @@ impl DiskTier {
                 .map_or(0, |inner| inner.entries.load(Ordering::Relaxed)),
             bytes: current.as_ref().map_or(0, |inner| inner.footprint()),
             capacity: current.as_ref().map_or(0, |inner| inner.budget()),
-            evictions: self.shared.counters.evictions.load(Ordering::Relaxed),
+            evictions: self.shared.lasting.evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -595,6 +631,14 @@ impl DiskTier {
             result
         });
         flatten(done.await)
+    }
+
+    /// Keeps records whose response `held` says the memory tier holds: eviction moves them to the
+    /// back of its order rather than evicting them. A response served from memory is not read
+    /// from disk, so without this the hottest responses would leave the disk tier by the order
+    /// they were stored in, and a restart, which empties memory, would find the least of them.
+    pub fn keep_in_memory_ones(&self, held: impl Fn(&[u8]) -> bool + Send + Sync + 'static) {
+        let _ = self.shared.lasting.in_memory.set(Box::new(held));
     }
 
     /// Applies a new heuristic configuration to records read from now on.
@@ -784,13 +828,13 @@ impl Shared {
             }
         }
         let heuristic = *lock(&self.heuristic);
-        let inner = match Inner::open_waiting(settings, heuristic, &self.counters, true) {
+        let inner = match Inner::open_waiting(settings, heuristic, &self.lasting, true) {
             Ok(inner) => inner,
             Err(err) if is_locked(&err) || is_io(&err) => return Err(err),
             Err(err) => {
                 warn!(%err, "the disk tier's store does not open again: it starts empty");
                 empty(&settings.path)?;
-                Inner::open(settings, heuristic, &self.counters, true)?
+                Inner::open(settings, heuristic, &self.lasting, true)?
             }
         };
         // Made and flushed without the journal's lock, which purges (and so request tasks)
@@ -1022,12 +1066,12 @@ impl Inner {
     fn open_waiting(
         settings: &Settings,
         heuristic: HeuristicConfig,
-        counters: &Arc<Counters>,
+        lasting: &Arc<Lasting>,
         reopening: bool,
     ) -> Result<Arc<Self>, DiskError> {
         let mut attempts = 0;
         loop {
-            match Self::open(settings, heuristic, counters, reopening) {
+            match Self::open(settings, heuristic, lasting, reopening) {
                 Err(err) if is_locked(&err) && attempts < LOCK_ATTEMPTS => {
                     attempts += 1;
                     std::thread::sleep(LOCK_RETRY);
@@ -1042,7 +1086,7 @@ impl Inner {
     fn open(
         settings: &Settings,
         heuristic: HeuristicConfig,
-        counters: &Arc<Counters>,
+        lasting: &Arc<Lasting>,
         reopening: bool,
     ) -> Result<Arc<Self>, DiskError> {
         let path = &settings.path;
@@ -1115,7 +1159,7 @@ impl Inner {
             index: Mutex::new(Index::default()),
             files: Mutex::new(BTreeMap::new()),
             entries: AtomicU64::new(0),
-            counters: counters.clone(),
+            lasting: lasting.clone(),
             off: std::sync::atomic::AtomicBool::new(false),
             index_dir,
             bodies,
@@ -1328,6 +1372,7 @@ impl Inner {
                 seq,
                 Slot {
                     key,
+                    seq,
                     charged,
                     in_file: true,
                 },
@@ -1361,6 +1406,7 @@ impl Inner {
                 seq,
                 Slot {
                     key: key.as_ref().into(),
+                    seq,
                     charged,
                     in_file: false,
                 },
@@ -1370,7 +1416,10 @@ impl Inner {
         for (_, slot) in &order {
             self.account(slot.charged, slot.in_file);
         }
-        self.index().order = order.into_iter().collect();
+        *self.index() = Index {
+            order: order.into_iter().collect(),
+            moved: HashMap::default(),
+        };
         let found = files.clone();
         *self.files() = files.into_iter().collect();
         // Never counted in, so only their sled rows and tag rows go.
@@ -1536,7 +1585,7 @@ impl Inner {
         failure: &str,
     ) -> Result<Option<Record>, DiskError> {
         warn!(key = %hex(key), %failure, "dropping a disk record that fails verification");
-        self.counters
+        self.lasting
             .integrity_failures
             .fetch_add(1, Ordering::Relaxed);
         self.remove(key, Some(seq))?;
@@ -1647,14 +1696,12 @@ impl Inner {
             let mut index = self.index();
             self.take(&mut index, key, None).inspect(|_| {
                 self.files().insert(key.into(), seq);
-                index.order.insert(
+                index.insert(Slot {
+                    key: key.into(),
                     seq,
-                    Slot {
-                        key: key.into(),
-                        charged,
-                        in_file: true,
-                    },
-                );
+                    charged,
+                    in_file: true,
+                });
             })
         };
         let gone = match taken {
@@ -1682,27 +1729,22 @@ impl Inner {
                 Some(old) => Some(Gone {
                     key: key.into(),
                     seq: seq_of(&old),
-                    charged: index
-                        .order
-                        .remove(&seq_of(&old))
-                        .map_or(0, |slot| slot.charged),
+                    charged: index.remove(seq_of(&old)).map_or(0, |slot| slot.charged),
                     value: Some(old),
                 }),
                 None => self.files().remove(key).map(|old| Gone {
                     key: key.into(),
                     seq: old,
-                    charged: index.order.remove(&old).map_or(0, |slot| slot.charged),
+                    charged: index.remove(old).map_or(0, |slot| slot.charged),
                     value: None,
                 }),
             };
-            index.order.insert(
+            index.insert(Slot {
+                key: key.into(),
                 seq,
-                Slot {
-                    key: key.into(),
-                    charged,
-                    in_file: false,
-                },
-            );
+                charged,
+                in_file: false,
+            });
             gone
         };
         self.account(charged, false);
@@ -1734,7 +1776,7 @@ impl Inner {
                 return Ok(None);
             }
             self.files().remove(key);
-            let charged = index.order.remove(&seq).map_or(0, |slot| slot.charged);
+            let charged = index.remove(seq).map_or(0, |slot| slot.charged);
             return Ok(Some(Gone {
                 key: key.into(),
                 seq,
@@ -1751,7 +1793,7 @@ impl Inner {
             return Ok(None);
         };
         let seq = seq_of(&value);
-        let charged = index.order.remove(&seq).map_or(0, |slot| slot.charged);
+        let charged = index.remove(seq).map_or(0, |slot| slot.charged);
         Ok(Some(Gone {
             key: key.into(),
             seq,
@@ -1901,8 +1943,8 @@ impl Inner {
         Ok(true)
     }
 
-    /// Evicts the oldest records while the footprint, with `incoming` bytes about to be written,
-    /// is over the budget.
+    /// Evicts the oldest records (in the order of [`Index::order`]) while the footprint, with
+    /// `incoming` bytes about to be written, is over the budget.
     fn evict_to_budget(&self, incoming: u64) -> Result<(), DiskError> {
         self.measure_index(false);
         let budget = self.budget();
@@ -1923,16 +1965,34 @@ impl Inner {
             }
             let gone = {
                 let mut index = self.index();
-                let Some((&seq, slot)) = index.order.first_key_value() else {
-                    break;
+                // A record whose response the memory tier holds is in use, though it is served
+                // from memory and not read here: it goes to the back of the order, so that a
+                // restart (which empties memory) finds it on disk.
+                let mut kept = 0;
+                let (seq, key) = loop {
+                    let Some((&place, slot)) = index.order.first_key_value() else {
+                        return Ok(());
+                    };
+                    if kept < KEEP_AT_MOST
+                        && self
+                            .lasting
+                            .in_memory
+                            .get()
+                            .is_some_and(|held| held(&slot.key))
+                    {
+                        kept += 1;
+                        let to = self.db.generate_id()?;
+                        index.move_back(place, to);
+                        continue;
+                    }
+                    break (slot.seq, slot.key.clone());
                 };
-                let key = slot.key.clone();
                 match self.take(&mut index, &key, Some(seq))? {
                     Some(gone) => gone,
                     // Not the record at its key (which the index rules out): its place goes all
                     // the same, or eviction would stop here.
                     None => {
-                        let slot = index.order.remove(&seq);
+                        let slot = index.remove(seq);
                         let (charged, in_file) = slot.map_or((0, true), |s| (s.charged, s.in_file));
                         Gone {
                             key,
@@ -1944,7 +2004,7 @@ impl Inner {
                 }
             };
             self.unmark(&gone.key)?;
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.lasting.evictions.fetch_add(1, Ordering::Relaxed);
             self.forget(gone);
         }
         Ok(())
@@ -2498,8 +2558,32 @@ mod tests {
         }
         let records = tier.inner().entries.load(Ordering::Relaxed) as usize;
         let tags = tier.inner().tags.len();
-        assert!(tier.inner().counters.evictions.load(Ordering::Relaxed) > 1000);
+        assert!(tier.inner().lasting.evictions.load(Ordering::Relaxed) > 1000);
         assert_eq!(tags, 2 * records, "tag rows {tags} for {records} records");
+    }
+
+    /// A memory tier that holds everything the disk tier does keeps nothing from eviction: the
+    /// budget holds, and what goes is still the oldest but for [`KEEP_AT_MOST`] at a time.
+    #[test]
+    fn eviction_holds_the_budget_when_the_memory_tier_holds_everything() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tier =
+            DiskTier::open(dir.path(), 32 << 20, 0, 8 << 20, HeuristicConfig::default()).unwrap();
+        tier.keep_in_memory_ones(|_| true);
+        let key = |i: u32| {
+            blake3::hash(format!("http://o/{i}").as_bytes())
+                .as_bytes()
+                .to_vec()
+        };
+        for i in 0..1500u32 {
+            let entry = tagged_entry(&format!("http://o/{i}"), None, vec![b'x'; 64 * 1024]);
+            tier.inner().put(&key(i), &entry).unwrap();
+        }
+        let inner = tier.inner();
+        assert!(inner.footprint() <= 32 << 20, "{}", inner.footprint());
+        assert!(inner.lasting.evictions.load(Ordering::Relaxed) > 1000);
+        assert!(inner.file_seq(&key(1499)).is_some());
+        assert!(inner.file_seq(&key(0)).is_none());
     }
 
     /// A body file whose tag rows sled lost (written before the file, out to disk up to 500 ms
@@ -2934,7 +3018,7 @@ mod tests {
 
         assert_eq!(body(inner.get(&key("/damaged"), false).unwrap()), None);
         assert_eq!(inner.records.get(key("/damaged")).unwrap(), None);
-        assert_eq!(inner.counters.integrity_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(inner.lasting.integrity_failures.load(Ordering::Relaxed), 1);
         assert_eq!(inner.checks.load(Ordering::Relaxed), 1);
         for _ in 0..2 {
             let found = body(inner.get(&key("/sound"), false).unwrap());

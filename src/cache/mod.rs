@@ -229,8 +229,17 @@ impl Cache {
             warn!(%err, "opening the disk tier failed; running with the memory tier only");
             None
         });
+        let memory = MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0);
+        if let Some(disk) = &disk {
+            let memory = memory.clone();
+            // A record's key begins with its URI's key (a variant's has the variant's after it).
+            disk.keep_in_memory_ones(move |key| {
+                key.first_chunk()
+                    .is_some_and(|primary| memory.holds(primary))
+            });
+        }
         Self {
-            memory: MemoryTier::new(config.memory.capacity.0, config.memory.max_object_size.0),
+            memory,
             disk,
             epoch: AtomicU64::new(0),
             invalidated: Marks::new(MARKS),
