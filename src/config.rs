@@ -172,6 +172,7 @@ pub struct OriginConfig {
     pub timeout: Seconds,
     /// Most requests in flight to the origin at once, so most connections open to it; 0 is no
     /// limit. A request past it waits up to `connect_timeout` for one to finish, then gets 503.
+    /// Uploads streaming from their clients hold at most half of them.
     #[serde(
         default = "defaults::max_connections",
         deserialize_with = "connection_limit"

@@ -54,9 +54,10 @@ pub enum OriginError {
     #[error("origin sent an invalid response: {0}")]
     Invalid(&'static str),
     /// Not sent: `origin.max_connections` requests were in flight for as long as
-    /// `origin.connect_timeout`.
-    #[error("not sent: {0} requests in flight to the origin (origin.max_connections) for {1:?}")]
-    Busy(usize, Duration),
+    /// `origin.connect_timeout` (or, for an upload streaming from its client, as many such
+    /// uploads as it lets have, [`UPLOAD_SHARE`]); what the third field says.
+    #[error("not sent: {0} {2} for {1:?}")]
+    Busy(usize, Duration, &'static str),
     /// Not the origin's fault: the client sent none of the body it announced for this long.
     #[error("the client sent nothing of its request body for {0:?}")]
     ClientTimeout(Duration),
@@ -83,6 +84,8 @@ pub struct Origin {
     client_body_timeout: Option<Duration>,
     /// `None`: no limit on requests in flight.
     slots: Option<Slots>,
+    /// The share of `slots` that uploads streaming from their clients may hold ([`UPLOAD_SHARE`]).
+    uploads: Option<Slots>,
     /// `origin.strip_query` and `origin.sort_query`; `None` when neither is set.
     query: Option<QueryRules>,
 }
@@ -144,20 +147,45 @@ struct Slots {
     free: Arc<Semaphore>,
     limit: usize,
     wait: Duration,
+    /// What the permits are for, as [`OriginError::Busy`] says it.
+    what: &'static str,
 }
 
 impl Slots {
+    fn new(limit: usize, wait: Duration, what: &'static str) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait,
+            what,
+        }
+    }
+
+    /// A permit at once when one is free, or once one is, within `wait`.
+    async fn take(&self) -> Result<OwnedSemaphorePermit, OriginError> {
+        match self.free.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            // Boxed: only a request that has to wait carries the timer.
+            Err(_) => Box::pin(self.wait_for_one()).await,
+        }
+    }
+
     async fn wait_for_one(&self) -> Result<OwnedSemaphorePermit, OriginError> {
         match tokio::time::timeout(self.wait, self.free.clone().acquire_owned()).await {
             Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
-            Err(_) => Err(OriginError::Busy(self.limit, self.wait)),
+            Err(_) => Err(OriginError::Busy(self.limit, self.wait, self.what)),
         }
     }
 }
 
+/// The share of `origin.max_connections` that uploads streaming from their clients may hold at
+/// once (at least one): the rest stay for requests that wait on nobody but the origin.
+pub const UPLOAD_SHARE: usize = 2;
+
 /// A request's place among those in flight to the origin (`origin.max_connections`), from
-/// [`Origin::slot`]; `None` inside when there is no limit.
-pub struct Slot(Option<OwnedSemaphorePermit>);
+/// [`Origin::slot`], and for an upload that streams from its client its place among those; `None`
+/// inside when there is no limit.
+pub struct Slot(Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
 
 type Sender = http1::SendRequest<Body>;
 
@@ -258,10 +286,15 @@ impl Origin {
             host,
             timeout: config.timeout.0,
             client_body_timeout: (!client_body_timeout.is_zero()).then_some(client_body_timeout),
-            slots: (config.max_connections > 0).then(|| Slots {
-                free: Arc::new(Semaphore::new(config.max_connections)),
-                limit: config.max_connections,
-                wait: config.connect_timeout.0,
+            slots: (config.max_connections > 0).then(|| {
+                let what = "requests in flight to the origin (origin.max_connections)";
+                Slots::new(config.max_connections, config.connect_timeout.0, what)
+            }),
+            uploads: (config.max_connections > 0).then(|| {
+                let what = "uploads streaming to the origin from their clients \
+                    (half of origin.max_connections)";
+                let limit = (config.max_connections / UPLOAD_SHARE).max(1);
+                Slots::new(limit, config.connect_timeout.0, what)
             }),
             query: (!config.strip_query.is_empty() || config.sort_query).then(|| QueryRules {
                 strip: config.strip_query.clone(),
@@ -372,19 +405,25 @@ impl Origin {
     /// A slot for one request to the origin: at once when one is free, or once one is, within
     /// `origin.connect_timeout` (else [`OriginError::Busy`]). Taken apart from [`Origin::send`],
     /// so that the wait for it is not counted as the origin's time.
+    ///
+    /// An upload that `streams` from its client ([`streams_from_client`]) first takes a place
+    /// among those, which hold at most half the slots (waiting as long again for one): clients
+    /// trickling large uploads, each holding its slot and connection until its last byte, took
+    /// every one of `origin.max_connections`, and every other request got 503 `origin-busy`.
+    /// It gives the place up when its last byte has gone to the origin.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would hold its arguments twice"
     )]
-    pub fn slot(&self) -> impl Future<Output = Result<Slot, OriginError>> {
+    pub fn slot(&self, streams: bool) -> impl Future<Output = Result<Slot, OriginError>> {
         async move {
+            let upload = match &self.uploads {
+                Some(uploads) if streams => Some(uploads.take().await?),
+                _ => None,
+            };
             match &self.slots {
-                None => Ok(Slot(None)),
-                Some(slots) => match slots.free.clone().try_acquire_owned() {
-                    Ok(permit) => Ok(Slot(Some(permit))),
-                    // Boxed: only a request that has to wait carries the timer.
-                    Err(_) => Ok(Slot(Some(Box::pin(slots.wait_for_one()).await?))),
-                },
+                None => Ok(Slot(None, upload)),
+                Some(slots) => Ok(Slot(Some(slots.take().await?), upload)),
             }
         }
     }
@@ -467,7 +506,7 @@ impl Origin {
             })?;
             // Held until the response body has been read to its end or dropped: as long as the
             // request keeps a connection to itself.
-            let Slot(slot) = slot;
+            let Slot(slot, upload) = slot;
             headers.insert(header::HOST, self.host.clone());
             // A connection goes back to the pool only once its request has been sent whole: an
             // origin may answer before it has read an upload, and the next request would queue
@@ -481,6 +520,7 @@ impl Origin {
                 let progress = Arc::new(Progress::new());
                 gate = expects_continue(&headers).then(|| Arc::new(Gate::default()));
                 let body = Body::new(Upload {
+                    place: upload,
                     inner: body,
                     progress: progress.clone(),
                     limit: self.client_body_timeout,
@@ -686,6 +726,16 @@ pub fn reads_first(headers: &HeaderMap, body: &Body) -> bool {
         && !expects_continue(headers)
 }
 
+/// Whether `body`, as it goes to the origin (after [`Origin::read_first`]), is still to come from
+/// its client: one not read first, announced longer than [`READ_FIRST_MAX`] or expecting
+/// `100-continue`, and one that turned out longer ([`ReadAhead`], of unknown length).
+pub fn streams_from_client(headers: &HeaderMap, body: &Body) -> bool {
+    let hint = body.size_hint();
+    !body.is_end_stream()
+        && hint.exact() != Some(0)
+        && (expects_continue(headers) || hint.exact().is_none_or(|len| len > READ_FIRST_MAX as u64))
+}
+
 /// Whether a request's client expects `100-continue` (RFC 9110 §10.1.1).
 fn expects_continue(headers: &HeaderMap) -> bool {
     (headers.get(header::EXPECT))
@@ -755,6 +805,9 @@ impl OriginBody {
 /// nothing of it for `limit` (`client_body_timeout`) while it is being read, whether or not the
 /// origin has answered yet.
 struct Upload {
+    /// Its place among the uploads streaming from their clients ([`Origin::slot`]), given up
+    /// when the last byte has come.
+    place: Option<OwnedSemaphorePermit>,
     inner: Body,
     progress: Arc<Progress>,
     limit: Option<Duration>,
@@ -960,13 +1013,20 @@ impl http_body::Body for Upload {
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             ready!(timer.as_mut().poll(cx));
             this.progress.fail(Fault::Stalled);
+            this.place = None;
             let stalled = format!("the client sent nothing of its request body for {limit:?}");
             return Poll::Ready(Some(Err(axum::Error::new(stalled))));
         };
         this.timer = None;
         match &frame {
-            Some(Err(_)) => this.progress.fail(Fault::Broken),
-            None => this.progress.done.store(true, Ordering::Release),
+            Some(Err(_)) => {
+                this.progress.fail(Fault::Broken);
+                this.place = None;
+            }
+            None => {
+                this.progress.done.store(true, Ordering::Release);
+                this.place = None;
+            }
             // hyper stops polling a body of known length once it has had that many bytes; an
             // HTTP/2 client may still mark the end in an empty frame after them, which is then
             // not read (the size hint counts down what is left of `Content-Length`).
@@ -974,6 +1034,7 @@ impl http_body::Body for Upload {
                 if this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0) =>
             {
                 this.progress.done.store(true, Ordering::Release);
+                this.place = None;
             }
             Some(Ok(_)) => {}
         }

@@ -99,7 +99,8 @@ impl Edge {
     ) -> impl Future<Output = (Result<Upstream, OriginError>, Duration)> {
         async move {
             // The wait for a slot is edge's own: not in the origin's response time.
-            let slot = match settings.origin.slot().await {
+            let streams = origin::streams_from_client(&headers, &body);
+            let slot = match settings.origin.slot(streams).await {
                 Ok(slot) => slot,
                 Err(err) => {
                     self.metrics.origin_busy();

@@ -1192,6 +1192,55 @@ async fn a_small_upload_trickled_by_its_client_holds_no_slot_to_the_origin() {
     assert_eq!(sample(&metrics, "edge_origin_busy_total"), 0.0);
 }
 
+/// Uploads streaming from their clients (over 64 KiB, so not read first) hold at most half of
+/// `origin.max_connections`: one past that waits `origin.connect_timeout` for a place and gets a
+/// 503, and the other half stays for requests that wait on nobody but the origin. Two trickled
+/// uploads held both slots of two, and the GET got a 503 `origin-busy`.
+#[tokio::test]
+async fn uploads_streaming_from_their_clients_hold_at_most_half_the_slots() {
+    let h = Harness::new().await;
+    h.origin.reply("/upload", Reply::ok("stored").status(201));
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
+    let edge = Arc::new(
+        h.edge_with(|c| {
+            c.origin.max_connections = 2;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await,
+    );
+    // 100,000 bytes in 10 pieces 150 ms apart.
+    let pieces: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 10_000]).collect();
+    let whole = pieces.concat();
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 100000\r\n\r\n";
+    let gap = Duration::from_millis(150);
+    let upload = |pieces: Vec<Vec<u8>>| {
+        let edge = edge.clone();
+        tokio::spawn(async move { upload_slowly(&edge, head, pieces, gap).await })
+    };
+    let first = upload(pieces.clone());
+    until_in_flight(&h, 1).await;
+    let second = upload(pieces);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let other = edge.get("/other").await;
+    assert_eq!(
+        (other.status, other.text()),
+        (200, "other"),
+        "{}",
+        other.cache_status()
+    );
+    let second = second.await.unwrap();
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(second.contains("detail=origin-busy"), "{second}");
+    let first = first.await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+    let received = h.origin.last("/upload").expect("the origin got the upload");
+    assert_eq!(received.body, whole, "the whole body, in order");
+    assert_eq!(h.origin.hits("/upload"), 1);
+}
+
 /// `pieces` as a request body that a client sends `gap` apart, of unannounced length.
 fn trickled(pieces: Vec<&'static str>, gap: Duration) -> reqwest::Body {
     use futures_util::StreamExt;
