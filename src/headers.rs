@@ -1,6 +1,8 @@
 //! Header rules shared by the request phases: hop-by-hop fields (RFC 9110 §7.6.1), `Via`
 //! (§7.6.3), and `Cache-Status` (RFC 9211).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +40,21 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "transfer-encoding" => Some(5),
         "upgrade" => Some(6),
         _ => None,
+    }
+}
+
+/// A field name as CGI, FastCGI and WSGI servers (PHP, Python's `wsgiref`, gunicorn before 22.0)
+/// hand it to an application: each `_` read as `-`, so that `X_Forwarded_Host` and
+/// `X-Forwarded-Host` are one variable (`HTTP_X_FORWARDED_HOST`), the two lines joined or the later
+/// one winning. A field edge takes out or replaces by its name must be looked for in this form,
+/// or it reaches such an origin under the other spelling. (nginx drops every field with `_` in
+/// its name by default, `underscores_in_headers off`.) Borrowed when there is no `_`: nearly
+/// always.
+pub fn as_cgi_reads_it(name: &str) -> Cow<'_, str> {
+    if name.contains('_') {
+        Cow::Owned(name.replace('_', "-"))
+    } else {
+        Cow::Borrowed(name)
     }
 }
 

@@ -38,7 +38,8 @@ use crate::config::OriginConfig;
 use std::time::SystemTime;
 
 use crate::headers::{
-    append_member, append_via, connection_options, forwardable_trailers, remove_hop_by_hop,
+    append_member, append_via, as_cgi_reads_it, connection_options, forwardable_trailers,
+    remove_hop_by_hop,
 };
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -1327,10 +1328,21 @@ pub fn request_headers(
 /// request's own). The cache key holds none of them, and an origin that trusts edge as its proxy
 /// would take a client's for edge's word: one client could have links to its own host, or
 /// another page, stored for everyone (web cache poisoning). Edge claims only what it knows
-/// (`X-Forwarded-For`, `-Proto`).
+/// (`X-Forwarded-For`, `-Proto`). Each is looked for as CGI-style servers read names, `_` as `-`
+/// (`X_Forwarded_Host`, [`as_cgi_reads_it`]); so is `X-Forwarded-Proto`, whose `-` spelling edge
+/// replaces, but whose `_` one such a server would join to edge's (`https,http`), of which
+/// Django's `SECURE_PROXY_SSL_HEADER` reads the first.
 fn names_another_target(name: &HeaderName) -> bool {
+    match as_cgi_reads_it(name.as_str()) {
+        Cow::Borrowed(name) => claims_another_target(name),
+        Cow::Owned(name) => claims_another_target(&name) || name == "x-forwarded-proto",
+    }
+}
+
+/// The fields of [`names_another_target`], by their usual names.
+fn claims_another_target(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "forwarded"
             | "x-forwarded-host"
             | "x-forwarded-port"

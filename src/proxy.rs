@@ -31,7 +31,9 @@ use crate::clock::Clock;
 use crate::conditional;
 use crate::config::{self, Config};
 use crate::fill::{self, FillJob, Fills, Head, Role, SharedHead, Ticket};
-use crate::headers::{CACHE_STATUS, CACHE_TAG, CacheStatus, PURGED, SURROGATE_KEY};
+use crate::headers::{
+    CACHE_STATUS, CACHE_TAG, CacheStatus, PURGED, SURROGATE_KEY, as_cgi_reads_it,
+};
 use crate::metrics::{Metrics, Timing};
 use crate::origin::{self, Origin, OriginError, Upstream};
 use crate::range::{self, RangeOutcome, Selection};
@@ -776,7 +778,11 @@ fn route(
             // honours it would have another method's answer stored for the URL (cache-poisoned
             // denial of service by method override). Looked for before being hashed: rare.
             if request.headers.keys().any(overrides_method) {
-                for name in METHOD_OVERRIDES {
+                let overrides: Vec<HeaderName> = (request.headers.keys())
+                    .filter(|name| overrides_method(name))
+                    .cloned()
+                    .collect();
+                for name in overrides {
                     request.headers.remove(name);
                 }
             }
@@ -847,8 +853,10 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Looked for as CGI-style servers read names (`X_HTTP_Method_Override` is their
+/// `HTTP_X_HTTP_METHOD_OVERRIDE` too: [`as_cgi_reads_it`]).
 fn overrides_method(name: &HeaderName) -> bool {
-    METHOD_OVERRIDES.contains(&name.as_str())
+    METHOD_OVERRIDES.contains(&&*as_cgi_reads_it(name.as_str()))
 }
 
 /// The methods edge takes, for `Allow`: every other one but `CONNECT` and `TRACE` is forwarded

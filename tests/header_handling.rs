@@ -635,6 +635,38 @@ async fn a_method_override_does_not_reach_the_origin_on_a_get_or_head() {
     }
 }
 
+/// CGI, FastCGI and WSGI servers (PHP, Python's `wsgiref`, gunicorn before 22.0) read `_` in a
+/// field name as `-`: `X_Forwarded_Host` is their `HTTP_X_FORWARDED_HOST`, as `X-Forwarded-Host`
+/// is. So a field that edge takes out of a request by name must go in that spelling too, or a
+/// client can still have its host name, or another page (`X_Original_URL`), stored for every
+/// client of the URL; and `X_Forwarded_Proto: https` would be joined to edge's `http`. Other
+/// fields with `_` in their names go on.
+#[tokio::test]
+async fn fields_taken_out_by_name_go_in_their_underscore_spelling_too() {
+    let h = Harness::new().await;
+    h.origin
+        .reply("/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let edge = h.edge().await;
+    let claims = [
+        ("x_forwarded_host", "evil.example"),
+        ("x-forwarded_host", "evil.example"),
+        ("x_original_url", "/admin"),
+        ("x_forwarded_proto", "https"),
+        ("x_http_method_override", "DELETE"),
+    ];
+    let mut sent = claims.to_vec();
+    sent.push(("x_custom_field", "kept"));
+    let response = edge.get_with("/a", &sent).await;
+    assert!(response.stored(), "{}", response.cache_status());
+    let seen = h.origin.last("/a").unwrap().headers;
+    for (name, _) in claims {
+        assert!(seen.get(name).is_none(), "{name} reached the origin");
+    }
+    let protos: Vec<_> = seen.get_all("x-forwarded-proto").iter().collect();
+    assert_eq!(protos, ["http"]);
+    assert_eq!(seen.get("x_custom_field").unwrap(), "kept");
+}
+
 /// Content in a GET has no meaning (RFC 9110 §9.3.1) and edge drops it; its `Content-Length`
 /// must go too, or the origin waits for a body that never comes, and the fill with it.
 #[tokio::test]
