@@ -58,6 +58,38 @@ async fn variant_selection_ignores_whitespace_order_and_case_of_negotiation_list
     assert_eq!(h.origin.hits("/v"), 1);
 }
 
+/// Letter case means nothing in a media type or a parameter's name, but it may in a parameter's
+/// value (RFC 9110 §5.6.6): an origin negotiating `Accept: application/json; version=A` may answer
+/// `version=a` otherwise, so the one must not be served the other's variant (RFC 9111 §4.1).
+#[tokio::test]
+async fn variant_selection_keeps_the_letter_case_of_parameter_values() {
+    let h = Harness::new().await;
+    let accepting = |body: &str| {
+        Reply::ok(body.to_owned())
+            .header("cache-control", "max-age=600")
+            .header("vary", "Accept")
+    };
+    h.origin.reply("/v", accepting("version A"));
+    let edge = h.edge().await;
+    let first = edge
+        .get_with("/v", &[("accept", "application/json; version=A")])
+        .await;
+    assert!(first.stored(), "{}", first.cache_status());
+    let same = edge
+        .get_with("/v", &[("accept", "Application/JSON;Version=A")])
+        .await;
+    assert!(same.is_hit(), "{}", same.cache_status());
+    assert_eq!(same.text(), "version A");
+
+    h.origin.reply("/v", accepting("version a"));
+    let other = edge
+        .get_with("/v", &[("accept", "application/json; version=a")])
+        .await;
+    assert_eq!(other.fwd(), Some("vary-miss"), "{}", other.cache_status());
+    assert_eq!(other.text(), "version a");
+    assert_eq!(h.origin.hits("/v"), 2);
+}
+
 #[tokio::test]
 async fn variants_survive_a_restart_and_are_found_on_disk() {
     let h = Harness::new().await;

@@ -271,11 +271,16 @@ fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// Appends the members of a list field line (RFC 9110 §5.6.1) to `members`, each written the one
 /// way its syntax allows: outside quoted strings, whitespace runs as one space (none beside a
-/// `;`) and letters in lowercase. A quoted string (a parameter's value, §5.6.4) is kept as sent,
-/// its commas, spaces and letter case included: to the origin they may mean something.
+/// `;`), and the letters of tokens and parameter names in lowercase. A parameter's value, a token
+/// or a quoted string (§5.6.4, §5.6.6), is kept as sent, a quoted string's commas and spaces
+/// included: whether its letter case means something depends on the parameter (`version=A` of a
+/// media type in `Accept` may not be `version=a` to the origin), so one client must not be
+/// served the variant negotiated for the other (RFC 9111 §4.1).
 fn list_members(text: &str, members: &mut Vec<String>) {
     let mut member = String::new();
     let (mut quoted, mut escaped, mut space) = (false, false, false);
+    // Within a parameter's value: after its `=`, up to the next `;` or `,`.
+    let mut value = false;
     for c in text.chars() {
         if quoted {
             member.push(c);
@@ -296,6 +301,7 @@ fn list_members(text: &str, members: &mut Vec<String>) {
                     members.push(std::mem::take(&mut member));
                 }
                 space = false;
+                value = false;
             }
             _ => {
                 if space && !member.is_empty() && c != ';' && !member.ends_with(';') {
@@ -303,7 +309,12 @@ fn list_members(text: &str, members: &mut Vec<String>) {
                 }
                 space = false;
                 quoted = c == '"';
-                member.push(c.to_ascii_lowercase());
+                member.push(if value { c } else { c.to_ascii_lowercase() });
+                match c {
+                    '=' => value = true,
+                    ';' => value = false,
+                    _ => {}
+                }
             }
         }
     }
@@ -384,6 +395,10 @@ mod tests {
         for other in ["br\", gzip;p=\"1", "gzip;p=\"1, BR\"", "gzip;p=\"1,  br\""] {
             assert!(!quoted.matches(&request(other, "Dark")), "{other}");
         }
+        // A parameter's value keeps its letter case, quoted or not; its name does not.
+        let token = Variance::capture(&response, &request("gzip;p=Ab", "Dark")).unwrap();
+        assert!(token.matches(&request("GZIP; P=Ab", "Dark")));
+        assert!(!token.matches(&request("gzip;p=ab", "Dark")));
         let same = Variance::capture(&response, &request("br, GZIP", "Dark")).unwrap();
         assert_eq!(variance.variant_key(&[1; 32]), same.variant_key(&[1; 32]));
         assert_ne!(
