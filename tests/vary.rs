@@ -90,6 +90,30 @@ async fn variant_selection_keeps_the_letter_case_of_parameter_values() {
     assert_eq!(h.origin.hits("/v"), 2);
 }
 
+/// CGI, FastCGI and WSGI servers (PHP, Python's `wsgiref`, gunicorn before 22.0) read `_` in a
+/// field name as `-`: to an origin behind one, `Accept_Encoding: gzip` asks for gzip. Its answer
+/// must not be stored as the variant of requests without `Accept-Encoding` (web cache poisoning:
+/// every client that cannot decode gzip would be served it).
+#[tokio::test]
+async fn a_field_spelled_with_underscores_selects_a_variant_of_its_own() {
+    let h = Harness::new().await;
+    h.origin.reply("/v", varying("gzip body"));
+    let edge = h.edge().await;
+    let respelled = [("accept_encoding", "gzip")];
+    let first = edge.get_with("/v", &respelled).await;
+    assert!(first.stored(), "{}", first.cache_status());
+    let again = edge.get_with("/v", &respelled).await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+
+    h.origin.reply("/v", varying("identity body"));
+    let plain = edge.get("/v").await;
+    assert_eq!(plain.fwd(), Some("vary-miss"), "{}", plain.cache_status());
+    assert_eq!(plain.text(), "identity body");
+    let gzip = edge.get_with("/v", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gzip.fwd(), Some("vary-miss"), "{}", gzip.cache_status());
+    assert_eq!(h.origin.hits("/v"), 3);
+}
+
 #[tokio::test]
 async fn variants_survive_a_restart_and_are_found_on_disk() {
     let h = Harness::new().await;

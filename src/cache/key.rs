@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+use crate::headers::as_cgi_reads_it;
+
 /// The scheme a client asked by: which of edge's listeners its request came to (not the
 /// origin's scheme, which is the same for both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +234,39 @@ fn text_of(value: &HeaderValue) -> Cow<'_, str> {
     }
 }
 
-/// All lines of a header as one normalised value, or `None` when the request does not carry it.
+/// All lines of a header as one normalised value, or `None` when the request carries it in
+/// neither spelling. CGI, FastCGI and WSGI servers (PHP, Python's `wsgiref`, gunicorn before 22.0)
+/// read `_` in a field name as `-` ([`as_cgi_reads_it`]), so that to an origin behind one
+/// `Accept_Encoding: gzip` is `Accept-Encoding: gzip`: lines so spelled are part of the value,
+/// after a NUL (which no field value holds), each with its name and as sent. Otherwise a client
+/// could have the answer to them (gzip-encoded, or in its own language) stored as the variant of
+/// requests without the field, and served to them.
 fn normalised_value(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let value = value_as_named(request, name);
+    // Only a name with a `-` has another spelling; a request rarely has a name with a `_`.
+    if !name.as_str().contains('-') {
+        return value;
+    }
+    let mut respelled = None;
+    for other in request.keys() {
+        if other.as_str().contains('_') && as_cgi_reads_it(other.as_str()) == name.as_str() {
+            let text: &mut String = respelled.get_or_insert_with(String::new);
+            for line in request.get_all(other) {
+                text.push_str("\0_");
+                text.push_str(other.as_str());
+                text.push(':');
+                text.push_str(&text_of(line));
+            }
+        }
+    }
+    match respelled {
+        None => value,
+        Some(respelled) => Some(value.unwrap_or_default() + &respelled),
+    }
+}
+
+/// [`normalised_value`] of the lines named `name` as it is spelled.
+fn value_as_named(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut lines = request.get_all(name).iter().peekable();
     lines.peek()?;
     let ows: &[char] = &[' ', '\t'];
