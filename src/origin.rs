@@ -1328,7 +1328,9 @@ pub fn request_headers(
 /// request's own). The cache key holds none of them, and an origin that trusts edge as its proxy
 /// would take a client's for edge's word: one client could have links to its own host, or
 /// another page, stored for everyone (web cache poisoning). Edge claims only what it knows
-/// (`X-Forwarded-For`, `-Proto`). Each is looked for as CGI-style servers read names, `_` as `-`
+/// (`X-Forwarded-For`, `-Proto`). `SCRIPT_NAME` is one too: gunicorn before 22.0 takes it, from
+/// any client, as the path the application is mounted at, which prefixes every link it builds.
+/// Each is looked for as CGI-style servers read names, `_` as `-`
 /// (`X_Forwarded_Host`, [`as_cgi_reads_it`]); so is `X-Forwarded-Proto`, whose `-` spelling edge
 /// replaces, but whose `_` one such a server would join to edge's (`https,http`), of which
 /// Django's `SECURE_PROXY_SSL_HEADER` reads the first.
@@ -1360,6 +1362,7 @@ fn claims_another_target(name: &str) -> bool {
             | "x-rewrite-url"
             | "x-url-scheme"
             | "front-end-https"
+            | "script-name"
     )
 }
 
