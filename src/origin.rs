@@ -1330,6 +1330,9 @@ pub fn request_headers(
 /// another page, stored for everyone (web cache poisoning). Edge claims only what it knows
 /// (`X-Forwarded-For`, `-Proto`). `SCRIPT_NAME` is one too: gunicorn before 22.0 takes it, from
 /// any client, as the path the application is mounted at, which prefixes every link it builds.
+/// And `Proxy`, no field of HTTP's: CGI servers hand it to the application as `HTTP_PROXY`, which
+/// many HTTP clients take as their proxy, so a client could route the origin's own requests
+/// through a host of its choosing (httpoxy, CVE-2016-5385; nginx's advice is to clear it).
 /// Each is looked for as CGI-style servers read names, `_` as `-`
 /// (`X_Forwarded_Host`, [`as_cgi_reads_it`]); so is `X-Forwarded-Proto`, whose `-` spelling edge
 /// replaces, but whose `_` one such a server would join to edge's (`https,http`), of which
@@ -1363,6 +1366,7 @@ fn claims_another_target(name: &str) -> bool {
             | "x-url-scheme"
             | "front-end-https"
             | "script-name"
+            | "proxy"
     )
 }
 

@@ -584,6 +584,8 @@ async fn the_client_host_does_not_reach_the_origin() {
         ("x-rewrite-url", "/admin"),
         // gunicorn before 22.0 takes it as the path the application is mounted at.
         ("script_name", "/evil"),
+        // CGI's HTTP_PROXY: the outgoing proxy of many HTTP clients (httpoxy).
+        ("proxy", "http://evil.example:8080"),
     ];
     edge.get_with("/a?y", &claims).await;
     let seen = h.origin.last("/a?y").unwrap().headers;
