@@ -8,6 +8,7 @@
 //! <cache.disk.path>/index/   sled: records  key → seq:u64 | record   (inline bodies, Vary markers)
 //!                                  tags     tag 0x00 key seq → URL
 //!                                  soft     key → time of a soft purge
+//!                                  places   seq → place in the eviction order, of records moved
 //! <cache.disk.path>/bodies/  one file per response whose body is over 8 KiB: <hex key>-<hex seq>
 //!                            holding  body | record | record_len:u32 | "EDGT"
 //! ```
@@ -35,8 +36,8 @@
 //! up to whole 4 KiB blocks; sled's own overhead is measured as the index directory's allocated
 //! size minus the record bytes it holds. When the sum goes over `cache.disk.capacity`, the oldest
 //! stores are evicted until it is under 95% of it; a record whose response the memory tier holds
-//! is moved to the back instead (in memory only: a restart finds the order the stores were made
-//! in).
+//! is moved to the back instead (its new place kept in `places`, so that a restart, which
+//! empties memory, finds it there).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
@@ -207,6 +208,9 @@ struct Inner {
     db: sled::Db,
     /// Records whose body is inline, and Vary markers: key → seq | record.
     records: sled::Tree,
+    /// The places in the eviction order of records moved to its back ([`Index::moved`]):
+    /// seq → place, so that a restart finds them where they were.
+    places: sled::Tree,
     /// Surrogate keys: `tag 0x00 record key seq` → URL for every stored response that carried
     /// the tag. Rows go with their record; a tag purge also drops any whose record is gone.
     tags: sled::Tree,
@@ -292,9 +296,12 @@ impl Index {
         self.order.insert(slot.seq, slot);
     }
 
-    fn remove(&mut self, seq: u64) -> Option<Slot> {
-        let place = self.moved.remove(&seq).unwrap_or(seq);
-        self.order.remove(&place)
+    /// Takes record `seq` out of the order; with whether it had been moved.
+    fn remove(&mut self, seq: u64) -> (Option<Slot>, bool) {
+        match self.moved.remove(&seq) {
+            Some(place) => (self.order.remove(&place), true),
+            None => (self.order.remove(&seq), false),
+        }
     }
 
     /// Moves the record at `place` to `to`, the back of the order.
@@ -1151,9 +1158,11 @@ impl Inner {
         let records = db.open_tree("records")?;
         let tags = db.open_tree("tags")?;
         let soft = db.open_tree("soft")?;
+        let places = db.open_tree("places")?;
         let inner = Arc::new(Inner {
             db,
             records,
+            places,
             tags,
             soft,
             index: Mutex::new(Index::default()),
@@ -1416,10 +1425,26 @@ impl Inner {
         for (_, slot) in &order {
             self.account(slot.charged, slot.in_file);
         }
-        *self.index() = Index {
+        let mut index = Index {
             order: order.into_iter().collect(),
             moved: HashMap::default(),
         };
+        // Records moved to the back of the order before the restart go there again.
+        for row in self.places.iter() {
+            let (seq, place) = row?;
+            let (Ok(seq), Ok(place)) = (<[u8; 8]>::try_from(&*seq), <[u8; 8]>::try_from(&*place))
+            else {
+                self.places.remove(seq)?;
+                continue;
+            };
+            let (seq, place) = (u64::from_be_bytes(seq), u64::from_be_bytes(place));
+            if index.order.contains_key(&seq) && !index.order.contains_key(&place) {
+                index.move_back(seq, place);
+            } else {
+                self.places.remove(seq.to_be_bytes())?;
+            }
+        }
+        *self.index() = index;
         let found = files.clone();
         *self.files() = files.into_iter().collect();
         // Never counted in, so only their sled rows and tag rows go.
@@ -1729,13 +1754,13 @@ impl Inner {
                 Some(old) => Some(Gone {
                     key: key.into(),
                     seq: seq_of(&old),
-                    charged: index.remove(seq_of(&old)).map_or(0, |slot| slot.charged),
+                    charged: self.unindex(&mut index, seq_of(&old)),
                     value: Some(old),
                 }),
                 None => self.files().remove(key).map(|old| Gone {
                     key: key.into(),
                     seq: old,
-                    charged: index.remove(old).map_or(0, |slot| slot.charged),
+                    charged: self.unindex(&mut index, old),
                     value: None,
                 }),
             };
@@ -1763,6 +1788,17 @@ impl Inner {
         self.evict_to_budget(0)
     }
 
+    /// Takes record `seq` out of the eviction order (and its moved place out of sled); what it
+    /// was charged.
+    fn unindex(&self, index: &mut Index, seq: u64) -> u64 {
+        let (slot, moved) = index.remove(seq);
+        if moved {
+            // At best, as it was written: one left behind is dropped at the next start-up.
+            let _ = self.places.remove(seq.to_be_bytes());
+        }
+        slot.map_or(0, |slot| slot.charged)
+    }
+
     /// Takes the record at `key` out of the index (only if its sequence number is `only`, when
     /// given). Called with the index locked, which every change to `records` is made under.
     fn take(
@@ -1776,7 +1812,7 @@ impl Inner {
                 return Ok(None);
             }
             self.files().remove(key);
-            let charged = index.remove(seq).map_or(0, |slot| slot.charged);
+            let charged = self.unindex(index, seq);
             return Ok(Some(Gone {
                 key: key.into(),
                 seq,
@@ -1793,7 +1829,7 @@ impl Inner {
             return Ok(None);
         };
         let seq = seq_of(&value);
-        let charged = index.remove(seq).map_or(0, |slot| slot.charged);
+        let charged = self.unindex(index, seq);
         Ok(Some(Gone {
             key: key.into(),
             seq,
@@ -1982,6 +2018,11 @@ impl Inner {
                     {
                         kept += 1;
                         let to = self.db.generate_id()?;
+                        // Kept for a restart at best: a row that is not written leaves the
+                        // record in its place after one, and one left behind is dropped then.
+                        let _ = self
+                            .places
+                            .insert(slot.seq.to_be_bytes(), &to.to_be_bytes());
                         index.move_back(place, to);
                         continue;
                     }
@@ -1992,7 +2033,8 @@ impl Inner {
                     // Not the record at its key (which the index rules out): its place goes all
                     // the same, or eviction would stop here.
                     None => {
-                        let slot = index.remove(seq);
+                        let slot = index.remove(seq).0;
+                        let _ = self.places.remove(seq.to_be_bytes());
                         let (charged, in_file) = slot.map_or((0, true), |s| (s.charged, s.in_file));
                         Gone {
                             key,
@@ -2584,6 +2626,51 @@ mod tests {
         assert!(inner.lasting.evictions.load(Ordering::Relaxed) > 1000);
         assert!(inner.file_seq(&key(1499)).is_some());
         assert!(inner.file_seq(&key(0)).is_none());
+    }
+
+    /// A record moved to the back of the eviction order, because the memory tier held its
+    /// response, is there again after a restart (which empties memory, so that the start-up's
+    /// eviction would otherwise take it first, as the oldest store); once it is removed, its
+    /// place goes too.
+    #[test]
+    fn a_record_moved_back_in_the_eviction_order_stays_there_across_a_restart() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let open = || DiskTier::open(dir.path(), 8 << 20, 0, 8 << 20, HeuristicConfig::default());
+        let key = |i: u32| {
+            blake3::hash(format!("http://o/{i}").as_bytes())
+                .as_bytes()
+                .to_vec()
+        };
+        let entry = |i: u32| tagged_entry(&format!("http://o/{i}"), None, vec![b'x'; 64 * 1024]);
+        let hot = key(0);
+        let tier = open().unwrap();
+        let held = hot.clone();
+        tier.keep_in_memory_ones(move |key| key == held);
+        tier.inner().put(&hot, &entry(0)).unwrap();
+        let seq = tier.inner().file_seq(&hot).unwrap();
+        // Stores until eviction reaches it, and moves it.
+        let mut i = 1;
+        let place = loop {
+            tier.inner().put(&key(i), &entry(i)).unwrap();
+            i += 1;
+            if let Some(&place) = tier.inner().index().moved.get(&seq) {
+                break place;
+            }
+            assert!(i < 1000, "never moved");
+        };
+        let first = |tier: &DiskTier| *tier.inner().index().order.first_key_value().unwrap().0;
+        let front = first(&tier);
+        assert!(place > front);
+        drop(tier);
+
+        let tier = open().unwrap();
+        assert_eq!(tier.inner().index().moved.get(&seq), Some(&place));
+        assert_eq!(first(&tier), front, "the front is not the moved record");
+        assert!(tier.inner().remove(&hot, None).unwrap());
+        assert!(tier.inner().places.is_empty());
+        drop(tier);
+        let tier = open().unwrap();
+        assert!(tier.inner().index().moved.is_empty());
     }
 
     /// A body file whose tag rows sled lost (written before the file, out to disk up to 500 ms
