@@ -287,7 +287,7 @@ struct Index {
     /// its responses were stored in), or the number it was given when it was last moved to the
     /// back because the memory tier held its response (`moved`).
     order: BTreeMap<u64, Slot>,
-    /// The places of the records moved since start-up, by sequence number.
+    /// The places of the records moved to the back (as `places` holds them), by sequence number.
     moved: HashMap<u64, u64, super::KeyHasher>,
 }
 
