@@ -1052,7 +1052,11 @@ async fn proxy_header(
             continue;
         }
         let (len, named, ssl): (usize, Option<(IpAddr, u16)>, bool) = match header {
-            HeaderResult::V1(Ok(header)) => (
+            // The line ends with CRLF (HAProxy's proxy-protocol.txt §2.1). ppp also takes one
+            // ending in a space and a bare LF (`… 8080 \n`) when nothing follows it in the read,
+            // and not when a request does: whether such a header was taken depended on how the
+            // proxy's bytes were cut into segments.
+            HeaderResult::V1(Ok(header)) if header.header.ends_with("\r\n") => (
                 header.header.len(),
                 match header.addresses {
                     v1::Addresses::Tcp4(a) => Some((a.source_address.into(), a.source_port)),

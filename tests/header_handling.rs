@@ -1851,6 +1851,8 @@ async fn only_the_listed_proxies_send_the_proxy_protocol() {
         "GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
         "PROXY TCP4 203.0.113.7 10.0.0.1 51000\r\n",
         "PROXY TCP4 203.0.113.300 10.0.0.1 51000 8080\r\n",
+        // Ended by a space and a bare LF, not CRLF.
+        "PROXY TCP4 203.0.113.7 10.0.0.1 51000 8080 \n",
     ] {
         let mut stream = TcpStream::connect(edge.addr).await.unwrap();
         stream.write_all(first.as_bytes()).await.unwrap();
