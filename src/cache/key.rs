@@ -292,10 +292,12 @@ fn value_as_named(request: &HeaderMap, name: &HeaderName) -> Option<String> {
             .collect();
         return Some(lines.join("\n"));
     }
+    // The lines of a list are one list (RFC 9110 §5.3), read as the one value an origin that
+    // joins them reads: a quoted string left open on one line goes on into the next. Read line by
+    // line, `a;q="x` and `Y"` were taken for `a;q="x, y"`, which is another value to the origin.
+    let joined = lines.map(text_of).collect::<Vec<_>>().join(", ");
     let mut members: Vec<String> = Vec::new();
-    for value in lines {
-        list_members(&text_of(value), &mut members);
-    }
+    list_members(&joined, &mut members);
     if UNORDERED.contains(name) {
         members.sort();
     }
@@ -476,6 +478,29 @@ mod tests {
         }
         let split = asking("user-agent", &["Mozilla/5.0 (KHTML", "like Gecko)"]);
         assert!(!ua.matches(&split), "one line is not two");
+    }
+
+    /// The lines of a list field are one list (RFC 9110 §5.3): a quoted string one line leaves
+    /// open goes on into the next, as for an origin that joins them, and keeps its letters there.
+    #[test]
+    fn variance_reads_the_lines_of_a_list_as_one_value() {
+        let mut response = HeaderMap::new();
+        response.insert(header::VARY, HeaderValue::from_static("Accept"));
+        let asking = |lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(header::ACCEPT, HeaderValue::from_static(line));
+            }
+            headers
+        };
+        let split = Variance::capture(&response, &asking(&["a;q=\"x", "Y\""])).unwrap();
+        assert!(split.matches(&asking(&["a;q=\"x, Y\""])));
+        assert!(
+            !split.matches(&asking(&["a;q=\"x, y\""])),
+            "a quoted Y is not a y"
+        );
+        let lines = Variance::capture(&response, &asking(&["text/html", "A/B"])).unwrap();
+        assert!(lines.matches(&asking(&["text/html, a/b"])));
     }
 
     #[test]
