@@ -30,13 +30,16 @@ use crate::config::HeuristicConfig;
 const MAGIC: &[u8; 3] = b"EDG";
 /// A Vary marker: the request header names the variants of a URI are selected by.
 const VARY_MAGIC: &[u8; 3] = b"EDV";
-/// Version 4: the request values a variant was stored under are normalised as lists only for the
-/// `Accept*` fields, `Cookie` by its pairs, any other field as sent, its lines kept apart (version
-/// 3 normalised every field as a list; version 2 sorted `Accept-Language` members and split on any
-/// whitespace). An earlier entry that varies is read as a miss (its values may match requests it
-/// does not answer); others are read as before, and so are earlier Vary markers.
-const VERSION: u8 = 4;
-const EARLIER: [u8; 2] = [2, 3];
+/// Version 5: the request values a variant was stored under keep the letter case of a
+/// parameter's value, read a list's lines as one value, and take in lines spelled with `_`
+/// (version 4 lowercased parameter values, so that a variant stored for `version=A` answered
+/// `version=a`). Version 4: they are normalised as lists only for the `Accept*` fields, `Cookie`
+/// by its pairs, any other field as sent, its lines kept apart (version 3 normalised every field
+/// as a list; version 2 sorted `Accept-Language` members and split on any whitespace). An earlier
+/// entry that varies is read as a miss (its values may match requests it does not answer);
+/// others are read as before, and so are earlier Vary markers.
+const VERSION: u8 = 5;
+const EARLIER: [u8; 3] = [2, 3, 4];
 /// Where a record's body is: in the record, or in a file of the disk tier.
 const BODY_INLINE: u8 = 0;
 const BODY_IN_FILE: u8 = 1;
@@ -750,9 +753,10 @@ mod tests {
         assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
-    /// Variants stored before version 4 were selected by values normalised differently (every
-    /// field as a list; before 3, `Accept-Language` members sorted): such a record is read as a
-    /// miss, not as a variant for requests it does not answer.
+    /// Variants stored before version 5 were selected by values normalised differently (a
+    /// parameter's value lowercased; before 4, every field as a list; before 3, `Accept-Language`
+    /// members sorted): such a record is read as a miss, not as a variant for requests it does
+    /// not answer.
     #[test]
     fn an_earlier_entry_that_varies_is_not_read() {
         let heuristic = HeuristicConfig::default();
