@@ -508,6 +508,9 @@ impl Origin {
             // Held until the response body has been read to its end or dropped: as long as the
             // request keeps a connection to itself.
             let Slot(slot, upload) = slot;
+            // Shared by the body, which gives it up at its end, and the response, with which it
+            // goes at the latest.
+            let place: Option<Place> = upload.map(|permit| Arc::new(Mutex::new(Some(permit))));
             headers.insert(header::HOST, self.host.clone());
             // A connection goes back to the pool only once its request has been sent whole: an
             // origin may answer before it has read an upload, and the next request would queue
@@ -521,7 +524,7 @@ impl Origin {
                 let progress = Arc::new(Progress::new());
                 gate = expects_continue(&headers).then(|| Arc::new(Gate::default()));
                 let body = Body::new(Upload {
-                    place: upload,
+                    place: place.clone(),
                     inner: body,
                     progress: progress.clone(),
                     limit: self.client_body_timeout,
@@ -552,6 +555,9 @@ impl Origin {
                 }
             };
             let fault = uploaded.as_ref().and_then(|progress| progress.fault());
+            if !matches!(exchanged, Ok(Ok(_))) {
+                give_up(place.as_ref());
+            }
             match exchanged {
                 Err(err) => Err(err),
                 // The request failed because its body did.
@@ -570,7 +576,10 @@ impl Origin {
                     let Framing { reuse, chunked } = match check_framing(&mut response, head) {
                         Ok(framing) => framing,
                         // Not read on: the connection closes with `response` and its sender.
-                        Err(problem) => return Err(OriginError::Invalid(problem)),
+                        Err(problem) => {
+                            give_up(place.as_ref());
+                            return Err(OriginError::Invalid(problem));
+                        }
                     };
                     // Only a chunked body ends in a trailer section (RFC 9112 §7.1.2); the fields
                     // its head's `Connection` names are read now, before `response_headers`
@@ -588,6 +597,7 @@ impl Origin {
                         home: reuse.then(|| (sender, self.idle.clone())),
                         uploaded,
                         slot,
+                        place,
                         named,
                     }))
                 }
@@ -779,6 +789,9 @@ pub struct OriginBody {
     uploaded: Option<Arc<Progress>>,
     /// Its place among the requests in flight (`origin.max_connections`).
     slot: Option<OwnedSemaphorePermit>,
+    /// Its upload's place among those streaming from their clients, given up with the slot at
+    /// the latest ([`Upload::place`]).
+    place: Option<Place>,
     /// The fields the head's `Connection` named, for a chunked body: they go from its trailer
     /// section too ([`forwardable_trailers`]).
     named: Box<[HeaderName]>,
@@ -807,8 +820,11 @@ impl OriginBody {
 /// origin has answered yet.
 struct Upload {
     /// Its place among the uploads streaming from their clients ([`Origin::slot`]), given up
-    /// when the last byte has come.
-    place: Option<OwnedSemaphorePermit>,
+    /// when the last byte has come, or when the response goes ([`OriginBody`]): an origin may
+    /// answer before it has read the upload and then leave the connection writing it (neither
+    /// reading nor closing), which neither ends the body nor lets its client's limit run (hyper
+    /// does not read it while it cannot write), and the place would be held for as long.
+    place: Option<Place>,
     inner: Body,
     progress: Arc<Progress>,
     limit: Option<Duration>,
@@ -823,6 +839,16 @@ struct Upload {
 }
 
 type Timer = Pin<Box<tokio::time::Sleep>>;
+
+/// A place among the uploads streaming from their clients, shared by the body and its response.
+type Place = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// Gives up an upload's place, if it still holds one.
+fn give_up(place: Option<&Place>) {
+    if let Some(place) = place {
+        drop(place.lock().unwrap_or_else(PoisonError::into_inner).take());
+    }
+}
 
 /// How long an upload whose client expects `100-continue` waits for the origin's `100
 /// Continue` before it is read anyway (curl's own wait; RFC 9110 §10.1.1 lets an origin leave it
@@ -1014,7 +1040,7 @@ impl http_body::Body for Upload {
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             ready!(timer.as_mut().poll(cx));
             this.progress.fail(Fault::Stalled);
-            this.place = None;
+            give_up(this.place.as_ref());
             let stalled = format!("the client sent nothing of its request body for {limit:?}");
             return Poll::Ready(Some(Err(axum::Error::new(stalled))));
         };
@@ -1022,11 +1048,11 @@ impl http_body::Body for Upload {
         match &frame {
             Some(Err(_)) => {
                 this.progress.fail(Fault::Broken);
-                this.place = None;
+                give_up(this.place.as_ref());
             }
             None => {
                 this.progress.done.store(true, Ordering::Release);
-                this.place = None;
+                give_up(this.place.as_ref());
             }
             // hyper stops polling a body of known length once it has had that many bytes; an
             // HTTP/2 client may still mark the end in an empty frame after them, which is then
@@ -1035,7 +1061,7 @@ impl http_body::Body for Upload {
                 if this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0) =>
             {
                 this.progress.done.store(true, Ordering::Release);
-                this.place = None;
+                give_up(this.place.as_ref());
             }
             Some(Ok(_)) => {}
         }
@@ -1068,6 +1094,7 @@ fn closed_under(err: &hyper::Error) -> bool {
 impl Drop for OriginBody {
     fn drop(&mut self) {
         self.release();
+        give_up(self.place.as_ref());
     }
 }
 

@@ -1465,3 +1465,70 @@ async fn a_body_the_origin_cuts_short_still_reaches_the_client_with_its_head() {
         other.first()
     );
 }
+
+/// An upload's place among those streaming from their clients goes with its response at the
+/// latest: an origin that answers before it has read an upload, and then neither reads it nor
+/// closes the connection, leaves the connection writing it for as long as its client stays
+/// connected, and hyper, which cannot write, does not read the body (so `client_body_timeout`
+/// does not run either). The answer had been forwarded and the slot given up, but the place was
+/// kept: once half of `origin.max_connections` uploads had met such an origin, every upload got
+/// 503 `origin-busy`, with every slot free.
+#[tokio::test]
+async fn an_upload_the_origin_answers_without_reading_gives_up_its_place_with_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    // Answers each request on its head, then holds the connection open without reading.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied";
+            let _ = socket.write_all(answer).await;
+            held.push(socket);
+        }
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap());
+            c.origin.max_connections = 2;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await;
+    // 256 MiB announced; sent as fast as the connections take it, which they stop doing once the
+    // origin's receive buffer is full.
+    let upload = || async {
+        let stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 268435456\r\n\r\n";
+        write.write_all(head.as_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let piece = vec![b'u'; 64 << 10];
+            while write.write_all(&piece).await.is_ok() {}
+        });
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !answer.windows(6).any(|w| w == b"denied" || w == b"in-bus") {
+            match tokio::time::timeout(Duration::from_secs(10), read.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        (String::from_utf8_lossy(&answer).into_owned(), writer, read)
+    };
+    // Its client stays connected, its body unsent.
+    let (first, _writer, _read) = upload().await;
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    // The connection is stuck writing the first upload by now: one place of one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (second, ..) = upload().await;
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+}
