@@ -8,9 +8,10 @@
 //! <cache.disk.path>/index/   sled: records  key → seq:u64 | record   (inline bodies, Vary markers)
 //!                                  tags     tag 0x00 key seq → URL
 //!                                  soft     key → time of a soft purge
-//!                                  places   seq → place in the eviction order, of records moved
 //! <cache.disk.path>/bodies/  one file per response whose body is over 8 KiB: <hex key>-<hex seq>
 //!                            holding  body | record | record_len:u32 | "EDGT"
+//! <cache.disk.path>/places   (seq:u64, place:u64)*: the records moved in the eviction order,
+//!                            written at a clean shutdown, read and deleted at start-up
 //! ```
 //!
 //! Why files: sled 0.34's footprint, measured here, was 2.65× the data for 16 KiB values and
@@ -36,8 +37,9 @@
 //! up to whole 4 KiB blocks; sled's own overhead is measured as the index directory's allocated
 //! size minus the record bytes it holds. When the sum goes over `cache.disk.capacity`, the oldest
 //! stores are evicted until it is under 95% of it; a record whose response the memory tier holds
-//! is moved to the back instead (its new place kept in `places`, so that a restart, which
-//! empties memory, finds it there).
+//! is moved to the back instead. The moves are written to `places` at a clean shutdown, so that a
+//! restart, which empties memory, finds the records where they were (after a crash, in the
+//! order of their stores).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
@@ -208,9 +210,6 @@ struct Inner {
     db: sled::Db,
     /// Records whose body is inline, and Vary markers: key → seq | record.
     records: sled::Tree,
-    /// The places in the eviction order of records moved to its back ([`Index::moved`]):
-    /// seq → place, so that a restart finds them where they were.
-    places: sled::Tree,
     /// Surrogate keys: `tag 0x00 record key seq` → URL for every stored response that carried
     /// the tag. Rows go with their record; a tag purge also drops any whose record is gone.
     tags: sled::Tree,
@@ -287,7 +286,8 @@ struct Index {
     /// its responses were stored in), or the number it was given when it was last moved to the
     /// back because the memory tier held its response (`moved`).
     order: BTreeMap<u64, Slot>,
-    /// The places of the records moved to the back (as `places` holds them), by sequence number.
+    /// The places of the records moved to the back, by sequence number (written to the `places`
+    /// file at a clean shutdown, and read back at start-up).
     moved: HashMap<u64, u64, super::KeyHasher>,
 }
 
@@ -296,12 +296,9 @@ impl Index {
         self.order.insert(slot.seq, slot);
     }
 
-    /// Takes record `seq` out of the order; with whether it had been moved.
-    fn remove(&mut self, seq: u64) -> (Option<Slot>, bool) {
-        match self.moved.remove(&seq) {
-            Some(place) => (self.order.remove(&place), true),
-            None => (self.order.remove(&seq), false),
-        }
+    fn remove(&mut self, seq: u64) -> Option<Slot> {
+        let place = self.moved.remove(&seq).unwrap_or(seq);
+        self.order.remove(&place)
     }
 
     /// Moves the record at `place` to `to`, the back of the order.
@@ -467,6 +464,9 @@ impl DiskTier {
         let shared = self.shared.clone();
         self.blocking(inner, None, move |inner| {
             inner.db.flush()?;
+            if let Err(err) = inner.save_places() {
+                warn!(%err, "cannot write the disk tier's eviction order; after the restart it is the order of the stores");
+            }
             shared.flushed(inner, mark);
             inner.measure_index(true);
             inner.evict_to_budget(0)
@@ -1158,11 +1158,9 @@ impl Inner {
         let records = db.open_tree("records")?;
         let tags = db.open_tree("tags")?;
         let soft = db.open_tree("soft")?;
-        let places = db.open_tree("places")?;
         let inner = Arc::new(Inner {
             db,
             records,
-            places,
             tags,
             soft,
             index: Mutex::new(Index::default()),
@@ -1429,20 +1427,21 @@ impl Inner {
             order: order.into_iter().collect(),
             moved: HashMap::default(),
         };
-        // Records moved to the back of the order before the restart go there again.
-        for row in self.places.iter() {
-            let (seq, place) = row?;
-            let (Ok(seq), Ok(place)) = (<[u8; 8]>::try_from(&*seq), <[u8; 8]>::try_from(&*place))
-            else {
-                self.places.remove(seq)?;
-                continue;
-            };
-            let (seq, place) = (u64::from_be_bytes(seq), u64::from_be_bytes(place));
-            if index.order.contains_key(&seq) && !index.order.contains_key(&place) {
-                index.move_back(seq, place);
-            } else {
-                self.places.remove(seq.to_be_bytes())?;
+        // Records moved to the back of the order before a clean shutdown go there again. Read
+        // once: moves made from now on are written at the next one.
+        let places = self.places_file();
+        if let Ok(saved) = std::fs::read(&places) {
+            for pair in saved.chunks_exact(16) {
+                let (seq, place) = pair.split_at(8);
+                let seq = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+                let place = u64::from_be_bytes(place.try_into().expect("8 bytes"));
+                if index.order.contains_key(&seq) && !index.order.contains_key(&place) {
+                    index.move_back(seq, place);
+                }
             }
+            // Left behind, its moves would apply again after a crash: harmless, as stale moves
+            // only reorder eviction.
+            let _ = std::fs::remove_file(&places);
         }
         *self.index() = index;
         let found = files.clone();
@@ -1788,15 +1787,35 @@ impl Inner {
         self.evict_to_budget(0)
     }
 
-    /// Takes record `seq` out of the eviction order (and its moved place out of sled); what it
-    /// was charged.
+    /// Takes record `seq` out of the eviction order; what it was charged.
     fn unindex(&self, index: &mut Index, seq: u64) -> u64 {
-        let (slot, moved) = index.remove(seq);
-        if moved {
-            // At best, as it was written: one left behind is dropped at the next start-up.
-            let _ = self.places.remove(seq.to_be_bytes());
+        index.remove(seq).map_or(0, |slot| slot.charged)
+    }
+
+    /// Where the moves in the eviction order are kept across a clean restart.
+    fn places_file(&self) -> PathBuf {
+        self.index_dir.with_file_name("places")
+    }
+
+    /// Writes the moves in the eviction order ([`Index::moved`]) to the `places` file, whole or
+    /// not at all, for the next start-up.
+    fn save_places(&self) -> std::io::Result<()> {
+        let saved: Vec<u8> = (self.index().moved.iter())
+            .flat_map(|(seq, place)| [seq.to_be_bytes(), place.to_be_bytes()])
+            .flatten()
+            .collect();
+        let places = self.places_file();
+        if saved.is_empty() {
+            return match std::fs::remove_file(&places) {
+                Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            };
         }
-        slot.map_or(0, |slot| slot.charged)
+        let partial = places.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(&saved)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &places)
     }
 
     /// Takes the record at `key` out of the index (only if its sequence number is `only`, when
@@ -2018,11 +2037,6 @@ impl Inner {
                     {
                         kept += 1;
                         let to = self.db.generate_id()?;
-                        // Kept for a restart at best: a row that is not written leaves the
-                        // record in its place after one, and one left behind is dropped then.
-                        let _ = self
-                            .places
-                            .insert(slot.seq.to_be_bytes(), &to.to_be_bytes());
                         index.move_back(place, to);
                         continue;
                     }
@@ -2033,8 +2047,7 @@ impl Inner {
                     // Not the record at its key (which the index rules out): its place goes all
                     // the same, or eviction would stop here.
                     None => {
-                        let slot = index.remove(seq).0;
-                        let _ = self.places.remove(seq.to_be_bytes());
+                        let slot = index.remove(seq);
                         let (charged, in_file) = slot.map_or((0, true), |s| (s.charged, s.in_file));
                         Gone {
                             key,
@@ -2629,11 +2642,11 @@ mod tests {
     }
 
     /// A record moved to the back of the eviction order, because the memory tier held its
-    /// response, is there again after a restart (which empties memory, so that the start-up's
-    /// eviction would otherwise take it first, as the oldest store); once it is removed, its
-    /// place goes too.
-    #[test]
-    fn a_record_moved_back_in_the_eviction_order_stays_there_across_a_restart() {
+    /// response, is there again after a clean restart (which empties memory, so that the
+    /// start-up's eviction would otherwise take it first, as the oldest store); once it is
+    /// removed, its place goes too; after a crash, the order is that of the stores.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_record_moved_back_in_the_eviction_order_stays_there_across_a_restart() {
         let dir = tempfile::TempDir::new().unwrap();
         let open = || DiskTier::open(dir.path(), 8 << 20, 0, 8 << 20, HeuristicConfig::default());
         let key = |i: u32| {
@@ -2661,13 +2674,28 @@ mod tests {
         let first = |tier: &DiskTier| *tier.inner().index().order.first_key_value().unwrap().0;
         let front = first(&tier);
         assert!(place > front);
+        tier.flush().await.unwrap();
         drop(tier);
 
         let tier = open().unwrap();
         assert_eq!(tier.inner().index().moved.get(&seq), Some(&place));
         assert_eq!(first(&tier), front, "the front is not the moved record");
+        // Read once: a crash from here on finds the order of the stores.
+        drop(tier);
+        let tier = open().unwrap();
+        assert!(tier.inner().index().moved.is_empty());
+        assert_eq!(first(&tier), seq);
+        drop(tier);
+
+        // Moved again, then removed: its place goes with it.
+        let tier = open().unwrap();
+        tier.inner().index().move_back(seq, place);
+        tier.flush().await.unwrap();
+        drop(tier);
+        let tier = open().unwrap();
+        assert_eq!(tier.inner().index().moved.get(&seq), Some(&place));
         assert!(tier.inner().remove(&hot, None).unwrap());
-        assert!(tier.inner().places.is_empty());
+        tier.flush().await.unwrap();
         drop(tier);
         let tier = open().unwrap();
         assert!(tier.inner().index().moved.is_empty());
