@@ -1158,11 +1158,7 @@ async fn the_wait_for_a_slot_is_not_the_origins_response_time() {
 #[tokio::test]
 async fn a_small_upload_trickled_by_its_client_holds_no_slot_to_the_origin() {
     let h = Harness::new().await;
-    h.origin.reply("/upload", Reply::ok("stored").status(201));
-    h.origin.reply(
-        "/other",
-        Reply::ok("other").header("cache-control", "no-store"),
-    );
+    uploads_and_other(&h);
     let edge = Arc::new(h.edge_with(one_slot(Duration::from_millis(300))).await);
     // 8 pieces 150 ms apart: 1.2 s of upload.
     let pieces: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 500]).collect();
@@ -1199,11 +1195,7 @@ async fn a_small_upload_trickled_by_its_client_holds_no_slot_to_the_origin() {
 #[tokio::test]
 async fn uploads_streaming_from_their_clients_hold_at_most_half_the_slots() {
     let h = Harness::new().await;
-    h.origin.reply("/upload", Reply::ok("stored").status(201));
-    h.origin.reply(
-        "/other",
-        Reply::ok("other").header("cache-control", "no-store"),
-    );
+    uploads_and_other(&h);
     let edge = Arc::new(
         h.edge_with(|c| {
             c.origin.max_connections = 2;
@@ -1239,6 +1231,15 @@ async fn uploads_streaming_from_their_clients_hold_at_most_half_the_slots() {
     let received = h.origin.last("/upload").expect("the origin got the upload");
     assert_eq!(received.body, whole, "the whole body, in order");
     assert_eq!(h.origin.hits("/upload"), 1);
+}
+
+/// The origin's answers to the upload tests: 201 to `/upload`, and `/other` not stored.
+fn uploads_and_other(h: &Harness) {
+    h.origin.reply("/upload", Reply::ok("stored").status(201));
+    h.origin.reply(
+        "/other",
+        Reply::ok("other").header("cache-control", "no-store"),
+    );
 }
 
 /// `pieces` as a request body that a client sends `gap` apart, of unannounced length.
@@ -1300,11 +1301,7 @@ async fn small_uploads_trickled_on_one_http2_connection_hold_no_slots() {
 #[tokio::test]
 async fn a_small_upload_its_client_stalls_gets_a_408_and_the_origin_is_not_asked() {
     let h = Harness::new().await;
-    h.origin.reply("/upload", Reply::ok("stored").status(201));
-    h.origin.reply(
-        "/other",
-        Reply::ok("other").header("cache-control", "no-store"),
-    );
+    uploads_and_other(&h);
     let edge = h
         .edge_with(|c| c.client_body_timeout = edge::config::Seconds(Duration::from_millis(300)))
         .await;
