@@ -55,8 +55,8 @@ pub enum OriginError {
     #[error("origin sent an invalid response: {0}")]
     Invalid(&'static str),
     /// Not sent: `origin.max_connections` requests were in flight for as long as
-    /// `origin.connect_timeout` (or, for an upload streaming from its client, as many such
-    /// uploads as it lets have, [`UPLOAD_SHARE`]); what the third field says.
+    /// `origin.connect_timeout`, or for an upload streaming from its client, half as many such
+    /// uploads ([`UPLOAD_SHARE`]); the third field says which.
     #[error("not sent: {0} {2} for {1:?}")]
     Busy(usize, Duration, &'static str),
     /// Not the origin's fault: the client sent none of the body it announced for this long.
