@@ -1753,13 +1753,13 @@ impl Inner {
                 Some(old) => Some(Gone {
                     key: key.into(),
                     seq: seq_of(&old),
-                    charged: self.unindex(&mut index, seq_of(&old)),
+                    charged: index.remove(seq_of(&old)).map_or(0, |slot| slot.charged),
                     value: Some(old),
                 }),
                 None => self.files().remove(key).map(|old| Gone {
                     key: key.into(),
                     seq: old,
-                    charged: self.unindex(&mut index, old),
+                    charged: index.remove(old).map_or(0, |slot| slot.charged),
                     value: None,
                 }),
             };
@@ -1785,11 +1785,6 @@ impl Inner {
             self.forget(gone);
         }
         self.evict_to_budget(0)
-    }
-
-    /// Takes record `seq` out of the eviction order; what it was charged.
-    fn unindex(&self, index: &mut Index, seq: u64) -> u64 {
-        index.remove(seq).map_or(0, |slot| slot.charged)
     }
 
     /// Where the moves in the eviction order are kept across a clean restart.
@@ -1831,7 +1826,7 @@ impl Inner {
                 return Ok(None);
             }
             self.files().remove(key);
-            let charged = self.unindex(index, seq);
+            let charged = index.remove(seq).map_or(0, |slot| slot.charged);
             return Ok(Some(Gone {
                 key: key.into(),
                 seq,
@@ -1848,7 +1843,7 @@ impl Inner {
             return Ok(None);
         };
         let seq = seq_of(&value);
-        let charged = self.unindex(index, seq);
+        let charged = index.remove(seq).map_or(0, |slot| slot.charged);
         Ok(Some(Gone {
             key: key.into(),
             seq,
