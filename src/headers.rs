@@ -58,6 +58,17 @@ pub fn as_cgi_reads_it(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// Removes every field whose name `drop` picks. One pass over the names when none is picked (the
+/// usual case); names are copied only when some are.
+pub fn remove_fields(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    if headers.keys().any(&drop) {
+        let picked: Vec<HeaderName> = headers.keys().filter(|name| drop(name)).cloned().collect();
+        for name in picked {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Whether a `Connection` value may name other fields: the usual ones do not, and are answered
 /// without splitting them.
 fn names_options(connection: &HeaderValue) -> bool {

@@ -39,7 +39,7 @@ use std::time::SystemTime;
 
 use crate::headers::{
     append_member, append_via, as_cgi_reads_it, connection_options, forwardable_trailers,
-    remove_hop_by_hop,
+    remove_fields, remove_hop_by_hop,
 };
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -1046,14 +1046,8 @@ impl http_body::Body for Upload {
         };
         this.timer = None;
         match &frame {
-            Some(Err(_)) => {
-                this.progress.fail(Fault::Broken);
-                give_up(this.place.as_ref());
-            }
-            None => {
-                this.progress.done.store(true, Ordering::Release);
-                give_up(this.place.as_ref());
-            }
+            Some(Err(_)) => this.progress.fail(Fault::Broken),
+            None => this.progress.done.store(true, Ordering::Release),
             // hyper stops polling a body of known length once it has had that many bytes; an
             // HTTP/2 client may still mark the end in an empty frame after them, which is then
             // not read (the size hint counts down what is left of `Content-Length`).
@@ -1061,10 +1055,11 @@ impl http_body::Body for Upload {
                 if this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0) =>
             {
                 this.progress.done.store(true, Ordering::Release);
-                give_up(this.place.as_ref());
             }
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => return Poll::Ready(frame),
         }
+        // The upload is over, one way or the other.
+        give_up(this.place.as_ref());
         Poll::Ready(frame)
     }
 
@@ -1303,16 +1298,7 @@ pub fn request_headers(
     if proxy_credentials {
         headers.remove(header::PROXY_AUTHORIZATION);
     }
-    if headers.keys().any(names_another_target) {
-        let claims: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| names_another_target(name))
-            .cloned()
-            .collect();
-        for name in claims {
-            headers.remove(name);
-        }
-    }
+    remove_fields(&mut headers, names_another_target);
     // A field on several lines (a cheap test: more values than names).
     if headers.len() > headers.keys_len() {
         join_cookies(&mut headers);

@@ -776,16 +776,8 @@ fn route(
             }
             // A method override tunnels another method through a POST; on a GET, an origin that
             // honours it would have another method's answer stored for the URL (cache-poisoned
-            // denial of service by method override). Looked for before being hashed: rare.
-            if request.headers.keys().any(overrides_method) {
-                let overrides: Vec<HeaderName> = (request.headers.keys())
-                    .filter(|name| overrides_method(name))
-                    .cloned()
-                    .collect();
-                for name in overrides {
-                    request.headers.remove(name);
-                }
-            }
+            // denial of service by method override).
+            crate::headers::remove_fields(&mut request.headers, overrides_method);
             return match key {
                 Some(key) => serve_cacheable(edge, settings, peer, request, key).await,
                 None => invalid_target(),
