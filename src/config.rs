@@ -51,6 +51,11 @@ pub struct Config {
     /// connection closed.
     #[serde(default = "defaults::client_body_timeout")]
     pub client_body_timeout: Seconds,
+    /// The largest request body edge forwards (nginx's `client_max_body_size`): one announced
+    /// longer gets 413 before the origin is asked, one that turns out longer is cut off there
+    /// (413 if the origin has not answered yet). 0: no limit.
+    #[serde(default)]
+    pub client_max_body_size: ByteSize,
     /// How long a response may wait on a client that takes none of it (nginx's `send_timeout`):
     /// past it, with bytes ready for the client and none taken, the connection is closed.
     #[serde(default = "defaults::send_timeout")]
@@ -929,7 +934,7 @@ fn bare_message(err: &serde_yaml_ng::Error) -> String {
 
 /// A byte count, written as plain bytes or with a binary unit: `64MiB`, `4GiB`, `512KiB`, or as
 /// nginx writes them, `64m`, `4g`, `512k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -1222,6 +1227,20 @@ mod tests {
         assert_eq!(config.cache.max_object_size, ByteSize(64 << 20));
         assert_eq!(config.origin.timeout.0, Duration::from_secs(30));
         assert_eq!(config.origin.max_connections, 1024);
+        assert_eq!(config.client_max_body_size, ByteSize(0), "no limit");
+    }
+
+    #[test]
+    fn client_max_body_size_is_a_size() {
+        let text = "origin:\n  url: http://o\nclient_max_body_size: 10m\n";
+        let config = Config::parse(text, "t.yaml").unwrap();
+        assert_eq!(config.client_max_body_size, ByteSize(10 << 20));
+        let text = "origin:\n  url: http://o\nclient_max_body_size: -1\n";
+        let err = Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.yaml:3:") && err.contains("client_max_body_size: invalid size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum OriginError {
     /// Not the origin's fault: the client's request body was malformed or cut short.
     #[error("the client's request body failed: {0}")]
     ClientBody(String),
+    /// Not the origin's fault: the client's request body is longer than `client_max_body_size`.
+    #[error("the client's request body is longer than client_max_body_size ({0} bytes)")]
+    TooLarge(u64),
 }
 
 /// An origin response, its body read with `origin.timeout` as the limit between two reads.
@@ -83,6 +86,8 @@ pub struct Origin {
     timeout: Duration,
     /// `client_body_timeout`; `None` is no limit.
     client_body_timeout: Option<Duration>,
+    /// `client_max_body_size`; `None` is no limit.
+    max_body: Option<u64>,
     /// `None`: no limit on requests in flight.
     slots: Option<Slots>,
     /// The share of `slots` that uploads streaming from their clients may hold ([`UPLOAD_SHARE`]).
@@ -239,8 +244,9 @@ impl Idle {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Origin {
-    /// `client_body_timeout`: how long an upload may wait on its client (zero: no limit).
-    pub fn new(config: &OriginConfig, client_body_timeout: Duration) -> Self {
+    /// `client_body_timeout`: how long an upload may wait on its client; `max_body`: the most
+    /// bytes it may have (`client_max_body_size`). Zero: no limit.
+    pub fn new(config: &OriginConfig, client_body_timeout: Duration, max_body: u64) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -287,6 +293,7 @@ impl Origin {
             host,
             timeout: config.timeout.0,
             client_body_timeout: (!client_body_timeout.is_zero()).then_some(client_body_timeout),
+            max_body: (max_body > 0).then_some(max_body),
             slots: (config.max_connections > 0).then(|| {
                 let what = "requests in flight to the origin (origin.max_connections)";
                 Slots::new(config.max_connections, config.connect_timeout.0, what)
@@ -429,6 +436,17 @@ impl Origin {
         }
     }
 
+    /// Whether a request body may go to the origin by what it announces: one announced longer
+    /// than `client_max_body_size` may not ([`OriginError::TooLarge`]), and is not read (so a
+    /// client that expects `100-continue` is not told to send it). One that turns out longer
+    /// fails when it does ([`Origin::read_first`], [`Upload`]).
+    pub fn admits(&self, body: &Body) -> Result<(), OriginError> {
+        match self.max_body {
+            Some(max) if body.size_hint().lower() > max => Err(OriginError::TooLarge(max)),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads a small request body whole, before its request takes a slot or a connection to the
     /// origin (nginx's `proxy_request_buffering on`), for a body [`Origin::reads_first`] says to.
     /// A request waiting on its client's upload held both for as long as the client took: 150
@@ -443,7 +461,8 @@ impl Origin {
     /// streams as before: edge does not hold large uploads in memory. While the body is read,
     /// `client_body_timeout` bounds each wait on the client (then
     /// [`OriginError::ClientTimeout`], a 408); a malformed or cut-short body is
-    /// [`OriginError::ClientBody`] (a 400); the origin has been asked nothing then.
+    /// [`OriginError::ClientBody`] (a 400), and one longer than `client_max_body_size`
+    /// [`OriginError::TooLarge`] (a 413); the origin has been asked nothing then.
     pub async fn read_first(
         &self,
         headers: &mut HeaderMap,
@@ -470,6 +489,9 @@ impl Origin {
                         read.extend_from_slice(&piece);
                     }
                 }
+            }
+            if let Some(max) = self.max_body.filter(|&max| read.len() as u64 > max) {
+                return Err(OriginError::TooLarge(max));
             }
             if read.len() > READ_FIRST_MAX {
                 let read = Some(read.freeze());
@@ -528,6 +550,7 @@ impl Origin {
                     inner: body,
                     progress: progress.clone(),
                     limit: self.client_body_timeout,
+                    left: self.max_body,
                     timer: None,
                     gate: gate.clone().map(|gate| (gate, None)),
                     wakers: None,
@@ -564,6 +587,9 @@ impl Origin {
                 Ok(Err(_)) if fault == Some(Fault::Stalled) => Err(OriginError::ClientTimeout(
                     self.client_body_timeout.unwrap_or_default(),
                 )),
+                Ok(Err(_)) if fault == Some(Fault::TooLarge) => {
+                    Err(OriginError::TooLarge(self.max_body.unwrap_or_default()))
+                }
                 Ok(Err(err)) if fault == Some(Fault::Broken) => {
                     Err(OriginError::ClientBody(error_chain(&*err)))
                 }
@@ -828,6 +854,8 @@ struct Upload {
     inner: Body,
     progress: Arc<Progress>,
     limit: Option<Duration>,
+    /// How many more bytes it may have (`client_max_body_size`); `None`: no limit.
+    left: Option<u64>,
     /// Armed while a read waits on the client.
     timer: Option<Timer>,
     /// For a client that expects `100-continue`: shut until the origin says to go on, and how
@@ -909,6 +937,8 @@ enum Fault {
     Stalled,
     /// Malformed (a bad chunk), or cut short by the client going away.
     Broken,
+    /// Longer than `client_max_body_size`.
+    TooLarge,
 }
 
 impl Progress {
@@ -1045,6 +1075,18 @@ impl http_body::Body for Upload {
             return Poll::Ready(Some(Err(axum::Error::new(stalled))));
         };
         this.timer = None;
+        if let (Some(Ok(piece)), Some(left)) = (&frame, &mut this.left) {
+            let len = piece.data_ref().map_or(0, |data| data.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => *left = rest,
+                None => {
+                    this.progress.fail(Fault::TooLarge);
+                    give_up(this.place.as_ref());
+                    let long = "the request body is longer than client_max_body_size";
+                    return Poll::Ready(Some(Err(axum::Error::new(long))));
+                }
+            }
+        }
         match &frame {
             Some(Err(_)) => this.progress.fail(Fault::Broken),
             None => this.progress.done.store(true, Ordering::Release),
@@ -1453,6 +1495,7 @@ mod tests {
                 sort_query,
             },
             Duration::from_secs(1),
+            0,
         )
     }
 

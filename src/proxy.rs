@@ -69,7 +69,11 @@ pub struct Settings {
 impl Settings {
     /// `config`, with the origin client and the certificate it makes.
     pub fn new(config: Config) -> Self {
-        let origin = Origin::new(&config.origin, config.client_body_timeout.0);
+        let origin = Origin::new(
+            &config.origin,
+            config.client_body_timeout.0,
+            config.client_max_body_size.0,
+        );
         let certified = config.tls.as_ref().map(|tls| Arc::new(tls.certified()));
         Self {
             config,
@@ -116,7 +120,11 @@ impl Edge {
             let took = started.elapsed();
             match &result {
                 // A client that stalled its upload is not the origin's failure.
-                Err(OriginError::ClientTimeout(_) | OriginError::ClientBody(_)) => {}
+                Err(
+                    OriginError::ClientTimeout(_)
+                    | OriginError::ClientBody(_)
+                    | OriginError::TooLarge(_),
+                ) => {}
                 Ok(upstream) => self.metrics.origin(Some(upstream.status()), Some(took)),
                 // A timeout is the origin's time (a hanging origin shows in the histogram); a
                 // refused or broken connection is not a response time.
@@ -1611,6 +1619,9 @@ fn forward(
         // origin, which a client trickling it would hold meanwhile (nginx's
         // `proxy_request_buffering`). Boxed: requests without a body, nearly all, do not carry
         // its future.
+        if let Err(err) = settings.origin.admits(&body) {
+            return abandoned_upload(&err, &key, cache_status, parts.version);
+        }
         let body = if origin::reads_first(&outgoing, &body) {
             match Box::pin(settings.origin.read_first(&mut outgoing, body)).await {
                 Ok(body) => body,
@@ -1626,7 +1637,11 @@ fn forward(
             .await;
         let upstream = match result {
             Ok(upstream) => upstream,
-            Err(err @ (OriginError::ClientTimeout(_) | OriginError::ClientBody(_))) => {
+            Err(
+                err @ (OriginError::ClientTimeout(_)
+                | OriginError::ClientBody(_)
+                | OriginError::TooLarge(_)),
+            ) => {
                 let (response, mut outcome) =
                     abandoned_upload(&err, &key, cache_status, parts.version);
                 outcome.origin_time = Some(origin_time);
@@ -1685,8 +1700,8 @@ fn forward(
     }
 }
 
-/// The answer to a request whose client stalled its upload (408) or sent it malformed or cut
-/// short (400): over HTTP/1 the connection closes with it, as the rest of the body may still
+/// The answer to a request whose client stalled its upload (408), sent it malformed or cut
+/// short (400) or too long (413, `client_max_body_size`): over HTTP/1 the connection closes with it, as the rest of the body may still
 /// come and the connection can carry no other request.
 fn abandoned_upload(
     err: &OriginError,
@@ -1789,7 +1804,7 @@ fn is_public_origin(url: &Url, host: &str) -> bool {
 /// 502 when the origin cannot be reached, 504 when it is too slow (RFC 9110 §15.6.3, §15.6.5),
 /// 503 when edge has as many requests in flight to it as it may (§15.6.4);
 /// 408 when the client is too slow with its request's body (§15.5.9), 400 when that body is
-/// malformed or cut short.
+/// malformed or cut short, 413 when it is longer than `client_max_body_size` (§15.5.14).
 fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
     let (status, body, detail) = match err {
         OriginError::Unreachable(_) => (
@@ -1821,6 +1836,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             StatusCode::BAD_REQUEST,
             "edge: invalid request body\n",
             "client-body-invalid",
+        ),
+        OriginError::TooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "edge: request body too large\n",
+            "client-body-too-large",
         ),
     };
     cache_status.detail = Some(detail);

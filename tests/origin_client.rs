@@ -1529,3 +1529,124 @@ async fn an_upload_the_origin_answers_without_reading_gives_up_its_place_with_it
     let (second, ..) = upload().await;
     assert!(second.starts_with("HTTP/1.1 401"), "{second}");
 }
+
+fn max_body(bytes: u64) -> impl FnOnce(&mut edge::config::Config) {
+    move |c| c.client_max_body_size = edge::config::ByteSize(bytes)
+}
+
+/// `client_max_body_size` (nginx's): a body announced longer gets 413 before the origin is asked,
+/// and is not read: a client that expects `100-continue` is not told to send it, and over HTTP/1
+/// the connection closes with the answer. One of exactly the limit goes through whole.
+#[tokio::test]
+async fn a_body_announced_longer_than_client_max_body_size_gets_a_413_unasked() {
+    let h = Harness::new().await;
+    uploads_and_other(&h);
+    let edge = h.edge_with(max_body(1000)).await;
+
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 1001\r\n\
+        Expect: 100-continue\r\n\r\n";
+    let answer = upload_slowly(&edge, head, Vec::new(), Duration::ZERO).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "no 100 Continue first: {answer}"
+    );
+    assert!(answer.contains("detail=client-body-too-large"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+
+    let too_long = Bytes::from(vec![b'x'; 1001]);
+    let answer = edge
+        .send_body(Method::PUT, "/upload", &[], too_long.clone())
+        .await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.param("detail"), Some("client-body-too-large"));
+    let client = common::h2_client();
+    let request = client.post(edge.url("/upload")).body(too_long);
+    let answer = common::Resp::read(request.send().await.unwrap()).await;
+    assert_eq!(answer.status, 413);
+    let other = common::Resp::read(client.get(edge.url("/other")).send().await.unwrap()).await;
+    assert_eq!(
+        (other.status, other.text()),
+        (200, "other"),
+        "the connection serves on"
+    );
+    assert_eq!(h.origin.hits("/upload"), 0);
+
+    let whole = Bytes::from(vec![b'y'; 1000]);
+    let answer = edge
+        .send_body(Method::POST, "/upload", &[], whole.clone())
+        .await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(h.origin.last("/upload").unwrap().body, whole);
+
+    let metrics = edge.metrics().await;
+    let failed = sample(&metrics, "edge_origin_requests_total{status=\"error\"}");
+    assert_eq!(failed, 0.0, "not the origin's failure: {metrics}");
+}
+
+/// A body of unannounced length that turns out longer than `client_max_body_size` gets 413: one
+/// read whole first (up to 64 KiB) before the origin is asked; one streaming to the origin is cut
+/// off there, so the origin never has the whole of it. One of exactly the limit goes through.
+#[tokio::test]
+async fn a_chunked_body_that_turns_out_longer_than_client_max_body_size_gets_a_413() {
+    let h = Harness::new().await;
+    uploads_and_other(&h);
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    let edge = h.edge_with(max_body(1000)).await;
+    let pieces = vec![
+        chunk(&[b'a'; 600]),
+        chunk(&[b'b'; 401]),
+        b"0\r\n\r\n".to_vec(),
+    ];
+    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(50)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("detail=client-body-too-large"), "{answer}");
+    assert_eq!(
+        h.origin.hits("/upload"),
+        0,
+        "read first: the origin was not asked"
+    );
+    let pieces = vec![
+        chunk(&[b'a'; 600]),
+        chunk(&[b'b'; 400]),
+        b"0\r\n\r\n".to_vec(),
+    ];
+    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(50)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(h.origin.last("/upload").unwrap().body.len(), 1000);
+
+    let limit = 100_000;
+    let edge = h.edge_with(max_body(limit)).await;
+    let send = |last: usize| {
+        let pieces = vec![
+            chunk(&[b'a'; 70_000]),
+            chunk(&vec![b'b'; last]),
+            b"0\r\n\r\n".to_vec(),
+        ];
+        upload_slowly(&edge, head, pieces, Duration::from_millis(100))
+    };
+    let answer = send(30_001).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("detail=client-body-too-large"), "{answer}");
+    assert_eq!(
+        h.origin.max_in_flight(),
+        1,
+        "it was streaming to the origin"
+    );
+    let answer = send(30_000).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // The origin saw the first cut off (its read of the body failed, if it got that far).
+    let bodies: Vec<usize> = (h.origin.received().iter())
+        .map(|received| received.body.len())
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .all(|&len| len == 1000 || len == 0 || len == limit as usize),
+        "{bodies:?}"
+    );
+    assert_eq!(h.origin.last("/upload").unwrap().body.len(), limit as usize);
+    let metrics = edge.metrics().await;
+    let failed = sample(&metrics, "edge_origin_requests_total{status=\"error\"}");
+    assert_eq!(failed, 0.0, "not the origin's failure: {metrics}");
+}
