@@ -327,11 +327,17 @@ impl Origin {
 
     fn url_with(&self, target: &Uri, rules: bool) -> Option<Url> {
         let path_and_query = target.path_and_query()?.as_str();
-        if !path_and_query.starts_with('/') {
+        let (path, query) = split_query(path_and_query);
+        // An absolute target's empty path (`http://a?x=1`) is `/` (RFC 9112 §3.2.1).
+        let path = if path.is_empty() && target.scheme().is_some() {
+            "/"
+        } else {
+            path
+        };
+        if !path.starts_with('/') {
             return None;
         }
         let mut url = self.base.clone();
-        let (path, query) = split_query(path_and_query);
         if self.prefix.is_empty() {
             url.set_path(path);
         } else {

@@ -296,8 +296,15 @@ fn same_authority(a: &[u8], b: &[u8], scheme: Option<&str>) -> bool {
 /// RFC 9112 §3.2: an HTTP/1.1 request carries one `Host` line, any request at most one, and
 /// its value is made of the characters of a host and port (HTTP/2 has `:authority` instead, and
 /// may leave `Host` out). A target's authority with user information is refused too (RFC 9110
-/// §4.2.4: likely there to disguise the host). `Err` says what is wrong.
+/// §4.2.4: likely there to disguise the host), and one whose scheme is not http or https.
+/// `Err` says what is wrong.
 fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
+    // An absolute target (or HTTP/2's `:scheme`) names an http or https resource, or one edge
+    // does not serve: `ftp://a/b` was served as `/b`.
+    let scheme = request.uri.scheme();
+    if scheme.is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS) {
+        return Err("edge: a request target's scheme must be http or https\n");
+    }
     const HOST: &str = "edge: a request needs one valid Host (over HTTP/2, naming its :authority), and no user in its authority\n";
     if (request.uri.authority()).is_some_and(|authority| authority.as_str().contains('@')) {
         return Err(HOST);

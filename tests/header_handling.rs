@@ -1540,6 +1540,34 @@ async fn an_http1_request_needs_one_valid_host() {
     );
 }
 
+/// An absolute target names an http or https resource: `ftp://a/h` was served as `/h`. And its
+/// path may be empty (RFC 9112 §3.2.1: `http://a?x=1` is `/?x=1`), which got a 400.
+#[tokio::test]
+async fn an_absolute_target_is_http_or_https_and_its_empty_path_is_the_root() {
+    let h = Harness::new().await;
+    let fresh = |body| Reply::ok(body).header("cache-control", "max-age=60");
+    h.origin.reply("/h", fresh("h"));
+    h.origin.reply("/?x=1", fresh("root x"));
+    let edge = h.edge().await;
+    for (target, status, body) in [
+        ("ftp://edge.example/h", 400, None),
+        ("ws://edge.example/h", 400, None),
+        ("HTTP://edge.example/h", 200, Some("h")),
+        ("https://edge.example/h", 200, Some("h")),
+        ("http://edge.example?x=1", 200, Some("root x")),
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: edge.example\r\nConnection: close\r\n\r\n");
+        let response = raw_request(edge.addr, &request).await;
+        assert_eq!(response.status, status, "{target}: {response:?}");
+        if let Some(body) = body {
+            assert_eq!(response.body, body.as_bytes(), "{target}");
+        }
+    }
+    assert_eq!(h.origin.hits("/h"), 1, "then a hit");
+    assert_eq!(h.origin.hits("/?x=1"), 1);
+}
+
 /// RFC 9112 §6.1: a transfer coding edge does not understand gets a 501. hyper decoded the
 /// `chunked` of `gzip, chunked` and the body went on as plain content, without its `gzip`.
 #[tokio::test]
