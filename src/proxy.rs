@@ -311,6 +311,11 @@ fn head_is_valid(request: &Parts) -> Result<(), &'static str> {
     }
     let valid = |host: &HeaderValue| host.as_bytes().iter().all(|&b| IN_HOST[usize::from(b)]);
     if request.version > Version::HTTP_11 {
+        // RFC 9113 §8.3.1: `:path` is an absolute path and query (or `*`); the empty path
+        // taken as `/` is an HTTP/1 absolute target's only.
+        if (request.uri.path_and_query()).is_some_and(|target| target.as_str().starts_with('?')) {
+            return Err("edge: an HTTP/2 :path begins with /\n");
+        }
         // RFC 9113 §8.2.1: a field value that begins or ends with whitespace makes the request
         // malformed, and it may not be forwarded (§8.1.1). (HTTP/1's parser trims it.)
         let mut hosts = 0;
@@ -1877,6 +1882,24 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An absolute target's empty path is `/` over HTTP/1 (RFC 9112 §3.2.1), but an HTTP/2
+    /// `:path` without its `/` is malformed (RFC 9113 §8.3.1); neither may name another scheme.
+    #[test]
+    fn targets_with_an_empty_path_or_another_scheme() {
+        let head = |version, target: &str| {
+            let request = Request::builder()
+                .version(version)
+                .uri(target)
+                .header("host", "a");
+            head_is_valid(&request.body(()).unwrap().into_parts().0)
+        };
+        assert!(head(Version::HTTP_11, "http://a?x=1").is_ok());
+        assert!(head(Version::HTTP_2, "http://a/?x=1").is_ok());
+        assert!(head(Version::HTTP_2, "http://a?x=1").is_err());
+        assert!(head(Version::HTTP_11, "ftp://a/x").is_err());
+        assert!(head(Version::HTTP_2, "ftp://a/x").is_err());
+    }
 
     /// RFC 3986 §6.2.3 as RFC 9113 §8.3.1 asks: a default or empty port, and the host's letter
     /// case, make no other authority; another port, host, or a colon inside an IP literal do.
