@@ -56,6 +56,10 @@ pub struct Config {
     /// (413 if the origin has not answered yet). 0: no limit.
     #[serde(default)]
     pub client_max_body_size: ByteSize,
+    /// Whether an upload over 64 KiB is written whole to a temporary file before the origin is
+    /// asked (nginx's `proxy_request_buffering on`), rather than streamed to it as it comes.
+    #[serde(default)]
+    pub request_buffering: bool,
     /// How long a response may wait on a client that takes none of it (nginx's `send_timeout`):
     /// past it, with bytes ready for the client and none taken, the connection is closed.
     #[serde(default = "defaults::send_timeout")]

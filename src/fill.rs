@@ -730,6 +730,7 @@ async fn fetch(edge: &Arc<Edge>, fill: &Arc<Fill>, job: &FillJob) {
                 job.key.target(),
                 outgoing,
                 axum::body::Body::empty(),
+                false,
             )
             .await;
         let mut upstream = match sent {

@@ -68,6 +68,10 @@ pub enum OriginError {
     /// Not the origin's fault: the client's request body is longer than `client_max_body_size`.
     #[error("the client's request body is longer than client_max_body_size ({0} bytes)")]
     TooLarge(u64),
+    /// Not the origin's fault: edge could not write the request body to its temporary file
+    /// (`request_buffering`).
+    #[error("the request body could not be written to a temporary file: {0}")]
+    Buffer(String),
 }
 
 /// An origin response, its body read with `origin.timeout` as the limit between two reads.
@@ -88,6 +92,8 @@ pub struct Origin {
     client_body_timeout: Option<Duration>,
     /// `client_max_body_size`; `None` is no limit.
     max_body: Option<u64>,
+    /// `request_buffering`.
+    buffering: bool,
     /// `None`: no limit on requests in flight.
     slots: Option<Slots>,
     /// The share of `slots` that uploads streaming from their clients may hold ([`UPLOAD_SHARE`]).
@@ -245,8 +251,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Origin {
     /// `client_body_timeout`: how long an upload may wait on its client; `max_body`: the most
-    /// bytes it may have (`client_max_body_size`). Zero: no limit.
-    pub fn new(config: &OriginConfig, client_body_timeout: Duration, max_body: u64) -> Self {
+    /// bytes it may have (`client_max_body_size`). Zero: no limit. `buffering`: whether uploads
+    /// are read whole before the origin is asked (`request_buffering`).
+    pub fn new(
+        config: &OriginConfig,
+        client_body_timeout: Duration,
+        max_body: u64,
+        buffering: bool,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -294,6 +306,7 @@ impl Origin {
             timeout: config.timeout.0,
             client_body_timeout: (!client_body_timeout.is_zero()).then_some(client_body_timeout),
             max_body: (max_body > 0).then_some(max_body),
+            buffering,
             slots: (config.max_connections > 0).then(|| {
                 let what = "requests in flight to the origin (origin.max_connections)";
                 Slots::new(config.max_connections, config.connect_timeout.0, what)
@@ -453,7 +466,21 @@ impl Origin {
         }
     }
 
-    /// Reads a small request body whole, before its request takes a slot or a connection to the
+    /// Whether `body` is read whole before its request goes to the origin ([`Origin::read_first`]):
+    /// not a body that is empty; with `request_buffering` any other; without it, not one
+    /// announced longer than [`READ_FIRST_MAX`], nor one whose client expects `100-continue`,
+    /// which is read only once the origin has said to go on (so that an origin that refuses the
+    /// upload on its head spares the client sending it). Asked of every request edge forwards:
+    /// for one without a body, one call on the body and no more.
+    pub fn reads_first(&self, headers: &HeaderMap, body: &Body) -> bool {
+        !body.is_end_stream()
+            && body.size_hint().exact() != Some(0)
+            && (self.buffering
+                || (body.size_hint().lower() <= READ_FIRST_MAX as u64
+                    && !expects_continue(headers)))
+    }
+
+    /// Reads a request body whole, before its request takes a slot or a connection to the
     /// origin (nginx's `proxy_request_buffering on`), for a body [`Origin::reads_first`] says to.
     /// A request waiting on its client's upload held both for as long as the client took: 150
     /// streams trickling small bodies on one HTTP/2 connection held 150 origin connections, and a
@@ -464,7 +491,13 @@ impl Origin {
     /// `Content-Length` saying so (also for one that came chunked, as nginx sends a body it
     /// buffered); the request then waits on nobody but the origin. A longer one (only a body of
     /// unannounced length can turn out so) comes back as what was read and then the rest, which
-    /// streams as before: edge does not hold large uploads in memory. While the body is read,
+    /// streams as before: edge does not hold large uploads in memory. With `request_buffering`,
+    /// a longer body is written whole to a temporary file instead (nginx's
+    /// `client_body_temp_path`), and goes on from there with its length: a client trickling a
+    /// large upload then holds no origin connection either (and one that expects `100-continue`
+    /// is told to go on by edge, as by nginx; its `Expect` goes no further). Without a temporary
+    /// file to be had, it streams. The second value says whether the body still streams from its
+    /// client ([`Origin::slot`]). While the body is read,
     /// `client_body_timeout` bounds each wait on the client (then
     /// [`OriginError::ClientTimeout`], a 408); a malformed or cut-short body is
     /// [`OriginError::ClientBody`] (a 400), and one longer than `client_max_body_size`
@@ -473,45 +506,107 @@ impl Origin {
         &self,
         headers: &mut HeaderMap,
         mut body: Body,
-    ) -> Result<Body, OriginError> {
+    ) -> Result<(Body, bool), OriginError> {
         // Copied as it comes: a piece may hold on to the whole buffer its connection read it
         // into, and a client sending a byte at a time would have each pin one. Sized for an
         // announced length at once.
         let announced = body.size_hint().lower().min(READ_FIRST_MAX as u64);
         let mut read = BytesMut::with_capacity(announced as usize);
-        loop {
-            let frame = match self.client_body_timeout {
-                None => BodyExt::frame(&mut body).await,
-                Some(limit) => (tokio::time::timeout(limit, BodyExt::frame(&mut body)).await)
-                    .map_err(|_| OriginError::ClientTimeout(limit))?,
-            };
-            match frame {
-                None => break,
-                Some(Err(err)) => return Err(OriginError::ClientBody(error_chain(&err))),
-                // A trailer section is dropped, as a streamed body's is (the request's
-                // `Trailer` field, hop-by-hop, does not go on to name it).
-                Some(Ok(frame)) => {
-                    if let Ok(piece) = frame.into_data() {
-                        read.extend_from_slice(&piece);
-                    }
-                }
-            }
-            if let Some(max) = self.max_body.filter(|&max| read.len() as u64 > max) {
-                return Err(OriginError::TooLarge(max));
-            }
+        while let Some(piece) = self.next_piece(&mut body).await? {
+            read.extend_from_slice(&piece);
+            self.within_max(read.len() as u64)?;
             if read.len() > READ_FIRST_MAX {
-                let read = Some(read.freeze());
-                return Ok(Body::new(ReadAhead { read, rest: body }));
+                let read = read.freeze();
+                if self.buffering
+                    && let Some(spooled) = self.spool(headers, read.clone(), &mut body).await?
+                {
+                    return Ok((spooled, false));
+                }
+                return Ok((
+                    Body::new(ReadAhead {
+                        read: Some(read),
+                        rest: body,
+                    }),
+                    true,
+                ));
             }
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.len()));
+        headers.remove(header::EXPECT);
+        Ok((Body::from(read.freeze()), false))
+    }
+
+    /// The next piece of a body [`Origin::read_first`] reads, within `client_body_timeout`;
+    /// `None` at its end. A trailer section is dropped, as a streamed body's is (the request's
+    /// `Trailer` field, hop-by-hop, does not go on to name it).
+    async fn next_piece(&self, body: &mut Body) -> Result<Option<Bytes>, OriginError> {
+        loop {
             // An HTTP/2 client may mark the end in an empty frame after the `Content-Length`
             // bytes, later or never: the count of what is left says the body is whole (as in
             // [`Upload`]).
             if body.is_end_stream() || body.size_hint().exact() == Some(0) {
-                break;
+                return Ok(None);
+            }
+            let frame = match self.client_body_timeout {
+                None => BodyExt::frame(body).await,
+                Some(limit) => (tokio::time::timeout(limit, BodyExt::frame(body)).await)
+                    .map_err(|_| OriginError::ClientTimeout(limit))?,
+            };
+            match frame {
+                None => return Ok(None),
+                Some(Err(err)) => return Err(OriginError::ClientBody(error_chain(&err))),
+                Some(Ok(frame)) => {
+                    if let Ok(piece) = frame.into_data() {
+                        return Ok(Some(piece));
+                    }
+                }
             }
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.len()));
-        Ok(Body::from(read.freeze()))
+    }
+
+    /// [`OriginError::TooLarge`] once a body has more than `client_max_body_size` bytes.
+    fn within_max(&self, len: u64) -> Result<(), OriginError> {
+        match self.max_body {
+            Some(max) if len > max => Err(OriginError::TooLarge(max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a body whose first bytes were `read` to a temporary file, the rest as its client
+    /// sends it, and returns it as read back from there, with `Content-Length` saying how long it
+    /// is. `None` when no temporary file could be made: `body` is as it was, and streams.
+    async fn spool(
+        &self,
+        headers: &mut HeaderMap,
+        read: Bytes,
+        body: &mut Body,
+    ) -> Result<Option<Body>, OriginError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let file = match tempfile::tempfile() {
+            Ok(file) => file,
+            Err(err) => {
+                tracing::warn!(%err, dir = %std::env::temp_dir().display(),
+                    "no temporary file for an upload: it streams to the origin");
+                return Ok(None);
+            }
+        };
+        let failed = |err: std::io::Error| OriginError::Buffer(err.to_string());
+        let mut file = tokio::fs::File::from_std(file);
+        let mut len = read.len() as u64;
+        file.write_all(&read).await.map_err(failed)?;
+        while let Some(piece) = self.next_piece(body).await? {
+            len += piece.len() as u64;
+            self.within_max(len)?;
+            file.write_all(&piece).await.map_err(failed)?;
+        }
+        file.flush().await.map_err(failed)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(failed)?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers.remove(header::EXPECT);
+        let file = tokio_util::io::ReaderStream::with_capacity(file, READ_FIRST_MAX);
+        Ok(Some(Body::new(Spooled { file, left: len })))
     }
 
     /// Sends one request to the origin in `slot` and waits for its response head. `target` is a
@@ -757,21 +852,9 @@ fn has_dot_segment(path: &[u8]) -> bool {
 /// for each of many uploads at once: 64 MiB for a thousand stalled ones.
 pub const READ_FIRST_MAX: usize = 64 << 10;
 
-/// Whether `body` is read whole before its request goes to the origin ([`Origin::read_first`]):
-/// not a body that is empty or announced longer than [`READ_FIRST_MAX`], and not one whose
-/// client expects `100-continue`, which is read only once the origin has said to go on (so that
-/// an origin that refuses the upload on its head spares the client sending it). Asked of every
-/// request edge forwards: for one without a body, one call on the body and no more.
-pub fn reads_first(headers: &HeaderMap, body: &Body) -> bool {
-    !body.is_end_stream()
-        && body.size_hint().lower() <= READ_FIRST_MAX as u64
-        && body.size_hint().exact() != Some(0)
-        && !expects_continue(headers)
-}
-
-/// Whether `body`, as it goes to the origin (after [`Origin::read_first`]), is still to come from
-/// its client: one not read first, announced longer than [`READ_FIRST_MAX`] or expecting
-/// `100-continue`, and one that turned out longer ([`ReadAhead`], of unknown length).
+/// Whether `body`, not read first ([`Origin::reads_first`]), is still to come from its client as
+/// it goes to the origin: one announced longer than [`READ_FIRST_MAX`], of unknown length, or
+/// expecting `100-continue`. ([`Origin::read_first`] says so of the bodies it reads.)
 pub fn streams_from_client(headers: &HeaderMap, body: &Body) -> bool {
     let hint = body.size_hint();
     !body.is_end_stream()
@@ -805,6 +888,41 @@ impl http_body::Body for ReadAhead {
             Some(piece) => Poll::Ready(Some(Ok(Frame::data(piece)))),
             None => Pin::new(&mut self.rest).poll_frame(cx),
         }
+    }
+}
+
+/// A request body read back from the temporary file [`Origin::read_first`] wrote it to (which
+/// goes with it: the file has no name), of known length.
+struct Spooled {
+    file: tokio_util::io::ReaderStream<tokio::fs::File>,
+    left: u64,
+}
+
+impl http_body::Body for Spooled {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        use futures_util::Stream;
+        match ready!(Pin::new(&mut self.file).poll_next(cx)) {
+            Some(Ok(piece)) => {
+                self.left = self.left.saturating_sub(piece.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(piece))))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(axum::Error::new(err)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
     }
 }
 
@@ -1502,6 +1620,7 @@ mod tests {
             },
             Duration::from_secs(1),
             0,
+            false,
         )
     }
 

@@ -73,6 +73,7 @@ impl Settings {
             &config.origin,
             config.client_body_timeout.0,
             config.client_max_body_size.0,
+            config.request_buffering,
         );
         let certified = config.tls.as_ref().map(|tls| Arc::new(tls.certified()));
         Self {
@@ -89,7 +90,8 @@ impl Edge {
         self.settings.load_full()
     }
 
-    /// Sends a request to the origin of `settings`, and counts it. Returns, with the answer, how
+    /// Sends a request to the origin of `settings`, and counts it; `streams`: its body is still
+    /// to come from its client ([`origin::streams_from_client`]). Returns, with the answer, how
     /// long the origin took to send its response head.
     #[expect(
         clippy::manual_async_fn,
@@ -102,10 +104,10 @@ impl Edge {
         target: &str,
         headers: HeaderMap,
         body: Body,
+        streams: bool,
     ) -> impl Future<Output = (Result<Upstream, OriginError>, Duration)> {
         async move {
             // The wait for a slot is edge's own: not in the origin's response time.
-            let streams = origin::streams_from_client(&headers, &body);
             let slot = match settings.origin.slot(streams).await {
                 Ok(slot) => slot,
                 Err(err) => {
@@ -123,7 +125,8 @@ impl Edge {
                 Err(
                     OriginError::ClientTimeout(_)
                     | OriginError::ClientBody(_)
-                    | OriginError::TooLarge(_),
+                    | OriginError::TooLarge(_)
+                    | OriginError::Buffer(_),
                 ) => {}
                 Ok(upstream) => self.metrics.origin(Some(upstream.status()), Some(took)),
                 // A timeout is the origin's time (a hanging origin shows in the histogram); a
@@ -1634,25 +1637,34 @@ fn forward(
         if let Err(err) = settings.origin.admits(&body) {
             return abandoned_upload(&err, &key, cache_status, parts.version);
         }
-        let body = if origin::reads_first(&outgoing, &body) {
+        let (body, streams) = if settings.origin.reads_first(&outgoing, &body) {
             match Box::pin(settings.origin.read_first(&mut outgoing, body)).await {
-                Ok(body) => body,
+                Ok(read) => read,
                 // The origin was not asked: no time of its own.
                 Err(err) => return abandoned_upload(&err, &key, cache_status, parts.version),
             }
         } else {
-            body
+            let streams = origin::streams_from_client(&outgoing, &body);
+            (body, streams)
         };
         let request_time = edge.clock.now();
         let (result, origin_time) = edge
-            .send_to_origin(settings, parts.method.clone(), key.target(), outgoing, body)
+            .send_to_origin(
+                settings,
+                parts.method.clone(),
+                key.target(),
+                outgoing,
+                body,
+                streams,
+            )
             .await;
         let upstream = match result {
             Ok(upstream) => upstream,
             Err(
                 err @ (OriginError::ClientTimeout(_)
                 | OriginError::ClientBody(_)
-                | OriginError::TooLarge(_)),
+                | OriginError::TooLarge(_)
+                | OriginError::Buffer(_)),
             ) => {
                 let (response, mut outcome) =
                     abandoned_upload(&err, &key, cache_status, parts.version);
@@ -1853,6 +1865,11 @@ fn origin_failure(err: &OriginError, mut cache_status: CacheStatus) -> Answer {
             StatusCode::PAYLOAD_TOO_LARGE,
             "edge: request body too large\n",
             "client-body-too-large",
+        ),
+        OriginError::Buffer(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "edge: could not keep the request body\n",
+            "client-body-buffer-failed",
         ),
     };
     cache_status.detail = Some(detail);

@@ -1650,3 +1650,98 @@ async fn a_chunked_body_that_turns_out_longer_than_client_max_body_size_gets_a_4
     let failed = sample(&metrics, "edge_origin_requests_total{status=\"error\"}");
     assert_eq!(failed, 0.0, "not the origin's failure: {metrics}");
 }
+
+/// `request_buffering: true` (nginx's `proxy_request_buffering on`): an upload over 64 KiB is
+/// written whole to a temporary file before the origin is asked, and goes on with its length
+/// (also one that came chunked). So clients trickling large uploads hold no origin slot while
+/// they do: with two slots (so one place for uploads streaming from their clients), two such
+/// uploads at once both went through where the second got 503 `origin-busy` (as in
+/// `uploads_streaming_from_their_clients_hold_at_most_half_the_slots`), and the origin had
+/// neither until it was whole.
+#[tokio::test]
+async fn with_request_buffering_a_large_upload_reaches_the_origin_only_whole() {
+    let h = Harness::new().await;
+    uploads_and_other(&h);
+    let edge = Arc::new(
+        h.edge_with(|c| {
+            c.request_buffering = true;
+            c.origin.max_connections = 2;
+            c.origin.connect_timeout = edge::config::Seconds(Duration::from_millis(300));
+        })
+        .await,
+    );
+    // 100,000 bytes in 10 pieces 100 ms apart, the first 70,000 at once.
+    let mut pieces = vec![vec![b'a'; 70_000]];
+    pieces.extend((0..10u8).map(|i| vec![b'b' + i; 3_000]));
+    let whole = pieces.concat();
+    let gap = Duration::from_millis(100);
+    let heads = [
+        "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 100000\r\n\r\n",
+        "POST /upload HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+    let uploads = heads.map(|head| {
+        let (edge, mut pieces) = (edge.clone(), pieces.clone());
+        if head.contains("chunked") {
+            pieces = pieces.iter().map(|piece| chunk(piece)).collect();
+            pieces.push(b"0\r\n\r\n".to_vec());
+        }
+        tokio::spawn(async move { upload_slowly(&edge, head, pieces, gap).await })
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.origin.max_in_flight(), 0, "the origin has neither yet");
+    let other = edge.get("/other").await;
+    assert_eq!((other.status, other.text()), (200, "other"));
+    for upload in uploads {
+        let answer = upload.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    }
+    let received = h.origin.received();
+    let uploads: Vec<_> = received.iter().filter(|r| r.uri == "/upload").collect();
+    assert_eq!(uploads.len(), 2);
+    for received in uploads {
+        assert!(received.body == whole, "the whole body, in order");
+        assert_eq!(received.headers["content-length"], "100000");
+        assert!(!received.headers.contains_key("transfer-encoding"));
+    }
+}
+
+/// With `request_buffering`, a client that expects `100-continue` is told to go on by edge (as by
+/// nginx), and its `Expect` goes no further: the body is whole before the origin is asked. One
+/// over `client_max_body_size` gets 413 before the origin hears of it, however it is framed.
+#[tokio::test]
+async fn with_request_buffering_edge_answers_100_continue_and_keeps_the_limit() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    uploads_and_other(&h);
+    let edge = h
+        .edge_with(|c| {
+            c.request_buffering = true;
+            c.client_max_body_size = edge::config::ByteSize(80_000);
+        })
+        .await;
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: 80000\r\n\
+        Expect: 100-continue\r\n\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let first = read_head(&mut client, &mut buf).await;
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    assert_eq!(h.origin.max_in_flight(), 0);
+    client.write_all(&[b'z'; 80_000]).await.unwrap();
+    let last = read_head(&mut client, &mut buf).await;
+    assert!(last.starts_with("HTTP/1.1 201"), "{last}");
+    let received = h.origin.last("/upload").unwrap();
+    assert_eq!(received.body.len(), 80_000);
+    assert!(!received.headers.contains_key("expect"));
+
+    let head = "POST /upload HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let pieces = vec![
+        chunk(&[b'a'; 70_000]),
+        chunk(&[b'b'; 10_001]),
+        b"0\r\n\r\n".to_vec(),
+    ];
+    let answer = upload_slowly(&edge, head, pieces, Duration::from_millis(50)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(h.origin.hits("/upload"), 1, "only the first");
+    assert_eq!(h.origin.max_in_flight(), 1, "the second was never sent");
+}
