@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use axum::response::Response;
@@ -861,6 +861,7 @@ async fn first_bytes(
                 at: 0,
             },
             activity,
+            lingering: None,
         };
         return Some((Opened::Plain(io), client));
     };
@@ -887,6 +888,7 @@ async fn first_bytes(
             at: 0,
         },
         activity: activity.clone(),
+        lingering: None,
     };
     // Boxed: a plain connection's future holds no room for a handshake.
     let (io, http2) = Box::pin(handshake(tcp, &tls, client.addr, &activity)).await?;
@@ -1168,7 +1170,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 struct ClientIo {
     io: Rewound<TcpStream>,
     activity: Arc<Activity>,
+    /// Once edge has shut its side and found the client still sending: how long it reads on.
+    lingering: Option<Lingering>,
 }
+
+/// A connection edge closes while its client still sends ([`ClientIo::poll_shutdown`]): read on
+/// until nothing comes for [`LINGER_QUIET`], and for [`LINGER`] at most (nginx's
+/// `lingering_timeout` and `lingering_time`, 5 s and 30 s).
+struct Lingering {
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    until: Instant,
+}
+
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_QUIET: Duration = Duration::from_secs(1);
 
 impl AsyncRead for ClientIo {
     fn poll_read(
@@ -1219,8 +1234,45 @@ impl AsyncWrite for ClientIo {
         Pin::new(&mut self.io.io).poll_flush(cx)
     }
 
+    /// Shuts edge's side; then, if the client is still sending, reads and drops what it sends
+    /// for as long as it keeps on ([`Lingering`]; RFC 9112 §9.6), or until it closes its own:
+    /// closed with bytes unread, the socket would be reset, and the client could lose the answer
+    /// before reading it. A 413 to an upload edge did not read (`client_max_body_size`), or a 408
+    /// or 400 to one it stopped reading, was lost so by a client that gives up on a failed write
+    /// (curl: "Send failure: Broken pipe"). A client that sends nothing more (an idle keep-alive
+    /// connection) is closed at once.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io.io).poll_shutdown(cx)
+        let this = &mut *self;
+        // Not lingering yet: edge's side is still to shut (it is shut at once, or has failed).
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.io.io).poll_shutdown(cx))?;
+        }
+        let mut dropped = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut dropped);
+            match Pin::new(&mut this.io.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let now = Instant::now();
+                    match &mut this.lingering {
+                        None => {
+                            let quiet = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
+                            let until = now + LINGER;
+                            this.lingering = Some(Lingering { quiet, until });
+                        }
+                        Some(lingering) if now >= lingering.until => return Poll::Ready(Ok(())),
+                        Some(lingering) => lingering.quiet.as_mut().reset(now + LINGER_QUIET),
+                    }
+                }
+                // The client closed its side too, or the connection failed.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match &mut this.lingering {
+                        None => Poll::Ready(Ok(())),
+                        Some(lingering) => lingering.quiet.as_mut().poll(cx).map(Ok),
+                    };
+                }
+            }
+        }
     }
 }
 

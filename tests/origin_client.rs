@@ -1745,3 +1745,48 @@ async fn with_request_buffering_edge_answers_100_continue_and_keeps_the_limit() 
     assert_eq!(h.origin.hits("/upload"), 1, "only the first");
     assert_eq!(h.origin.max_in_flight(), 1, "the second was never sent");
 }
+
+/// A 413 to an upload edge does not read reaches a client that writes its whole body before it
+/// reads the answer: edge reads and drops what still comes before it closes (nginx's lingering
+/// close). Closed at once, the connection was reset under the client's writes (curl: "Send
+/// failure: Broken pipe", and no status). A client that sends nothing more is let go at once.
+#[tokio::test]
+async fn a_413_reaches_a_client_that_sends_its_whole_body_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    uploads_and_other(&h);
+    let edge = h.edge_with(max_body(1000)).await;
+    let size = 32 << 20;
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: {size}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let body = vec![b'x'; size];
+    let sent = tokio::time::timeout(Duration::from_secs(10), client.write_all(&body)).await;
+    assert!(
+        matches!(sent, Ok(Ok(()))),
+        "the whole body was taken: {sent:?}"
+    );
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "then closed, not reset: {read:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(h.origin.hits("/upload"), 0);
+
+    // A keep-alive connection closed on `Connection: close` is closed at once.
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let started = Instant::now();
+    let get = "GET /other HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n";
+    client.write_all(get.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
