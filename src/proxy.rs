@@ -1725,8 +1725,8 @@ fn forward(
 }
 
 /// The answer to a request whose client stalled its upload (408), sent it malformed or cut
-/// short (400) or too long (413, `client_max_body_size`): over HTTP/1 the connection closes with it, as the rest of the body may still
-/// come and the connection can carry no other request.
+/// short (400) or too long (413, `client_max_body_size`): over HTTP/1 the connection closes with
+/// it, as the rest of the body may still come and the connection can carry no other request.
 fn abandoned_upload(
     err: &OriginError,
     key: &CacheKey,
