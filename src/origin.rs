@@ -199,7 +199,12 @@ pub const UPLOAD_SHARE: usize = 2;
 /// inside when there is no limit.
 pub struct Slot(Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
 
-type Sender = http1::SendRequest<Body>;
+/// A connection to the origin: hyper's handle to send on it, and the task that reads and writes
+/// it, aborted to close it while hyper still writes a request body ([`OriginBody`]).
+struct Sender {
+    send: http1::SendRequest<Body>,
+    task: tokio::task::AbortHandle,
+}
 
 /// How long an idle connection is kept, and how many are.
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -220,7 +225,7 @@ impl Idle {
     fn take(&self) -> Option<(Sender, Instant)> {
         let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((sender, since)) = idle.pop_back() {
-            if !sender.is_closed() {
+            if !sender.send.is_closed() {
                 return Some((sender, since));
             }
         }
@@ -230,7 +235,7 @@ impl Idle {
     /// Keeps a connection whose last response was read to its end, and lets go of the oldest
     /// when it has been idle for [`IDLE_FOR`].
     fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.send.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -721,6 +726,7 @@ impl Origin {
                         idle: self.timeout,
                         timer: None,
                         armed: false,
+                        task: uploaded.is_some().then(|| sender.task.clone()),
                         home: reuse.then(|| (sender, self.idle.clone())),
                         uploaded,
                         slot,
@@ -756,7 +762,7 @@ impl Origin {
                 let pooled = idle_since.is_some();
                 // A pooled connection is ready once its connection task has seen the end of the
                 // response it carried before.
-                if let Err(err) = sender.ready().await {
+                if let Err(err) = sender.send.ready().await {
                     if pooled {
                         continue;
                     }
@@ -773,7 +779,7 @@ impl Origin {
                     *copy.headers_mut() = request.headers().clone();
                     copy
                 });
-                match sender.try_send_request(request).await {
+                match sender.send.try_send_request(request).await {
                     Ok(response) => return Ok((response, sender)),
                     Err(mut err) => match (err.take_message(), copy) {
                         (Some(unsent), _) if pooled => request = unsent,
@@ -793,13 +799,14 @@ impl Origin {
 
     async fn connect(&self) -> Result<Sender, BoxError> {
         let io = self.connector.clone().oneshot(self.root.clone()).await?;
-        let (sender, connection) = http1::handshake(io).await?;
-        tokio::spawn(async move {
+        let (send, connection) = http1::handshake(io).await?;
+        let task = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "origin connection ended");
             }
         });
-        Ok(sender)
+        let task = task.abort_handle();
+        Ok(Sender { send, task })
     }
 }
 
@@ -935,6 +942,9 @@ pub struct OriginBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
     home: Option<(Sender, Arc<Idle>)>,
+    /// Its connection's task, for a request with a body: aborted if the body has not been sent
+    /// whole when the response goes.
+    task: Option<tokio::task::AbortHandle>,
     /// How the request's body is going; `None` for a request without one.
     uploaded: Option<Arc<Progress>>,
     /// Its place among the requests in flight (`origin.max_connections`).
@@ -1253,9 +1263,18 @@ fn closed_under(err: &hyper::Error) -> bool {
 }
 
 impl Drop for OriginBody {
+    /// An upload not sent whole when its answer goes closes its connection, as nginx closes an
+    /// upstream connection whose request it did not send whole: an origin that answered without
+    /// reading it may neither read it nor close the connection, and hyper would go on writing it
+    /// (holding a `request_buffering` temporary file) for as long as the origin held on.
     fn drop(&mut self) {
         self.release();
         give_up(self.place.as_ref());
+        if let (Some(task), Some(progress)) = (&self.task, &self.uploaded)
+            && !progress.done.load(Ordering::Acquire)
+        {
+            task.abort();
+        }
     }
 }
 

@@ -1790,3 +1790,62 @@ async fn a_413_reaches_a_client_that_sends_its_whole_body_first() {
         started.elapsed()
     );
 }
+
+/// With `request_buffering`, an origin that answers before it has read an upload, and then
+/// neither reads it nor closes the connection, has that connection closed once its answer has
+/// been forwarded (as nginx closes an upstream connection whose request was not sent whole). Left
+/// open, hyper went on writing the rest of the upload for as long as the origin held on, with the
+/// upload's temporary file (and its disk space) kept all that while: drained later, the origin
+/// still got the whole body.
+#[tokio::test]
+async fn with_request_buffering_an_upload_the_origin_answers_unread_is_let_go_with_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    let size = 32 << 20;
+    // Answers the request on its head, waits, then reads what edge still sends until it closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (drained, mut drained_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut read = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied";
+        socket.write_all(answer).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut total = read.len();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                total += n;
+            }
+        })
+        .await
+        .is_ok();
+        drained.send((closed, total)).unwrap();
+    });
+    let edge = h
+        .edge_with(|c| {
+            c.origin.url = edge::config::OriginUrl(format!("http://{origin}").parse().unwrap());
+            c.request_buffering = true;
+        })
+        .await;
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: {size}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&vec![b'u'; size]).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_head(&mut client, &mut buf).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let (closed, total) = drained_rx.recv().await.unwrap();
+    assert!(closed, "the origin's connection was closed");
+    assert!(
+        total < size,
+        "before the whole upload went out: {total} bytes"
+    );
+}
