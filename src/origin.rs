@@ -500,9 +500,9 @@ impl Origin {
     /// a longer body is written whole to a temporary file instead (nginx's
     /// `client_body_temp_path`), and goes on from there with its length: a client trickling a
     /// large upload then holds no origin connection either (and one that expects `100-continue`
-    /// is told to go on by edge, as by nginx; its `Expect` goes no further). Without a temporary
-    /// file to be had, it streams. The second value says whether the body still streams from its
-    /// client ([`Origin::slot`]). While the body is read,
+    /// is told to go on by edge, as by nginx; its `Expect` goes no further, also when the body
+    /// then streams). Without a temporary file to be had, it streams. The second value says
+    /// whether the body still streams from its client ([`Origin::slot`]). While the body is read,
     /// `client_body_timeout` bounds each wait on the client (then
     /// [`OriginError::ClientTimeout`], a 408); a malformed or cut-short body is
     /// [`OriginError::ClientBody`] (a 400), and one longer than `client_max_body_size`
@@ -512,6 +512,9 @@ impl Origin {
         headers: &mut HeaderMap,
         mut body: Body,
     ) -> Result<(Body, bool), OriginError> {
+        // Its client, if it expects `100-continue`, is told to go on as the body is first read
+        // (hyper does so): the origin is not to be asked, also when the body then streams.
+        headers.remove(header::EXPECT);
         // Copied as it comes: a piece may hold on to the whole buffer its connection read it
         // into, and a client sending a byte at a time would have each pin one. Sized for an
         // announced length at once.
@@ -537,7 +540,6 @@ impl Origin {
             }
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.len()));
-        headers.remove(header::EXPECT);
         Ok((Body::from(read.freeze()), false))
     }
 
@@ -609,7 +611,6 @@ impl Origin {
             .await
             .map_err(failed)?;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        headers.remove(header::EXPECT);
         let file = tokio_util::io::ReaderStream::with_capacity(file, READ_FIRST_MAX);
         Ok(Some(Body::new(Spooled { file, left: len })))
     }

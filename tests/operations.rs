@@ -35,6 +35,8 @@ struct Conf {
     min_free: Option<String>,
     /// A soft limit on open files to start edge with (`ulimit -S -n`), when set.
     soft_open_files: Option<u64>,
+    /// The `TMPDIR` to start edge with, when set.
+    temp_dir: Option<PathBuf>,
 }
 
 impl Conf {
@@ -51,6 +53,7 @@ impl Conf {
             user: None,
             min_free: None,
             soft_open_files: None,
+            temp_dir: None,
         }
     }
 
@@ -131,6 +134,9 @@ impl Edge {
                 .env_remove("RUST_LOG");
             if let Some(filter) = rust_log {
                 command.env("RUST_LOG", filter);
+            }
+            if let Some(temp_dir) = &conf.temp_dir {
+                command.env("TMPDIR", temp_dir);
             }
             if let Some(id) = conf.user {
                 std::os::unix::process::CommandExt::uid(&mut command, id);
@@ -1529,4 +1535,87 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
         // An unlimited hard limit is not taken as the soft one: the kernel refuses it.
         None => assert_eq!(soft, Some(256)),
     }
+}
+
+/// With `request_buffering` and no temporary file to be had (here `TMPDIR` names no directory),
+/// an upload streams to the origin as it would without; one whose client expects `100-continue`
+/// has been told to go on by edge, which read its first bytes, so its `Expect` goes no further.
+/// Sent on, it had edge hold the body back until the origin said `100 Continue`, or for a second
+/// from an origin that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_request_buffering_and_no_temporary_file_an_upload_streams_without_its_expect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let size = 200_000;
+    // Reads a request head and its body of `Content-Length` bytes, answers 201 and sends the
+    // head on; sends no `100 Continue`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, mut heads_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut read = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        while read.len() < size || !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+            let end = read.windows(4).position(|w| w == b"\r\n\r\n");
+            if end.is_some_and(|end| read.len() >= end + 4 + size) {
+                break;
+            }
+        }
+        let answer = b"HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nstored";
+        socket.write_all(answer).await.unwrap();
+        heads
+            .send(String::from_utf8_lossy(&read[..1000]).to_lowercase())
+            .unwrap();
+        std::future::pending::<()>().await;
+    });
+    let origin = origin().await;
+    let dir = TempDir::new().unwrap();
+    let mut conf = Conf::new(dir.path(), &origin).extra("request_buffering: true\n");
+    conf.origin = format!("http://{addr}");
+    conf.temp_dir = Some(dir.path().join("missing"));
+    let edge = Edge::start(dir, &mut conf, Some("edge=warn")).await;
+
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", edge.listen))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: {size}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    async fn read_until(client: &mut tokio::net::TcpStream, answer: &mut Vec<u8>, end: &[u8]) {
+        let mut chunk = [0u8; 4096];
+        while !answer.windows(end.len()).any(|w| w == end) {
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    let mut answer = Vec::new();
+    read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+    let first = String::from_utf8_lossy(&answer).into_owned();
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    let started = Instant::now();
+    client.write_all(&vec![b'u'; size]).await.unwrap();
+    answer.clear();
+    read_until(&mut client, &mut answer, b"stored").await;
+    let last = String::from_utf8_lossy(&answer).into_owned();
+    assert!(last.starts_with("HTTP/1.1 201"), "{last}");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    let head = heads_rx.recv().await.unwrap();
+    assert!(!head.contains("expect:"), "{head}");
+    assert!(
+        edge.stderr().contains("no temporary file for an upload"),
+        "{}",
+        edge.stderr()
+    );
 }
