@@ -525,10 +525,8 @@ impl Origin {
             self.within_max(read.len() as u64)?;
             if read.len() > READ_FIRST_MAX {
                 let read = read.freeze();
-                if self.buffering
-                    && let Some(spooled) = self.spool(headers, read.clone(), &mut body).await?
-                {
-                    return Ok((spooled, false));
+                if let Some(file) = self.buffering.then(temp_file).flatten() {
+                    return Ok((self.spool(file, headers, read, &mut body).await?, false));
                 }
                 return Ok((
                     Body::new(ReadAhead {
@@ -579,28 +577,27 @@ impl Origin {
         }
     }
 
-    /// Writes a body whose first bytes were `read` to a temporary file, the rest as its client
-    /// sends it, and returns it as read back from there, with `Content-Length` saying how long it
-    /// is. `None` when no temporary file could be made: `body` is as it was, and streams.
+    /// Writes a body whose first bytes were `read` to `file`, a temporary file ([`temp_file`]),
+    /// the rest as its client sends it, and returns it as read back from there, with
+    /// `Content-Length` saying how long it is.
     async fn spool(
         &self,
+        file: std::fs::File,
         headers: &mut HeaderMap,
         read: Bytes,
         body: &mut Body,
-    ) -> Result<Option<Body>, OriginError> {
+    ) -> Result<Body, OriginError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-        let file = match tempfile::tempfile() {
-            Ok(file) => file,
-            Err(err) => {
-                tracing::warn!(%err, dir = %std::env::temp_dir().display(),
-                    "no temporary file for an upload: it streams to the origin");
-                return Ok(None);
-            }
-        };
         let failed = |err: std::io::Error| OriginError::Buffer(err.to_string());
         let mut file = tokio::fs::File::from_std(file);
+        // tokio keeps a buffer as large as the largest write (up to 2 MiB) for the file's life:
+        // a client that sent 1 MB at once and then stalled held ~1.2 MB of memory, not ~600 KB.
+        file.set_max_buf_size(READ_FIRST_MAX);
         let mut len = read.len() as u64;
         file.write_all(&read).await.map_err(failed)?;
+        // Not held while the rest comes, however long its client takes: `read` is over
+        // READ_FIRST_MAX (up to twice that, as it grew), and each upload being written held it.
+        drop(read);
         while let Some(piece) = self.next_piece(body).await? {
             len += piece.len() as u64;
             self.within_max(len)?;
@@ -612,7 +609,7 @@ impl Origin {
             .map_err(failed)?;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         let file = tokio_util::io::ReaderStream::with_capacity(file, READ_FIRST_MAX);
-        Ok(Some(Body::new(Spooled { file, left: len })))
+        Ok(Body::new(Spooled { file, left: len }))
     }
 
     /// Sends one request to the origin in `slot` and waits for its response head. `target` is a
@@ -897,6 +894,17 @@ impl http_body::Body for ReadAhead {
             None => Pin::new(&mut self.rest).poll_frame(cx),
         }
     }
+}
+
+/// An unnamed temporary file in `$TMPDIR` for an upload (`request_buffering`); `None` when none
+/// can be made (said in the log), and the upload streams to the origin.
+fn temp_file() -> Option<std::fs::File> {
+    tempfile::tempfile()
+        .inspect_err(|err| {
+            tracing::warn!(%err, dir = %std::env::temp_dir().display(),
+                "no temporary file for an upload: it streams to the origin");
+        })
+        .ok()
 }
 
 /// A request body read back from the temporary file [`Origin::read_first`] wrote it to (which
