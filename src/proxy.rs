@@ -857,7 +857,10 @@ fn route(
         };
         let key = CacheKey::new(&url, scheme);
         let status = CacheStatus::forward(Forward::Method);
-        Box::pin(forward(edge, settings, peer, request, body, key, status)).await
+        Box::pin(forward(
+            edge, settings, peer, request, body, key, status, None,
+        ))
+        .await
     }
 }
 
@@ -944,7 +947,17 @@ fn serve_cacheable(
         let pass = edge.fills.is_pass(&key);
         if pass && !edge.cache.in_memory(&key) && !request_cc.has("only-if-cached") {
             let status = CacheStatus::forward(Forward::UriMiss);
-            let forwarded = forward(edge, settings, peer, request, Body::empty(), key, status);
+            let cc = Some(request_cc);
+            let forwarded = forward(
+                edge,
+                settings,
+                peer,
+                request,
+                Body::empty(),
+                key,
+                status,
+                cc,
+            );
             return Box::pin(forwarded).await;
         }
         let now = edge.clock.now();
@@ -990,7 +1003,17 @@ fn serve_cacheable(
             // response is revalidated through a fill of its own instead.
             if partial || stale.is_none() {
                 let status = CacheStatus::forward(fwd);
-                let forwarded = forward(edge, settings, peer, request, Body::empty(), key, status);
+                let cc = Some(request_cc);
+                let forwarded = forward(
+                    edge,
+                    settings,
+                    peer,
+                    request,
+                    Body::empty(),
+                    key,
+                    status,
+                    cc,
+                );
                 return Box::pin(forwarded).await;
             }
             let role = Role::Leader(
@@ -1180,8 +1203,17 @@ async fn answer_from_fill(
                         // for a second while holding the first.
                         drop(private);
                         let status = CacheStatus::forward(fwd).not_stored(reason);
-                        let forwarded =
-                            forward(edge, settings, peer, request, Body::empty(), key, status);
+                        let cc = Some(request_cc);
+                        let forwarded = forward(
+                            edge,
+                            settings,
+                            peer,
+                            request,
+                            Body::empty(),
+                            key,
+                            status,
+                            cc,
+                        );
                         return Box::pin(forwarded).await;
                     }
                     let mut status = CacheStatus::forward(fwd).not_stored(reason);
@@ -1595,10 +1627,15 @@ fn build(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
 /// 3xx answer to an unsafe method invalidates what is stored for the target (RFC 9111 §4.4). For a
 /// hit-for-pass GET or HEAD, the answer says why it is not stored — or, when it could be now, the
 /// key stops being a pass, so that the next request fills.
+///
+/// `request_cc`: for a GET or HEAD, the request's directives as the lookup read them
+/// ([`CacheControl::of_request`]; the storability check asks them only for `no-store`), so that
+/// they are not parsed again.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would hold its arguments twice"
 )]
+#[allow(clippy::too_many_arguments)]
 fn forward(
     edge: &Arc<Edge>,
     settings: &Settings,
@@ -1607,13 +1644,13 @@ fn forward(
     body: Body,
     key: CacheKey,
     mut cache_status: CacheStatus,
+    request_cc: Option<CacheControl>,
 ) -> impl Future<Output = Answer> {
     async move {
         let safe = parts.method.is_safe();
         let cacheable_method = matches!(parts.method, Method::GET | Method::HEAD);
         // What the storability check and an invalidation need of the request's headers, taken before
         // they go to the origin.
-        let request_cc = cacheable_method.then(|| CacheControl::of(&parts.headers));
         let authorized = cacheable_method && parts.headers.contains_key(header::AUTHORIZATION);
         // Asked only where it can matter (`cache.heuristic.default_ttl`), off a pass-through's path.
         let cookie = cacheable_method
