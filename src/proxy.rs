@@ -1762,15 +1762,20 @@ fn forward(
 }
 
 /// The answer to a request whose client stalled its upload (408), sent it malformed or cut
-/// short (400) or too long (413, `client_max_body_size`): over HTTP/1 the connection closes with
-/// it, as the rest of the body may still come and the connection can carry no other request.
+/// short (400) or too long (413, `client_max_body_size`), or whose upload edge could not write to
+/// its temporary file (500, `request_buffering`): over HTTP/1 the connection closes with it, as
+/// the rest of the body may still come and the connection can carry no other request.
 fn abandoned_upload(
     err: &OriginError,
     key: &CacheKey,
     cache_status: CacheStatus,
     version: Version,
 ) -> Answer {
-    debug!(url = key.url(), %err, "upload abandoned");
+    match err {
+        // Edge's own failure (a full or failing `$TMPDIR`): for the operator to see.
+        OriginError::Buffer(_) => warn!(url = key.url(), %err, "upload abandoned"),
+        _ => debug!(url = key.url(), %err, "upload abandoned"),
+    }
     let (mut response, outcome) = origin_failure(err, cache_status);
     if version <= Version::HTTP_11 {
         let close = HeaderValue::from_static("close");
