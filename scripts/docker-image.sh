@@ -73,6 +73,9 @@ for lib in "${libs[@]}"; do
 done
 chmod -R u=rwX,go=rX "$rootfs"
 chmod 0750 "$work/context/cache"
+# A /tmp for `request_buffering`'s temporary files (as the Dockerfile's Debian base has).
+mkdir -p "$rootfs/tmp"
+chmod 1777 "$rootfs/tmp"
 
 cat >"$work/context/Dockerfile" <<EOF
 # Written by scripts/docker-image.sh: the Dockerfile's runtime layout, from a local binary.
