@@ -472,7 +472,16 @@ where
     // did is counted closed.
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let open = Open::new(&noted);
-        handle(client, request.map(axum::body::Body::new)).map(move |response| {
+        // HTTP/1: the connection lingers if it closes before this body has been read to its end.
+        let unread = !http2 && !http_body::Body::is_end_stream(request.body());
+        noted.unread_body.store(unread, Ordering::Relaxed);
+        let request = if unread {
+            let activity = noted.clone();
+            request.map(|body| axum::body::Body::new(ReadToEnd { body, activity }))
+        } else {
+            request.map(axum::body::Body::new)
+        };
+        handle(client, request).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Noted {
                 body,
                 _open: open,
@@ -523,6 +532,9 @@ struct Activity {
     blocked_since: AtomicU64,
     /// When it last took bytes again after being full.
     unblocked_at: AtomicU64,
+    /// HTTP/1: the last request has a body that has not been read to its end (edge answered
+    /// without it: a 413, 408 or 400), so its client may still be sending it, or about to.
+    unread_body: AtomicBool,
 }
 
 impl Activity {
@@ -535,6 +547,7 @@ impl Activity {
             blocked: AtomicBool::new(false),
             blocked_since: AtomicU64::new(0),
             unblocked_at: AtomicU64::new(0),
+            unread_body: AtomicBool::new(false),
         }
     }
 
@@ -600,6 +613,37 @@ fn check(activity: &Activity, limits: &Limits, period: Duration) -> Result<Insta
         deadline(since, limit, Ending::Idle)?;
     }
     Ok(activity.at(next))
+}
+
+/// An HTTP/1 request's body, which notes on its connection when it has been read to its end
+/// ([`Activity::unread_body`]).
+struct ReadToEnd {
+    body: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() || self.is_end_stream() {
+            self.activity.unread_body.store(false, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A request, counted open until its response ends.
@@ -1239,8 +1283,11 @@ impl AsyncWrite for ClientIo {
     /// closed with bytes unread, the socket would be reset, and the client could lose the answer
     /// before reading it. A 413 to an upload edge did not read (`client_max_body_size`), or a 408
     /// or 400 to one it stopped reading, was lost so by a client that gives up on a failed write
-    /// (curl: "Send failure: Broken pipe"). A client that sends nothing more (an idle keep-alive
-    /// connection) is closed at once.
+    /// (curl: "Send failure: Broken pipe"). So it lingers too when nothing has come yet but the
+    /// request's body was left unread: the rest of it may be a moment behind (a network's round
+    /// trip), and closed at once, the socket would answer it with a reset all the same. A client
+    /// that sends nothing more (an idle keep-alive connection, or one whose body was read whole)
+    /// is closed at once.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         // Not lingering yet: edge's side is still to shut (it is shut at once, or has failed).
@@ -1266,10 +1313,17 @@ impl AsyncWrite for ClientIo {
                 // The client closed its side too, or the connection failed.
                 Poll::Ready(_) => return Poll::Ready(Ok(())),
                 Poll::Pending => {
-                    return match &mut this.lingering {
-                        None => Poll::Ready(Ok(())),
-                        Some(lingering) => lingering.quiet.as_mut().poll(cx).map(Ok),
-                    };
+                    if this.lingering.is_none() {
+                        if !this.activity.unread_body.load(Ordering::Relaxed) {
+                            return Poll::Ready(Ok(()));
+                        }
+                        let now = Instant::now();
+                        let quiet = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
+                        let until = now + LINGER;
+                        this.lingering = Some(Lingering { quiet, until });
+                    }
+                    let lingering = this.lingering.as_mut().expect("set above");
+                    return lingering.quiet.as_mut().poll(cx).map(Ok);
                 }
             }
         }
